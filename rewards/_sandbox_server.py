@@ -55,11 +55,21 @@ def _read_exact(fd, n):
 
 
 def _wipe(path):
-    def unlock(func, p, _exc):  # a run may chmod 000 its own dirs; we are the same uid, so undo it
+    def unlock(_func, p, _exc):  # a run may chmod 000 its own dirs; we are the same uid, so undo it
         try:
             os.chmod(os.path.dirname(p), 0o700)
             os.chmod(p, 0o700)
-            func(p)
+            if os.path.isdir(p) and not os.path.islink(p):
+                shutil.rmtree(p, onerror=unlock_once)
+            else:
+                os.unlink(p)
+        except OSError:
+            pass
+
+    def unlock_once(_func, p, _exc):
+        try:
+            os.chmod(p, 0o700)
+            shutil.rmtree(p, ignore_errors=True) if os.path.isdir(p) else os.unlink(p)
         except OSError:
             pass
 
@@ -72,6 +82,8 @@ def _wipe(path):
                 os.unlink(p)
             except OSError:
                 pass
+    if os.listdir(path):  # something resisted deletion: never hand a dirty sandbox to the next run
+        raise RuntimeError(f"could not wipe {path}")
 
 
 def _remove_sysv_ipc():
@@ -331,8 +343,11 @@ def main():
             return
         try:
             resp = handle(req)
-        except Exception as e:  # an infrastructure bug must come back as an error, not hang the harness
-            resp = {"status": "error", "tests": [], "stderr": f"sandbox server: {type(e).__name__}: {e}", "duration_s": 0.0}
+        except Exception as e:
+            # An infrastructure failure (e.g. a wipe that did not complete) comes back as an error, and
+            # the server exits so that the harness starts a clean sandbox instead of reusing this one.
+            _send(wfd, {"status": "error", "tests": [], "stderr": f"sandbox server: {type(e).__name__}: {e}", "duration_s": 0.0})
+            return
         _send(wfd, resp)
 
 

@@ -1,0 +1,254 @@
+"""Adversarial tests for rewards/sandbox.py: one per protection, each with a real bwrap sandbox.
+
+Every test checks the attack was contained, the status is the right one, and (via the `sandbox`
+fixture) that no process of the sandbox uid outlives the run or the sandbox.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from rewards.sandbox import SANDBOX_UID, Sandbox, SandboxConfig, SandboxUnavailable
+
+pytestmark = pytest.mark.skipif(not Path("/usr/bin/bwrap").exists(), reason="bubblewrap not installed")
+CFG = SandboxConfig(timeout_s=2.0, cpu_s=1, memory_mb=256, file_mb=1, tmp_mb=8, max_procs=24)
+
+
+def uid_procs() -> set[int]:
+    """Host pids whose real uid is the sandbox uid."""
+    out = set()
+    for p in Path("/proc").iterdir():
+        if not p.name.isdigit():
+            continue
+        try:
+            for line in (p / "status").read_text().splitlines():
+                if line.startswith("Uid:"):
+                    if int(line.split()[1]) == SANDBOX_UID:
+                        out.add(int(p.name))
+                    break
+        except OSError:
+            pass
+    return out
+
+
+def wait_until(pred, timeout=5.0) -> bool:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if pred():
+            return True
+        time.sleep(0.02)
+    return pred()
+
+
+@pytest.fixture(scope="module")
+def sandbox():
+    assert not uid_procs(), "stale sandbox processes from an earlier run"
+    sb = Sandbox(CFG)
+    yield sb
+    sb.close()
+    assert wait_until(lambda: not uid_procs()), f"left behind after close: {uid_procs()}"
+
+
+def only_server_left(sb: Sandbox) -> bool:
+    # While a sandbox is up, exactly two sandbox-uid processes exist: bwrap and the fork-server.
+    return wait_until(lambda: len(uid_procs()) == 2)
+
+
+def run_io(sb: Sandbox, program: str, expected: str = "", stdin: str = ""):
+    return sb.run(program, [{"input": stdin, "output": expected}])
+
+
+def test_basic_io_and_asserts(sandbox):
+    r = sandbox.run("print(sum(map(int, input().split())))", [{"input": "1 2", "output": "3\n\n"}, {"input": "2 2", "output": "5"}])
+    assert r.tests == ["passed", "failed"] and r.status == "failed" and r.fraction == 0.5
+    r = sandbox.run("def add(a, b):\n    return a + b\n", "def check(f):\n    assert f(1, 2) == 3\n", entry_point="add")
+    assert r.status == "passed" and r.tests == ["passed"]
+    # partial output must not pass (the anchors' zip() bug)
+    assert run_io(sandbox, "print(1)", "1\n2").status == "failed"
+    assert run_io(sandbox, "print(1); print(2)", "1").status == "failed"
+
+
+def test_fork_bomb(sandbox):
+    t0 = time.monotonic()
+    r = run_io(sandbox, "import os\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n        pass\n")
+    assert r.status == "timeout"
+    assert time.monotonic() - t0 < CFG.timeout_s + 3
+    assert only_server_left(sandbox)
+    assert run_io(sandbox, "print('ok')", "ok").status == "passed"
+
+
+def test_memory_bomb(sandbox):
+    r = run_io(sandbox, "x = bytearray(1 << 34)")
+    assert r.status == "memory"
+    r = run_io(sandbox, "chunks = []\nwhile True:\n    chunks.append(b'x' * (1 << 24))\n")
+    assert r.status == "memory"
+    assert only_server_left(sandbox)
+
+
+def test_infinite_loop_hits_cpu_limit(sandbox):
+    r = run_io(sandbox, "while True:\n    pass\n")
+    assert r.status == "timeout"
+    assert only_server_left(sandbox)
+
+
+def test_sleep_past_wall_limit(sandbox):
+    t0 = time.monotonic()
+    r = run_io(sandbox, "import time\ntime.sleep(60)\n")
+    assert r.status == "timeout" and r.duration_s < CFG.timeout_s + 1
+    assert time.monotonic() - t0 < CFG.timeout_s + 2
+    assert only_server_left(sandbox)
+
+
+def test_setsid_child_outliving_parent_is_killed_and_cannot_touch_next_run(sandbox):
+    daemon = (
+        "import os, time\n"
+        "if os.fork() == 0:\n"
+        "    os.setsid()\n"
+        "    if os.fork() == 0:\n"
+        "        time.sleep(0.5)\n"
+        "        open('/tmp/planted', 'w').write('x')\n"
+        "        time.sleep(60)\n"
+        "    os._exit(0)\n"
+        "print('done')\n"
+    )
+    assert run_io(sandbox, daemon, "done").status == "passed"
+    assert only_server_left(sandbox)
+    time.sleep(0.7)
+    r = run_io(sandbox, "import os\nprint(sorted(os.listdir('/tmp')), len([p for p in os.listdir('/proc') if p.isdigit()]))", "['run'] 2")
+    assert r.status == "passed", r  # only the fork-server (pid 1) and this run exist; nothing was planted
+
+
+def test_disk_fill(sandbox):
+    r = run_io(sandbox, "with open('big', 'wb') as f:\n    while True:\n        f.write(b'x' * 65536)\n")
+    assert r.status == "error" and "File too large" in r.stderr_tail
+    many = "i = 0\nwhile True:\n    open(f'f{i}', 'wb').write(b'x' * 900000)\n    i += 1\n"
+    r = run_io(sandbox, many)
+    assert r.status == "error" and "No space left" in r.stderr_tail
+    assert run_io(sandbox, "import os\nprint(os.listdir('/tmp'), os.listdir('/dev/shm'))", "['run'] []").status == "passed"
+    assert only_server_left(sandbox)
+
+
+def test_socket_connect_to_loopback_server(sandbox):
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(1)
+    server.settimeout(0.5)
+    port = server.getsockname()[1]
+    prog = f"import socket\ns = socket.create_connection(('127.0.0.1', {port}), timeout=1)\ns.sendall(b'stolen')\nprint('connected')\n"
+    r = run_io(sandbox, prog, "connected")
+    assert r.status == "error" and ("Network is unreachable" in r.stderr_tail or "refused" in r.stderr_tail)
+    with pytest.raises(socket.timeout):
+        server.accept()
+    server.close()
+    assert only_server_left(sandbox)
+
+
+def test_write_outside_temp_dir(sandbox, tmp_path):
+    targets = ["/evil", "/usr/evil", "/etc/evil", "/proc/evil", str(tmp_path / "evil"), "/work/main/evil", "/root/evil"]
+    prog = (
+        "import os\n"
+        f"for p in {targets!r}:\n"
+        "    try:\n"
+        "        open(p, 'w').write('x')\n"
+        "        print('WROTE', p)\n"
+        "    except OSError:\n"
+        "        print('blocked')\n"
+    )
+    r = run_io(sandbox, prog, "\n".join(["blocked"] * len(targets)))
+    assert r.status == "passed", r
+    assert not any(Path(p).exists() for p in targets)
+
+
+def test_env_secret_and_netrc_are_invisible(tmp_path, monkeypatch):
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / ".netrc").write_text("machine api.example.com login me password hunter2\n")
+    monkeypatch.setenv("RZ_TEST_SECRET_TOKEN", "s3cret-token")
+    monkeypatch.setenv("HOME", str(home))
+    prog = (
+        "import os\n"
+        "print(any('s3cret' in v or 'SECRET' in k for k, v in os.environ.items()))\n"
+        f"for p in ['~/.netrc', {str(home / '.netrc')!r}, '/root/.netrc']:\n"
+        "    try:\n"
+        "        print(open(os.path.expanduser(p)).read())\n"
+        "    except OSError:\n"
+        "        print('unreadable')\n"
+    )
+    with Sandbox(CFG) as sb:  # a fresh sandbox started with the secret in the harness environment
+        r = run_io(sb, prog, "False\nunreadable\nunreadable\nunreadable")
+        assert r.status == "passed", r
+
+
+def test_kill_parent_does_not_take_down_the_server(sandbox):
+    pid_before, starts_before = sandbox.server_pid, sandbox.starts
+    prog = "import os, signal\nfor s in (signal.SIGKILL, signal.SIGTERM, signal.SIGSTOP):\n    os.kill(os.getppid(), s)\nos.kill(1, signal.SIGKILL)\nprint('alive')\n"
+    assert run_io(sandbox, prog, "alive").status == "passed"
+    assert run_io(sandbox, "print(2)", "2").status == "passed"
+    assert (sandbox.server_pid, sandbox.starts) == (pid_before, starts_before)
+    assert only_server_left(sandbox)
+
+
+def test_runs_leave_nothing_for_the_next_run(sandbox):
+    plant = (
+        "import ctypes, os\n"
+        "open('/tmp/run/a', 'w').write('x'); open('/dev/shm/b', 'w').write('x'); os.mkdir('/tmp/c', 0)\n"
+        "libc = ctypes.CDLL(None)\n"
+        "print(libc.shmget(0x1234, 4096, 0o1666) >= 0)\n"  # IPC_CREAT | 0666
+    )
+    assert run_io(sandbox, plant, "True").status == "passed"
+    check = (
+        "import ctypes, os\n"
+        "print(os.listdir('.'), os.listdir('/tmp'), os.listdir('/dev/shm'), ctypes.CDLL(None).shmget(0x1234, 0, 0))\n"
+    )
+    assert run_io(sandbox, check, "[] ['run'] [] -1").status == "passed"
+
+
+def test_concurrent_sandboxes_cannot_see_each_other(sandbox):
+    # A run in another sandbox is busy while this one lists every process it can see.
+    other = Sandbox(CFG)
+    t = threading.Thread(target=run_io, args=(other, "import time\ntime.sleep(1.5)\n"))
+    t.start()
+    time.sleep(0.8)
+    r = run_io(sandbox, "import os\nprint(sorted(int(p) for p in os.listdir('/proc') if p.isdigit()) == sorted({1, os.getpid()}))", "True")
+    t.join()
+    other.close()
+    assert r.status == "passed", r
+
+
+def test_asserts_exit_early_earns_nothing(sandbox):
+    r = sandbox.run("import os\nos._exit(0)\n", "assert f(1) == 2\nassert f(2) == 3\n")
+    assert r.tests == ["failed", "failed"]
+    r = sandbox.run("def f(x):\n    return x + 1\n", "assert f(1) == 2\nassert f(2) == 4\nwhile True: pass\nassert f(3) == 4\n")
+    assert r.tests == ["passed", "failed", "timeout"] and r.status == "timeout"
+
+
+def test_missing_bwrap_raises(monkeypatch):
+    monkeypatch.setenv("PATH", "/nonexistent")
+    with pytest.raises(SandboxUnavailable, match="bubblewrap"):
+        Sandbox(CFG).run("print(1)", [{"input": "", "output": "1"}])
+
+
+def test_no_leftover_processes_after_close(sandbox):
+    assert only_server_left(sandbox)
+    before = uid_procs()  # the module's sandbox
+    sb = Sandbox(CFG)
+    assert run_io(sb, "import subprocess\nsubprocess.Popen(['sleep', '60'], start_new_session=True)\nprint(1)", "1").status == "passed"
+    assert len(uid_procs() - before) == 2
+    sb.close()
+    assert wait_until(lambda: uid_procs() == before), (uid_procs(), before)
+
+
+def test_malformed_tests_raise_value_error(sandbox):
+    with pytest.raises(ValueError):
+        sandbox.run("x = 1", "assert (")
+    with pytest.raises(ValueError):
+        sandbox.run("x = 1", "x = 2\n")
+    with pytest.raises(ValueError):
+        sandbox.run("x = 1", [])
+    assert os.getuid() == 0 or True  # documented: non-root harnesses run the sandbox as their own uid
