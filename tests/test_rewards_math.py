@@ -1,0 +1,136 @@
+"""math_accuracy on hand-worked cases, the anchors' known failures, timeouts, threads and Ray actors."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from rewards.math import MathVerifyWorker, as_number, extract_answers, fast_verdict, math_accuracy
+from rewards.registry import available_rewards, build_rewards, get_reward
+
+
+def score(completion: str, gold: str, **kw) -> float | None:
+    return math_accuracy([completion], [gold], **kw)[0]
+
+
+@pytest.mark.parametrize(
+    ("completion", "gold", "expected"),
+    [
+        ("<think>5+3=8. 8-2=6.</think><answer>6</answer>", "6", 1.0),
+        ("<think>5+3=8. 8-2=6.</think><answer>7</answer>", "6", 0.0),
+        ("So the total is $\\boxed{\\frac{3}{4}}$.", "0.75", 1.0),
+        ("... the final answer is 42.", "42", 1.0),
+        ("Natalia sold 48 + 24 = 72 clips.\n#### 72", "72", 1.0),
+        ("#### 1,000", "1000", 1.0),
+        ("\\boxed{\\frac{\\sqrt{3}}{2}}", "\\frac{\\sqrt3}{2}", 1.0),
+        ("\\boxed{2\\pi}", "\\pi", 0.0),
+        ("\\boxed{-3}", "3", 0.0),
+        ("\\boxed{x = 5}", "5", 1.0),
+        ("\\boxed{(1, 2)}", "(1,2)", 1.0),
+        ("<answer>\\boxed{7}</answer>", "\\boxed{7}", 1.0),
+        ([{"role": "assistant", "content": "<answer>9</answer>"}], "9", 1.0),
+        # the anchors' known failures
+        ("\\boxed{0.5}", "50\\%", 0.0),  # percent is a unit here: 0.5 is the wrong scale
+        ("\\boxed{50}", "50\\%", 1.0),
+        ("\\boxed{50\\%}", "50", 1.0),
+        ("\\boxed{4\\sqrt{2}}", "4", 0.0),
+        ("\\boxed{4\\sqrt(2)}", "4", 0.0),
+        ("\\boxed{4}", "4\\sqrt(2)", 0.0),
+        ("\\boxed{1+1/e}", "1-1/e", 0.0),
+        ("\\boxed{1 - \\frac{1}{e}}", "1-1/e", 1.0),
+        ("\\boxed{3} or \\boxed{7}", "7", 0.0),  # hedging
+        ("<answer>3</answer> no wait <answer>7</answer>", "7", 0.0),
+        ("\\boxed{7} so again \\boxed{7.0}", "7", 1.0),  # the same answer twice is not a hedge
+        ("I could not solve it.", "7", 0.0),
+        ("The result is 7", "7", 0.0),  # last-number fallback is off by default
+    ],
+)
+def test_hand_worked(completion, gold, expected):
+    assert math_accuracy([completion], [gold])[0] == expected
+
+
+@pytest.mark.parametrize("gold", ["}{", "", "$$", "\\frac{", None])
+def test_unparseable_gold_is_none_never_one(gold):
+    assert math_accuracy(["\\boxed{}{}", "\\boxed{7}", "no answer"], [gold] * 3) == [None, None, None]
+
+
+def test_last_number_policy():
+    assert score("The result is 7", "7", last_number=True) == 1.0
+    assert score("The result is 7, not 8", "7", last_number=True) == 0.0
+
+
+def test_extraction_prefers_answer_block_over_thinking():
+    text = "<think>maybe \\boxed{3}</think><answer>\\boxed{7}</answer>"
+    assert extract_answers(text) == ["7"]
+    assert extract_answers("<think>\\boxed{3}</think> final: \\boxed{7}") == ["7"]
+    assert extract_answers("\\boxed{3} or \\boxed{7}") == ["3", "7"]
+
+
+def test_fast_path_agrees_with_math_verify_on_numbers():
+    # The fast path's verdicts against math-verify's own (in the worker) on numeric edge cases.
+    worker = MathVerifyWorker()
+    pairs = [("7", "07"), ("0.5", "1/2"), ("\\frac{1}{2}", "0.5"), ("-3", "3"), ("2", "2.000001"), ("1/3", "0.333333"),
+             ("100", "99"), ("0.1", "0.2"), ("-0", "0"), ("12345678901234567", "12345678901234568"), ("3.14159", "3.14159265")]
+    try:
+        for g, p in pairs:
+            fast = fast_verdict(as_number(g), as_number(p))
+            slow = worker.call({"gold": g, "pred": p}, 10.0)["v"]
+            assert fast is None or fast == slow, (g, p, fast, slow)
+    finally:
+        worker.close()
+
+
+@pytest.mark.parametrize("pathological", ["10^{10^{10^{10}}}", "9999999!"])
+def test_pathological_input_costs_at_most_the_timeout(pathological):
+    t0 = time.monotonic()
+    assert score(f"\\boxed{{{pathological}}}", "5", timeout_s=1.0) == 0.0
+    assert time.monotonic() - t0 < 1.0 + 1.5  # the deadline, plus waiting for a warm replacement worker
+    assert score("\\boxed{\\frac{10}{2}}", "5") == 1.0  # and the scorer still works afterwards
+
+
+def test_timeout_score_is_configurable():
+    assert score("\\boxed{9999999!}", "5", timeout_s=0.5, timeout_score=-1.0) == -1.0
+
+
+def test_works_off_the_main_thread():
+    out: list = []
+    completions = ["\\boxed{\\frac{\\sqrt{2}}{2}}", "\\boxed{1+1/e}", "\\boxed{9999999!}"]
+    golds = ["\\frac{1}{\\sqrt{2}}", "1-1/e", "5"]
+    t = threading.Thread(target=lambda: out.append(math_accuracy(completions, golds, timeout_s=1.0)))
+    t.start()
+    t.join(30)
+    assert out == [[1.0, 0.0, 0.0]]
+
+
+def test_works_inside_a_ray_actor():
+    ray = pytest.importorskip("ray")
+    ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False)
+    try:
+        @ray.remote(num_cpus=0.5)
+        class Scorer:
+            def score(self, completions, golds):
+                from rewards.math import math_accuracy
+
+                return math_accuracy(completions, golds, timeout_s=1.0)
+
+        s = Scorer.remote()
+        got = ray.get(s.score.remote(["\\boxed{\\frac{\\sqrt{2}}{2}}", "\\boxed{4\\sqrt{2}}", "\\boxed{9999999!}", "\\boxed{1}"],
+                                     ["\\frac{1}{\\sqrt{2}}", "4", "5", "}{"]), timeout=120)
+        assert got == [1.0, 0.0, 0.0, None]
+    finally:
+        ray.shutdown()
+
+
+def test_registry_names_and_trl_kwargs():
+    assert {"math_accuracy", "strict_format", "code_accuracy"} <= set(available_rewards())
+    fns, weights = build_rewards({"math_accuracy": 1.0, "strict_format": 0.1})
+    assert weights == [1.0, 0.1] and [f.__name__ for f in fns] == ["math_accuracy", "strict_format"]
+    kw = dict(prompts=["p"], completion_ids=[[1, 2]], trainer_state=None, log_extra=None, log_metric=None)
+    assert fns[0](["<think>x</think><answer>6</answer>"], answer=["6"], **kw) == [1.0]
+    assert get_reward("math_accuracy", last_number=True)(["it is 6"], answer=["6"]) == [1.0]
+    with pytest.raises(KeyError, match="available: .*math_accuracy"):
+        get_reward("no_such_reward")
+    with pytest.raises(TypeError):
+        get_reward("strict_format", x=1)
