@@ -1,0 +1,98 @@
+"""Property tests: no reward raises or overruns its timeout on arbitrary text, and the math fast path
+never disagrees with math-verify on numbers."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from rewards.code import extract_program, normalise_tests
+from rewards.math import MathVerifyWorker, as_number, extract_answers, fast_verdict, math_accuracy
+from rewards.registry import get_reward
+from rewards.sandbox import SandboxConfig
+
+FUZZ = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+TIMEOUT = 1.0
+# Text that looks like model output: tags, boxes, latex and numbers mixed with anything.
+pieces = st.sampled_from(["<think>", "</think>", "<answer>", "</answer>", "\\boxed{", "}", "{", "\\frac{", "^{", "!", "$",
+                          "the answer is ", "#### ", "\\sqrt(", "\\%", "=", " or ", "\n", "10", "-3.5", "x", "\\pi", "```python\n", "```"])
+texts = st.lists(st.one_of(pieces, st.text(max_size=12)), max_size=25).map("".join)
+
+
+@FUZZ
+@given(texts, st.one_of(texts, st.integers(-10**6, 10**6).map(str)))
+def test_math_accuracy_never_raises_nor_overruns(text, gold):
+    t0 = time.monotonic()
+    [v] = math_accuracy([text], [gold], timeout_s=TIMEOUT)
+    assert v is None or v in (0.0, 1.0)
+    assert time.monotonic() - t0 < 2 * TIMEOUT + 2.0  # gold parse + verify, each bounded, plus a worker warm-up
+
+
+@FUZZ
+@given(texts)
+def test_shaping_and_extraction_never_raise(text):
+    for name, params in [("strict_format", {}), ("overlong_penalty", {"max_length": 50, "cache_length": 10}),
+                         ("repetition_penalty", {})]:
+        [v] = get_reward(name, **params)([text])
+        assert isinstance(v, float)
+    extract_answers(text, last_number=True)
+    extract_program(text)
+    try:
+        normalise_tests(text)
+    except ValueError:
+        pass
+
+
+@pytest.mark.skipif(not Path("/usr/bin/bwrap").exists(), reason="bubblewrap not installed")
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.text(max_size=200), st.text(max_size=30))
+def test_code_accuracy_never_raises_nor_overruns(body, expected):
+    fn = _code_fn()
+    t0 = time.monotonic()
+    [v] = fn([f"```python\n{body}\n```"], tests=[[{"input": body, "output": expected}]])
+    assert v in (0.0, 1.0)
+    assert time.monotonic() - t0 < TIMEOUT + 3.0
+
+
+_fn = None
+
+
+def _code_fn():
+    global _fn
+    if _fn is None:
+        _fn = get_reward("code_accuracy", timeout_s=TIMEOUT, memory_mb=256)
+    return _fn
+
+
+numbers = st.one_of(
+    st.integers(-10**6, 10**6).map(str),
+    st.builds(lambda a, b: f"{a}/{b}", st.integers(-999, 999), st.integers(1, 999)),
+    st.builds(lambda a, b: f"\\frac{{{a}}}{{{b}}}", st.integers(0, 999), st.integers(1, 999)),
+    st.integers(1, 7).flatmap(lambda places: st.decimals(-1000, 1000, places=places, allow_nan=False, allow_infinity=False)).map(str),
+)
+
+
+@settings(max_examples=60, deadline=None)
+@given(numbers, numbers)
+def test_fast_path_never_changes_math_verifys_verdict(gold, pred):
+    g, p = as_number(gold), as_number(pred)
+    if g is None or p is None:
+        return
+    fast = fast_verdict(g, p)
+    if fast is None:
+        return
+    assert _worker().call({"gold": gold, "pred": pred}, 10.0)["v"] == fast, (gold, pred)
+
+
+_w = None
+
+
+def _worker() -> MathVerifyWorker:
+    global _w
+    if _w is None:
+        _w = MathVerifyWorker()
+    return _w
