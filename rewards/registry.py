@@ -31,6 +31,7 @@ def register(name: str, *, factory: bool = False):
 
 def _load_builtin() -> None:
     # Importing the modules runs their @register decorators.
+    from rewards import arithmetic as _arithmetic  # noqa: F401
     from rewards import math as _math  # noqa: F401
     from rewards import shaping as _shaping  # noqa: F401
 

@@ -1,0 +1,310 @@
+"""Typed, frozen pipeline configuration: one dataclass per stage, composed into `PipelineConfig`.
+
+A recipe is a YAML file under `pipelines/recipes/` whose top-level keys are the sections below
+(`run`, `model`, `task`, `sft`, `grpo`, `distill`, `eval`, `baseline`). Any field can be overridden as
+`section.field=value`; values are parsed as YAML and then checked against the field's type, so an
+unknown or ill-typed field fails before any work, naming the field and the valid choices.
+"""
+
+from __future__ import annotations
+
+import collections.abc
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import yaml
+
+RECIPE_DIR = Path(__file__).parent / "recipes"
+
+
+class ConfigError(ValueError):
+    """A recipe or override that does not fit the schema. The message names the field."""
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    name: str = "tiny"
+    seed: int = 0
+    output_dir: str = "runs"
+    ray_address: str = ""  # "" starts a local Ray; "auto" or "ray://host:10001" connects
+    num_cpus: int = 0  # for a local Ray; 0 = all cores
+    wandb_mode: str = "offline"  # offline | online | disabled
+    wandb_project: str = "rayzero"
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The policy to start from. `tiny` builds a Llama-architecture model from this config and a
+    tokenizer trained on the task's text at run time; `hf` loads `path` (a local HF folder)."""
+
+    kind: str = "tiny"  # tiny | hf
+    path: str = ""
+    hidden_size: int = 128
+    num_layers: int = 4
+    num_heads: int = 4
+    intermediate_size: int = 384
+    vocab_size: int = 512  # tokenizer size for `tiny`
+    max_position: int = 256
+
+
+@dataclass(frozen=True)
+class TaskConfig:
+    """`arithmetic` is the built-in generator; `jsonl` reads rows with `prompt` and `answer`."""
+
+    name: str = "arithmetic"
+    path: str = ""  # for jsonl: a file, split into cold-start / train / held-out by the sizes below
+    num_cold_start: int = 200  # CoT examples for SFT
+    num_train: int = 4000  # prompts (answers only) for GRPO and distillation
+    num_heldout: int = 300  # never trained on
+    min_ops: int = 2
+    max_ops: int = 3
+    max_value: int = 20
+
+
+@dataclass(frozen=True)
+class SFTConfig:
+    enabled: bool = True
+    epochs: float = 3.0
+    max_steps: int = -1
+    learning_rate: float = 1e-3
+    batch_size: int = 16
+    warmup_ratio: float = 0.05
+    weight_decay: float = 0.0
+    num_cpus: float = 1.0
+    time_budget_s: float = 0.0  # stop training after this wall time; 0 = no budget
+
+
+@dataclass(frozen=True)
+class GRPOConfig:
+    enabled: bool = True
+    max_steps: int = 200
+    learning_rate: float = 1e-4
+    num_generations: int = 8
+    prompts_per_step: int = 16
+    temperature: float = 1.0
+    max_completion_length: int = 64
+    beta: float = 0.0  # KL coefficient; > 0 loads a reference model
+    loss_type: str = "dapo"  # grpo | dapo | dr_grpo | bnpo | ...
+    epsilon: float = 0.2
+    epsilon_high: float = 0.0  # clip-higher (DAPO); 0 = same as epsilon
+    scale_rewards: str = "group"  # group | batch | none
+    importance_sampling_level: str = "token"  # token | sequence (GSPO)
+    num_iterations: int = 1
+    rewards: Mapping[str, float] = field(
+        default_factory=lambda: {"math_accuracy": 1.0, "strict_format": 0.1}
+    )
+    num_workers: int = 1  # Ray Train workers (data parallel)
+    cpus_per_worker: float = 1.0
+    use_gpu: bool = False
+    logging_steps: int = 10
+
+
+@dataclass(frozen=True)
+class DistillConfig:
+    enabled: bool = True
+    samples_per_prompt: int = 4
+    num_prompts: int = 2000
+    temperature: float = 1.0
+    keep_per_prompt: int = 2  # at most this many distinct correct traces per prompt
+    student: ModelConfig = ModelConfig(hidden_size=96, num_layers=3, num_heads=4, intermediate_size=256)
+    epochs: float = 2.0
+    learning_rate: float = 1e-3
+    batch_size: int = 32
+    num_cpus: float = 1.0
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    max_new_tokens: int = 64
+    batch_size: int = 128
+    num_cpus: float = 1.0
+
+
+@dataclass(frozen=True)
+class BaselineConfig:
+    """SFT alone on the same cold-start data for the wall time SFT+GRPO took (the comparison the
+    RL stage must beat)."""
+
+    enabled: bool = False
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    run: RunConfig = RunConfig()
+    model: ModelConfig = ModelConfig()
+    task: TaskConfig = TaskConfig()
+    sft: SFTConfig = SFTConfig()
+    grpo: GRPOConfig = GRPOConfig()
+    distill: DistillConfig = DistillConfig()
+    eval: EvalConfig = EvalConfig()
+    baseline: BaselineConfig = BaselineConfig()
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.run.output_dir) / self.run.name
+
+
+# ---------------------------------------------------------------------------------------------
+# Building configs from nested dicts, with checking
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _coerce(value: Any, tp: Any, where: str) -> Any:
+    """Check `value` against annotation `tp`; return it converted (int -> float, list -> tuple)."""
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{where}: expected a mapping of {sorted(f.name for f in dataclasses.fields(tp))}, got {value!r}")
+        return build(tp, value, where)
+    if origin in (typing.Union, types.UnionType):
+        for arg in typing.get_args(tp):
+            try:
+                return _coerce(value, arg, where)
+            except ConfigError:
+                pass
+        raise ConfigError(f"{where}: {value!r} is not {_type_name(tp)}")
+    if origin in (Mapping, dict, collections.abc.Mapping) or tp in (dict, Mapping):
+        kt, vt = typing.get_args(tp) or (str, Any)
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
+        return {_coerce(k, kt, f"{where}.{k}"): _coerce(v, vt, f"{where}.{k}") for k, v in value.items()}
+    if origin in (tuple, list) or tp in (tuple, list):
+        (et, *_) = typing.get_args(tp) or (Any,)
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        return tuple(_coerce(v, et, f"{where}[{i}]") for i, v in enumerate(value))
+    if tp is Any:
+        return value
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{where}: expected true/false, got {value!r}")
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):  # YAML 1.1 reads "3e-4" (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise ConfigError(f"{where}: expected a number, got {value!r}")
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise ConfigError(f"{where}: expected an integer, got {value!r}")
+    if tp is str:
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value)
+        raise ConfigError(f"{where}: expected a string, got {value!r}")
+    raise ConfigError(f"{where}: unsupported type {_type_name(tp)}")
+
+
+def build(cls: type, values: Mapping[str, Any], where: str = "") -> Any:
+    """Build dataclass `cls` from `values`, starting from its defaults; unknown keys raise."""
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for key, value in values.items():
+        path = f"{where}.{key}" if where else str(key)
+        if key not in hints:
+            raise ConfigError(f"unknown field '{path}'; valid fields{' of ' + where if where else ''}: {', '.join(names)}")
+        tp = hints[key]
+        if dataclasses.is_dataclass(tp) and isinstance(value, Mapping):
+            # Nested sections merge into the default instance, so a recipe can set one field.
+            base = {f.name: getattr(getattr(cls(), key), f.name) for f in dataclasses.fields(tp)}
+            value = {**base, **value}
+        kwargs[key] = _coerce(value, tp, path)
+    obj = cls(**kwargs)
+    validate(obj, where)
+    return obj
+
+
+_CHOICES = {
+    ("run", "wandb_mode"): ("offline", "online", "disabled"),
+    ("model", "kind"): ("tiny", "hf"),
+    ("task", "name"): ("arithmetic", "jsonl"),
+    ("grpo", "scale_rewards"): ("group", "batch", "none"),
+    ("grpo", "importance_sampling_level"): ("token", "sequence"),
+    ("grpo", "loss_type"): ("grpo", "dapo", "dr_grpo", "bnpo", "cispo", "sapo"),
+}
+
+
+def validate(obj: Any, where: str) -> None:
+    section = where.split(".")[-1] if where else ""
+    for f in dataclasses.fields(obj):
+        choices = _CHOICES.get((section, f.name))
+        if choices and getattr(obj, f.name) not in choices:
+            raise ConfigError(f"{where}.{f.name}={getattr(obj, f.name)!r} is not one of: {', '.join(choices)}")
+    if section == "grpo" and obj.enabled:
+        from rewards.registry import available_rewards
+
+        for name in obj.rewards:
+            if name not in available_rewards():
+                raise ConfigError(f"grpo.rewards: unknown reward '{name}'; available: {', '.join(available_rewards())}")
+        if obj.num_generations < 2:
+            raise ConfigError("grpo.num_generations must be >= 2 (GRPO compares samples within a group)")
+    if section == "task" and obj.name == "jsonl" and not obj.path:
+        raise ConfigError("task.path is required when task.name=jsonl")
+
+
+# ---------------------------------------------------------------------------------------------
+# Recipes and overrides
+
+
+def list_recipes() -> list[str]:
+    return sorted(p.stem for p in RECIPE_DIR.glob("*.yaml"))
+
+
+def recipe_path(recipe: str) -> Path:
+    path = Path(recipe)
+    if path.suffix in (".yaml", ".yml") and path.exists():
+        return path
+    path = RECIPE_DIR / f"{recipe}.yaml"
+    if not path.exists():
+        raise ConfigError(f"recipe '{recipe}' not found; shipped recipes: {', '.join(list_recipes())} (or pass a path to a .yaml file)")
+    return path
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    if "=" not in text:
+        raise ConfigError(f"override '{text}' must look like section.field=value")
+    key, raw = text.split("=", 1)
+    parts = key.strip().split(".")
+    if len(parts) < 2 or not all(parts):
+        raise ConfigError(f"override '{text}': the key must be section.field (e.g. grpo.num_generations=8)")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as e:
+        raise ConfigError(f"override '{text}': value is not valid YAML ({e.__class__.__name__})") from None
+    return parts, value
+
+
+def load_config(recipe: str = "tiny", overrides: list[str] | tuple[str, ...] = ()) -> PipelineConfig:
+    """Load a recipe by name (or path) and apply `section.field=value` overrides."""
+    path = recipe_path(recipe)
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: a recipe must be a mapping of sections")
+    for text in overrides:
+        parts, value = parse_override(text)
+        node = raw
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override '{text}': '{part}' is not a section")
+        node[parts[-1]] = value
+    return build(PipelineConfig, raw)
+
+
+def to_dict(cfg: Any) -> dict:
+    return dataclasses.asdict(cfg)

@@ -1,0 +1,70 @@
+"""Task adapters: each returns the three splits the pipeline trains and evaluates on.
+
+- `cold_start`: rows {prompt, completion, answer} (chain-of-thought examples for SFT),
+- `train`: rows {prompt, answer} (verifiable prompts for GRPO and distillation),
+- `heldout`: rows {prompt, answer} (never trained on; accuracy is measured here).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+from pipelines.config import TaskConfig
+
+
+class TaskDataError(ValueError):
+    """A dataset row that cannot be used; the message names the file and row."""
+
+
+def load_task(cfg: TaskConfig, seed: int) -> dict[str, list[dict]]:
+    if cfg.name == "arithmetic":
+        from pipelines.tasks.arithmetic import generate_splits
+
+        return generate_splits(cfg.num_cold_start, cfg.num_train, cfg.num_heldout, min_ops=cfg.min_ops,
+                               max_ops=cfg.max_ops, max_value=cfg.max_value, seed=seed)
+    if cfg.name == "jsonl":
+        return _load_jsonl(Path(cfg.path), cfg, seed)
+    raise TaskDataError(f"task.name: unknown task '{cfg.name}'")
+
+
+def read_rows(path: Path) -> list[dict]:
+    """Rows of a JSONL file, each checked for a non-empty `prompt` and `answer`."""
+    if not path.exists():
+        raise TaskDataError(f"{path}: file not found")
+    rows = []
+    with path.open() as f:
+        for i, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise TaskDataError(f"{path} row {i}: not valid JSON ({e.msg})") from None
+            if not isinstance(row, dict):
+                raise TaskDataError(f"{path} row {i}: expected a JSON object")
+            for key in ("prompt", "answer"):
+                if row.get(key) in (None, ""):
+                    raise TaskDataError(f"{path} row {i}: missing '{key}'")
+            row["answer"] = str(row["answer"])
+            rows.append(row)
+    return rows
+
+
+def _load_jsonl(path: Path, cfg: TaskConfig, seed: int) -> dict[str, list[dict]]:
+    rows = read_rows(path)
+    # Held-out rows come from a fixed shuffle (not the run seed) so every run is measured on the same set.
+    order = list(range(len(rows)))
+    random.Random(0).shuffle(order)
+    heldout = [rows[i] for i in order[: cfg.num_heldout]]
+    rest = [rows[i] for i in order[cfg.num_heldout:]]
+    with_cot = [r for r in rest if r.get("completion")]
+    if not with_cot:
+        raise TaskDataError(f"{path}: no row has a 'completion' (chain of thought) for cold-start SFT")
+    random.Random(seed).shuffle(with_cot)
+    cold = with_cot[: cfg.num_cold_start]
+    cold_ids = {id(r) for r in cold}
+    train = [{"prompt": r["prompt"], "answer": r["answer"]} for r in rest if id(r) not in cold_ids][: cfg.num_train]
+    return {"cold_start": cold, "train": train,
+            "heldout": [{"prompt": r["prompt"], "answer": r["answer"]} for r in heldout]}

@@ -1,0 +1,82 @@
+"""Built-in verifiable task: multi-step arithmetic word problems with chain-of-thought solutions.
+
+A problem starts from a quantity and applies `min_ops..max_ops` additions/subtractions, e.g.
+
+    prompt:     "Mia has 7 pens. She buys 5 more. Then she gives away 4. How many pens does Mia have now?\n"
+    completion: "<think>7+5=12. 12-4=8.</think><answer>8</answer>"
+
+The completion is DeepSeek-R1-Zero's template (think block, then answer block). Every intermediate value
+stays in [0, max_value * 2] so the model only has to learn a bounded table of facts.
+"""
+
+from __future__ import annotations
+
+import random
+
+NAMES = ["Mia", "Tom", "Ava", "Leo", "Zoe", "Sam", "Ivy", "Max", "Eva", "Ben", "Lily", "Noah"]
+ITEMS = ["apples", "pens", "coins", "books", "stamps", "marbles", "cards", "shells", "cookies", "stickers"]
+ADD = ["buys {n} more", "finds {n} more", "gets {n} more", "is given {n} more"]
+SUB = ["gives away {n}", "loses {n}", "sells {n}", "uses {n}"]
+THEN = ["Then", "After that", "Next"]
+
+
+def make_problem(rng: random.Random, min_ops: int, max_ops: int, max_value: int) -> dict:
+    name, item = rng.choice(NAMES), rng.choice(ITEMS)
+    pron = "She" if name in ("Mia", "Ava", "Zoe", "Ivy", "Eva", "Lily") else "He"
+    value = rng.randint(1, max_value)
+    sentences = [f"{name} has {value} {item}."]
+    steps = []
+    for i in range(rng.randint(min_ops, max_ops)):
+        # Subtract only when something is left, add only while under the cap: answers stay in range.
+        can_sub, can_add = value > 0, value < 2 * max_value
+        if can_sub and (not can_add or rng.random() < 0.5):
+            n = rng.randint(1, min(value, max_value))
+            new, phrase, sym = value - n, rng.choice(SUB), "-"
+        else:
+            n = rng.randint(1, min(max_value, 2 * max_value - value))
+            new, phrase, sym = value + n, rng.choice(ADD), "+"
+        lead = pron if i == 0 else f"{rng.choice(THEN)} {pron.lower()}"
+        sentences.append(f"{lead} {phrase.format(n=n)}.")
+        steps.append(f"{value}{sym}{n}={new}.")
+        value = new
+    sentences.append(f"How many {item} does {name} have now?")
+    return {
+        "prompt": " ".join(sentences) + "\n",
+        "completion": f"<think>{' '.join(steps)}</think><answer>{value}</answer>",
+        "answer": str(value),
+        "key": " ".join(steps),  # the underlying computation, used to keep splits disjoint
+    }
+
+
+def generate_splits(num_cold_start: int, num_train: int, num_heldout: int, *, min_ops: int, max_ops: int,
+                    max_value: int, seed: int) -> dict[str, list[dict]]:
+    """Cold-start (with CoT), train (answers only) and held-out splits. The held-out split is drawn
+    first from its own stream (it is the same for every run seed of a given task config), and no
+    training problem shares its computation with a held-out one."""
+    held_rng = random.Random(f"heldout-{min_ops}-{max_ops}-{max_value}")
+    heldout, held_keys = [], set()
+    while len(heldout) < num_heldout:
+        p = make_problem(held_rng, min_ops, max_ops, max_value)
+        if p["key"] not in held_keys:
+            held_keys.add(p["key"])
+            heldout.append(p)
+    rng = random.Random(seed)
+    out: dict[str, list[dict]] = {"cold_start": [], "train": []}
+    for split, n in (("cold_start", num_cold_start), ("train", num_train)):
+        tries = 0
+        while len(out[split]) < n:
+            tries += 1
+            if tries > 100 * n + 1000:
+                raise ValueError(f"task: cannot draw {n} {split} problems disjoint from the held-out set; "
+                                 f"raise task.max_value/max_ops or lower the split sizes")
+            p = make_problem(rng, min_ops, max_ops, max_value)
+            if p["key"] not in held_keys:
+                out[split].append(p)
+    for rows in (out["train"], heldout):
+        for r in rows:
+            r.pop("completion", None)  # RL prompts carry answers only: no CoT labels
+    for rows in (out["cold_start"], out["train"], heldout):
+        for r in rows:
+            r.pop("key", None)
+    out["heldout"] = heldout
+    return out

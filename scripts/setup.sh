@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Idempotent setup: a virtualenv in .venv with rayzero (editable) and its pinned dependencies.
+# torch is constrained to 2.13.0 so pip takes the CPU wheel instead of pulling CUDA builds.
+# bubblewrap (the code-reward sandbox) comes from Debian when apt is available.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+  "$PY" -m venv .venv
+fi
+if ! command -v bwrap >/dev/null 2>&1; then
+  if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+    (apt-get install -y -q bubblewrap >/dev/null 2>&1 || (apt-get update -q >/dev/null && apt-get install -y -q bubblewrap >/dev/null)) \
+      || echo "setup: could not install bubblewrap; sandboxed code rewards will be unavailable" >&2
+  else
+    echo "setup: bubblewrap (bwrap) not found and apt-get unavailable; install it for code rewards" >&2
+  fi
+fi
+# Skip the (slow) resolver run when nothing changed since the last successful install.
+stamp=.venv/.rayzero-installed
+want=$(cat pyproject.toml constraints.txt | sha256sum | cut -d' ' -f1)
+if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
+  .venv/bin/python -m pip install -q --disable-pip-version-check -c constraints.txt torch==2.13.0
+  .venv/bin/python -m pip install -q --disable-pip-version-check -c constraints.txt -e ".[test]"
+  echo "$want" > "$stamp"
+fi

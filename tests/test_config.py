@@ -1,0 +1,73 @@
+import pytest
+
+from pipelines.config import ConfigError, PipelineConfig, list_recipes, load_config
+
+
+@pytest.mark.parametrize("recipe", list_recipes())
+def test_every_shipped_recipe_loads_and_starts_with_its_command(recipe):
+    cfg = load_config(recipe)
+    assert isinstance(cfg, PipelineConfig)
+    from pipelines.config import recipe_path
+
+    first = recipe_path(recipe).read_text().splitlines()[0]
+    assert first == f"# rayzero run {recipe}", "a recipe starts with the command that runs it"
+
+
+def test_tiny_is_the_default_and_overrides_apply():
+    cfg = load_config("tiny", ["grpo.num_generations=4", "sft.learning_rate=3e-4", "run.name=x",
+                               "grpo.rewards={math_accuracy: 1.0}", "distill.student.hidden_size=48"])
+    assert cfg.grpo.num_generations == 4
+    assert cfg.sft.learning_rate == pytest.approx(3e-4)
+    assert cfg.run.name == "x"
+    assert dict(cfg.grpo.rewards) == {"math_accuracy": 1.0}
+    assert cfg.distill.student.hidden_size == 48
+    assert cfg.distill.student.num_layers == 3  # the rest of the nested section keeps the recipe's values
+
+
+def test_int_is_accepted_where_float_is_expected():
+    assert load_config("tiny", ["grpo.learning_rate=1"]).grpo.learning_rate == 1.0
+
+
+@pytest.mark.parametrize("override, words", [
+    ("grpo.num_generation=8", ["grpo.num_generation", "num_generations", "valid fields"]),
+    ("grpo.num_generations=eight", ["grpo.num_generations", "integer", "eight"]),
+    ("nosuch.x=1", ["nosuch", "valid fields", "grpo"]),
+    ("grpo.loss_type=ppo", ["grpo.loss_type", "dapo", "dr_grpo"]),
+    ("grpo.rewards={nope: 1.0}", ["nope", "math_accuracy"]),
+    ("sft.enabled=maybe", ["sft.enabled", "true/false"]),
+    ("grpo.num_generations=1", ["num_generations", ">= 2"]),
+    ("grpo", ["section.field=value"]),
+])
+def test_bad_overrides_name_the_field(override, words):
+    with pytest.raises(ConfigError) as err:
+        load_config("tiny", [override])
+    for w in words:
+        assert w in str(err.value)
+
+
+def test_missing_recipe_lists_the_shipped_ones():
+    with pytest.raises(ConfigError) as err:
+        load_config("nosuch")
+    assert "nosuch" in str(err.value) and "tiny" in str(err.value)
+
+
+def test_configs_are_frozen():
+    cfg = load_config("tiny")
+    with pytest.raises(Exception):
+        cfg.grpo.max_steps = 3  # type: ignore[misc]
+
+
+def test_cli_errors_are_one_line_and_exit_2(cli, tmp_path):
+    for args, needle in ((["run", "nosuch"], "recipe 'nosuch' not found"),
+                         (["run", "tiny", "grpo.bogus=1"], "unknown field 'grpo.bogus'")):
+        res = cli(*args, cwd=tmp_path, timeout=120)
+        assert res.returncode == 2
+        lines = res.stderr.strip().splitlines()
+        assert len(lines) == 1 and needle in lines[0], res.stderr
+    assert not (tmp_path / "runs").exists(), "a bad config fails before any work"
+
+
+def test_cli_config_prints_the_resolved_config(cli, tmp_path):
+    res = cli("config", "micro", "grpo.max_steps=7", cwd=tmp_path, timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert "max_steps: 7" in res.stdout
