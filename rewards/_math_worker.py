@@ -33,6 +33,8 @@ def main() -> None:
             golds[g] = parsed if parsed and not isinstance(parsed[0], str) else None
         return golds[g]
 
+    for warm in ("1", "\\frac{\\sqrt{2}}{2}", "2\\pi", "x^2+1", "[1,2]", "(1,2)", "x=3", "\\{1,2\\}"):
+        verify(parse(f"${warm}$", parsing_timeout=None), parse(f"${warm}$", parsing_timeout=None), timeout_seconds=None)
     out = sys.stdout
     out.write('{"ready": true}\n')
     out.flush()

@@ -9,9 +9,11 @@ tests that cannot be used (malformed, empty) score None, never 0 or 1.
 
 from __future__ import annotations
 
+import atexit
 import json
 import re
 import threading
+import weakref
 from typing import Any, Literal, Sequence
 
 from rewards.registry import completion_text, register
@@ -81,6 +83,7 @@ def score_one(sandbox: Sandbox, completion: Any, tests: Any, entry_point: str | 
 
 
 _local = threading.local()
+_all_sandboxes: "weakref.WeakSet[Sandbox]" = weakref.WeakSet()
 
 
 def _thread_sandbox(config: SandboxConfig) -> Sandbox:
@@ -90,7 +93,15 @@ def _thread_sandbox(config: SandboxConfig) -> Sandbox:
         cache = _local.sandboxes = {}
     if config not in cache:
         cache[config] = Sandbox(config)
+        _all_sandboxes.add(cache[config])
     return cache[config]
+
+
+@atexit.register
+def close_sandboxes() -> None:
+    """Stop every fork-server the in-process code reward started (they restart on next use)."""
+    for sb in list(_all_sandboxes):
+        sb.close()
 
 
 def code_accuracy(completions: list, tests: list, entry_point: list | None = None, *, mode: Literal["fraction", "all"] = "fraction",

@@ -10,10 +10,11 @@ Pipeline per completion:
    parenthesised form as nothing, so `4` "equalled" `4\\sqrt(2)`), and `%` is dropped. Percent is a
    *unit* here, not "/100": datasets write a percent gold as `50` or `50\\%`, so `50\\%` = `50`, while
    `0.5` for `50\\%` is an answer on the wrong scale and scores 0 (math-verify alone accepts it).
-3. **Fast path**: both sides plain numbers (integer, decimal, `a/b`, `\\frac{a}{b}`): exact rational
+3. **Fast path**: identical normalised strings (gold known parseable) → 1; both sides plain numbers (integer, decimal, `a/b`, `\\frac{a}{b}`): exact rational
    equality → 1; clearly different (integers, or > 0.1 % apart) → 0. Near-misses go to math-verify,
    whose float rounding decides them, so the fast path never changes math-verify's verdict
-   (tests/test_rewards_math.py and benchmarks/rewards.py check this).
+   (tests/test_rewards_math.py and benchmarks/rewards.py check this). Verdicts of the slow path are
+   memoised per (gold, answer): completions in a GRPO group often repeat an answer string.
 4. **math-verify** in a persistent child process (rewards/_math_worker.py) with its SIGALRM timeouts
    off; the deadline is enforced by killing the process, so it works in any thread and inside Ray
    actors, and `9999999!` costs at most `timeout_s`. The gold is parsed as `$gold$` (bare strings like
@@ -217,6 +218,7 @@ class MathVerifyWorker:
 
 
 _WORKER = MathVerifyWorker()
+_VERDICTS: dict[tuple[str, str], float | None] = {}  # math-verify is deterministic: memoise its verdicts
 
 
 @lru_cache(maxsize=65536)
@@ -239,14 +241,22 @@ def score_one(text: str, gold: Any, *, last_number: bool = False, timeout_s: flo
     if len(answers) != 1:
         return 0.0  # no answer, or a hedge between several
     pred = answers[0]
+    if pred == g:
+        return 1.0  # same string, same parse: math-verify's verdict for a parseable gold is equality
     gn, pn = as_number(g), as_number(pred)
     if gn is not None and pn is not None:
         v = fast_verdict(gn, pn)
         if v is not None:
             return v
+    key = (g, pred)
+    if key in _VERDICTS:  # a GRPO group often repeats the same answer string
+        return _VERDICTS[key]
     resp = _WORKER.call({"gold": g, "pred": pred}, timeout_s)
     if resp is None:
-        return timeout_score
+        return timeout_score  # not cached: a later call with a larger budget may still decide it
+    if len(_VERDICTS) >= 100_000:
+        _VERDICTS.clear()
+    _VERDICTS[key] = resp["v"]
     return resp["v"]
 
 

@@ -25,6 +25,9 @@ def ray_session():
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield
     ray.shutdown()
+    from rewards.code import close_sandboxes
+
+    close_sandboxes()  # in-process sandboxes of other test modules in this session
     deadline = time.monotonic() + 10
     while sandbox_procs() and time.monotonic() < deadline:
         time.sleep(0.05)

@@ -7,9 +7,15 @@ from pathlib import Path
 
 import pytest
 
-from rewards.code import code_accuracy, extract_program, normalise_tests
+from rewards.code import close_sandboxes, code_accuracy, extract_program, normalise_tests
 from rewards.registry import get_reward
 from rewards.sandbox import SandboxConfig
+
+@pytest.fixture(scope="module", autouse=True)
+def _close_sandboxes():
+    yield
+    close_sandboxes()
+
 
 pytestmark = pytest.mark.skipif(not Path("/usr/bin/bwrap").exists(), reason="bubblewrap not installed")
 CFG = SandboxConfig(timeout_s=2.0, cpu_s=1, memory_mb=256)

@@ -10,10 +10,16 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from rewards.code import extract_program, normalise_tests
+from rewards.code import close_sandboxes, extract_program, normalise_tests
 from rewards.math import MathVerifyWorker, as_number, extract_answers, fast_verdict, math_accuracy
 from rewards.registry import get_reward
 from rewards.sandbox import SandboxConfig
+
+@pytest.fixture(scope="module", autouse=True)
+def _close_sandboxes():
+    yield
+    close_sandboxes()
+
 
 FUZZ = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 TIMEOUT = 1.0

@@ -48,7 +48,10 @@ def wait_until(pred, timeout=5.0) -> bool:
 
 @pytest.fixture(scope="module")
 def sandbox():
-    assert not uid_procs(), "stale sandbox processes from an earlier run"
+    from rewards.code import close_sandboxes
+
+    close_sandboxes()  # the code-reward tests' sandboxes, when run in the same session
+    assert wait_until(lambda: not uid_procs()), "stale sandbox processes from an earlier run"
     sb = Sandbox(CFG)
     yield sb
     sb.close()
