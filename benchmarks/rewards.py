@@ -1,7 +1,9 @@
 """Reward throughput on this machine: `.venv/bin/python benchmarks/rewards.py [--pairs 1000] [--tests 500]`.
 
 1. Math: rayzero's `math_accuracy` vs calling math-verify directly (`verify(parse(gold), parse(completion))`,
-   gold parses cached for both) on the same deterministic pairs; verdicts must be identical.
+   gold parses cached for both) on the same deterministic pairs; verdicts must be identical. Primary figure:
+   1,000 distinct (gold, answer) pairs, so no memo helps; second line: a GRPO-shaped batch (repeated answers).
+   math-verify's known wrong verdicts, where rayzero deviates on purpose, are reported apart.
 2. Code: sandboxed stdin/stdout test executions (bwrap fork-server) vs one plain `python3` subprocess
    per test, same interpreter, same programs, same verdicts.
 """
@@ -19,94 +21,137 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from rewards.math import _WORKER, math_accuracy  # noqa: E402
+from rewards.math import _VERDICTS, _WORKERS, math_accuracy  # noqa: E402
 from rewards.sandbox import Sandbox, SandboxConfig  # noqa: E402
 
 FILLER = ["First, note that", "Let us compute", "Substituting back gives", "We check the case", "Multiplying both sides by",
           "This simplifies to", "Hence", "Adding the two equations,", "By symmetry,", "So far we have"]
+# rayzero deliberately disagrees with math-verify here (rewards/math.py docstring), so these are not in the
+# timed pairs; the benchmark reports them on their own line instead.
+KNOWN_WRONG = [("50\\%", "0.5"), ("4", "4\\sqrt(2)"), ("1-1/e", "1+1/e")]
 
 
-def _answer_pair(rng: random.Random, kind: int) -> tuple[str, str, str]:
-    """(gold, right answer written differently or the same, a wrong answer)."""
+def _answer_forms(rng: random.Random, kind: int) -> tuple[str, list[str], list[str]]:
+    """(gold, right answers written in various ways, wrong answers) for one problem."""
     if kind == 0:
         n = rng.randint(-500, 5000)
-        return str(n), str(n), str(n + rng.choice([-10, -2, -1, 1, 3, 100]))
+        return str(n), [str(n)], [str(n + d) for d in (-10, -2, -1, 1, 3, 100)]
     if kind == 1:
-        a, b = rng.randint(1, 60), rng.randint(2, 60)
-        f = Fraction(a, b)
-        right = rng.choice([f"\\frac{{{f.numerator}}}{{{f.denominator}}}", f"{f.numerator}/{f.denominator}", f"\\frac{{{2 * a}}}{{{2 * b}}}"])
-        return f"\\frac{{{f.numerator}}}{{{f.denominator}}}", right, f"\\frac{{{f.numerator + 1}}}{{{f.denominator}}}"
+        f = Fraction(rng.randint(1, 60), rng.randint(2, 60))
+        a, b = f.numerator, f.denominator
+        return f"\\frac{{{a}}}{{{b}}}", [f"\\frac{{{a}}}{{{b}}}", f"{a}/{b}", f"\\frac{{{2 * a}}}{{{2 * b}}}"], \
+            [f"\\frac{{{a + 1}}}{{{b}}}", f"\\frac{{{b}}}{{{a}}}" if a != b else "0", f"{a}/{b + 1}"]
     if kind == 2:
         d = round(rng.uniform(0, 100), 2)
-        return str(d), str(d), str(round(d + 0.5, 2))
-    k, m = rng.randint(2, 9), rng.randint(2, 7)
-    forms = [
-        (f"{k}\\sqrt{{{m}}}", f"\\sqrt{{{k * k * m}}}", f"{k + 1}\\sqrt{{{m}}}"),
-        (f"\\frac{{{k}\\pi}}{{{m}}}", f"\\frac{{{k}}}{{{m}}}\\pi", f"\\frac{{{k}\\pi}}{{{m + 1}}}"),
-        (f"{k}x+{m}", f"{m}+{k}x", f"{k}x-{m}"),
-        (f"\\frac{{\\sqrt{{{m}}}}}{{{k}}}", f"\\frac{{\\sqrt{{{m}}}}}{{{k}}}", f"\\frac{{\\sqrt{{{m + 1}}}}}{{{k}}}"),
-        (f"[{k},{k + m}]", f"[{k},{k + m}]", f"({k},{k + m})"),
-        (f"{k}^{{{m}}}", str(k**m), str(k**m + 1)),
+        return str(d), [str(d)], [str(round(d + e, 2)) for e in (0.5, -1, 10)]
+    k, m = rng.randint(2, 19), rng.choice([2, 3, 5, 6, 7, 10, 11])
+    j = rng.randint(1, 9)
+    forms = [  # MATH-style closed forms; the last two (equation, set) always go to math-verify
+        (f"{k}\\sqrt{{{m}}}", [f"{k}\\sqrt{{{m}}}", f"\\sqrt{{{k * k * m}}}"], [f"{k + 1}\\sqrt{{{m}}}", f"{k}\\sqrt{{{m + 1}}}", str(k * m)]),
+        (f"\\frac{{{k}\\pi}}{{{m}}}", [f"\\frac{{{k}}}{{{m}}}\\pi", f"\\frac{{{k}\\pi}}{{{m}}}"], [f"\\frac{{{k}\\pi}}{{{m + 1}}}", f"{k}\\pi", f"\\frac{{{m}\\pi}}{{{k}}}"]),
+        (f"{k}x+{j}", [f"{j}+{k}x", f"{k}x+{j}"], [f"{k}x-{j}", f"{j}x+{k}", f"{k}x"]),
+        (f"\\frac{{\\sqrt{{{m}}}}}{{{k}}}", [f"\\frac{{\\sqrt{{{m}}}}}{{{k}}}", f"\\frac{{1}}{{{k}}}\\sqrt{{{m}}}"], [f"\\frac{{\\sqrt{{{m + 1}}}}}{{{k}}}", f"\\frac{{{k}}}{{\\sqrt{{{m}}}}}"]),
+        (f"\\frac{{1}}{{\\sqrt{{{m}}}}}", [f"\\frac{{\\sqrt{{{m}}}}}{{{m}}}"], [f"\\sqrt{{{m}}}", f"\\frac{{1}}{{{m}}}"]),
+        (f"[{k},{k + j}]", [f"[{k},{k + j}]", f"[{k}, {k + j}]"], [f"({k},{k + j})", f"[{k},{k + j})", f"[{k - 1},{k + j}]"]),
+        (f"(-\\infty,{k}]", [f"(-\\infty,{k}]"], [f"(-\\infty,{k})", f"[{k},\\infty)", f"(-\\infty,{k + 1}]"]),
+        (f"{k}^{{{j}}}", [str(k**j), f"{k}^{{{j}}}"], [str(k**j + 1), f"{j}^{{{k}}}" if j > 1 else str(k + 1)]),
+        (f"{k}x^2-{j}", [f"-{j}+{k}x^2"], [f"{k}x^2+{j}", f"{k}x-{j}"]),
+        (str(k), [f"x={k}"], [f"x={k + 1}"]),
+        (f"\\{{{k},{k + j}\\}}", [f"\\{{{k + j},{k}\\}}"], [f"\\{{{k},{k + j + 1}\\}}"]),
     ]
     return rng.choice(forms)
 
 
-def math_pairs(n: int, seed: int = 0) -> list[tuple[str, str, str]]:
-    """(completion, gold, kind) with kind "numeric" (integer/decimal/fraction) or "latex"."""
-    rng = random.Random(seed)
-    out = []
+def _completion(rng: random.Random, ans: str) -> str:
+    # R1-style reasoning: 1.5k-5k characters of prose with inline LaTeX, like the field notes' 2.9k.
+    steps = [f"{rng.choice(FILLER)} ${rng.randint(2, 99)} \\times \\frac{{{rng.randint(2, 99)}}}{{{rng.randint(2, 9)}}} = {rng.randint(100, 9999)}$."
+             for _ in range(rng.randint(25, 80))]
+    return f"<think>{' '.join(steps)}</think>\nTherefore, the final answer is $\\boxed{{{ans}}}$."
+
+
+KINDS = [0, 0, 1, 2, 3, 3]  # 2/3 plain numbers, 1/3 LaTeX closed forms
+
+
+def unique_pairs(n: int, seed: int = 0) -> list[tuple[str, str, str]]:
+    """n (completion, gold, kind) whose (gold, final answer) pairs are all distinct: no memo can help."""
+    rng, seen, out = random.Random(seed), set(), []
     while len(out) < n:
-        kind = rng.choice([0, 0, 1, 2, 3, 3])
-        gold, right, wrong = _answer_pair(rng, kind)
-        for _ in range(4):  # GRPO-like: several completions per problem
-            ans = right if rng.random() < 0.5 else wrong
-            # R1-style reasoning: 1.5k-5k characters of prose with inline LaTeX, like the field notes' 2.9k.
-            steps = [f"{rng.choice(FILLER)} ${rng.randint(2, 99)} \\times \\frac{{{rng.randint(2, 99)}}}{{{rng.randint(2, 9)}}} = {rng.randint(100, 9999)}$."
-                     for _ in range(rng.randint(25, 80))]
-            out.append((f"<think>{' '.join(steps)}</think>\nTherefore, the final answer is $\\boxed{{{ans}}}$.", gold,
-                        "latex" if kind == 3 else "numeric"))
-    return out[:n]
+        kind = rng.choice(KINDS)
+        gold, right, wrong = _answer_forms(rng, kind)
+        ans = rng.choice(right if rng.random() < 0.5 else wrong)
+        if (gold, ans) not in seen:
+            seen.add((gold, ans))
+            out.append((_completion(rng, ans), gold, "latex" if kind == 3 else "numeric"))
+    return out
+
+
+def grpo_pairs(problems: int = 125, group: int = 8, seed: int = 1) -> list[tuple[str, str, str]]:
+    """problems × group samples; per problem a solve rate ~ U(0,1), right answers in 1-3 spellings and
+    wrong ones concentrated on a few distractors, as GRPO groups look (answers repeat within a group)."""
+    rng, out = random.Random(seed), []
+    for _ in range(problems):
+        kind = rng.choice(KINDS)
+        gold, right, wrong = _answer_forms(rng, kind)
+        p, distractors = rng.random(), wrong[: rng.randint(1, len(wrong))]
+        for _ in range(group):
+            ans = rng.choice(right) if rng.random() < p else rng.choice(distractors)
+            out.append((_completion(rng, ans), gold, "latex" if kind == 3 else "numeric"))
+    return out
+
+
+def _direct(batch, golds):
+    from math_verify import parse, verify
+
+    out = []
+    for c, g, _ in batch:
+        if g not in golds:
+            golds[g] = parse(f"${g}$")
+        out.append(1.0 if verify(golds[g], parse(c)) else 0.0)
+    return out
+
+
+def _time_both(pairs):
+    """Per kind: (rayzero s, math-verify s, pairs, pairs sent to math-verify), and all differing verdicts."""
+    times, diff = {}, []
+    for kind in ("numeric", "latex"):
+        batch = [p for p in pairs if p[2] == kind]
+        _VERDICTS.clear()  # each workload starts with an empty verdict memo
+        t0 = time.perf_counter()
+        ours = math_accuracy([c for c, _, _ in batch], [g for _, g, _ in batch])
+        t1 = time.perf_counter()
+        slow = len(_VERDICTS)
+        base = _direct(batch, {})
+        times[kind] = (t1 - t0, time.perf_counter() - t1, len(batch), slow)
+        diff += [(p, a, b) for p, a, b in zip(batch, ours, base) if a != b]
+    return times, diff
+
+
+def _report(title, pairs, times, diff):
+    n = len(pairs)
+    chars = sum(len(c) for c, _, _ in pairs) / n
+    print(f"{title}: {n} pairs (avg {chars:.0f} chars), verdicts identical: {not diff} ({len(diff)} differ)")
+    for (c, g, _), x, y in diff[:5]:
+        print(f"  differs: gold={g!r} tail={c[-60:]!r} rayzero={x} math-verify={y}")
+    for kind, (t_ours, t_direct, k, slow) in times.items():
+        print(f"  {kind:8s} ({k:4d} pairs, {slow:3d} sent to math-verify): rayzero {k / t_ours:7.0f}/s  "
+              f"math-verify {k / t_direct:5.0f}/s  ratio {t_direct / t_ours:5.1f}x")
+    t_ours, t_direct = sum(t[0] for t in times.values()), sum(t[1] for t in times.values())
+    return n / t_ours, n / t_direct, t_direct / t_ours
 
 
 def bench_math(n: int) -> None:
     logging.disable(logging.CRITICAL)
-    from math_verify import parse, verify
-
-    pairs = math_pairs(n)
-    math_accuracy(["\\boxed{1}"], ["1"])  # start the worker outside the timing, as in a long training run
-    golds: dict[str, list] = {}
-
-    def direct(batch):
-        out = []
-        for c, g, _ in batch:
-            if g not in golds:
-                golds[g] = parse(f"${g}$")
-            out.append(1.0 if verify(golds[g], parse(c)) else 0.0)
-        return out
-
-    times = {}
-    ours, base = {}, {}
-    for kind in ("numeric", "latex"):
-        batch = [p for p in pairs if p[2] == kind]
-        t0 = time.perf_counter()
-        ours[kind] = math_accuracy([c for c, _, _ in batch], [g for _, g, _ in batch])
-        t1 = time.perf_counter()
-        base[kind] = direct(batch)
-        times[kind] = (t1 - t0, time.perf_counter() - t1, len(batch))
-    a = ours["numeric"] + ours["latex"]
-    b = base["numeric"] + base["latex"]
-    ordered = [p for p in pairs if p[2] == "numeric"] + [p for p in pairs if p[2] == "latex"]
-    diff = [(ordered[i], a[i], b[i]) for i in range(n) if a[i] != b[i]]
-    chars = sum(len(c) for c, _, _ in pairs) / n
-    print(f"math: {n} pairs (avg {chars:.0f} chars, {sum(b) / n:.0%} correct), verdicts identical: {not diff} ({len(diff)} differ)")
-    for (c, g, _), x, y in diff[:5]:
-        print(f"  differs: gold={g!r} tail={c[-60:]!r} rayzero={x} math-verify={y}")
-    for kind, (t_ours, t_direct, k) in times.items():
-        print(f"  {kind:8s} ({k:4d} pairs): rayzero {k / t_ours:9.0f}/s  math-verify {k / t_direct:6.0f}/s  ratio {t_direct / t_ours:6.1f}x")
-    t_ours = sum(t[0] for t in times.values())
-    t_direct = sum(t[1] for t in times.values())
-    print(f"  all 1000 pairs: rayzero math_accuracy {n / t_ours:.0f} verifications/s, math-verify directly {n / t_direct:.0f}/s")
-    print(f"  ratio: {t_direct / t_ours:.1f}x  (goal >= 10x)")
+    for w in _WORKERS:  # start the workers outside the timing, as in a long training run
+        w.call({"gold": "x^2+1", "pred": "1+x^2"}, 120.0)
+    print(f"math: rayzero math_accuracy ({len(_WORKERS)} math-verify worker processes) vs math-verify called directly "
+          "(verify(parse(gold), parse(completion)), gold parses cached), same pairs, this machine")
+    a = _report(f"  [1] {n} unique (gold, answer) pairs", *(lambda p: (p, *_time_both(p)))(unique_pairs(n)))
+    b = _report("  [2] GRPO-shaped: 125 problems x 8 samples, answers repeat in a group (the memo helps; direct has none)",
+                *(lambda p: (p, *_time_both(p)))(grpo_pairs()))
+    ours = math_accuracy([f"\\boxed{{{p}}}" for _, p in KNOWN_WRONG], [g for g, _ in KNOWN_WRONG])
+    print(f"  excluded from [1]/[2]: math-verify's known wrong verdicts {KNOWN_WRONG}: rayzero {ours} (intended), math-verify says 1.0")
+    print(f"  PRIMARY [1] unique pairs: rayzero {a[0]:.0f} verifications/s, math-verify directly {a[1]:.0f}/s, ratio {a[2]:.1f}x  (goal >= 10x)")
+    print(f"  SECONDARY [2] GRPO-shaped: rayzero {b[0]:.0f} verifications/s, math-verify directly {b[1]:.0f}/s, ratio {b[2]:.1f}x")
 
 
 PROGRAMS = [
@@ -161,7 +206,8 @@ def main() -> None:
     args = ap.parse_args()
     bench_math(args.pairs)
     bench_sandbox(args.tests)
-    _WORKER.close()
+    for w in _WORKERS:
+        w.close()
 
 
 if __name__ == "__main__":

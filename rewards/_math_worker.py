@@ -1,16 +1,132 @@
-"""math-verify in a killable child process (started by rewards/math.py; one JSON request per line).
+"""math-verify in a killable child process: the client (`MathVerifyWorker`, `call_all`) used by rewards/math.py,
+and the child's `main()` (this file run as a script; one JSON request per line).
 
 math-verify's own timeouts use SIGALRM, which raises off the main thread and cancels outer alarms, so
 they are disabled here and the parent enforces the deadline by killing this process instead. An
 address-space limit turns `10^{10^{10^{10}}}`-style blow-ups into a quick MemoryError.
 """
 
+from __future__ import annotations
+
 import ctypes
 import json
 import logging
+import os
 import resource
+import select
 import signal
+import subprocess
 import sys
+import threading
+import time
+from pathlib import Path
+
+_WORKER_PATH = str(Path(__file__).resolve())
+
+
+class MathVerifyWorker:
+    """A persistent math-verify process. `call` is thread-safe; on a deadline the process is killed
+    (a replacement starts importing at once, so the next call does not pay the whole start-up)."""
+
+    def __init__(self, memory_mb: int = 2048) -> None:
+        self.memory_mb = memory_mb
+        self._lock = threading.Lock()
+        self._proc: subprocess.Popen | None = None
+        self._buf = b""
+        self._ready = False
+        self.restarts = 0
+
+    def _spawn(self) -> None:
+        self._proc = subprocess.Popen([sys.executable, "-I", _WORKER_PATH, str(self.memory_mb)], stdin=subprocess.PIPE,
+                                      stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, start_new_session=True, close_fds=True)
+        self._buf, self._ready = b"", False
+
+    def _kill(self) -> None:
+        if self._proc is not None:
+            try:
+                self._proc.kill()
+            except ProcessLookupError:
+                pass
+            self._proc.wait()
+            self._proc.stdin.close()
+            self._proc.stdout.close()
+            self._proc = None
+
+    def _readline(self, deadline: float) -> bytes | None:
+        fd = self._proc.stdout.fileno()
+        while b"\n" not in self._buf:
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([fd], [], [], left)[0]:
+                return None
+            chunk = os.read(fd, 65536)
+            if not chunk:
+                raise EOFError("math-verify worker exited")
+            self._buf += chunk
+        line, self._buf = self._buf.split(b"\n", 1)
+        return line
+
+    def call(self, req: dict, timeout_s: float) -> dict | None:
+        """The worker's answer, or None when it did not answer within `timeout_s`."""
+        with self._lock:
+            for attempt in (1, 2):  # a worker that died (killed from outside, thread exit) gets one retry
+                try:
+                    if self._proc is None or self._proc.poll() is not None:
+                        self._kill()
+                        self._spawn()
+                    if not self._ready:  # start-up (imports) is not charged to the item's budget
+                        if self._readline(time.monotonic() + 120) is None:
+                            raise EOFError("math-verify worker did not start")
+                        self._ready = True
+                    self._proc.stdin.write(json.dumps(req).encode() + b"\n")
+                    self._proc.stdin.flush()
+                    line = self._readline(time.monotonic() + timeout_s)
+                except (EOFError, BrokenPipeError, OSError):
+                    self._kill()
+                    if attempt == 2:
+                        raise
+                    continue
+                if line is None:
+                    self._kill()
+                    self.restarts += 1
+                    self._spawn()  # warm up the replacement in the background
+                    return None
+                return json.loads(line)
+        return None
+
+    def close(self) -> None:
+        with self._lock:
+            self._kill()
+
+
+def call_all(workers: list[MathVerifyWorker], reqs: list[dict], timeout_s: float) -> list[dict | None]:
+    """Answers to `reqs` (each with its own `timeout_s` budget), spread over `workers`: one thread per
+    worker pulls the next request, so a batch uses as many cores as there are workers."""
+    out: list[dict | None] = [None] * len(reqs)
+    if len(workers) == 1 or len(reqs) <= 1:
+        return [workers[0].call(r, timeout_s) for r in reqs]
+    it = iter(range(len(reqs)))
+    lock = threading.Lock()
+    errors: list[BaseException] = []
+
+    def drain(worker: MathVerifyWorker) -> None:
+        try:
+            while True:
+                with lock:
+                    i = next(it, None)
+                if i is None:
+                    return
+                out[i] = worker.call(reqs[i], timeout_s)
+        except BaseException as e:  # re-raised in the caller's thread
+            errors.append(e)
+
+    threads = [threading.Thread(target=drain, args=(w,), daemon=True) for w in workers[: len(reqs)]]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if errors:
+        raise errors[0]
+    return out
 
 
 def main() -> None:

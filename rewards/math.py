@@ -27,19 +27,14 @@ Known math-verify limits we keep: `\\frac{1}{2004!}` = `\\frac{1}{2006!}` (float
 
 from __future__ import annotations
 
-import json
+import math
 import os
 import re
-import select
-import subprocess
-import sys
-import threading
-import time
 from fractions import Fraction
 from functools import lru_cache
-from pathlib import Path
 from typing import Any
 
+from rewards._math_worker import MathVerifyWorker, call_all
 from rewards.registry import completion_text, register
 
 _ANSWER_TAG = re.compile(r"<answer>(.*?)</answer>", re.S)
@@ -139,105 +134,269 @@ def fast_verdict(gold: Fraction, pred: Fraction) -> float | None:
     return None
 
 
-# -- math-verify in a killable process ---------------------------------------------------------------
-_WORKER_PATH = str(Path(__file__).with_name("_math_worker.py"))
+# -- exact arithmetic on a small LaTeX grammar ------------------------------------------------------
+# Sums of terms c·√r·π^p·x^a·y^b… with c rational, r square-free: such a canonical form is unique (square
+# roots of distinct square-free integers are linearly independent over Q, π is transcendental, and
+# monomials are independent), so equal/unequal is decided exactly. Grammar, on purpose small:
+#   expr := [±] term (± term)*      term := [uint[^e]] factor*  (at least one of the two)
+#   factor := \frac{expr}{expr} (denominator: one variable-free term; not right after a uint: math-verify
+#             reads 2\frac{1}{2} as the mixed number 5/2) | \sqrt{uint} | \pi[^e] | letter[^e]
+#   interval := ( or [  expr , expr  ) or ]  with variable-free endpoints (± \infty only open)
+# No parentheses, decimals, \sqrt of fractions (math-verify: \sqrt{1/n} ≠ 1/\sqrt{n}), e or i (constants).
+_TOK = re.compile(r"\s*(?:(\\[dt]?frac|\\sqrt|\\pi|\\infty)(?![a-zA-Z])|(\d+)|([abcdfghjkmnpqrstuvwxyz])|([-+^{},()\[\]]))")
+Key = tuple  # (square-free r, power of π, ((letter, exponent), ...))
+Value = dict  # Key -> Fraction, no zero coefficients
 
 
-class MathVerifyWorker:
-    """A persistent math-verify process. `call` is thread-safe; on a deadline the process is killed
-    (a replacement starts importing at once, so the next call does not pay the whole start-up)."""
-
-    def __init__(self, memory_mb: int = 2048) -> None:
-        self.memory_mb = memory_mb
-        self._lock = threading.Lock()
-        self._proc: subprocess.Popen | None = None
-        self._buf = b""
-        self._ready = False
-        self.restarts = 0
-
-    def _spawn(self) -> None:
-        self._proc = subprocess.Popen([sys.executable, "-I", _WORKER_PATH, str(self.memory_mb)], stdin=subprocess.PIPE,
-                                      stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, start_new_session=True, close_fds=True)
-        self._buf, self._ready = b"", False
-
-    def _kill(self) -> None:
-        if self._proc is not None:
-            try:
-                self._proc.kill()
-            except ProcessLookupError:
-                pass
-            self._proc.wait()
-            self._proc.stdin.close()
-            self._proc.stdout.close()
-            self._proc = None
-
-    def _readline(self, deadline: float) -> bytes | None:
-        fd = self._proc.stdout.fileno()
-        while b"\n" not in self._buf:
-            left = deadline - time.monotonic()
-            if left <= 0 or not select.select([fd], [], [], left)[0]:
-                return None
-            chunk = os.read(fd, 65536)
-            if not chunk:
-                raise EOFError("math-verify worker exited")
-            self._buf += chunk
-        line, self._buf = self._buf.split(b"\n", 1)
-        return line
-
-    def call(self, req: dict, timeout_s: float) -> dict | None:
-        """The worker's answer, or None when it did not answer within `timeout_s`."""
-        with self._lock:
-            for attempt in (1, 2):  # a worker that died (killed from outside, thread exit) gets one retry
-                try:
-                    if self._proc is None or self._proc.poll() is not None:
-                        self._kill()
-                        self._spawn()
-                    if not self._ready:  # start-up (imports) is not charged to the item's budget
-                        if self._readline(time.monotonic() + 120) is None:
-                            raise EOFError("math-verify worker did not start")
-                        self._ready = True
-                    self._proc.stdin.write(json.dumps(req).encode() + b"\n")
-                    self._proc.stdin.flush()
-                    line = self._readline(time.monotonic() + timeout_s)
-                except (EOFError, BrokenPipeError, OSError):
-                    self._kill()
-                    if attempt == 2:
-                        raise
-                    continue
-                if line is None:
-                    self._kill()
-                    self.restarts += 1
-                    self._spawn()  # warm up the replacement in the background
-                    return None
-                return json.loads(line)
-        return None
-
-    def close(self) -> None:
-        with self._lock:
-            self._kill()
+class _NotExact(Exception):
+    pass
 
 
-_WORKER = MathVerifyWorker()
-_VERDICTS: dict[tuple[str, str], float | None] = {}  # math-verify is deterministic: memoise its verdicts
+def _tokens(s: str) -> list[str]:
+    out, i, s = [], 0, s.rstrip()
+    while i < len(s):
+        m = _TOK.match(s, i)
+        if not m:
+            raise _NotExact
+        out.append(next(g for g in m.groups() if g is not None))
+        i = m.end()
+    if len(out) > 80:
+        raise _NotExact
+    return out
+
+
+def _mul(a: Value, b: Value) -> Value:
+    out: Value = {}
+    for (r1, p1, m1), c1 in a.items():
+        for (r2, p2, m2), c2 in b.items():
+            g = math.gcd(r1, r2)  # √r1·√r2 = g·√(r1 r2 / g²), and r1 r2 / g² is square-free again
+            mono: dict[str, int] = dict(m1)
+            for v, e in m2:
+                mono[v] = mono.get(v, 0) + e
+            key = (r1 * r2 // (g * g), p1 + p2, tuple(sorted(mono.items())))
+            out[key] = out.get(key, 0) + c1 * c2 * g
+    return {k: c for k, c in out.items() if c}
+
+
+def _add(a: Value, b: Value, sign: int = 1) -> Value:
+    out = dict(a)
+    for k, c in b.items():
+        out[k] = out.get(k, 0) + sign * c
+    return {k: c for k, c in out.items() if c}
+
+
+def _sqrt(n: int) -> Value:
+    if n > 10**6:
+        raise _NotExact
+    if n == 0:
+        return {}
+    coef, f = 1, 2
+    while f * f <= n:
+        while n % (f * f) == 0:
+            n //= f * f
+            coef *= f
+        f += 1
+    return {(n, 0, ()): Fraction(coef)}
+
+
+class _Parser:
+    def __init__(self, toks: list[str]) -> None:
+        self.t, self.i = toks, 0
+
+    def peek(self) -> str | None:
+        return self.t[self.i] if self.i < len(self.t) else None
+
+    def take(self, want: str | None = None) -> str:
+        tok = self.peek()
+        if tok is None or (want is not None and tok != want):
+            raise _NotExact
+        self.i += 1
+        return tok
+
+    def uint(self) -> int:
+        tok = self.take()
+        if not tok.isdigit() or (len(tok) > 1 and tok[0] == "0") or len(tok) > 12:
+            raise _NotExact
+        return int(tok)
+
+    def exponent(self) -> int:
+        if self.peek() != "^":
+            return 1
+        self.take()
+        if self.peek() == "{":
+            self.take()
+            e = self.uint()
+            self.take("}")
+        else:
+            tok = self.take()  # unbraced: one digit only (math-verify reads 2^34 as 2^{34})
+            if not (tok.isdigit() and len(tok) == 1):
+                raise _NotExact
+            e = int(tok)
+        if not 1 <= e <= 30 or self.peek() == "^":
+            raise _NotExact
+        return e
+
+    def expr(self, stop: str) -> Value:
+        total: Value = {}
+        sign = -1 if self.peek() == "-" else 1
+        if self.peek() in ("+", "-"):
+            self.take()
+        while True:
+            total = _add(total, self.term(), sign)
+            if self.peek() == stop or self.peek() is None:
+                return total
+            sign = -1 if self.take() == "-" else 1
+            if sign == 1 and self.t[self.i - 1] != "+":
+                raise _NotExact
+
+    def term(self) -> Value:
+        val: Value = {(1, 0, ()): Fraction(1)}
+        empty, lead_int = True, False
+        if self.peek() is not None and self.peek().isdigit():
+            n = self.uint()
+            e = self.exponent()
+            if n.bit_length() * e > 256:
+                raise _NotExact
+            val, empty, lead_int = {(1, 0, ()): Fraction(n**e)} if n else {}, False, True
+        while (tok := self.peek()) is not None and tok not in ("+", "-", "}", ",", ")", "]"):
+            self.take()
+            if tok in ("\\frac", "\\dfrac", "\\tfrac"):
+                if lead_int or not empty:
+                    raise _NotExact
+                self.take("{")
+                num = self.expr("}")
+                self.take("}")
+                self.take("{")
+                den = self.expr("}")
+                self.take("}")
+                if len(den) != 1 or next(iter(den))[2]:
+                    raise _NotExact  # only a nonzero variable-free monomial can be inverted here
+                (r, p, _), c = next(iter(den.items()))
+                f = _mul(num, {(r, -p, ()): 1 / (c * r)})  # 1/(c√r π^p) = √r / (c r) · π^-p
+            elif tok == "\\sqrt":
+                self.take("{")
+                f = _sqrt(self.uint())
+                self.take("}")
+            elif tok == "\\pi":
+                f = {(1, self.exponent(), ()): Fraction(1)}
+            elif tok.isalpha():
+                f = {(1, 0, ((tok, self.exponent()),)): Fraction(1)}
+            else:
+                raise _NotExact
+            val, empty = _mul(val, f), False
+        if empty:
+            raise _NotExact
+        return val
 
 
 @lru_cache(maxsize=65536)
-def _gold_ok(gold: str, timeout_s: float) -> bool:
-    if as_number(gold) is not None:
-        return True
-    resp = _WORKER.call({"gold": gold}, timeout_s)
-    return bool(resp and resp.get("gold_ok"))
+def exact_value(s: str) -> tuple | None:
+    """("num", Value) for an expression, ("interval", open_left, lo, hi, open_right) for an interval
+    (lo/hi: Value or ±1 for ±∞), or None outside the grammar."""
+    try:
+        p = _Parser(_tokens(s))
+        if p.peek() in ("(", "[") and p.t[-1] in (")", "]"):
+            left = p.take()
+            lo = p.infinity() if p.t[p.i : p.i + 2] == ["-", "\\infty"] else p.expr(",")
+            p.take(",")
+            hi = p.infinity() if p.t[p.i : p.i + 2] in (["\\infty"], ["+", "\\infty"]) else p.expr(")" if p.t[-1] == ")" else "]")
+            right = p.take()
+            if p.peek() is not None or any(isinstance(x, dict) and any(k[2] for k in x) for x in (lo, hi)):
+                raise _NotExact
+            if (lo == -1 and left != "(") or (hi == 1 and right != ")") or lo == 1 or hi == -1:
+                raise _NotExact  # sympy opens infinite ends itself: [-\infty,3] is (-\infty,3]
+            return ("interval", left == "(", lo, hi, right == ")")
+        v = p.expr("")
+        if p.peek() is not None:
+            raise _NotExact
+        return ("num", v)
+    except (_NotExact, ZeroDivisionError, RecursionError):
+        return None
 
 
-def score_one(text: str, gold: Any, *, last_number: bool = False, timeout_s: float = 5.0, timeout_score: float = 0.0) -> float | None:
-    """Score one completion text against one gold answer (see the module docstring)."""
+def _infinity(self: _Parser) -> int:
+    sign = -1 if self.peek() == "-" else 1
+    if self.peek() in ("+", "-"):
+        self.take()
+    self.take("\\infty")
+    return sign
+
+
+_Parser.infinity = _infinity
+
+
+def _approx(v: Value) -> tuple[float, float]:
+    """(value, sum of |terms|) of a variable-free value, in floats."""
+    terms = [float(c) * math.sqrt(r) * math.pi**p for (r, p, _), c in v.items()]
+    return math.fsum(terms), math.fsum(abs(t) for t in terms)
+
+
+def _clearly_unequal(a: Value, b: Value) -> bool:
+    """True when a ≠ b by far more than math-verify's float rounding / evalf chop could hide."""
+    diff = _add(a, b, -1)
+    scale = max([1.0] + [_approx({k: c})[1] for k, c in list(a.items()) + list(b.items())])
+    by_mono: dict[tuple, Value] = {}
+    for (r, p, m), c in diff.items():
+        by_mono.setdefault(m, {})[(r, p, ())] = c
+    return any(abs(_approx(v)[0]) > 1e-3 * scale for v in by_mono.values())
+
+
+def _lone_variable(v: Value) -> bool:
+    k = next(iter(v), None)
+    return len(v) == 1 and k[:2] == (1, 0) and len(k[2]) == 1 and k[2][0][1] == 1 and v[k] == 1
+
+
+def _exact_or_number(s: str) -> tuple | None:
+    n = as_number(s)  # decimals and a/b join the grammar's values here (math-verify rounds only near-misses)
+    return ("num", {(1, 0, ()): n} if n else {}) if n is not None else exact_value(s)
+
+
+def exact_verdict(gold: str, pred: str) -> float | None:
+    """math-verify's verdict where the exact forms make it certain, else None (defer to math-verify)."""
+    g, p = _exact_or_number(gold), _exact_or_number(pred)
+    if g is None or p is None or g[0] != p[0]:
+        return None
+    if g[0] == "interval":
+        for lo, hi in ((g[2], g[3]), (p[2], p[3])):  # only proper intervals: (5,2) is a tuple, [5,2] empty
+            if not (isinstance(lo, int) or isinstance(hi, int)) and not _approx(hi)[0] - _approx(lo)[0] > 1e-3 * max(1.0, _approx(hi)[1], _approx(lo)[1]):
+                return None
+        if g[1] != p[1] or g[4] != p[4]:
+            return 0.0  # math-verify compares open/closed ends first
+        verdicts = []
+        for a, b in ((g[2], p[2]), (g[3], p[3])):
+            if isinstance(a, int) or isinstance(b, int):
+                verdicts.append(1.0 if a == b else 0.0)
+            else:
+                verdicts.append(1.0 if a == b else 0.0 if _clearly_unequal(a, b) else None)
+        return 0.0 if 0.0 in verdicts else None if None in verdicts else 1.0
+    a, b = g[1], p[1]
+    if a == b:
+        # a lone letter is compared by its printed form: x ≠ \frac{2x}{2} (kept unevaluated) there
+        return None if (_lone_variable(a) or _lone_variable(b)) else 1.0
+    return 0.0 if _clearly_unequal(a, b) else None
+
+
+# -- scoring ------------------------------------------------------------------------------------------
+_POOL_SIZE = max(1, min(int(os.environ.get("RAYZERO_MATH_WORKERS", "2")), os.cpu_count() or 1))
+_WORKERS = [MathVerifyWorker() for _ in range(_POOL_SIZE)]  # processes start lazily, on first use
+_WORKER = _WORKERS[0]
+_VERDICTS: dict[tuple[str, str], float | None] = {}  # math-verify is deterministic: memoise its verdicts
+_GOLD_OK: dict[tuple[str, float], bool] = {}
+
+
+def _gold_known_ok(gold: str) -> bool:
+    """Golds math-verify certainly parses to a sympy expression (tests check the grammar's)."""
+    return as_number(gold) is not None or exact_value(gold) is not None
+
+
+def _gold(gold: Any) -> str:
     g = normalise(str(gold if gold is not None else ""))
     boxed = _boxed_all(g)  # golds stored as "\boxed{...}" (MATH solutions)
-    if boxed:
-        g = normalise(boxed[-1])
-    if not g or not _gold_ok(g, timeout_s):
-        return None
-    answers = extract_answers(text, last_number=last_number)
+    return normalise(boxed[-1]) if boxed else g
+
+
+def _decide(g: str, answers: list[str]) -> float | tuple[str, str] | None:
+    """The verdict for a parseable gold, or the (gold, pred) pair math-verify must decide."""
     if len(answers) != 1:
         return 0.0  # no answer, or a hedge between several
     pred = answers[0]
@@ -248,24 +407,43 @@ def score_one(text: str, gold: Any, *, last_number: bool = False, timeout_s: flo
         v = fast_verdict(gn, pn)
         if v is not None:
             return v
-    key = (g, pred)
-    if key in _VERDICTS:  # a GRPO group often repeats the same answer string
-        return _VERDICTS[key]
-    resp = _WORKER.call({"gold": g, "pred": pred}, timeout_s)
-    if resp is None:
-        return timeout_score  # not cached: a later call with a larger budget may still decide it
-    if len(_VERDICTS) >= 100_000:
-        _VERDICTS.clear()
-    _VERDICTS[key] = resp["v"]
-    return resp["v"]
+    v = exact_verdict(g, pred)
+    if v is not None:
+        return v
+    return _VERDICTS.get((g, pred), (g, pred))
 
 
 def math_accuracy(completions: list, answer: list, *, last_number: bool = False, timeout_s: float = 5.0,
                   timeout_score: float = 0.0, **_: Any) -> list[float | None]:
     """1.0 if the completion's single final answer equals the gold `answer`, 0.0 if not, None if the gold
-    cannot be parsed. Extra TRL kwargs (prompts, completion_ids, trainer_state, ...) are ignored."""
-    return [score_one(completion_text(c), a, last_number=last_number, timeout_s=timeout_s, timeout_score=timeout_score)
-            for c, a in zip(completions, answer, strict=True)]
+    cannot be parsed. Extra TRL kwargs (prompts, completion_ids, trainer_state, ...) are ignored.
+    Work math-verify must do is batched over the worker pool (one process per core, at most 2)."""
+    items = [(_gold(a), completion_text(c)) for c, a in zip(completions, answer, strict=True)]
+    unknown = sorted({g for g, _ in items if g and not _gold_known_ok(g) and (g, timeout_s) not in _GOLD_OK})
+    for g, resp in zip(unknown, call_all(_WORKERS, [{"gold": g} for g in unknown], timeout_s)):
+        if len(_GOLD_OK) >= 100_000:
+            _GOLD_OK.clear()
+        _GOLD_OK[(g, timeout_s)] = bool(resp and resp.get("gold_ok"))
+    out: list = []
+    for g, text in items:
+        ok = bool(g) and (_gold_known_ok(g) or _GOLD_OK.get((g, timeout_s), False))
+        out.append(_decide(g, extract_answers(text, last_number=last_number)) if ok else None)
+    pairs = sorted({v for v in out if isinstance(v, tuple)})
+    resps = call_all(_WORKERS, [{"gold": g, "pred": p} for g, p in pairs], timeout_s)
+    decided = {}
+    for key, resp in zip(pairs, resps):
+        if resp is None:
+            decided[key] = timeout_score  # not cached: a later call with a larger budget may still decide it
+            continue
+        if len(_VERDICTS) >= 100_000:
+            _VERDICTS.clear()
+        decided[key] = _VERDICTS[key] = resp["v"]
+    return [decided[v] if isinstance(v, tuple) else v for v in out]
+
+
+def score_one(text: str, gold: Any, *, last_number: bool = False, timeout_s: float = 5.0, timeout_score: float = 0.0) -> float | None:
+    """Score one completion text against one gold answer (see the module docstring)."""
+    return math_accuracy([text], [gold], last_number=last_number, timeout_s=timeout_s, timeout_score=timeout_score)[0]
 
 
 @register("math_accuracy", factory=True)

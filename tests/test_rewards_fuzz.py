@@ -4,6 +4,7 @@ never disagrees with math-verify on numbers."""
 from __future__ import annotations
 
 import time
+from fractions import Fraction
 from pathlib import Path
 
 import pytest
@@ -11,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from rewards.code import close_sandboxes, extract_program, normalise_tests
-from rewards.math import MathVerifyWorker, as_number, extract_answers, fast_verdict, math_accuracy
+from rewards.math import MathVerifyWorker, as_number, exact_value, exact_verdict, extract_answers, fast_verdict, math_accuracy
 from rewards.registry import get_reward
 from rewards.sandbox import SandboxConfig
 
@@ -102,3 +103,66 @@ def _worker() -> MathVerifyWorker:
     if _w is None:
         _w = MathVerifyWorker()
     return _w
+
+
+# -- the exact LaTeX fast path against math-verify ----------------------------------------------------
+# A random value Σ c·√r·π^p·x^a is drawn once and written twice in different LaTeX (term order, factor
+# order, \frac placement, k√m as √(k²m), \dfrac), sometimes with one coefficient changed slightly or a lot.
+TERM = st.tuples(st.fractions(min_value=-20, max_value=20, max_denominator=12).filter(bool), st.sampled_from([1, 1, 2, 3, 5, 6]),
+                 st.sampled_from([0, 0, 1, 2]), st.sampled_from([(), (), ("x",), ("x", "x"), ("y",), ("x", "y"), ("n",)]))
+
+
+def _render(draw, terms) -> str:
+    out = []
+    for c, r, p, vars_ in draw(st.permutations(terms)):
+        c = Fraction(c)
+        sign, c = ("-" if c < 0 else "+"), abs(c)
+        k = draw(st.sampled_from([1, 1, 2, 3])) if r > 1 else 1
+        if k > 1 and (c.numerator % k == 0):
+            c, r = c / k, r * k * k  # k√m written as √(k²m)
+        factors = ([f"\\sqrt{{{r}}}"] if r > 1 else []) + (["\\pi" if p == 1 else f"\\pi^{{{p}}}"] if p else [])
+        factors += [v if vars_.count(v) == 1 else f"{v}^{vars_.count(v)}" for v in sorted(set(vars_))]
+        factors = draw(st.permutations(factors))
+        body = "".join(f + " " if f == "\\pi" else f for f in factors).strip()  # \pi x, not \pix
+        if not body and c == 0:
+            continue
+        frac = draw(st.sampled_from(["\\frac", "\\dfrac"]))
+        if c.denominator == 1:
+            t = (str(c.numerator) if c != 1 or not body else "") + body
+        elif draw(st.booleans()) or not body:
+            t = f"{frac}{{{c.numerator}{body if c.numerator != 1 or not body else ''}}}{{{c.denominator}}}".replace("{1" + body + "}", "{" + body + "}") if body and c.numerator == 1 else f"{frac}{{{c.numerator}{body}}}{{{c.denominator}}}"
+        else:
+            t = f"{frac}{{{c.numerator}}}{{{c.denominator}}}{body}"
+        out.append((sign, t))
+    if not out:
+        return "0"
+    s = "".join(f"{sg}{t}" for sg, t in out)
+    return s[1:] if s[0] == "+" else s
+
+
+@st.composite
+def latex_pairs(draw):
+    terms = draw(st.lists(TERM, min_size=1, max_size=3, unique_by=lambda t: t[1:]))
+    gold = _render(draw, terms)
+    change = draw(st.sampled_from(["same", "same", "tiny", "big"]))
+    if change != "same":
+        i = draw(st.integers(0, len(terms) - 1))
+        c, *rest = terms[i]
+        terms = terms[:i] + [(c + (Fraction(1, 10**7) if change == "tiny" else Fraction(draw(st.integers(1, 5)), 2)), *rest)] + terms[i + 1:]
+    pred = _render(draw, terms)
+    if draw(st.integers(0, 4)) == 0 and not any(t[3] for t in terms):  # as intervals, brackets drawn independently
+        lo = draw(st.integers(-9, 0))
+        gold = f"{draw(st.sampled_from('(['))}{lo},{gold}{draw(st.sampled_from(')]'))}"
+        pred = f"{draw(st.sampled_from('(['))}{lo},{pred}{draw(st.sampled_from(')]'))}"
+    return gold, pred
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(latex_pairs())
+def test_exact_latex_fast_path_never_changes_math_verifys_verdict(pair):
+    gold, pred = pair
+    fast = exact_verdict(gold, pred)
+    if exact_value(gold) is not None:  # math_accuracy skips the gold check for golds in the grammar
+        assert _worker().call({"gold": gold}, 10.0)["gold_ok"], gold
+    if fast is not None:
+        assert _worker().call({"gold": gold, "pred": pred}, 10.0)["v"] == fast, (gold, pred, fast)
