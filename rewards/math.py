@@ -351,9 +351,18 @@ def _exact_or_number(s: str) -> tuple | None:
     return ("num", {(1, 0, ()): n} if n else {}) if n is not None else exact_value(s)
 
 
+_ASSIGN = re.compile(r"^\s*[abcdfghjkmnpqrstuvwxyz]\s*=([^=]+)$")
+
+
 def exact_verdict(gold: str, pred: str) -> float | None:
     """math-verify's verdict where the exact forms make it certain, else None (defer to math-verify)."""
     g, p = _exact_or_number(gold), _exact_or_number(pred)
+    m = _ASSIGN.match(pred)
+    if m and "=" not in gold and g is not None and g[0] == "num":
+        # math-verify unwraps `x = v` to v when the gold is no equation; only variable-free v here
+        p = _exact_or_number(m.group(1))
+        if p is None or p[0] != "num" or any(k[2] for k in p[1]):
+            return None
     if g is None or p is None or g[0] != p[0]:
         return None
     if g[0] == "interval":

@@ -154,6 +154,8 @@ def latex_pairs(draw):
         lo = draw(st.integers(-9, 0))
         gold = f"{draw(st.sampled_from('(['))}{lo},{gold}{draw(st.sampled_from(')]'))}"
         pred = f"{draw(st.sampled_from('(['))}{lo},{pred}{draw(st.sampled_from(')]'))}"
+    elif not any(t[3] for t in terms) and draw(st.integers(0, 3)) == 0:
+        pred = f"{draw(st.sampled_from('xn'))} = {pred}"  # an assignment answering a value gold
     return gold, pred
 
 

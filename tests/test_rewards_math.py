@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from rewards.math import MathVerifyWorker, as_number, extract_answers, fast_verdict, math_accuracy
+from rewards.math import MathVerifyWorker, as_number, exact_value, exact_verdict, extract_answers, fast_verdict, math_accuracy
 from rewards.registry import available_rewards, build_rewards, get_reward
 
 
@@ -134,3 +134,35 @@ def test_registry_names_and_trl_kwargs():
         get_reward("no_such_reward")
     with pytest.raises(TypeError):
         get_reward("strict_format", x=1)
+
+
+# (gold, pred, the exact fast path's verdict): None where it must defer to math-verify
+EXACT_CASES = [
+    ("6\\sqrt{2}", "\\sqrt{72}", 1.0), ("\\frac{1}{\\sqrt{2}}", "\\frac{\\sqrt{2}}{2}", 1.0), ("\\frac{3\\pi}{4}", "\\frac{3}{4}\\pi", 1.0),
+    ("2x+3", "3+2x", 1.0), ("2xy", "2yx", 1.0), ("x^2-1", "x^2+1", 0.0), ("2\\pi", "\\pi", 0.0), ("[2,6]", "(2,6)", 0.0),
+    ("[2,6]", "[2,\\sqrt{36}]", 1.0), ("(-\\infty,3]", "(-\\infty,3)", 0.0), ("5", "x=5", 1.0), ("5", "x=6", 0.0),
+    ("0.5", "\\frac{\\sqrt{2}}{2}", 0.0), ("2^{10}", "1024", 1.0),
+    ("x", "\\frac{2x}{2}", None),  # a lone symbol is compared by its printed form: math-verify says 0
+    ("\\pi", "3.14159", None),  # a near-miss: math-verify's rounding decides
+    ("\\frac{5}{2}", "2\\frac{1}{2}", None),  # mixed number: outside the grammar
+    ("(5,2)", "(5,2)", None), ("[-8,-9]", "(-8,-9)", None),  # not proper intervals (a tuple, an empty set)
+    ("(-\\infty,3]", "[-\\infty,3]", None), ("2^{34}", "2^34", None), ("e", "e", None), ("\\sqrt{\\frac{1}{2}}", "\\frac{1}{\\sqrt{2}}", None),
+]
+
+
+def test_exact_fast_path_on_edge_cases_agrees_with_math_verify():
+    worker = MathVerifyWorker()
+    try:
+        for g, p, want in EXACT_CASES:
+            assert exact_verdict(g, p) == want, (g, p)
+            if want is not None:
+                assert worker.call({"gold": g, "pred": p}, 10.0)["v"] == want, (g, p)
+                assert worker.call({"gold": g}, 10.0)["gold_ok"] or exact_value(g) is None
+    finally:
+        worker.close()
+
+
+def test_batch_fans_out_and_keeps_order():
+    golds = ["\\{1,2\\}", "7", "\\{3,4\\}", "}{", "x=3"] * 3
+    preds = ["\\boxed{\\{2,1\\}}", "\\boxed{7}", "\\boxed{\\{3,5\\}}", "\\boxed{1}", "\\boxed{x=3}"] * 3
+    assert math_accuracy(preds, golds) == [1.0, 1.0, 0.0, None, 1.0] * 3
