@@ -46,7 +46,7 @@ def _answer_forms(rng: random.Random, kind: int) -> tuple[str, list[str], list[s
         return str(d), [str(d)], [str(round(d + e, 2)) for e in (0.5, -1, 10)]
     k, m = rng.randint(2, 19), rng.choice([2, 3, 5, 6, 7, 10, 11])
     j = rng.randint(1, 9)
-    forms = [  # MATH-style closed forms; the last two (equation, set) always go to math-verify
+    forms = [  # MATH-style closed forms, down to an `x = v` answer and a set (order-free)
         (f"{k}\\sqrt{{{m}}}", [f"{k}\\sqrt{{{m}}}", f"\\sqrt{{{k * k * m}}}"], [f"{k + 1}\\sqrt{{{m}}}", f"{k}\\sqrt{{{m + 1}}}", str(k * m)]),
         (f"\\frac{{{k}\\pi}}{{{m}}}", [f"\\frac{{{k}}}{{{m}}}\\pi", f"\\frac{{{k}\\pi}}{{{m}}}"], [f"\\frac{{{k}\\pi}}{{{m + 1}}}", f"{k}\\pi", f"\\frac{{{m}\\pi}}{{{k}}}"]),
         (f"{k}x+{j}", [f"{j}+{k}x", f"{k}x+{j}"], [f"{k}x-{j}", f"{j}x+{k}", f"{k}x"]),

@@ -4,7 +4,7 @@
   equal → 1, clearly different (integers, or > 0.1 % apart) → 0, near-misses → None (math-verify's float
   rounding decides them).
 * `exact_value` / `exact_verdict`: a small LaTeX grammar evaluated exactly (rationals, `\\sqrt{int}`,
-  `\\pi^k`, letters, `\\frac`, intervals, `x = value` answers), with the
+  `\\pi^k`, letters, `\\frac`, intervals, sets of variable-free values, `x = value` answers), with the
   same rule: certain equality → 1, a difference far beyond math-verify's rounding → 0, anything else,
   and every known math-verify quirk, → None.
 
@@ -57,6 +57,7 @@ def fast_verdict(gold: Fraction, pred: Fraction) -> float | None:
 #   factor := \frac{expr}{expr} (denominator: one variable-free term; not right after a uint: math-verify
 #             reads 2\frac{1}{2} as the mixed number 5/2) | \sqrt{uint} | \pi[^e] | letter[^e]
 #   interval := ( or [  expr , expr  ) or ]  with variable-free endpoints (± \infty only open)
+#   set := \{ element (, element)* \}  (or \left\{ … \right\}) with variable-free elements: expr, decimal, a/b
 # No parentheses, decimals, \sqrt of fractions (math-verify: \sqrt{1/n} ≠ 1/\sqrt{n}), e or i (constants).
 _TOK = re.compile(r"\s*(?:(\\[dt]?frac|\\sqrt|\\pi|\\infty)(?![a-zA-Z])|(\d+)|([abcdfghjkmnpqrstuvwxyz])|([-+^{},()\[\]]))")
 Key = tuple  # (square-free r, power of π, ((letter, exponent), ...))
@@ -204,11 +205,47 @@ class _Parser:
         return val
 
 
+_SET = re.compile(r"^\\\{(.*)\\\}$|^\\left\s*\\\{(.*?)\\right\s*\\\}$", re.S)
+
+
+def _set_value(inner: str) -> tuple | None:
+    """("set", distinct element Values) for the inside of `\\{…\\}`, or None (defer to math-verify)."""
+    parts, depth, start = [], 0, 0
+    for i, ch in enumerate(inner):
+        depth += (ch == "{") - (ch == "}")
+        if ch == "," and depth == 0:
+            parts.append(inner[start:i])
+            start = i + 1
+    parts.append(inner[start:])
+    if len(parts) > 16:
+        raise _NotExact
+    values: list[Value] = []
+    spelled: list[str] = []
+    for part in parts:
+        e = _exact_or_number(part.strip())
+        if e is None or e[0] != "num" or any(k[2] for k in e[1]):
+            raise _NotExact  # letters: math-verify compares a lone symbol by its printed form (see below)
+        text = part.replace(" ", "")
+        if e[1] in values:
+            # sympy's FiniteSet drops duplicates by structure; one spelling twice is certainly one element,
+            # two spellings of one value (\sqrt{8}, 2\sqrt{2}) are left to math-verify
+            if spelled[values.index(e[1])] != text:
+                raise _NotExact
+            continue
+        values.append(e[1])
+        spelled.append(text)
+    return ("set", values)
+
+
 @lru_cache(maxsize=65536)
 def exact_value(s: str) -> tuple | None:
     """("num", Value) for an expression, ("interval", open_left, lo, hi, open_right) for an interval
-    (lo/hi: Value or ±1 for ±∞), or None outside the grammar."""
+    (lo/hi: Value or ±1 for ±∞), ("set", [Value, ...]) for a set (distinct elements), or None outside
+    the grammar."""
     try:
+        m = _SET.match(s.strip())
+        if m:
+            return _set_value(m.group(1) if m.group(1) is not None else m.group(2))
         p = _Parser(_tokens(s))
         if p.peek() in ("(", "[") and p.t[-1] in (")", "]"):
             left = p.take()
@@ -293,6 +330,19 @@ def exact_verdict(gold: str, pred: str) -> float | None:
             else:
                 verdicts.append(1.0 if a == b else 0.0 if _clearly_unequal(a, b) else None)
         return 0.0 if 0.0 in verdicts else None if None in verdicts else 1.0
+    if g[0] == "set":
+        # math-verify: a set is a sympy FiniteSet (order and repeats do not matter: \{2,1,1\} = \{1,2\}); two
+        # of different sizes are unequal; at equal size it pairs the elements after sorting by value and
+        # compares each pair with its float rounding. Hence 0 only when some element has no partner that
+        # rounding could match, whatever the pairing. A set vs a tuple, bare list or scalar (math-verify
+        # says \{1,2\} = (2,1) = 1,2 and \{5\} = 5) never reaches here: the kinds differ, so it defers.
+        a, b = g[1], p[1]
+        if len(a) != len(b):
+            return 0.0
+        if all(x in b for x in a):
+            return 1.0
+        lonely = any(all(_clearly_unequal(x, y) for y in b) for x in a) or any(all(_clearly_unequal(x, y) for x in a) for y in b)
+        return 0.0 if lonely else None
     a, b = g[1], p[1]
     if a == b:
         # a lone letter is compared by its printed form: x ≠ \frac{2x}{2} (kept unevaluated) there

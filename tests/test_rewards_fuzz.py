@@ -168,3 +168,50 @@ def test_exact_latex_fast_path_never_changes_math_verifys_verdict(pair):
         assert _worker().call({"gold": gold}, 10.0)["gold_ok"], gold
     if fast is not None:
         assert _worker().call({"gold": gold, "pred": pred}, 10.0)["v"] == fast, (gold, pred, fast)
+
+
+# Sets: a few variable-free values drawn once, each written twice in independent LaTeX, the prediction's
+# elements shuffled (sometimes one repeated, changed slightly or a lot, dropped, or a new one added), the
+# braces plain or \left\{ \right\}. math-verify's set semantics (order and repeats do not matter, element-wise
+# float rounding at equal size) must come out of the fast path unchanged.
+CONST_TERM = st.tuples(st.fractions(min_value=-20, max_value=20, max_denominator=12).filter(bool), st.sampled_from([1, 1, 2, 3, 5, 6]),
+                       st.sampled_from([0, 0, 1, 2]), st.just(()))
+CONST_TERMS = st.lists(CONST_TERM, min_size=1, max_size=2, unique_by=lambda t: t[1:3])
+
+
+def _render_set(draw, values) -> str:
+    elems = [_render(draw, terms) for terms in values]
+    if elems and draw(st.integers(0, 3)) == 0:
+        elems.append(draw(st.sampled_from(elems)))  # the same spelling twice: still one element
+    elems = draw(st.permutations(elems))
+    sep = draw(st.sampled_from([",", ", "]))
+    left, right = draw(st.sampled_from([("\\{", "\\}"), ("\\left\\{", "\\right\\}"), ("\\{ ", " \\}")]))
+    return f"{left}{sep.join(elems)}{right}"
+
+
+@st.composite
+def set_pairs(draw):
+    values = draw(st.lists(CONST_TERMS, min_size=1, max_size=4))
+    gold = _render_set(draw, values)
+    change = draw(st.sampled_from(["same", "same", "tiny", "big", "drop", "add"]))
+    i = draw(st.integers(0, len(values) - 1))
+    if change in ("tiny", "big"):
+        c, *rest = values[i][0]
+        delta = Fraction(1, 10**7) if change == "tiny" else Fraction(draw(st.integers(1, 5)), 2)
+        values = values[:i] + [[(c + delta, *rest), *values[i][1:]]] + values[i + 1:]
+    elif change == "drop" and len(values) > 1:
+        values = values[:i] + values[i + 1:]
+    elif change == "add":
+        values = values + [draw(CONST_TERMS)]
+    return gold, _render_set(draw, values)
+
+
+@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(set_pairs())
+def test_exact_set_rule_never_changes_math_verifys_verdict(pair):
+    gold, pred = pair
+    fast = exact_verdict(gold, pred)
+    if exact_value(gold) is not None:  # math_accuracy skips the gold check for golds in the grammar
+        assert _worker().call({"gold": gold}, 10.0)["gold_ok"], gold
+    if fast is not None:
+        assert _worker().call({"gold": gold, "pred": pred}, 10.0)["v"] == fast, (gold, pred, fast)

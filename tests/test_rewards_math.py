@@ -147,7 +147,33 @@ EXACT_CASES = [
     ("\\frac{5}{2}", "2\\frac{1}{2}", None),  # mixed number: outside the grammar
     ("(5,2)", "(5,2)", None), ("[-8,-9]", "(-8,-9)", None),  # not proper intervals (a tuple, an empty set)
     ("(-\\infty,3]", "[-\\infty,3]", None), ("2^{34}", "2^34", None), ("e", "e", None), ("\\sqrt{\\frac{1}{2}}", "\\frac{1}{\\sqrt{2}}", None),
+    # sets: order and repeats do not matter; a size or far-off element difference is 0
+    ("\\{1,2\\}", "\\{2,1\\}", 1.0), ("\\{1,2\\}", "\\{1,1,2\\}", 1.0), ("\\{1,1,2\\}", "\\{2, 1\\}", 1.0),
+    ("\\{\\frac{\\sqrt{2}}{2},\\pi\\}", "\\left\\{\\pi, \\frac{1}{\\sqrt{2}}\\right\\}", 1.0), ("\\{0.5,2\\}", "\\{2,\\frac{1}{2}\\}", 1.0),
+    ("\\{1,2\\}", "\\{1,2,3\\}", 0.0), ("\\{1,2\\}", "\\{1,3\\}", 0.0), ("\\{-1,1\\}", "\\{-1\\}", 0.0), ("\\{3,5\\}", "\\{3,5,5,6\\}", 0.0),
+    ("\\{1,2\\}", "(2,1)", None), ("\\{1,2\\}", "1,2", None), ("\\{5\\}", "5", None),  # math-verify: 1 (set = tuple / list / scalar)
+    ("\\{1,2\\}", "[1,2]", None), ("\\{1,2\\}", "x=\\{1,2\\}", None), ("\\{1,2\\}", "\\{1,2\\}\\cup\\{3\\}", None),
+    ("\\{\\sqrt{8},2\\sqrt{2}\\}", "\\{2\\sqrt{2}\\}", None),  # one value spelled twice: left to sympy's dedup
+    ("\\{x,2\\}", "\\{2,x\\}", None), ("\\{\\pi,1\\}", "\\{1,3.1416\\}", None), ("\\{1,2\\}", "\\{1,2.0000001\\}", None),  # letters, near-misses
+    ("\\{\\}", "\\{ \\}", None), ("\\{(1,2)\\}", "\\{(2,1)\\}", None),
 ]
+
+
+# math-verify's set semantics that the set rule relies on (order and repeats ignored) and those it defers to
+# (a set equals a tuple, a bare list or, for one element, a scalar): if an upgrade changes these, re-check
+# the rule in rewards/_exact.py.
+MATH_VERIFY_SETS = [("\\{1,2\\}", "\\{2,1\\}", 1.0), ("\\{1,1,2\\}", "\\{1,2\\}", 1.0), ("\\{1,2\\}", "\\{1,2,2\\}", 1.0),
+                    ("\\{1,2\\}", "(2,1)", 1.0), ("\\{1,2\\}", "2,1", 1.0), ("\\{5\\}", "5", 1.0), ("\\{1,2\\}", "[1,2]", 0.0),
+                    ("\\{1,2\\}", "\\{1,2,3\\}", 0.0), ("\\{\\frac{1}{3},1\\}", "\\{1,0.333333\\}", 1.0)]
+
+
+def test_math_verify_set_semantics_the_set_rule_relies_on():
+    worker = MathVerifyWorker()
+    try:
+        for g, p, want in MATH_VERIFY_SETS:
+            assert worker.call({"gold": g, "pred": p}, 10.0)["v"] == want, (g, p)
+    finally:
+        worker.close()
 
 
 def test_exact_fast_path_on_edge_cases_agrees_with_math_verify():
