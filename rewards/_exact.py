@@ -251,7 +251,7 @@ def exact_value(s: str) -> tuple | None:
             left = p.take()
             lo = p.infinity() if p.t[p.i : p.i + 2] == ["-", "\\infty"] else p.expr(",")
             p.take(",")
-            hi = p.infinity() if p.t[p.i : p.i + 2] in (["\\infty"], ["+", "\\infty"]) else p.expr(")" if p.t[-1] == ")" else "]")
+            hi = p.infinity() if p.t[p.i : p.i + 1] == ["\\infty"] or p.t[p.i : p.i + 2] == ["+", "\\infty"] else p.expr(")" if p.t[-1] == ")" else "]")
             right = p.take()
             if p.peek() is not None or any(isinstance(x, dict) and any(k[2] for k in x) for x in (lo, hi)):
                 raise _NotExact

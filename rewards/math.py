@@ -12,7 +12,7 @@ Pipeline per completion:
    `0.5` for `50\\%` is an answer on the wrong scale and scores 0 (math-verify alone accepts it).
 3. **Fast path** (rewards/_exact.py): identical normalised strings (gold known parseable) → 1; plain
    numbers (integer, decimal, `a/b`, `\\frac{a}{b}`) and a small LaTeX grammar evaluated exactly
-   (`\\sqrt`, `\\pi`, letters, `\\frac`, intervals, `x = value`): equal → 1, clearly different (far beyond
+   (`\\sqrt`, `\\pi`, letters, `\\frac`, intervals, sets, `x = value`): equal → 1, clearly different (far beyond
    math-verify's float rounding) → 0. Near-misses and math-verify's known quirks go to math-verify, so the
    fast path never changes math-verify's verdict (tests/test_rewards_math.py, tests/test_rewards_fuzz.py
    and benchmarks/rewards.py check this). Verdicts of the slow path are memoised per (gold, answer):

@@ -151,9 +151,14 @@ def latex_pairs(draw):
         terms = terms[:i] + [(c + (Fraction(1, 10**7) if change == "tiny" else Fraction(draw(st.integers(1, 5)), 2)), *rest)] + terms[i + 1:]
     pred = _render(draw, terms)
     if draw(st.integers(0, 4)) == 0 and not any(t[3] for t in terms):  # as intervals, brackets drawn independently
-        lo = draw(st.integers(-9, 0))
-        gold = f"{draw(st.sampled_from('(['))}{lo},{gold}{draw(st.sampled_from(')]'))}"
-        pred = f"{draw(st.sampled_from('(['))}{lo},{pred}{draw(st.sampled_from(')]'))}"
+        if draw(st.booleans()):
+            lo = draw(st.integers(-9, 0))
+            gold = f"{draw(st.sampled_from('(['))}{lo},{gold}{draw(st.sampled_from(')]'))}"
+            pred = f"{draw(st.sampled_from('(['))}{lo},{pred}{draw(st.sampled_from(')]'))}"
+        else:  # a ray [v, ∞), ∞ written with or without +, its end sometimes (wrongly) closed
+            infinities = st.sampled_from(["\\infty", "+\\infty"])
+            gold = f"{draw(st.sampled_from('(['))}{gold},{draw(infinities)}{draw(st.sampled_from('))]'))}"
+            pred = f"{draw(st.sampled_from('(['))}{pred},{draw(infinities)}{draw(st.sampled_from('))]'))}"
     elif not any(t[3] for t in terms) and draw(st.integers(0, 3)) == 0:
         pred = f"{draw(st.sampled_from('xn'))} = {pred}"  # an assignment answering a value gold
     return gold, pred

@@ -147,6 +147,8 @@ EXACT_CASES = [
     ("\\frac{5}{2}", "2\\frac{1}{2}", None),  # mixed number: outside the grammar
     ("(5,2)", "(5,2)", None), ("[-8,-9]", "(-8,-9)", None),  # not proper intervals (a tuple, an empty set)
     ("(-\\infty,3]", "[-\\infty,3]", None), ("2^{34}", "2^34", None), ("e", "e", None), ("\\sqrt{\\frac{1}{2}}", "\\frac{1}{\\sqrt{2}}", None),
+    ("(-\\infty,16]", "[16,\\infty)", 0.0), ("[3,\\infty)", "[3, +\\infty)", 1.0), ("[\\sqrt{8},\\infty)", "[2\\sqrt{2},\\infty)", 1.0),
+    ("[3,\\infty)", "[4,\\infty)", 0.0), ("[3,\\infty)", "[3,100)", 0.0), ("(-\\infty,\\infty)", "(-\\infty,3)", 0.0), ("[3,\\infty)", "[3,\\infty]", None),
     # sets: order and repeats do not matter; a size or far-off element difference is 0
     ("\\{1,2\\}", "\\{2,1\\}", 1.0), ("\\{1,2\\}", "\\{1,1,2\\}", 1.0), ("\\{1,1,2\\}", "\\{2, 1\\}", 1.0),
     ("\\{\\frac{\\sqrt{2}}{2},\\pi\\}", "\\left\\{\\pi, \\frac{1}{\\sqrt{2}}\\right\\}", 1.0), ("\\{0.5,2\\}", "\\{2,\\frac{1}{2}\\}", 1.0),
