@@ -58,7 +58,8 @@ def fast_verdict(gold: Fraction, pred: Fraction) -> float | None:
 #             reads 2\frac{1}{2} as the mixed number 5/2) | \sqrt{uint} | \pi[^e] | letter[^e]
 #   interval := ( or [  expr , expr  ) or ]  with variable-free endpoints (± \infty only open)
 #   set := \{ element (, element)* \}  (or \left\{ … \right\}) with variable-free elements: expr, decimal, a/b
-# No parentheses, decimals, \sqrt of fractions (math-verify: \sqrt{1/n} ≠ 1/\sqrt{n}), e or i (constants).
+# No parentheses, decimals inside expressions (a whole answer or set element may be one: as_number), \sqrt of fractions
+# (math-verify: \sqrt{1/n} ≠ 1/\sqrt{n}), e or i (constants).
 _TOK = re.compile(r"\s*(?:(\\[dt]?frac|\\sqrt|\\pi|\\infty)(?![a-zA-Z])|(\d+)|([abcdfghjkmnpqrstuvwxyz])|([-+^{},()\[\]]))")
 Key = tuple  # (square-free r, power of π, ((letter, exponent), ...))
 Value = dict  # Key -> Fraction, no zero coefficients
