@@ -44,3 +44,8 @@ def test_jsonl_task_splits(tmp_path):
     s = load_task(TaskConfig(name="jsonl", path=str(path), num_cold_start=5, num_train=10, num_heldout=8), seed=0)
     assert (len(s["cold_start"]), len(s["train"]), len(s["heldout"])) == (5, 10, 8)
     assert not {r["prompt"] for r in s["heldout"]} & {r["prompt"] for r in s["train"] + s["cold_start"]}
+
+
+def test_too_small_a_task_space_fails_clearly_instead_of_looping():
+    with pytest.raises(ValueError, match="num_heldout"):
+        generate_splits(10, 10, 300, min_ops=1, max_ops=1, max_value=2, seed=0)

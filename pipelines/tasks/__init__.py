@@ -22,8 +22,11 @@ def load_task(cfg: TaskConfig, seed: int) -> dict[str, list[dict]]:
     if cfg.name == "arithmetic":
         from pipelines.tasks.arithmetic import generate_splits
 
-        return generate_splits(cfg.num_cold_start, cfg.num_train, cfg.num_heldout, min_ops=cfg.min_ops,
-                               max_ops=cfg.max_ops, max_value=cfg.max_value, seed=seed)
+        try:
+            return generate_splits(cfg.num_cold_start, cfg.num_train, cfg.num_heldout, min_ops=cfg.min_ops,
+                                   max_ops=cfg.max_ops, max_value=cfg.max_value, seed=seed)
+        except ValueError as e:  # an impossible split size: report it as a config problem, in one line
+            raise TaskDataError(str(e)) from None
     if cfg.name == "jsonl":
         return _load_jsonl(Path(cfg.path), cfg, seed)
     raise TaskDataError(f"task.name: unknown task '{cfg.name}'")

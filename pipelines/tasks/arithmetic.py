@@ -54,8 +54,12 @@ def generate_splits(num_cold_start: int, num_train: int, num_heldout: int, *, mi
     first from its own stream (it is the same for every run seed of a given task config), and no
     training problem shares its computation with a held-out one."""
     held_rng = random.Random(f"heldout-{min_ops}-{max_ops}-{max_value}")
-    heldout, held_keys = [], set()
+    heldout, held_keys, tries = [], set(), 0
     while len(heldout) < num_heldout:
+        tries += 1
+        if tries > 100 * num_heldout + 1000:
+            raise ValueError(f"task: only {len(heldout)} distinct problems exist for min_ops={min_ops}, "
+                             f"max_ops={max_ops}, max_value={max_value}; lower task.num_heldout or widen the task")
         p = make_problem(held_rng, min_ops, max_ops, max_value)
         if p["key"] not in held_keys:
             held_keys.add(p["key"])
