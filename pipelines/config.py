@@ -97,6 +97,9 @@ class GRPOConfig:
     rewards: Mapping[str, float] = field(
         default_factory=lambda: {"math_accuracy": 1.0, "strict_format": 0.1}
     )
+    # Parameters of factory rewards, e.g. {code_accuracy: {mode: all, ray_actors: 8}} (the Ray reward pool
+    # size comes from here).
+    reward_params: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     num_workers: int = 1  # Ray Train workers (data parallel)
     cpus_per_worker: float = 1.0
     use_gpu: bool = False
@@ -248,6 +251,9 @@ def validate(obj: Any, where: str) -> None:
         for name in obj.rewards:
             if name not in available_rewards():
                 raise ConfigError(f"grpo.rewards: unknown reward '{name}'; available: {', '.join(available_rewards())}")
+        for name in obj.reward_params:
+            if name not in obj.rewards:
+                raise ConfigError(f"grpo.reward_params.{name}: '{name}' is not one of grpo.rewards ({', '.join(obj.rewards)})")
         if obj.num_generations < 2:
             raise ConfigError("grpo.num_generations must be >= 2 (GRPO compares samples within a group)")
     if section == "task" and obj.name == "jsonl" and not obj.path:

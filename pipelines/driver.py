@@ -7,6 +7,7 @@ or Ctrl-C never leaves something that looks finished, and finished stages are ne
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 import time
@@ -40,16 +41,19 @@ def _warn_changed_config(cfg: PipelineConfig, path: Path, say: Callable[[str], N
 
 
 def run_pipeline(cfg: PipelineConfig, say: Callable[[str], None] = print) -> dict:
+    # Ray workers (Ray Train ones especially) run in their own working directories: every path they
+    # get must be absolute.
+    cfg = dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, output_dir=str(Path(cfg.run.output_dir).resolve())))
     run_dir = cfg.run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
+    say(f"rayzero: run '{cfg.run.name}' in {run_dir}")
+    sizes = prepare_data(cfg)  # before Ray starts and before anything is written: bad data fails fast
+    say("data: " + ", ".join(f"{k}={v}" for k, v in sizes.items()))
     _warn_changed_config(cfg, run_dir / "config.yaml", say)
     (run_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
     cfg_dict = to_dict(cfg)
-    say(f"rayzero: run '{cfg.run.name}' in {run_dir}")
     resources = connect(cfg.run.ray_address, cfg.run.num_cpus, env=wandb_env(cfg))
     say(f"ray: {resources.get('CPU', 0):g} CPU, {resources.get('GPU', 0):g} GPU")
-    sizes = prepare_data(cfg)
-    say("data: " + ", ".join(f"{k}={v}" for k, v in sizes.items()))
 
     results: dict[str, dict] = {}
     stages = enabled_stages(cfg)

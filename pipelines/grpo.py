@@ -43,7 +43,7 @@ def _train_loop(config: dict) -> None:
     model, tok = load_policy(config["init_dir"])
     if g.use_gpu:
         model = model.to(f"cuda:{ctx.get_local_rank()}")
-    fns, weights = build_rewards(dict(g.rewards))
+    fns, weights = build_rewards(dict(g.rewards), {k: dict(v) for k, v in g.reward_params.items()})
     run = tracking.start_stage_run(cfg, "grpo") if rank == 0 else None
     params = GRPOParams(
         max_steps=g.max_steps, learning_rate=g.learning_rate, num_generations=g.num_generations,

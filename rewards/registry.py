@@ -63,10 +63,15 @@ def get_reward(name: str, **params: Any) -> RewardFn:
     return fn
 
 
-def build_rewards(weights: dict[str, float]) -> tuple[list[RewardFn], list[float]]:
-    """Recipe mapping {name: weight} -> (functions, weights) in TRL's `reward_funcs`/`reward_weights` form."""
+def build_rewards(weights: dict[str, float], params: dict[str, dict] | None = None) -> tuple[list[RewardFn], list[float]]:
+    """Recipe mapping {name: weight} (+ {name: factory parameters}) -> (functions, weights) in TRL's
+    `reward_funcs`/`reward_weights` form."""
+    params = params or {}
+    unused = set(params) - set(weights)
+    if unused:
+        raise KeyError(f"reward parameters given for rewards not in use: {', '.join(sorted(unused))}")
     names = list(weights)
-    return [get_reward(n) for n in names], [float(weights[n]) for n in names]
+    return [get_reward(n, **dict(params.get(n, {}))) for n in names], [float(weights[n]) for n in names]
 
 
 def completion_text(completion: Any) -> str:

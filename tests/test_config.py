@@ -71,3 +71,31 @@ def test_cli_config_prints_the_resolved_config(cli, tmp_path):
     res = cli("config", "micro", "grpo.max_steps=7", cwd=tmp_path, timeout=120)
     assert res.returncode == 0, res.stderr
     assert "max_steps: 7" in res.stdout
+
+
+def test_bad_dataset_row_is_one_line_and_keeps_existing_runs(cli, tmp_path):
+    data = tmp_path / "rows.jsonl"
+    data.write_text('{"prompt": "1+1?", "answer": "2", "completion": "<think>1+1=2.</think><answer>2</answer>"}\n'
+                    '{"prompt": "2+2?"}\n')
+    earlier = tmp_path / "runs" / "earlier" / "sft"
+    earlier.mkdir(parents=True)
+    (earlier / "manifest.json").write_text("{}")
+    res = cli("run", "micro", "run.name=bad", "task.name=jsonl", f"task.path={data}", cwd=tmp_path, timeout=120)
+    assert res.returncode == 2
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and str(data) in lines[0] and "row 2" in lines[0] and "'answer'" in lines[0], res.stderr
+    assert (earlier / "manifest.json").read_text() == "{}", "nothing already written is lost"
+    assert not list((tmp_path / "runs" / "bad").glob("*")), "a run that fails on its data writes nothing"
+
+
+def test_factory_reward_parameters_come_from_the_recipe():
+    from rewards.registry import build_rewards
+
+    cfg = load_config("tiny", ["grpo.rewards={math_accuracy: 1.0, repetition_penalty: 0.5}",
+                               "grpo.reward_params={repetition_penalty: {ngram_size: 2}}"])
+    fns, weights = build_rewards(dict(cfg.grpo.rewards), {k: dict(v) for k, v in cfg.grpo.reward_params.items()})
+    assert weights == [1.0, 0.5]
+    # A 2-gram penalty fires on "a b a b" where the default 3-gram one would see fewer repeats.
+    assert fns[1](["a b a b a b"])[0] < 0
+    with pytest.raises(ConfigError, match="reward_params.code_accuracy"):
+        load_config("tiny", ["grpo.reward_params={code_accuracy: {ray_actors: 2}}"])
