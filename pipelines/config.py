@@ -18,6 +18,9 @@ from typing import Any, Mapping
 
 import yaml
 
+from rl.grpo import GRPOParams
+from rl.sft import SFTParams
+
 RECIPE_DIR = Path(__file__).parent / "recipes"
 
 
@@ -66,34 +69,20 @@ class TaskConfig:
 
 
 @dataclass(frozen=True)
-class SFTConfig:
+class SFTConfig(SFTParams):
+    """Cold-start SFT: the learning hyper-parameters of `rl.sft.SFTParams` plus how the stage runs."""
+
     enabled: bool = True
-    epochs: float = 3.0
-    max_steps: int = -1
-    learning_rate: float = 1e-3
-    batch_size: int = 16
-    warmup_ratio: float = 0.05
-    weight_decay: float = 0.0
     num_cpus: float = 1.0
     time_budget_s: float = 0.0  # stop training after this wall time; 0 = no budget
 
 
 @dataclass(frozen=True)
-class GRPOConfig:
+class GRPOConfig(GRPOParams):
+    """GRPO: the learning hyper-parameters of `rl.grpo.GRPOParams` (TRL's losses) plus rewards and the
+    Ray Train worker group."""
+
     enabled: bool = True
-    max_steps: int = 200
-    learning_rate: float = 1e-4
-    num_generations: int = 8
-    prompts_per_step: int = 16
-    temperature: float = 1.0
-    max_completion_length: int = 64
-    beta: float = 0.0  # KL coefficient; > 0 loads a reference model
-    loss_type: str = "dapo"  # grpo | dapo | dr_grpo | bnpo | ...
-    epsilon: float = 0.2
-    epsilon_high: float = 0.0  # clip-higher (DAPO); 0 = same as epsilon
-    scale_rewards: str = "group"  # group | batch | none
-    importance_sampling_level: str = "token"  # token | sequence (GSPO)
-    num_iterations: int = 1
     rewards: Mapping[str, float] = field(
         default_factory=lambda: {"math_accuracy": 1.0, "strict_format": 0.1}
     )
@@ -103,7 +92,6 @@ class GRPOConfig:
     num_workers: int = 1  # Ray Train workers (data parallel)
     cpus_per_worker: float = 1.0
     use_gpu: bool = False
-    logging_steps: int = 10
 
 
 @dataclass(frozen=True)

@@ -43,10 +43,10 @@ def run(cfg_dict: dict, out_dir: str, teacher_dir: str) -> dict:
                            "nothing to distill")
     write_jsonl(out / "traces.jsonl", traces)
     student = new_model(d.student, load_tokenizer(cfg), cfg.run.seed + 1)
-    params = SFTParams(epochs=d.epochs, learning_rate=d.learning_rate, batch_size=d.batch_size,
-                       seed=cfg.run.seed, report_to=tracking.report_to(cfg))
+    params = SFTParams(epochs=d.epochs, learning_rate=d.learning_rate, batch_size=d.batch_size)
     start = time.monotonic()
-    metrics = sft_train(student, tok, traces, out / "trainer", params, callbacks=[Progress("distill: student")])
+    metrics = sft_train(student, tok, traces, out / "trainer", params, seed=cfg.run.seed,
+                        report_to=tracking.report_to(cfg), callbacks=[Progress("distill: student")])
     train_time = time.monotonic() - start
     save_checkpoint(student, tok, out)
     after = evaluate_model(student, tok, read_jsonl(data_path(cfg, "heldout")), cfg.eval, desc="distill: eval")

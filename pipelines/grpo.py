@@ -13,7 +13,7 @@ from pipelines.common import config_from, data_path, read_jsonl, save_checkpoint
 from pipelines.evaluate import evaluate_model
 from rewards.registry import build_rewards
 from rl.callbacks import Progress
-from rl.grpo import GRPOParams, make_grpo_trainer
+from rl.grpo import make_grpo_trainer
 from rl.modeling import count_params, load_policy
 
 
@@ -45,17 +45,10 @@ def _train_loop(config: dict) -> None:
         model = model.to(f"cuda:{ctx.get_local_rank()}")
     fns, weights = build_rewards(dict(g.rewards), {k: dict(v) for k, v in g.reward_params.items()})
     run = tracking.start_stage_run(cfg, "grpo") if rank == 0 else None
-    params = GRPOParams(
-        max_steps=g.max_steps, learning_rate=g.learning_rate, num_generations=g.num_generations,
-        prompts_per_step=g.prompts_per_step, temperature=g.temperature,
-        max_completion_length=g.max_completion_length, beta=g.beta, loss_type=g.loss_type, epsilon=g.epsilon,
-        epsilon_high=g.epsilon_high, scale_rewards=g.scale_rewards,
-        importance_sampling_level=g.importance_sampling_level, num_iterations=g.num_iterations,
-        logging_steps=g.logging_steps, seed=cfg.run.seed, report_to=tracking.report_to(cfg) if rank == 0 else "none",
-        use_cpu=not g.use_gpu, world_size=world,
-    )
     trainer = make_grpo_trainer(model, tok, read_jsonl(data_path(cfg, "train")), fns, weights, out / "trainer",
-                                params, callbacks=[Progress("grpo: train")] if rank == 0 else [])
+                                g, callbacks=[Progress("grpo: train")] if rank == 0 else [], seed=cfg.run.seed,
+                                report_to=tracking.report_to(cfg) if rank == 0 else "none", use_cpu=not g.use_gpu,
+                                world_size=world)
     start = time.monotonic()
     trainer.train()
     train_time = time.monotonic() - start

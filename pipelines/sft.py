@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from pathlib import Path
 
@@ -11,7 +12,7 @@ from pipelines.common import (config_from, data_path, load_tokenizer, new_model,
 from pipelines.evaluate import evaluate_model
 from rl.callbacks import Progress
 from rl.modeling import count_params
-from rl.sft import SFTParams, sft_train
+from rl.sft import sft_train
 
 
 def run(cfg_dict: dict, out_dir: str, stage: str = "sft", time_budget_s: float = 0.0, max_steps: int = -1) -> dict:
@@ -28,15 +29,11 @@ def run(cfg_dict: dict, out_dir: str, stage: str = "sft", time_budget_s: float =
     cold = read_jsonl(data_path(cfg, "cold_start"))
     run = tracking.start_stage_run(cfg, stage)
     before = evaluate_model(model, tok, heldout, cfg.eval, desc=f"{stage}: eval before")
-    params = SFTParams(
-        epochs=cfg.sft.epochs if max_steps < 0 else 1e6,
-        max_steps=max_steps if max_steps > 0 else cfg.sft.max_steps,
-        learning_rate=cfg.sft.learning_rate, batch_size=cfg.sft.batch_size, warmup_ratio=cfg.sft.warmup_ratio,
-        weight_decay=cfg.sft.weight_decay, time_budget_s=time_budget_s or cfg.sft.time_budget_s,
-        seed=cfg.run.seed, report_to=tracking.report_to(cfg),
-    )
+    params = cfg.sft if max_steps < 0 else dataclasses.replace(cfg.sft, epochs=1e6, max_steps=max_steps)
     start = time.monotonic()
-    metrics = sft_train(model, tok, cold, out / "trainer", params, callbacks=[Progress(f"{stage}: train")])
+    metrics = sft_train(model, tok, cold, out / "trainer", params, seed=cfg.run.seed,
+                        report_to=tracking.report_to(cfg), time_budget_s=time_budget_s or cfg.sft.time_budget_s,
+                        callbacks=[Progress(f"{stage}: train")])
     train_time = time.monotonic() - start
     save_checkpoint(model, tok, out)
     after = evaluate_model(model, tok, heldout, cfg.eval, desc=f"{stage}: eval")

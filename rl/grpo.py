@@ -3,13 +3,15 @@ hyper-parameters onto `GRPOConfig` and builds the trainer."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
 
 @dataclass(frozen=True)
 class GRPOParams:
+    """Learning hyper-parameters of a GRPO run (the pipeline's stage config extends this)."""
+
     max_steps: int = 200
     learning_rate: float = 1e-4
     num_generations: int = 8
@@ -24,20 +26,16 @@ class GRPOParams:
     importance_sampling_level: str = "token"
     num_iterations: int = 1
     logging_steps: int = 10
-    seed: int = 0
-    report_to: str = "none"
-    use_cpu: bool = True
-    world_size: int = 1
-    extra: dict = field(default_factory=dict)
 
 
-def grpo_config(out_dir: Path, p: GRPOParams):
+def grpo_config(out_dir: Path, p: GRPOParams, *, seed: int = 0, report_to: str = "none", use_cpu: bool = True,
+                world_size: int = 1):
     from trl import GRPOConfig
 
     total = p.prompts_per_step * p.num_generations
-    if total % p.world_size:
+    if total % world_size:
         raise ValueError(f"grpo: prompts_per_step*num_generations={total} is not divisible by "
-                         f"num_workers={p.world_size}")
+                         f"num_workers={world_size}")
     return GRPOConfig(
         output_dir=str(out_dir),
         max_steps=p.max_steps,
@@ -46,7 +44,7 @@ def grpo_config(out_dir: Path, p: GRPOParams):
         warmup_steps=0.05,
         # One optimizer step per generation round: each step sees prompts_per_step fresh prompts
         # with num_generations samples each, split across the data-parallel workers.
-        per_device_train_batch_size=total // p.world_size,
+        per_device_train_batch_size=total // world_size,
         gradient_accumulation_steps=1,
         steps_per_generation=1,
         num_generations=p.num_generations,
@@ -62,27 +60,27 @@ def grpo_config(out_dir: Path, p: GRPOParams):
         importance_sampling_level=p.importance_sampling_level,
         logging_steps=p.logging_steps,
         save_strategy="no",
-        report_to=p.report_to,
-        seed=p.seed,
-        data_seed=p.seed,
-        use_cpu=p.use_cpu,
+        report_to=report_to,
+        seed=seed,
+        data_seed=seed,
+        use_cpu=use_cpu,
         bf16=False,
         gradient_checkpointing=False,  # tiny models: recompute costs more than it saves
         disable_tqdm=True,
         dataloader_num_workers=0,
         shuffle_dataset=True,
         log_completions=False,
-        **p.extra,
     )
 
 
 def make_grpo_trainer(model, tokenizer, rows: Sequence[dict], reward_funcs: list[Callable], reward_weights: list[float],
-                      out_dir: Path, params: GRPOParams, callbacks=(), rollout_func=None):
-    """A `GRPOTrainer` over rows {prompt, answer, ...}; every column reaches the reward functions."""
+                      out_dir: Path, params: GRPOParams, callbacks=(), rollout_func=None, **run_args):
+    """A `GRPOTrainer` over rows {prompt, answer, ...}; every column reaches the reward functions.
+    `run_args` (seed, report_to, use_cpu, world_size) go to `grpo_config`."""
     from datasets import Dataset
     from trl import GRPOTrainer
 
-    args = grpo_config(out_dir, params)
+    args = grpo_config(out_dir, params, **run_args)
     args.reward_weights = list(reward_weights)
     from rl.callbacks import quiet
 

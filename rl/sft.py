@@ -9,19 +9,18 @@ from typing import Sequence
 
 @dataclass(frozen=True)
 class SFTParams:
+    """Learning hyper-parameters of an SFT run (the pipeline's stage configs extend this)."""
+
     epochs: float = 3.0
     max_steps: int = -1
     learning_rate: float = 1e-3
     batch_size: int = 16
     warmup_ratio: float = 0.05
     weight_decay: float = 0.0
-    time_budget_s: float = 0.0
-    seed: int = 0
-    report_to: str = "none"
-    use_cpu: bool = True
 
 
-def sft_train(model, tokenizer, rows: Sequence[dict], out_dir: Path, params: SFTParams, callbacks=()) -> dict:
+def sft_train(model, tokenizer, rows: Sequence[dict], out_dir: Path, params: SFTParams, *, seed: int = 0,
+              report_to: str = "none", time_budget_s: float = 0.0, use_cpu: bool = True, callbacks=()) -> dict:
     """Trains `model` in place on rows {prompt, completion}; returns the trainer's final metrics."""
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
@@ -40,17 +39,17 @@ def sft_train(model, tokenizer, rows: Sequence[dict], out_dir: Path, params: SFT
         weight_decay=params.weight_decay,
         logging_steps=5,
         save_strategy="no",
-        report_to=params.report_to,
-        seed=params.seed,
-        data_seed=params.seed,
+        report_to=report_to,
+        seed=seed,
+        data_seed=seed,
         max_length=256,
-        use_cpu=params.use_cpu,
+        use_cpu=use_cpu,
         bf16=False,
         disable_tqdm=True,
         dataloader_num_workers=0,
     )
     trainer = SFTTrainer(model=model, args=args, train_dataset=data, processing_class=tokenizer,
-                         callbacks=[TimeBudget(params.time_budget_s), *callbacks])
+                         callbacks=[TimeBudget(time_budget_s), *callbacks])
     quiet(trainer)
     result = trainer.train()
     return {"train_loss": float(result.training_loss), "steps": int(trainer.state.global_step)}

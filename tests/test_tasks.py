@@ -47,5 +47,5 @@ def test_jsonl_task_splits(tmp_path):
 
 
 def test_too_small_a_task_space_fails_clearly_instead_of_looping():
-    with pytest.raises(ValueError, match="num_heldout"):
+    with pytest.raises(ValueError, match="heldout"):
         generate_splits(10, 10, 300, min_ops=1, max_ops=1, max_value=2, seed=0)

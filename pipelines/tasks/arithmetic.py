@@ -48,34 +48,38 @@ def make_problem(rng: random.Random, min_ops: int, max_ops: int, max_value: int)
     }
 
 
+def _draw(rng: random.Random, n: int, keep, what: str, min_ops: int, max_ops: int, max_value: int) -> list[dict]:
+    """`n` problems for which `keep(problem)` holds; a clear error when the task space is too small."""
+    out: list[dict] = []
+    for _ in range(100 * n + 1000):
+        if len(out) == n:
+            return out
+        p = make_problem(rng, min_ops, max_ops, max_value)
+        if keep(p):
+            out.append(p)
+    if len(out) == n:
+        return out
+    raise ValueError(f"task: only {len(out)} of {n} {what} problems could be drawn for min_ops={min_ops}, "
+                     f"max_ops={max_ops}, max_value={max_value}; lower task.num_{what} or widen the task")
+
+
 def generate_splits(num_cold_start: int, num_train: int, num_heldout: int, *, min_ops: int, max_ops: int,
                     max_value: int, seed: int) -> dict[str, list[dict]]:
     """Cold-start (with CoT), train (answers only) and held-out splits. The held-out split is drawn
     first from its own stream (it is the same for every run seed of a given task config), and no
     training problem shares its computation with a held-out one."""
-    held_rng = random.Random(f"heldout-{min_ops}-{max_ops}-{max_value}")
-    heldout, held_keys, tries = [], set(), 0
-    while len(heldout) < num_heldout:
-        tries += 1
-        if tries > 100 * num_heldout + 1000:
-            raise ValueError(f"task: only {len(heldout)} distinct problems exist for min_ops={min_ops}, "
-                             f"max_ops={max_ops}, max_value={max_value}; lower task.num_heldout or widen the task")
-        p = make_problem(held_rng, min_ops, max_ops, max_value)
-        if p["key"] not in held_keys:
-            held_keys.add(p["key"])
-            heldout.append(p)
+    task = (min_ops, max_ops, max_value)
+    held_keys: set[str] = set()
+
+    def new_key(p: dict) -> bool:
+        fresh = p["key"] not in held_keys
+        held_keys.add(p["key"])
+        return fresh
+
+    heldout = _draw(random.Random(f"heldout-{min_ops}-{max_ops}-{max_value}"), num_heldout, new_key, "heldout", *task)
     rng = random.Random(seed)
-    out: dict[str, list[dict]] = {"cold_start": [], "train": []}
-    for split, n in (("cold_start", num_cold_start), ("train", num_train)):
-        tries = 0
-        while len(out[split]) < n:
-            tries += 1
-            if tries > 100 * n + 1000:
-                raise ValueError(f"task: cannot draw {n} {split} problems disjoint from the held-out set; "
-                                 f"raise task.max_value/max_ops or lower the split sizes")
-            p = make_problem(rng, min_ops, max_ops, max_value)
-            if p["key"] not in held_keys:
-                out[split].append(p)
+    out = {split: _draw(rng, n, lambda p: p["key"] not in held_keys, split, *task)
+           for split, n in (("cold_start", num_cold_start), ("train", num_train))}
     for rows in (out["train"], heldout):
         for r in rows:
             r.pop("completion", None)  # RL prompts carry answers only: no CoT labels
