@@ -17,6 +17,10 @@ from rl.grpo import make_grpo_trainer
 from rl.modeling import count_params, load_policy
 
 
+_LOGGED = ("reward", "reward_std", "frac_reward_zero_std", "completions/mean_length", "step_time",
+           "dynamic_sampling/kept_fraction", "dynamic_sampling/rounds", "dynamic_sampling/batch_rows")
+
+
 def run(cfg_dict: dict, out_dir: str, init_dir: str) -> dict:
     """Driver side: launch the worker group and collect rank 0's metrics."""
     cfg = config_from(cfg_dict)
@@ -65,6 +69,8 @@ def _train_loop(config: dict) -> None:
         "reward_first": history[0]["reward"] if history else None,
         "reward_last": history[-1]["reward"] if history else None,
         "samples": after["samples"],
+        # The logged curve, compact: on-policy reward and (with dynamic sampling) the informative fraction.
+        "log": [{k: round(h[k], 4) for k in _LOGGED if k in h} | {"step": h["step"]} for h in history],
     }
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
     tracking.finish(run, {"eval/accuracy": after["accuracy"], "params": metrics["params"]})

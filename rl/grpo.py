@@ -1,8 +1,9 @@
 """GRPO wiring around TRL's `GRPOTrainer`: the losses are TRL's; this module maps rayzero's
-hyper-parameters onto `GRPOConfig` and builds the trainer."""
+hyper-parameters onto `GRPOConfig` and builds the trainer (with DAPO dynamic sampling when asked)."""
 
 from __future__ import annotations
 
+import random
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
@@ -26,6 +27,10 @@ class GRPOParams:
     importance_sampling_level: str = "token"
     num_iterations: int = 1
     logging_steps: int = 10
+    # DAPO dynamic sampling: drop groups whose rewards all agree, then generate for fresh prompts up to
+    # `max_resample_rounds` more times to refill the batch (0 = drop only; the batch shrinks).
+    dynamic_sampling: bool = False
+    max_resample_rounds: int = 2
 
 
 def grpo_config(out_dir: Path, p: GRPOParams, *, seed: int = 0, report_to: str = "none", use_cpu: bool = True,
@@ -36,6 +41,9 @@ def grpo_config(out_dir: Path, p: GRPOParams, *, seed: int = 0, report_to: str =
     if total % world_size:
         raise ValueError(f"grpo: prompts_per_step*num_generations={total} is not divisible by "
                          f"num_workers={world_size}")
+    if p.dynamic_sampling and (total // world_size) % p.num_generations:
+        raise ValueError(f"grpo: dynamic_sampling needs whole groups per worker: prompts_per_step="
+                         f"{p.prompts_per_step} must be divisible by num_workers={world_size}")
     return GRPOConfig(
         output_dir=str(out_dir),
         max_steps=p.max_steps,
@@ -84,7 +92,72 @@ def make_grpo_trainer(model, tokenizer, rows: Sequence[dict], reward_funcs: list
     args.reward_weights = list(reward_weights)
     from rl.callbacks import quiet
 
-    trainer = GRPOTrainer(model=model, reward_funcs=list(reward_funcs), args=args,
+    cls = GRPOTrainer
+    extra = {}
+    if params.dynamic_sampling:
+        cls, extra = _dynamic_sampling_trainer(), {"max_resample_rounds": params.max_resample_rounds}
+    trainer = cls(model=model, reward_funcs=list(reward_funcs), args=args,
                           train_dataset=Dataset.from_list(list(rows)), processing_class=tokenizer,
-                          callbacks=list(callbacks), rollout_func=rollout_func)
+                          callbacks=list(callbacks), rollout_func=rollout_func, **extra)
     return quiet(trainer)
+
+
+def _dynamic_sampling_trainer():
+    """Built lazily so importing rl.grpo does not import TRL."""
+    import torch
+    from trl import GRPOTrainer
+
+    from rl import dynamic_sampling as ds
+
+    class DynamicSamplingGRPOTrainer(GRPOTrainer):
+        """TRL's GRPOTrainer whose training batches hold only groups with a learning signal.
+
+        Each round is one call of TRL's own `_generate_and_score_completions` (generation, rewards,
+        advantages); zero-variance groups are dropped and fresh prompts are drawn from the training set
+        until every worker has a full batch or `max_resample_rounds` extra rounds were spent. All workers
+        run the same number of rounds (TRL gathers rewards across them each round)."""
+
+        def __init__(self, *args, max_resample_rounds: int = 2, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.max_resample_rounds = max_resample_rounds
+            self._resample_rng = random.Random(self.args.seed * 7919 + self.accelerator.process_index)
+
+        def _fresh_prompts(self, num_prompts: int) -> list[dict]:
+            data = self.train_dataset
+            rows = [data[self._resample_rng.randrange(len(data))] for _ in range(num_prompts)]
+            return [dict(r) for r in rows for _ in range(self.num_generations)]
+
+        def _generate_and_score_completions(self, inputs):
+            if not self.model.training:
+                return super()._generate_and_score_completions(inputs)
+            g, target = self.num_generations, len(inputs)
+            kept, dropped, rounds, groups = [], 0, 0, 0
+            batch = inputs
+            while True:
+                out = super()._generate_and_score_completions(batch)
+                ds.check_supported(out)
+                good, n_dropped = ds.keep_informative(out, g)
+                kept.append(good)
+                dropped, groups = dropped + n_dropped, groups + len(batch) // g
+                have = sum(k["advantages"].numel() for k in kept)
+                fewest = self.accelerator.gather(torch.tensor([have], device=self.accelerator.device)).min()
+                if int(fewest) >= target or rounds >= self.max_resample_rounds:
+                    break
+                rounds += 1
+                batch = self._fresh_prompts(target // g)
+            merged = ds.concat_batches(kept, self._tokenizer.pad_token_id)
+            rows = merged["advantages"].numel()
+            if rows == 0:
+                # Every group agreed: train on one (zero-gradient) group so all workers stay in step.
+                merged = ds.select_rows(out, torch.arange(g, device=out["advantages"].device))
+            elif rows > target:
+                merged = ds.select_rows(merged, torch.arange(target, device=merged["advantages"].device))
+            merged["num_items_in_batch"] = self.accelerator.gather(ds.loss_tokens(merged)).sum()
+            m = self._metrics["train"]
+            m["dynamic_sampling/dropped_groups"].append(float(dropped))
+            m["dynamic_sampling/kept_fraction"].append(1.0 - dropped / groups)
+            m["dynamic_sampling/rounds"].append(float(rounds + 1))
+            m["dynamic_sampling/batch_rows"].append(float(merged["advantages"].numel()))
+            return merged
+
+    return DynamicSamplingGRPOTrainer

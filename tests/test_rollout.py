@@ -1,0 +1,122 @@
+"""Rollout workers on a real local Ray: order, log-probs, weight sync, worker death, TRL's rollout_func."""
+
+import pytest
+import ray
+import torch
+
+from cluster.rollout import RolloutPool, split_evenly
+from rl.modeling import build_tiny_model, load_policy, save_tokenizer, train_tokenizer
+from rl.rollout import HFEngine, SamplingParams, check_engine, engine_factory, make_rollout_func
+
+TEXTS = [f"{a} plus {b} is {a + b}." for a in range(12) for b in range(12)]
+GREEDY = SamplingParams(max_new_tokens=6, temperature=1.0, top_k=1)
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    ray.init(num_cpus=2, include_dashboard=False, configure_logging=False)
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def policy_dir(tmp_path_factory):
+    d = tmp_path_factory.mktemp("policy")
+    tok = train_tokenizer(TEXTS, 300)
+    model = build_tiny_model(tok, hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64,
+                             max_position=64, seed=0)
+    save_tokenizer(tok, d, TEXTS[0])
+    model.save_pretrained(d)
+    return d
+
+
+def _prompts(tok, n=7):
+    return [tok(f"{i} plus {i + 1} is", add_special_tokens=False)["input_ids"] for i in range(n)]
+
+
+def _local(model, tok):
+    return HFEngine(model, tok.pad_token_id, [tok.eos_token_id])
+
+
+def test_split_evenly_covers_in_order():
+    parts = split_evenly(7, 3)
+    assert [(s.start, s.stop) for s in parts] == [(0, 3), (3, 5), (5, 7)]
+    assert [(s.start, s.stop) for s in split_evenly(1, 3)] == [(0, 1), (1, 1), (1, 1)]
+
+
+def test_vllm_engine_where_missing_fails_clearly():
+    try:
+        import vllm  # noqa: F401
+        pytest.skip("vLLM is installed here")
+    except ImportError:
+        pass
+    with pytest.raises(RuntimeError, match="vLLM is not installed"):
+        check_engine("vllm")
+    with pytest.raises(ValueError, match="'hf', 'vllm'"):
+        check_engine("sglang")
+
+
+def test_pool_returns_completions_in_prompt_order_with_sampling_logprobs(ray_local, policy_dir):
+    model, tok = load_policy(policy_dir)
+    pool = RolloutPool(engine_factory("hf", policy_dir), num_workers=2, cpus_per_worker=0.5)
+    prompts = _prompts(tok)
+    out = pool.generate(prompts, GREEDY)
+    expect, _ = _local(model, tok).generate(prompts, GREEDY)
+    assert out["completion_ids"] == expect and out["versions"] == [0] * len(prompts)
+    # Sampled (T=1, no top-k): the returned log-probs are the model's log-probs of the sampled tokens.
+    sampled = pool.generate(prompts, SamplingParams(max_new_tokens=6, temperature=1.0), seed=3)
+    for p, c, lp in zip(prompts, sampled["completion_ids"], sampled["logprobs"]):
+        with torch.no_grad():
+            logits = model(torch.tensor([p + c])).logits[0, len(p) - 1:-1].log_softmax(-1)
+        ref = logits.gather(-1, torch.tensor(c).unsqueeze(-1)).squeeze(-1)
+        assert torch.allclose(torch.tensor(lp), ref, atol=1e-4)
+    pool.shutdown()
+
+
+def test_weight_sync_changes_what_workers_generate_and_survives_a_killed_worker(ray_local, policy_dir):
+    model, tok = load_policy(policy_dir)
+    pool = RolloutPool(engine_factory("hf", policy_dir), num_workers=2, cpus_per_worker=0.5)
+    prompts = _prompts(tok)
+    before = pool.generate(prompts, GREEDY)["completion_ids"]
+    # A different policy, as after some optimizer steps.
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.5)
+    seconds = pool.sync_weights({k: v.clone() for k, v in model.state_dict().items()}, version=5)
+    assert seconds > 0
+    expect, _ = _local(model, tok).generate(prompts, GREEDY)
+    after = pool.generate(prompts, GREEDY)
+    assert after["completion_ids"] == expect != before and set(after["versions"]) == {5}
+    # Kill a worker: its share is generated again by a replacement that holds the synced weights.
+    ray.kill(pool.workers[1])
+    again = pool.generate(prompts, GREEDY)
+    assert again["completion_ids"] == expect and set(again["versions"]) == {5}
+    assert pool.replacements == 1
+    pool.shutdown()
+
+
+def test_trl_grpo_trains_through_the_pool_with_weights_synced_each_step(ray_local, policy_dir, tmp_path):
+    from rl.grpo import GRPOParams, make_grpo_trainer
+
+    model, tok = load_policy(policy_dir)
+    pool = RolloutPool(engine_factory("hf", policy_dir), num_workers=2, cpus_per_worker=0.5)
+    rows = [{"prompt": f"{i} plus {i} is", "answer": str(2 * i)} for i in range(8)]
+
+    def reward(completions, answer, **_):
+        return [float(a in c) + 0.1 * len(c) for c, a in zip(completions, answer)]
+
+    p = GRPOParams(max_steps=3, learning_rate=1e-2, num_generations=4, prompts_per_step=2,
+                   max_completion_length=6, logging_steps=1)
+    trainer = make_grpo_trainer(model, tok, rows, [reward], [1.0], tmp_path, p,
+                                rollout_func=make_rollout_func(pool, sync_every=1))
+    trainer.train()
+    assert trainer.state.global_step == 3
+    assert pool.version == 2  # synced before generating steps 2 and 3
+    logs = [h for h in trainer.state.log_history if "rollout/generate_s" in h]
+    assert len(logs) == 3 and all(h["rollout/policy_lag"] == 0 for h in logs)
+    assert any("rollout/sync_s" in h for h in logs)
+    # The workers now hold the learner's step-2 weights exactly.
+    w = ray.get(pool.workers[0].info.remote())
+    assert w["version"] == 2
+    pool.shutdown()
