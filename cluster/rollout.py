@@ -59,17 +59,18 @@ class RolloutWorker:
 
 
 class RolloutPool:
-    """`num_workers` rollout actors, each reserving `cpus_per_worker` CPUs (and one GPU with `use_gpu`).
+    """`num_workers` rollout actors, each reserving `cpus_per_worker` CPUs and `gpus_per_worker` GPUs
+    (fractional when colocated with the learner).
 
     `placement_group`, when given, pins worker i to bundle `bundle_offset + i` (see
     `cluster.placement`)."""
 
     def __init__(self, engine_factory: Callable[[], Any], *, num_workers: int = 1, cpus_per_worker: float = 1,
-                 use_gpu: bool = False, placement_group=None, bundle_offset: int = 0) -> None:
+                 gpus_per_worker: float = 0, placement_group=None, bundle_offset: int = 0) -> None:
         if num_workers < 1:
             raise ValueError("rollout.num_workers must be >= 1")
         self.factory = engine_factory
-        self.cpus, self.use_gpu = cpus_per_worker, use_gpu
+        self.cpus, self.gpus = cpus_per_worker, gpus_per_worker
         self.pg, self.bundle_offset = placement_group, bundle_offset
         self.replacements = 0
         self.version = 0
@@ -78,7 +79,7 @@ class RolloutPool:
         ray.get([w.info.remote() for w in self.workers])  # fail here, not mid-training, if a worker cannot start
 
     def _new_worker(self, slot: int):
-        opts: dict = {"num_cpus": self.cpus, "num_gpus": 1 if self.use_gpu else 0, "max_restarts": 0}
+        opts: dict = {"num_cpus": self.cpus, "num_gpus": self.gpus, "max_restarts": 0}
         if self.pg is not None:
             from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 

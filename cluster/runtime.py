@@ -58,19 +58,22 @@ def run_task(fn: Callable, *args, num_cpus: float = 1, num_gpus: float = 0, name
     return ray.get(remote.remote(*args, **kwargs))
 
 
-def run_worker_group(train_fn: Callable[[dict], None], config: dict, *, num_workers: int, cpus_per_worker: float,
-                     use_gpu: bool, storage_path: Path, name: str, max_failures: int = 0):
-    """Run `train_fn(config)` on `num_workers` Ray Train workers with torch.distributed set up."""
+def run_worker_group(train_fn: Callable[[dict], None], config: dict, *, num_workers: int,
+                     resources_per_worker: dict[str, float], use_gpu: bool, storage_path: Path, name: str,
+                     max_failures: int = 0):
+    """Run `train_fn(config)` on `num_workers` Ray Train workers with torch.distributed set up.
+    `max_failures` restarts of the whole group are allowed (the loop resumes from its checkpoints)."""
     from ray.train import FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
-    check_resources(num_workers * cpus_per_worker, num_workers if use_gpu else 0, f"{name} ({num_workers} workers)")
+    res = dict(resources_per_worker)
+    check_resources(num_workers * res.get("CPU", 1), num_workers * res.get("GPU", 0) if use_gpu else 0,
+                    f"{name} ({num_workers} workers)")
     trainer = TorchTrainer(
         train_fn,
         train_loop_config=config,
         torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
-        scaling_config=ScalingConfig(num_workers=num_workers, use_gpu=use_gpu,
-                                     resources_per_worker={"CPU": cpus_per_worker}),
+        scaling_config=ScalingConfig(num_workers=num_workers, use_gpu=use_gpu, resources_per_worker=res),
         run_config=RunConfig(name=name, storage_path=str(Path(storage_path).resolve()),
                              failure_config=FailureConfig(max_failures=max_failures)),
     )

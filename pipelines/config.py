@@ -89,9 +89,21 @@ class GRPOConfig(GRPOParams):
     # Parameters of factory rewards, e.g. {code_accuracy: {mode: all, ray_actors: 8}} (the Ray reward pool
     # size comes from here).
     reward_params: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
-    num_workers: int = 1  # Ray Train workers (data parallel)
+    time_budget_s: float = 0.0  # stop after max_steps or this much training wall time (0 = no budget)
+    # The learner: a Ray Train worker group (data parallel), optionally on DeepSpeed ZeRO.
+    num_workers: int = 1
     cpus_per_worker: float = 1.0
     use_gpu: bool = False
+    zero_stage: int = 0  # 0 = plain DDP; 1, 2, 3 = DeepSpeed ZeRO stage (config generated, rl/zero.py)
+    save_steps: int = 0  # checkpoint every N steps; a rerun after a crash resumes from the latest
+    max_failures: int = 0  # learner worker-group restarts (Ray Train FailureConfig), each resuming
+    # Rollouts: 0 workers = TRL generates inside the learner; N = a Ray rollout pool (cluster/rollout.py).
+    rollout_workers: int = 0
+    rollout_engine: str = "hf"  # hf | vllm
+    rollout_cpus_per_worker: float = 1.0
+    placement: str = "disaggregated"  # colocated | disaggregated (cluster/placement.py)
+    sync_every: int = 1  # push learner weights to the rollout workers every N optimizer steps
+    overlap: bool = False  # generate step t+1 while training step t (one-step off-policy; needs rollout_workers)
 
 
 @dataclass(frozen=True)
@@ -224,6 +236,9 @@ _CHOICES = {
     ("grpo", "scale_rewards"): ("group", "batch", "none"),
     ("grpo", "importance_sampling_level"): ("token", "sequence"),
     ("grpo", "loss_type"): ("grpo", "dapo", "dr_grpo", "bnpo", "cispo", "sapo"),
+    ("grpo", "zero_stage"): (0, 1, 2, 3),
+    ("grpo", "rollout_engine"): ("hf", "vllm"),
+    ("grpo", "placement"): ("colocated", "disaggregated"),
 }
 
 
@@ -232,7 +247,7 @@ def validate(obj: Any, where: str) -> None:
     for f in dataclasses.fields(obj):
         choices = _CHOICES.get((section, f.name))
         if choices and getattr(obj, f.name) not in choices:
-            raise ConfigError(f"{where}.{f.name}={getattr(obj, f.name)!r} is not one of: {', '.join(choices)}")
+            raise ConfigError(f"{where}.{f.name}={getattr(obj, f.name)!r} is not one of: {', '.join(map(str, choices))}")
     if section == "grpo" and obj.enabled:
         from rewards.registry import available_rewards
 
@@ -244,6 +259,13 @@ def validate(obj: Any, where: str) -> None:
                 raise ConfigError(f"grpo.reward_params.{name}: '{name}' is not one of grpo.rewards ({', '.join(obj.rewards)})")
         if obj.num_generations < 2:
             raise ConfigError("grpo.num_generations must be >= 2 (GRPO compares samples within a group)")
+        if obj.placement == "colocated" and obj.rollout_workers not in (0, obj.num_workers):
+            raise ConfigError(f"grpo.rollout_workers={obj.rollout_workers}: colocated placement puts one rollout "
+                              f"worker beside each learner worker (grpo.num_workers={obj.num_workers})")
+        if obj.overlap and not obj.rollout_workers:
+            raise ConfigError("grpo.overlap=true needs a rollout pool: set grpo.rollout_workers >= 1")
+        if obj.sync_every < 1:
+            raise ConfigError("grpo.sync_every must be >= 1")
     if section == "task" and obj.name == "jsonl" and not obj.path:
         raise ConfigError("task.path is required when task.name=jsonl")
 

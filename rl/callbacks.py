@@ -17,7 +17,7 @@ def quiet(trainer):
 
 class TimeBudget(TrainerCallback):
     """Stops training once `seconds` of wall time have passed (0 = no budget). Used for the
-    equal-wall-time SFT baseline."""
+    equal-wall-time SFT baseline and to bound GRPO's share of a pipeline's wall time."""
 
     def __init__(self, seconds: float):
         self.seconds, self.start = seconds, None
@@ -26,8 +26,24 @@ class TimeBudget(TrainerCallback):
         self.start = time.monotonic()
 
     def on_step_end(self, args, state, control, **kw):
-        if self.seconds > 0 and time.monotonic() - self.start >= self.seconds:
+        if self.seconds > 0 and self._agree(time.monotonic() - self.start >= self.seconds):
             control.should_training_stop = True
+
+    @staticmethod
+    def _agree(stop: bool) -> bool:
+        """Data-parallel ranks must stop at the same step (or the others hang in the next all-reduce):
+        stop when any rank's clock ran out."""
+        import torch.distributed as dist
+
+        if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+            return stop
+        import torch
+
+        flag = torch.tensor([float(stop)])
+        if dist.get_backend() == "nccl":
+            flag = flag.cuda()
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        return bool(flag.item())
 
 
 class Progress(TrainerCallback):

@@ -34,7 +34,7 @@ class GRPOParams:
 
 
 def grpo_config(out_dir: Path, p: GRPOParams, *, seed: int = 0, report_to: str = "none", use_cpu: bool = True,
-                world_size: int = 1):
+                world_size: int = 1, deepspeed: dict | None = None, save_steps: int = 0):
     from trl import GRPOConfig
 
     total = p.prompts_per_step * p.num_generations
@@ -67,7 +67,11 @@ def grpo_config(out_dir: Path, p: GRPOParams, *, seed: int = 0, report_to: str =
         scale_rewards=p.scale_rewards,
         importance_sampling_level=p.importance_sampling_level,
         logging_steps=p.logging_steps,
-        save_strategy="no",
+        # Checkpoints (model, optimizer, scheduler, RNG) every `save_steps` so a killed run resumes.
+        save_strategy="steps" if save_steps else "no",
+        save_steps=save_steps or 500,
+        save_total_limit=2 if save_steps else None,
+        deepspeed=deepspeed,
         report_to=report_to,
         seed=seed,
         data_seed=seed,
@@ -92,35 +96,44 @@ def make_grpo_trainer(model, tokenizer, rows: Sequence[dict], reward_funcs: list
     args.reward_weights = list(reward_weights)
     from rl.callbacks import quiet
 
-    cls = GRPOTrainer
-    extra = {}
-    if params.dynamic_sampling:
-        cls, extra = _dynamic_sampling_trainer(), {"max_resample_rounds": params.max_resample_rounds}
-    trainer = cls(model=model, reward_funcs=list(reward_funcs), args=args,
-                          train_dataset=Dataset.from_list(list(rows)), processing_class=tokenizer,
-                          callbacks=list(callbacks), rollout_func=rollout_func, **extra)
+    trainer = _trainer_class()(
+        model=model, reward_funcs=list(reward_funcs), args=args, train_dataset=Dataset.from_list(list(rows)),
+        processing_class=tokenizer, callbacks=list(callbacks), rollout_func=rollout_func,
+        dynamic_sampling=params.dynamic_sampling, max_resample_rounds=params.max_resample_rounds)
     return quiet(trainer)
 
 
-def _dynamic_sampling_trainer():
+def _trainer_class():
     """Built lazily so importing rl.grpo does not import TRL."""
     import torch
     from trl import GRPOTrainer
 
     from rl import dynamic_sampling as ds
 
-    class DynamicSamplingGRPOTrainer(GRPOTrainer):
-        """TRL's GRPOTrainer whose training batches hold only groups with a learning signal.
+    class RayzeroGRPOTrainer(GRPOTrainer):
+        """TRL's GRPOTrainer (its losses, its generation and reward scoring) plus two things TRL lacks:
 
-        Each round is one call of TRL's own `_generate_and_score_completions` (generation, rewards,
-        advantages); zero-variance groups are dropped and fresh prompts are drawn from the training set
-        until every worker has a full batch or `max_resample_rounds` extra rounds were spent. All workers
-        run the same number of rounds (TRL gathers rewards across them each round)."""
+        - DAPO dynamic sampling: each round is one call of TRL's own `_generate_and_score_completions`;
+          zero-variance groups are dropped and fresh prompts are drawn from the training set until every
+          worker has a full batch or `max_resample_rounds` extra rounds were spent. All workers run the
+          same number of rounds (TRL gathers rewards across them each round).
+        - overlapped rollouts: when the `rollout_func` can `prefetch` (`rl.rollout.PoolRollouts` with
+          overlap on), prompt batches are read one ahead so the next step's generation starts while this
+          step trains, and the rollout log-probs become the PPO "old" log-probs so the clipped
+          importance ratio corrects the one-step lag."""
 
-        def __init__(self, *args, max_resample_rounds: int = 2, **kwargs):
+        def __init__(self, *args, dynamic_sampling: bool = False, max_resample_rounds: int = 2, **kwargs):
             super().__init__(*args, **kwargs)
-            self.max_resample_rounds = max_resample_rounds
+            self.dynamic_sampling, self.max_resample_rounds = dynamic_sampling, max_resample_rounds
             self._resample_rng = random.Random(self.args.seed * 7919 + self.accelerator.process_index)
+
+        @property
+        def _overlap(self) -> bool:
+            return getattr(self.rollout_func, "overlap", False)
+
+        def get_train_dataloader(self):
+            loader = super().get_train_dataloader()
+            return _Lookahead(loader, lambda rows: self.rollout_func.prefetch(rows, self)) if self._overlap else loader
 
         def _fresh_prompts(self, num_prompts: int) -> list[dict]:
             data = self.train_dataset
@@ -128,8 +141,15 @@ def _dynamic_sampling_trainer():
             return [dict(r) for r in rows for _ in range(self.num_generations)]
 
         def _generate_and_score_completions(self, inputs):
-            if not self.model.training:
-                return super()._generate_and_score_completions(inputs)
+            if self.model.training and self.dynamic_sampling:
+                out = self._dynamic_sampling(inputs)
+            else:
+                out = super()._generate_and_score_completions(inputs)
+            if self._overlap and "sampling_per_token_logps" in out:
+                out["old_per_token_logps"] = out["sampling_per_token_logps"]
+            return out
+
+        def _dynamic_sampling(self, inputs):
             g, target = self.num_generations, len(inputs)
             kept, dropped, rounds, groups = [], 0, 0, 0
             batch = inputs
@@ -160,4 +180,29 @@ def _dynamic_sampling_trainer():
             m["dynamic_sampling/batch_rows"].append(float(merged["advantages"].numel()))
             return merged
 
-    return DynamicSamplingGRPOTrainer
+    return RayzeroGRPOTrainer
+
+
+class _Lookahead:
+    """Iterates a dataloader one batch ahead: before handing out batch t it calls `on_next(batch t+1)`."""
+
+    def __init__(self, loader, on_next):
+        self.loader, self.on_next = loader, on_next
+
+    def __len__(self):
+        return len(self.loader)
+
+    def __getattr__(self, name):  # sampler, dataset, set_epoch, ... of the wrapped loader
+        return getattr(self.loader, name)
+
+    def __iter__(self):
+        it = iter(self.loader)
+        try:
+            current = next(it)
+        except StopIteration:
+            return
+        for upcoming in it:
+            self.on_next(upcoming)
+            yield current
+            current = upcoming
+        yield current

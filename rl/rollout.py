@@ -139,36 +139,88 @@ class VLLMEngine:
         return ids, lps
 
 
-def make_rollout_func(pool, sync_every: int = 1, seed: int = 0):
+def make_rollout_func(pool, sync_every: int = 1, seed: int = 0, overlap: bool = False) -> "PoolRollouts":
+    return PoolRollouts(pool, sync_every=sync_every, seed=seed, overlap=overlap)
+
+
+class PoolRollouts:
     """TRL's `rollout_func` hook, generating on `pool` (a `cluster.rollout.RolloutPool`).
 
-    Before generating, when `sync_every` optimizer steps passed since the last sync, the learner's
-    weights go to every rollout worker (all ranks take part in gathering them, which ZeRO-3 needs; rank
-    0 pushes; everyone waits so no rank samples from stale weights). Sampling settings are the trainer's.
-    Logs `rollout/generate_s`, `rollout/sync_s` and `rollout/policy_lag` (optimizer steps between the
-    weights that sampled and the learner's: 0 when every step syncs)."""
-    import time
+    Weight sync: when `sync_every` optimizer steps passed since the last one, the learner's weights go to
+    every rollout worker before the next generation (all ranks take part in gathering them, which
+    ZeRO-3 needs; rank 0 pushes; everyone waits, so no rank samples from weights older than intended).
 
-    synced = {"step": 0, "calls": 0}
+    Overlap (one-step off-policy, as in verl/OpenRLHF async modes): `rl.grpo`'s trainer reads its
+    prompt batches one ahead and calls `prefetch(next_batch)` as soon as step t's batch is handed out;
+    generation for step t+1 then runs on the pool while the learner trains on step t. Step t+1's samples
+    come from the weights after step t-1: the policy lag is exactly one step, never more, and the
+    trainer uses the rollout log-probs as the PPO "old" policy so TRL's clipped ratio corrects for it.
 
-    def rollout_func(prompts: list, trainer) -> dict:
+    Logs `rollout/generate_s` (time the learner waited for samples), `rollout/sync_s`,
+    `rollout/policy_version` and `rollout/policy_lag` (optimizer steps between the weights that sampled
+    and the learner's)."""
+
+    def __init__(self, pool, sync_every: int = 1, seed: int = 0, overlap: bool = False):
+        self.pool, self.sync_every, self.seed, self.overlap = pool, sync_every, seed, overlap
+        self.synced_step, self.calls = 0, 0
+        self._pending: list = []  # (prompts, prompt_ids, future) generated ahead of time, oldest first
+        self._executor = None
+
+    def _sync(self, trainer) -> None:
         step, acc = trainer.state.global_step, trainer.accelerator
-        metrics = trainer._metrics["train"]
-        if step - synced["step"] >= sync_every:
-            state = acc.get_state_dict(trainer.model)
-            if acc.is_main_process:
-                metrics["rollout/sync_s"].append(pool.sync_weights(
-                    {k: v.detach().cpu() for k, v in state.items()}, step))
-            acc.wait_for_everyone()
-            synced["step"] = step
+        if step - self.synced_step < self.sync_every:
+            return
+        state = acc.get_state_dict(trainer.model)
+        if acc.is_main_process:
+            trainer._metrics["train"]["rollout/sync_s"].append(self.pool.sync_weights(
+                {k: v.detach().cpu() for k, v in state.items()}, step))
+        acc.wait_for_everyone()
+        self.synced_step = step
+
+    def _launch(self, prompts: list, trainer):
         prompt_ids, _, _ = trainer._tokenize_prompts(prompts)
         sp = SamplingParams(max_new_tokens=trainer.max_completion_length, temperature=trainer.temperature,
                             top_k=trainer.top_k or 0, top_p=trainer.top_p)
+        self.calls += 1
+        seed = (self.seed * 100003 + self.calls) * 64 + trainer.accelerator.process_index
+        if not self.overlap:
+            return prompt_ids, _Done(self.pool.generate(prompt_ids, sp, seed=seed))
+        if self._executor is None:
+            from concurrent.futures import ThreadPoolExecutor
+
+            self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rollout-prefetch")
+        return prompt_ids, self._executor.submit(self.pool.generate, prompt_ids, sp, seed)
+
+    def prefetch(self, next_rows: list[dict], trainer) -> None:
+        """Start generating the next step's batch now (overlap mode)."""
+        if not self.overlap or not trainer.model.training:
+            return
+        self._sync(trainer)
+        prompts = [r["prompt"] for r in next_rows]
+        self._pending = self._pending[-1:] + [(prompts, *self._launch(prompts, trainer))]
+
+    def __call__(self, prompts: list, trainer) -> dict:
+        import time
+
         start = time.perf_counter()
-        synced["calls"] += 1
-        out = pool.generate(prompt_ids, sp, seed=(seed * 100003 + synced["calls"]) * 64 + acc.process_index)
+        match = next((p for p in self._pending if p[0] == prompts), None)
+        if match is not None:
+            _, prompt_ids, future = match
+            self._pending.remove(match)
+        else:  # first step, evaluation, or overlap off: generate now with up-to-date weights
+            self._sync(trainer)
+            prompt_ids, future = self._launch(prompts, trainer)
+        out = future.result()
+        metrics = trainer._metrics["train"]
         metrics["rollout/generate_s"].append(time.perf_counter() - start)
-        metrics["rollout/policy_lag"].append(float(step - min(out["versions"])))
+        metrics["rollout/policy_version"].append(float(min(out["versions"])))
+        metrics["rollout/policy_lag"].append(float(trainer.state.global_step - min(out["versions"])))
         return {"prompt_ids": prompt_ids, "completion_ids": out["completion_ids"], "logprobs": out["logprobs"]}
 
-    return rollout_func
+
+class _Done:
+    def __init__(self, value):
+        self.value = value
+
+    def result(self):
+        return self.value

@@ -120,3 +120,27 @@ def test_trl_grpo_trains_through_the_pool_with_weights_synced_each_step(ray_loca
     w = ray.get(pool.workers[0].info.remote())
     assert w["version"] == 2
     pool.shutdown()
+
+
+def test_overlap_generates_one_step_ahead_with_lag_never_above_one(ray_local, policy_dir, tmp_path):
+    from rl.grpo import GRPOParams, make_grpo_trainer
+
+    model, tok = load_policy(policy_dir)
+    pool = RolloutPool(engine_factory("hf", policy_dir), num_workers=1, cpus_per_worker=0.5)
+    rows = [{"prompt": f"{i} plus {i} is", "answer": str(2 * i)} for i in range(16)]
+
+    def reward(completions, answer, **_):
+        return [float(a in c) + 0.1 * len(c) for c, a in zip(completions, answer)]
+
+    p = GRPOParams(max_steps=4, learning_rate=1e-2, num_generations=4, prompts_per_step=2,
+                   max_completion_length=6, logging_steps=1)
+    rollouts = make_rollout_func(pool, sync_every=1, overlap=True)
+    trainer = make_grpo_trainer(model, tok, rows, [reward], [1.0], tmp_path, p, rollout_func=rollouts)
+    trainer.train()
+    logs = [h for h in trainer.state.log_history if "rollout/policy_lag" in h]
+    lags = [h["rollout/policy_lag"] for h in logs]
+    versions = [h["rollout/policy_version"] for h in logs]
+    # Step 1 has nothing prefetched (lag 0); every later batch was sampled by the weights one step old.
+    assert lags == [0.0, 1.0, 1.0, 1.0], lags
+    assert versions == [0.0, 0.0, 1.0, 2.0], versions
+    pool.shutdown()

@@ -1,0 +1,141 @@
+"""GRPO at cluster scale on a real local Ray, micro recipe: rollout pool, DeepSpeed ZeRO-2/3 learners
+with 2 CPU workers, and resuming after the driver is killed with SIGKILL. Marked slow; CI runs it."""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from transformers import AutoModelForCausalLM
+
+from cluster import placement
+from tests.conftest import ROOT
+
+pytestmark = pytest.mark.slow
+GRPO_ONLY = ["distill.enabled=false", "run.num_cpus=2", "grpo.max_steps=3", "grpo.prompts_per_step=4"]
+
+
+@pytest.fixture(scope="module")
+def sft_run(tmp_path_factory):
+    """One micro SFT checkpoint that every GRPO variant below starts from (copied per test)."""
+    out = tmp_path_factory.mktemp("runs")
+    proc = _rayzero(out, "base", "grpo.enabled=false", "distill.enabled=false", "run.num_cpus=2")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return out / "base"
+
+
+def _rayzero(out: Path, name: str, *overrides: str, **kw) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "pipelines.cli", "run", "micro", f"run.name={name}", f"run.output_dir={out}",
+           *overrides]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600, env=env, **kw)
+
+
+def _from_sft(sft_run: Path, name: str) -> Path:
+    run = sft_run.parent / name
+    shutil.rmtree(run, ignore_errors=True)
+    run.mkdir()
+    for part in ("data", "tokenizer", "sft"):
+        shutil.copytree(sft_run / part, run / part)
+    return run
+
+
+def _grpo_metrics(run: Path) -> dict:
+    return json.loads((run / "grpo" / "manifest.json").read_text())["metrics"]
+
+
+def test_placement_plans_and_clear_errors():
+    p = placement.plan("disaggregated", num_learners=2, learner_cpus=1, num_rollout=3, rollout_cpus=2, use_gpu=True)
+    assert p.total == {"CPU": 8, "GPU": 5}
+    c = placement.plan("colocated", num_learners=2, learner_cpus=1, num_rollout=2, rollout_cpus=2, use_gpu=True)
+    assert c.total == {"CPU": 2, "GPU": 2.0}  # half a GPU each side, one engine per learner device
+    with pytest.raises(placement.PlacementError, match="must equal num_workers=2"):
+        placement.plan("colocated", num_learners=2, learner_cpus=1, num_rollout=1, rollout_cpus=1, use_gpu=False)
+    with pytest.raises(placement.PlacementError, match=r"GPU 5 \(cluster has 1\)"):
+        placement.check(p, {"CPU": 64, "GPU": 1})
+    placement.check(p, {"CPU": 8, "GPU": 5})
+
+
+def test_grpo_with_a_ray_rollout_pool(sft_run):
+    run = _from_sft(sft_run, "pool")
+    proc = _rayzero(run.parent, "pool", *GRPO_ONLY, "grpo.rollout_workers=1", "grpo.rollout_cpus_per_worker=0.5")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    m = _grpo_metrics(run)
+    assert m["steps"] == 3 and m["rollout_workers"] == 1
+    logged = [h for h in m["log"] if "rollout/generate_s" in h]
+    assert logged and all(h["rollout/policy_lag"] == 0 for h in logged)
+    assert any(h.get("rollout/sync_s", 0) > 0 for h in logged)
+
+
+def test_too_small_cluster_fails_before_any_work(sft_run):
+    run = _from_sft(sft_run, "small")
+    proc = _rayzero(run.parent, "small", *GRPO_ONLY, "grpo.rollout_workers=4", "grpo.rollout_cpus_per_worker=2")
+    assert proc.returncode != 0
+    assert "needs CPU 9 (cluster has 2)" in proc.stderr + proc.stdout
+    assert (run / "sft" / "manifest.json").exists() and not (run / "grpo").exists()
+
+
+@pytest.mark.parametrize("stage", [2, 3])
+def test_deepspeed_zero_learner_with_two_cpu_workers(sft_run, stage):
+    run = _from_sft(sft_run, f"zero{stage}")
+    proc = _rayzero(run.parent, f"zero{stage}", *GRPO_ONLY, "grpo.num_workers=2", "grpo.cpus_per_worker=1",
+                    f"grpo.zero_stage={stage}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    m = _grpo_metrics(run)
+    assert m["steps"] == 3 and m["num_workers"] == 2 and m["zero_stage"] == stage
+    # The saved folder is one consolidated checkpoint (ZeRO-3 shards gathered), loadable without DeepSpeed.
+    model = AutoModelForCausalLM.from_pretrained(run / "grpo")
+    sft = AutoModelForCausalLM.from_pretrained(run / "sft")
+    assert sum(p.numel() for p in model.parameters()) == m["params"]
+    moved = [n for (n, p), (_, q) in zip(model.named_parameters(), sft.named_parameters()) if not p.equal(q)]
+    assert moved, "GRPO under ZeRO should have changed the weights"
+
+
+def test_kill_9_of_the_driver_resumes_grpo_from_its_last_checkpoint(sft_run):
+    run = _from_sft(sft_run, "killed")
+    args = [*GRPO_ONLY, "grpo.max_steps=8", "grpo.save_steps=2"]
+    cmd = [sys.executable, "-m", "pipelines.cli", "run", "micro", "run.name=killed", f"run.output_dir={run.parent}",
+           *args]
+    proc = subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    ckpts = run / "grpo.checkpoints"
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and not list(ckpts.glob("checkpoint-4")):
+        time.sleep(0.5)
+    assert list(ckpts.glob("checkpoint-4")), "no checkpoint appeared"
+    os.killpg(proc.pid, signal.SIGKILL)  # the driver and everything it started, as a node loss would
+    proc.wait()
+    subprocess.run(["ray", "stop", "--force"], capture_output=True)
+    assert not (run / "grpo" / "manifest.json").exists()
+    again = _rayzero(run.parent, "killed", *args)
+    assert again.returncode == 0, again.stderr[-3000:]
+    m = _grpo_metrics(run)
+    assert m["steps"] == 8
+    assert m["resumed_from"] and int(m["resumed_from"].rsplit("-", 1)[1]) >= 4
+    assert not ckpts.exists()  # finished: the checkpoints are cleaned up
+
+
+def test_a_killed_learner_worker_is_restarted_and_resumes_from_its_checkpoint(sft_run):
+    run = _from_sft(sft_run, "learner")
+    args = [*GRPO_ONLY, "grpo.max_steps=8", "grpo.save_steps=2", "grpo.max_failures=1"]
+    cmd = [sys.executable, "-m", "pipelines.cli", "run", "micro", "run.name=learner", f"run.output_dir={run.parent}",
+           *args]
+    proc = subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    ckpts = run / "grpo.checkpoints"
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and not list(ckpts.glob("checkpoint-2")):
+        time.sleep(0.5)
+    pids = subprocess.run(["pgrep", "-f", "RayTrainWorker"], capture_output=True, text=True).stdout.split()
+    assert pids, "no Ray Train worker process found"
+    for pid in pids:
+        os.kill(int(pid), signal.SIGKILL)  # the learner dies mid-run, as on a node failure
+    _, err = proc.communicate(timeout=600)
+    assert proc.returncode == 0, err[-3000:]
+    m = _grpo_metrics(run)
+    assert m["steps"] == 8 and m["resumed_from"], m.get("resumed_from")
