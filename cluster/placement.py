@@ -19,10 +19,12 @@ from dataclasses import dataclass
 
 import ray
 
+from cluster.runtime import ClusterError
+
 MODES = ("colocated", "disaggregated")
 
 
-class PlacementError(RuntimeError):
+class PlacementError(ClusterError):
     """The cluster cannot hold the learner and rollout workers the recipe asks for."""
 
 

@@ -8,9 +8,9 @@ them), so this module stays free of model code. An engine has `generate(prompts,
 `RolloutPool.generate` splits a batch of token-id prompts evenly across the workers and returns the
 completions in the prompts' order. A worker that dies mid-call (node lost, OOM, `ray.kill`) is replaced
 by a fresh actor, given the latest weights, and its prompts are generated again; the pool counts
-replacements. Weight sync goes through the Ray object store: one `ray.put` of the state dict, every
-worker loads the same object (zero-copy on a node). `cluster.weight_sync` adds a torch collective
-(NCCL on GPU, gloo on CPU) for large models.
+replacements. Weight sync (`sync_backend`) goes through the Ray object store (one `ray.put` of the
+state dict; every worker loads the same object, zero-copy on a node) or a torch collective
+(`cluster.weight_sync`: NCCL device-to-device on GPUs, gloo on CPUs).
 """
 
 from __future__ import annotations
@@ -54,6 +54,19 @@ class RolloutWorker:
         self.version = version
         return version
 
+    def join_group(self, host: str, port: int, rank: int, world: int, backend: str) -> None:
+        from cluster.weight_sync import CollectiveGroup
+
+        if getattr(self, "group", None) is not None:
+            self.group.close()
+        self.group = CollectiveGroup(host, port, rank, world, backend)
+
+    def receive_weights(self, version: int) -> int:
+        """Receive a broadcast from the learner straight into the engine's parameters."""
+        self.group.broadcast_state(self.engine.state_dict())
+        self.version = version
+        return version
+
     def info(self) -> dict:
         return {"pid": os.getpid(), "version": self.version}
 
@@ -66,9 +79,15 @@ class RolloutPool:
     `cluster.placement`)."""
 
     def __init__(self, engine_factory: Callable[[], Any], *, num_workers: int = 1, cpus_per_worker: float = 1,
-                 gpus_per_worker: float = 0, placement_group=None, bundle_offset: int = 0) -> None:
+                 gpus_per_worker: float = 0, placement_group=None, bundle_offset: int = 0,
+                 sync_backend: str = "object_store") -> None:
         if num_workers < 1:
             raise ValueError("rollout.num_workers must be >= 1")
+        if sync_backend not in ("object_store", "gloo", "nccl"):
+            raise ValueError(f"sync_backend={sync_backend!r} is not one of ['object_store', 'gloo', 'nccl']")
+        self.sync_backend = sync_backend
+        self._group = None  # the learner's end of the collective (made on first sync, in the learner process)
+        self._last_state = None
         self.factory = engine_factory
         self.cpus, self.gpus = cpus_per_worker, gpus_per_worker
         self.pg, self.bundle_offset = placement_group, bundle_offset
@@ -91,13 +110,47 @@ class RolloutPool:
             ray.get(worker.load_weights.remote(self._weights_ref, self.version))
         return worker
 
+    def __getstate__(self):  # the collective's sockets stay in the process that made them
+        return {**self.__dict__, "_group": None}
+
     def sync_weights(self, state: dict, version: int) -> float:
-        """Push a (CPU) state dict to every worker; returns the seconds it took."""
+        """Push a state dict (CPU tensors; GPU tensors with nccl) to every worker; returns the seconds."""
         start = time.perf_counter()
-        self._weights_ref = ray.put(state)
         self.version = version
-        ray.get([w.load_weights.remote(self._weights_ref, version) for w in self.workers])
+        if self.sync_backend == "object_store":
+            self._weights_ref = ray.put(state)
+            ray.get([w.load_weights.remote(self._weights_ref, version) for w in self.workers])
+        else:
+            self._last_state = state
+            self._broadcast(state, version)
         return time.perf_counter() - start
+
+    def _broadcast(self, state: dict, version: int) -> None:
+        from cluster.weight_sync import CollectiveGroup, free_port, node_ip
+
+        if self._group is None:
+            host, port, world = node_ip(), free_port(), len(self.workers) + 1
+            joins = [w.join_group.remote(host, port, i + 1, world, self.sync_backend)
+                     for i, w in enumerate(self.workers)]
+            self._group = CollectiveGroup(host, port, 0, world, self.sync_backend)
+            ray.get(joins)
+        refs = [w.receive_weights.remote(version) for w in self.workers]
+        self._group.broadcast_state(state)
+        ray.get(refs)
+
+    def _regroup(self) -> None:
+        """After a replacement the collective's membership is stale: rebuild it and resend the weights."""
+        if self.sync_backend == "object_store" or self._group is None:
+            return
+        self._group.close()
+        self._group = None
+        for w in self.workers:
+            try:
+                ray.get(w.info.remote())
+            except _DEAD:
+                pass
+        if self._last_state is not None:
+            self._broadcast(self._last_state, self.version)
 
     def generate(self, prompts: list[list[int]], sampling: Any, seed: int | None = None) -> dict:
         """Returns {"completion_ids", "logprobs", "versions"} in the order of `prompts`; `sampling` is passed
@@ -119,6 +172,9 @@ class RolloutPool:
                 # The worker is gone: replace it (with the latest weights) and generate its share again.
                 self.workers[i] = self._new_worker(i)
                 self.replacements += 1
+                if pending:  # let the other workers finish before the group is rebuilt around them
+                    ray.wait(list(pending), num_returns=len(pending))
+                self._regroup()
                 pending[self._call(i, prompts[parts[i]], sp, seed)] = i
         out = {"completion_ids": [], "logprobs": [], "versions": []}
         for ids, lps, version in results:

@@ -31,6 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     p_cfg.add_argument("args", nargs="*", metavar="[RECIPE] [section.field=value]")
     ns = parser.parse_args(argv)
 
+    from cluster.runtime import ClusterError
     from pipelines.tasks import TaskDataError
 
     try:
@@ -46,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
 
         run_pipeline(cfg)
         return 0
-    except (ConfigError, TaskDataError) as e:
+    except (ConfigError, TaskDataError, ClusterError) as e:
         print(f"rayzero: error: {e}", file=sys.stderr)
         return 2
 

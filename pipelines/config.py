@@ -103,6 +103,7 @@ class GRPOConfig(GRPOParams):
     rollout_cpus_per_worker: float = 1.0
     placement: str = "disaggregated"  # colocated | disaggregated (cluster/placement.py)
     sync_every: int = 1  # push learner weights to the rollout workers every N optimizer steps
+    sync_backend: str = "object_store"  # object_store | collective (NCCL on GPU, gloo on CPU; cluster/weight_sync.py)
     overlap: bool = False  # generate step t+1 while training step t (one-step off-policy; needs rollout_workers)
 
 
@@ -239,6 +240,7 @@ _CHOICES = {
     ("grpo", "zero_stage"): (0, 1, 2, 3),
     ("grpo", "rollout_engine"): ("hf", "vllm"),
     ("grpo", "placement"): ("colocated", "disaggregated"),
+    ("grpo", "sync_backend"): ("object_store", "collective"),
 }
 
 

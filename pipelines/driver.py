@@ -54,6 +54,8 @@ def run_pipeline(cfg: PipelineConfig, say: Callable[[str], None] = print) -> dic
     cfg_dict = to_dict(cfg)
     resources = connect(cfg.run.ray_address, cfg.run.num_cpus, env=wandb_env(cfg))
     say(f"ray: {resources.get('CPU', 0):g} CPU, {resources.get('GPU', 0):g} GPU")
+    if cfg.grpo.enabled and not (run_dir / "grpo" / "manifest.json").exists():
+        grpo.preflight(cfg)
 
     results: dict[str, dict] = {}
     stages = enabled_stages(cfg)

@@ -32,13 +32,21 @@ def checkpoint_dir(cfg) -> Path:
     return cfg.run_dir / "grpo.checkpoints"
 
 
+def preflight(cfg) -> "placement.Plan":
+    """The learner + rollout resource plan, checked against the cluster (the driver calls this before
+    any stage runs, so a cluster that is too small fails before any work)."""
+    g = cfg.grpo
+    plan = placement.plan(g.placement, num_learners=g.num_workers, learner_cpus=g.cpus_per_worker,
+                          num_rollout=g.rollout_workers, rollout_cpus=g.rollout_cpus_per_worker, use_gpu=g.use_gpu)
+    placement.check(plan)
+    return plan
+
+
 def run(cfg_dict: dict, out_dir: str, init_dir: str) -> dict:
     """Driver side: place the rollout pool (if any), launch the learner group, collect rank 0's metrics."""
     cfg = config_from(cfg_dict)
     g, out = cfg.grpo, Path(out_dir)
-    plan = placement.plan(g.placement, num_learners=g.num_workers, learner_cpus=g.cpus_per_worker,
-                          num_rollout=g.rollout_workers, rollout_cpus=g.rollout_cpus_per_worker, use_gpu=g.use_gpu)
-    placement.check(plan)
+    plan = preflight(cfg)
     pool = _start_rollout_pool(cfg, plan, init_dir) if g.rollout_workers else None
     try:
         run_worker_group(
@@ -49,6 +57,10 @@ def run(cfg_dict: dict, out_dir: str, init_dir: str) -> dict:
     finally:
         if pool is not None:
             pool.shutdown()
+            if pool.pg is not None:  # give the reserved CPUs/GPUs back to the stages that follow
+                from ray.util.placement_group import remove_placement_group
+
+                remove_placement_group(pool.pg)
     shutil.rmtree(checkpoint_dir(cfg), ignore_errors=True)  # the stage finished: its folder is the result
     return json.loads((out / "metrics.json").read_text())
 
@@ -61,7 +73,8 @@ def _start_rollout_pool(cfg, plan, init_dir: str):
     pg = placement.rollout_group(plan) if plan.mode == "disaggregated" else None
     return RolloutPool(engine_factory(g.rollout_engine, init_dir, use_gpu=g.use_gpu), num_workers=g.rollout_workers,
                        cpus_per_worker=plan.rollout.get("CPU", 0), gpus_per_worker=plan.rollout.get("GPU", 0),
-                       placement_group=pg)
+                       placement_group=pg,
+                       sync_backend="object_store" if g.sync_backend == "object_store" else ("nccl" if g.use_gpu else "gloo"))
 
 
 def _latest_checkpoint(path: Path) -> str | None:
@@ -87,7 +100,11 @@ def _train_loop(config: dict) -> None:
         if g.zero_stage == 3:
             init_distributed_for_zero3(g.use_gpu)
         ds_config = deepspeed_config(g.zero_stage, use_gpu=g.use_gpu)
-    model, tok = load_policy(config["init_dir"])
+    ckpts = checkpoint_dir(cfg)
+    resume = _latest_checkpoint(ckpts) if g.save_steps else None
+    finished = resume is not None and int(resume.rsplit("-", 1)[1]) >= g.max_steps
+    # A run killed after its last checkpoint but before the stage was recorded: the weights are final.
+    model, tok = load_policy(resume if finished else config["init_dir"])
     if g.use_gpu and not g.zero_stage:
         model = model.to(f"cuda:{ctx.get_local_rank()}")
     rollout_func = None
@@ -98,21 +115,28 @@ def _train_loop(config: dict) -> None:
                                          overlap=g.overlap)
     fns, weights = build_rewards(dict(g.rewards), {k: dict(v) for k, v in g.reward_params.items()})
     run = tracking.start_stage_run(cfg, "grpo") if rank == 0 else None
-    ckpts = checkpoint_dir(cfg)
     callbacks = [TimeBudget(g.time_budget_s)] + ([Progress("grpo: train")] if rank == 0 else [])
     trainer = make_grpo_trainer(model, tok, read_jsonl(data_path(cfg, "train")), fns, weights, ckpts, g,
                                 callbacks=callbacks, rollout_func=rollout_func, seed=cfg.run.seed,
                                 report_to=tracking.report_to(cfg) if rank == 0 else "none", use_cpu=not g.use_gpu,
                                 world_size=world, deepspeed=ds_config, save_steps=g.save_steps)
-    resume = _latest_checkpoint(ckpts) if g.save_steps else None
     start = time.monotonic()
-    trainer.train(resume_from_checkpoint=resume)
+    if finished:
+        trainer.state.global_step = g.max_steps
+    else:
+        trainer.train(resume_from_checkpoint=resume)
     train_time = time.monotonic() - start
     # Every rank takes part: under ZeRO-3 saving gathers the shards into one full checkpoint.
     trainer.save_model(str(out))
     if rank != 0:
         return
     tok.save_pretrained(out)
+    if g.zero_stage == 3:
+        # TRL's ZeRO-3 config is still registered with transformers; without this, from_pretrained below
+        # would build a partitioned model whose forward waits for ranks that have already finished.
+        from transformers.integrations.deepspeed import unset_hf_deepspeed_config
+
+        unset_hf_deepspeed_config()
     model, _ = load_policy(out)  # the consolidated weights, whatever the learner's sharding was
     save_checkpoint(model, tok, out)
     heldout = read_jsonl(data_path(cfg, "heldout"))

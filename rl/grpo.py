@@ -92,6 +92,9 @@ def make_grpo_trainer(model, tokenizer, rows: Sequence[dict], reward_funcs: list
     from datasets import Dataset
     from trl import GRPOTrainer
 
+    if params.beta and not getattr(model.config, "_name_or_path", ""):
+        raise ValueError("grpo.beta > 0 needs a policy loaded from a folder: TRL re-loads the KL reference "
+                         "model from the policy's path")
     args = grpo_config(out_dir, params, **run_args)
     args.reward_weights = list(reward_weights)
     from rl.callbacks import quiet

@@ -54,6 +54,10 @@ class HFEngine:
     def load_state_dict(self, state: dict) -> None:
         self.model.load_state_dict(state, strict=True)
 
+    def state_dict(self) -> dict:
+        """The live parameters: a collective sync receives straight into them."""
+        return self.model.state_dict()
+
     @torch.no_grad()
     def generate(self, prompts: list[list[int]], sp: SamplingParams, seed: int | None = None):
         """prompts: N token-id lists. Returns (completion_ids, logprobs): N lists each, a completion
@@ -172,8 +176,9 @@ class PoolRollouts:
             return
         state = acc.get_state_dict(trainer.model)
         if acc.is_main_process:
+            keep_device = getattr(self.pool, "sync_backend", "") == "nccl"  # NCCL sends GPU tensors directly
             trainer._metrics["train"]["rollout/sync_s"].append(self.pool.sync_weights(
-                {k: v.detach().cpu() for k, v in state.items()}, step))
+                {k: v.detach() if keep_device else v.detach().cpu() for k, v in state.items()}, step))
         acc.wait_for_everyone()
         self.synced_step = step
 
@@ -193,7 +198,7 @@ class PoolRollouts:
 
     def prefetch(self, next_rows: list[dict], trainer) -> None:
         """Start generating the next step's batch now (overlap mode)."""
-        if not self.overlap or not trainer.model.training:
+        if not self.overlap:  # (only the training dataloader is read ahead, so this is always training)
             return
         self._sync(trainer)
         prompts = [r["prompt"] for r in next_rows]

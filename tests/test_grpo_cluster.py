@@ -63,8 +63,11 @@ def test_placement_plans_and_clear_errors():
 
 def test_grpo_with_a_ray_rollout_pool(sft_run):
     run = _from_sft(sft_run, "pool")
-    proc = _rayzero(run.parent, "pool", *GRPO_ONLY, "grpo.rollout_workers=1", "grpo.rollout_cpus_per_worker=0.5")
+    # Distillation runs after it: the rollout pool's placement group must have given its CPUs back.
+    with_distill = [a for a in GRPO_ONLY if a != "distill.enabled=false"]
+    proc = _rayzero(run.parent, "pool", *with_distill, "grpo.rollout_workers=1", "grpo.rollout_cpus_per_worker=0.5")
     assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (run / "distill" / "manifest.json").exists()
     m = _grpo_metrics(run)
     assert m["steps"] == 3 and m["rollout_workers"] == 1
     logged = [h for h in m["log"] if "rollout/generate_s" in h]
@@ -75,8 +78,8 @@ def test_grpo_with_a_ray_rollout_pool(sft_run):
 def test_too_small_cluster_fails_before_any_work(sft_run):
     run = _from_sft(sft_run, "small")
     proc = _rayzero(run.parent, "small", *GRPO_ONLY, "grpo.rollout_workers=4", "grpo.rollout_cpus_per_worker=2")
-    assert proc.returncode != 0
-    assert "needs CPU 9 (cluster has 2)" in proc.stderr + proc.stdout
+    assert proc.returncode == 2
+    assert "needs CPU 9 (cluster has 2)" in proc.stderr.strip().splitlines()[-1]
     assert (run / "sft" / "manifest.json").exists() and not (run / "grpo").exists()
 
 
@@ -98,7 +101,7 @@ def test_deepspeed_zero_learner_with_two_cpu_workers(sft_run, stage):
 
 def test_kill_9_of_the_driver_resumes_grpo_from_its_last_checkpoint(sft_run):
     run = _from_sft(sft_run, "killed")
-    args = [*GRPO_ONLY, "grpo.max_steps=8", "grpo.save_steps=2"]
+    args = [*GRPO_ONLY, "grpo.max_steps=30", "grpo.save_steps=2"]
     cmd = [sys.executable, "-m", "pipelines.cli", "run", "micro", "run.name=killed", f"run.output_dir={run.parent}",
            *args]
     proc = subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
@@ -106,17 +109,20 @@ def test_kill_9_of_the_driver_resumes_grpo_from_its_last_checkpoint(sft_run):
     ckpts = run / "grpo.checkpoints"
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline and not list(ckpts.glob("checkpoint-4")):
-        time.sleep(0.5)
+        time.sleep(0.2)
     assert list(ckpts.glob("checkpoint-4")), "no checkpoint appeared"
-    os.killpg(proc.pid, signal.SIGKILL)  # the driver and everything it started, as a node loss would
+    os.killpg(proc.pid, signal.SIGKILL)  # the driver and everything in its process group
     proc.wait()
-    subprocess.run(["ray", "stop", "--force"], capture_output=True)
+    # Ray processes the dead driver had started (raylet, workers) may outlive it: stop them like an operator would.
+    subprocess.run([str(Path(sys.executable).parent / "ray"), "stop", "--force"], capture_output=True)
     assert not (run / "grpo" / "manifest.json").exists()
     again = _rayzero(run.parent, "killed", *args)
     assert again.returncode == 0, again.stderr[-3000:]
     m = _grpo_metrics(run)
-    assert m["steps"] == 8
-    assert m["resumed_from"] and int(m["resumed_from"].rsplit("-", 1)[1]) >= 4
+    assert m["steps"] == 30
+    resumed_at = int(m["resumed_from"].rsplit("-", 1)[1])
+    assert 4 <= resumed_at < 30, resumed_at  # picked up from the latest checkpoint, then trained on
+    assert [h["step"] for h in m["log"]][-1] == 30
     assert not ckpts.exists()  # finished: the checkpoints are cleaned up
 
 

@@ -144,3 +144,24 @@ def test_overlap_generates_one_step_ahead_with_lag_never_above_one(ray_local, po
     assert lags == [0.0, 1.0, 1.0, 1.0], lags
     assert versions == [0.0, 0.0, 1.0, 2.0], versions
     pool.shutdown()
+
+
+def test_collective_weight_sync_over_gloo_and_regroup_after_a_killed_worker(ray_local, policy_dir):
+    model, tok = load_policy(policy_dir)
+    pool = RolloutPool(engine_factory("hf", policy_dir), num_workers=2, cpus_per_worker=0.5, sync_backend="gloo")
+    prompts = _prompts(tok)
+    torch.manual_seed(2)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.5)
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    pool.sync_weights(state, version=3)
+    expect, _ = _local(model, tok).generate(prompts, GREEDY)
+    out = pool.generate(prompts, GREEDY)
+    assert out["completion_ids"] == expect and set(out["versions"]) == {3}
+    ray.kill(pool.workers[0])
+    again = pool.generate(prompts, GREEDY)  # replacement joins a rebuilt group and gets the weights again
+    assert again["completion_ids"] == expect and pool.replacements == 1
+    pool.sync_weights(state, version=4)  # the rebuilt group keeps working
+    assert set(pool.generate(prompts, GREEDY)["versions"]) == {4}
+    pool.shutdown()
