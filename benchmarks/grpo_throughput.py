@@ -4,11 +4,14 @@
 
 (a) `trl`: TRL's `GRPOTrainer` generating in-process (torch on all cores, generation then training).
 (b) `rayzero`: the same trainer fed by `cluster.rollout.RolloutPool` through `rollout_func`, with
-    overlap on: one rollout worker generates step t+1 while the learner trains step t; the cores are
-    split between them (learner threads + rollout threads = all cores).
+    overlap on: one rollout worker generates step t+1 while the learner trains step t (learner threads =
+    all cores, rollout worker threads = half; on 2 cores they share a core while both run).
+(c) `rayzero-ds`: (b) plus dynamic sampling (drop-only), as the `tiny` recipe runs: samples/s still
+    counts every generated sample, but zero-variance groups skip the learner. Not the same computation
+    as (a), so it is reported beside the ratio, not as it.
 Both start from the same briefly SFT'd `tiny` policy, so completions have realistic lengths. Prints
 samples/s for each, the ratio, and where each step's time goes (generation the learner waited for,
-rewards, weight sync, the rest = learner forward/backward/optimizer). Dynamic sampling is off in both.
+rewards, weight sync, the rest = learner forward/backward/optimizer).
 """
 
 from __future__ import annotations
@@ -73,18 +76,18 @@ def _run(mode: str, policy: Path, rows: list[dict], args, workdir: Path) -> dict
     cores = os.cpu_count() or 2
     params = GRPOParams(max_steps=args.steps, learning_rate=1e-4, num_generations=args.gens,
                         prompts_per_step=args.prompts, max_completion_length=48, scale_rewards="none",
-                        logging_steps=1)
+                        logging_steps=1, dynamic_sampling=mode.endswith("-ds"), max_resample_rounds=0)
     fns, weights = build_rewards({"math_accuracy": 1.0})
     pool, rollout_func = None, None
-    if mode == "rayzero":
+    if mode.startswith("rayzero"):
         import ray
 
         from cluster.rollout import RolloutPool
         from rl.rollout import engine_factory, make_rollout_func
 
         ray.init(num_cpus=cores, include_dashboard=False, configure_logging=False, log_to_driver=False)
-        rollout_threads = max(1, cores // 2)
-        torch.set_num_threads(max(1, cores - rollout_threads))
+        rollout_threads = args.rollout_threads or max(1, cores // 2)
+        torch.set_num_threads(args.learner_threads or cores)
         pool = RolloutPool(engine_factory("hf", policy), num_workers=1, cpus_per_worker=rollout_threads)
         rollout_func = make_rollout_func(pool, sync_every=1, overlap=True)
     else:
@@ -99,6 +102,7 @@ def _run(mode: str, policy: Path, rows: list[dict], args, workdir: Path) -> dict
     total = time.perf_counter() - start
     logs = [h for h in trainer.state.log_history if "reward" in h]
     sync = sum(h.get("rollout/sync_s", 0.0) for h in logs)
+    prefetch_wait = sum(h.get("rollout/prefetch_wait_s", 0.0) for h in logs)
     lag = max((h.get("rollout/policy_lag", 0.0) for h in logs), default=0.0)
     if pool is not None:
         import ray
@@ -106,7 +110,7 @@ def _run(mode: str, policy: Path, rows: list[dict], args, workdir: Path) -> dict
         pool.shutdown()
         ray.shutdown()
     samples = args.steps * args.prompts * args.gens
-    gen, rew = bucket.get("_generate", 0.0), bucket.get("_calculate_rewards", 0.0)
+    gen, rew = bucket.get("_generate", 0.0) + prefetch_wait, bucket.get("_calculate_rewards", 0.0)
     return {"mode": mode, "samples_per_s": samples / total, "total_s": total, "generation_wait_s": gen,
             "reward_s": rew, "sync_s": sync, "learner_s": total - gen - rew - sync, "max_policy_lag": lag,
             "reward_last": logs[-1]["reward"] if logs else float("nan")}
@@ -117,6 +121,9 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=8)
     ap.add_argument("--prompts", type=int, default=64)
     ap.add_argument("--gens", type=int, default=8)
+    ap.add_argument("--learner-threads", type=int, default=0, help="rayzero learner threads (default: all cores)")
+    ap.add_argument("--rollout-threads", type=int, default=0, help="rollout worker threads (default: half the cores)")
+    ap.add_argument("--modes", default="trl,rayzero,rayzero-ds")
     args = ap.parse_args()
     import transformers
 
@@ -124,14 +131,17 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as d:
         workdir = Path(d)
         policy, rows = _policy(workdir)
-        results = [_run(mode, policy, rows, args, workdir) for mode in ("trl", "rayzero")]
+        results = [_run(mode, policy, rows, args, workdir) for mode in args.modes.split(",")]
     print(f"\nGRPO throughput, {args.steps} steps x {args.prompts} prompts x {args.gens} samples, "
           f"{os.cpu_count()} cores")
     print(f"{'mode':8} {'samples/s':>10} {'total s':>8} {'gen wait':>9} {'reward':>7} {'sync':>6} {'learner':>8} lag")
     for r in results:
         print(f"{r['mode']:8} {r['samples_per_s']:10.1f} {r['total_s']:8.1f} {r['generation_wait_s']:9.1f} "
               f"{r['reward_s']:7.1f} {r['sync_s']:6.2f} {r['learner_s']:8.1f} {r['max_policy_lag']:.0f}")
-    print(f"ratio rayzero/trl: {results[1]['samples_per_s'] / results[0]['samples_per_s']:.2f}x")
+    base = {r["mode"]: r["samples_per_s"] for r in results}
+    for mode in ("rayzero", "rayzero-ds"):
+        if "trl" in base and mode in base:
+            print(f"ratio {mode}/trl: {base[mode] / base['trl']:.2f}x")
 
 
 if __name__ == "__main__":

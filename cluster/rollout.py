@@ -93,6 +93,7 @@ class RolloutPool:
         self.pg, self.bundle_offset = placement_group, bundle_offset
         self.replacements = 0
         self.version = 0
+        self.closed = False
         self._weights_ref = None  # latest synced weights, for replacement workers
         self.workers = [self._new_worker(i) for i in range(num_workers)]
         ray.get([w.info.remote() for w in self.workers])  # fail here, not mid-training, if a worker cannot start
@@ -169,6 +170,8 @@ class RolloutPool:
             try:
                 results[i] = ray.get(ref)
             except _DEAD:
+                if self.closed:
+                    raise RuntimeError("the rollout pool was shut down while generating") from None
                 # The worker is gone: replace it (with the latest weights) and generate its share again.
                 self.workers[i] = self._new_worker(i)
                 self.replacements += 1
@@ -187,5 +190,9 @@ class RolloutPool:
         return self.workers[i].generate.remote(prompts, sp, None if seed is None else seed * 1009 + i)
 
     def shutdown(self) -> None:
+        self.closed = True
+        if self._group is not None:
+            self._group.close()
+            self._group = None
         for w in self.workers:
             ray.kill(w)

@@ -130,6 +130,13 @@ def _trainer_class():
             self.dynamic_sampling, self.max_resample_rounds = dynamic_sampling, max_resample_rounds
             self._resample_rng = random.Random(self.args.seed * 7919 + self.accelerator.process_index)
 
+        def train(self, *args, **kwargs):
+            try:
+                return super().train(*args, **kwargs)
+            finally:
+                if hasattr(self.rollout_func, "close"):
+                    self.rollout_func.close()
+
         @property
         def _overlap(self) -> bool:
             return getattr(self.rollout_func, "overlap", False)

@@ -160,7 +160,8 @@ class PoolRollouts:
     come from the weights after step t-1: the policy lag is exactly one step, never more, and the
     trainer uses the rollout log-probs as the PPO "old" policy so TRL's clipped ratio corrects for it.
 
-    Logs `rollout/generate_s` (time the learner waited for samples), `rollout/sync_s`,
+    Logs `rollout/generate_s` (time the learner waited for samples; with overlap also
+    `rollout/prefetch_wait_s`, waiting for the in-flight batch before a sync), `rollout/sync_s`,
     `rollout/policy_version` and `rollout/policy_lag` (optimizer steps between the weights that sampled
     and the learner's)."""
 
@@ -200,9 +201,29 @@ class PoolRollouts:
         """Start generating the next step's batch now (overlap mode)."""
         if not self.overlap:  # (only the training dataloader is read ahead, so this is always training)
             return
+        import time
+
+        # A worker takes new weights only after the generation it is running; wait for it here so the
+        # time shows as generation wait, not as sync.
+        start = time.perf_counter()
+        for _, _, future in self._pending:
+            future.result()
+        trainer._metrics["train"]["rollout/prefetch_wait_s"].append(time.perf_counter() - start)
         self._sync(trainer)
         prompts = [r["prompt"] for r in next_rows]
         self._pending = self._pending[-1:] + [(prompts, *self._launch(prompts, trainer))]
+
+    def close(self) -> None:
+        """Wait for generations still in flight (a prefetch past the last step) and stop the thread."""
+        for _, _, future in self._pending:
+            try:
+                future.result()
+            except Exception:  # noqa: BLE001 - a batch nobody will train on
+                pass
+        self._pending = []
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)
+            self._executor = None
 
     def __call__(self, prompts: list, trainer) -> dict:
         import time
