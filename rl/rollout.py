@@ -175,7 +175,9 @@ class PoolRollouts:
         step, acc = trainer.state.global_step, trainer.accelerator
         if step - self.synced_step < self.sync_every:
             return
-        state = acc.get_state_dict(trainer.model)
+        # Under DeepSpeed the engine must be passed: ZeRO-3 gathers the shards through it (onto rank 0).
+        engine = trainer.model_wrapped if getattr(trainer, "is_deepspeed_enabled", False) else trainer.model
+        state = acc.get_state_dict(engine)
         if acc.is_main_process:
             keep_device = getattr(self.pool, "sync_backend", "") == "nccl"  # NCCL sends GPU tensors directly
             trainer._metrics["train"]["rollout/sync_s"].append(self.pool.sync_weights(

@@ -145,3 +145,14 @@ def test_a_killed_learner_worker_is_restarted_and_resumes_from_its_checkpoint(sf
     assert proc.returncode == 0, err[-3000:]
     m = _grpo_metrics(run)
     assert m["steps"] == 8 and m["resumed_from"], m.get("resumed_from")
+
+
+def test_rollout_pool_syncs_from_a_zero3_learner(sft_run):
+    """ZeRO-3 shards the weights across learner ranks: the sync gathers them through the engine."""
+    run = _from_sft(sft_run, "zero3pool")
+    proc = _rayzero(run.parent, "zero3pool", *GRPO_ONLY, "grpo.num_workers=2", "grpo.cpus_per_worker=0.75",
+                    "grpo.zero_stage=3", "grpo.rollout_workers=1", "grpo.rollout_cpus_per_worker=0.5")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    m = _grpo_metrics(run)
+    assert m["steps"] == 3 and m["zero_stage"] == 3 and m["rollout_workers"] == 1
+    assert sum(1 for h in m["log"] if h.get("rollout/sync_s", 0) > 0) == 2  # before steps 2 and 3
