@@ -16,7 +16,7 @@ from pathlib import Path
 from cluster import placement
 from cluster.runtime import run_worker_group
 from pipelines import tracking
-from pipelines.common import config_from, data_path, read_jsonl, save_checkpoint, use_cpus
+from pipelines.common import config_from, data_path, read_jsonl, use_cpus
 from pipelines.evaluate import evaluate_model
 from rewards.registry import build_rewards
 from rl.callbacks import Progress, TimeBudget
@@ -126,11 +126,11 @@ def _train_loop(config: dict) -> None:
     else:
         trainer.train(resume_from_checkpoint=resume)
     train_time = time.monotonic() - start
-    # Every rank takes part: under ZeRO-3 saving gathers the shards into one full checkpoint.
+    # Every rank takes part: under ZeRO-3 saving gathers the shards into one full checkpoint. The
+    # trainer writes the model, its generation config and the tokenizer.
     trainer.save_model(str(out))
     if rank != 0:
         return
-    tok.save_pretrained(out)
     if g.zero_stage == 3:
         # TRL's ZeRO-3 config is still registered with transformers; without this, from_pretrained below
         # would build a partitioned model whose forward waits for ranks that have already finished.
@@ -138,7 +138,6 @@ def _train_loop(config: dict) -> None:
 
         unset_hf_deepspeed_config()
     model, _ = load_policy(out)  # the consolidated weights, whatever the learner's sharding was
-    save_checkpoint(model, tok, out)
     heldout = read_jsonl(data_path(cfg, "heldout"))
     after = evaluate_model(model.cpu(), tok, heldout, cfg.eval, desc="grpo: eval")
     history = [h for h in trainer.state.log_history if "reward" in h]

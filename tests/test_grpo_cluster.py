@@ -29,11 +29,28 @@ def sft_run(tmp_path_factory):
     return out / "base"
 
 
+def _cmd(out: Path, name: str, overrides) -> list[str]:
+    return [sys.executable, "-m", "pipelines.cli", "run", "micro", f"run.name={name}", f"run.output_dir={out}",
+            *overrides]
+
+
+ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
+
+
 def _rayzero(out: Path, name: str, *overrides: str, **kw) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "pipelines.cli", "run", "micro", f"run.name={name}", f"run.output_dir={out}",
-           *overrides]
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600, env=env, **kw)
+    return subprocess.run(_cmd(out, name, overrides), cwd=ROOT, capture_output=True, text=True, timeout=600,
+                          env=ENV, **kw)
+
+
+def _start_and_wait_for_checkpoint(run: Path, args: list[str], step: int, **popen_kw) -> subprocess.Popen:
+    """Start the pipeline in the background and return once GRPO wrote checkpoint-`step`."""
+    proc = subprocess.Popen(_cmd(run.parent, run.name, args), cwd=ROOT, env=ENV, **popen_kw)
+    ckpt = run / "grpo.checkpoints" / f"checkpoint-{step}"
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and not ckpt.exists():
+        time.sleep(0.2)
+    assert ckpt.exists(), f"no {ckpt.name} appeared"
+    return proc
 
 
 def _from_sft(sft_run: Path, name: str) -> Path:
@@ -102,15 +119,9 @@ def test_deepspeed_zero_learner_with_two_cpu_workers(sft_run, stage):
 def test_kill_9_of_the_driver_resumes_grpo_from_its_last_checkpoint(sft_run):
     run = _from_sft(sft_run, "killed")
     args = [*GRPO_ONLY, "grpo.max_steps=30", "grpo.save_steps=2"]
-    cmd = [sys.executable, "-m", "pipelines.cli", "run", "micro", "run.name=killed", f"run.output_dir={run.parent}",
-           *args]
-    proc = subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    proc = _start_and_wait_for_checkpoint(run, args, 4, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                          start_new_session=True)
     ckpts = run / "grpo.checkpoints"
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline and not list(ckpts.glob("checkpoint-4")):
-        time.sleep(0.2)
-    assert list(ckpts.glob("checkpoint-4")), "no checkpoint appeared"
     os.killpg(proc.pid, signal.SIGKILL)  # the driver and everything in its process group
     proc.wait()
     # Ray processes the dead driver had started (raylet, workers) may outlive it: stop them like an operator would.
@@ -129,14 +140,7 @@ def test_kill_9_of_the_driver_resumes_grpo_from_its_last_checkpoint(sft_run):
 def test_a_killed_learner_worker_is_restarted_and_resumes_from_its_checkpoint(sft_run):
     run = _from_sft(sft_run, "learner")
     args = [*GRPO_ONLY, "grpo.max_steps=8", "grpo.save_steps=2", "grpo.max_failures=1"]
-    cmd = [sys.executable, "-m", "pipelines.cli", "run", "micro", "run.name=learner", f"run.output_dir={run.parent}",
-           *args]
-    proc = subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    ckpts = run / "grpo.checkpoints"
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline and not list(ckpts.glob("checkpoint-2")):
-        time.sleep(0.5)
+    proc = _start_and_wait_for_checkpoint(run, args, 2, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     pids = subprocess.run(["pgrep", "-f", "RayTrainWorker"], capture_output=True, text=True).stdout.split()
     assert pids, "no Ray Train worker process found"
     for pid in pids:

@@ -96,21 +96,27 @@ def test_weight_sync_changes_what_workers_generate_and_survives_a_killed_worker(
     pool.shutdown()
 
 
-def test_trl_grpo_trains_through_the_pool_with_weights_synced_each_step(ray_local, policy_dir, tmp_path):
+def _reward(completions, answer, **_):
+    return [float(a in c) + 0.1 * len(c) for c, a in zip(completions, answer)]
+
+
+def _train_through(pool, policy_dir, out, *, steps: int, rows: int, overlap: bool = False):
+    """TRL's GRPOTrainer on a fresh copy of the policy, generating on `pool`; returns the trained trainer."""
     from rl.grpo import GRPOParams, make_grpo_trainer
 
     model, tok = load_policy(policy_dir)
-    pool = RolloutPool(engine_factory("hf", policy_dir), num_workers=2, cpus_per_worker=0.5)
-    rows = [{"prompt": f"{i} plus {i} is", "answer": str(2 * i)} for i in range(8)]
-
-    def reward(completions, answer, **_):
-        return [float(a in c) + 0.1 * len(c) for c, a in zip(completions, answer)]
-
-    p = GRPOParams(max_steps=3, learning_rate=1e-2, num_generations=4, prompts_per_step=2,
+    data = [{"prompt": f"{i} plus {i} is", "answer": str(2 * i)} for i in range(rows)]
+    p = GRPOParams(max_steps=steps, learning_rate=1e-2, num_generations=4, prompts_per_step=2,
                    max_completion_length=6, logging_steps=1)
-    trainer = make_grpo_trainer(model, tok, rows, [reward], [1.0], tmp_path, p,
-                                rollout_func=make_rollout_func(pool, sync_every=1))
+    trainer = make_grpo_trainer(model, tok, data, [_reward], [1.0], out, p,
+                                rollout_func=make_rollout_func(pool, sync_every=1, overlap=overlap))
     trainer.train()
+    return trainer
+
+
+def test_trl_grpo_trains_through_the_pool_with_weights_synced_each_step(ray_local, policy_dir, tmp_path):
+    pool = RolloutPool(engine_factory("hf", policy_dir), num_workers=2, cpus_per_worker=0.5)
+    trainer = _train_through(pool, policy_dir, tmp_path, steps=3, rows=8)
     assert trainer.state.global_step == 3
     assert pool.version == 2  # synced before generating steps 2 and 3
     logs = [h for h in trainer.state.log_history if "rollout/generate_s" in h]
@@ -123,20 +129,8 @@ def test_trl_grpo_trains_through_the_pool_with_weights_synced_each_step(ray_loca
 
 
 def test_overlap_generates_one_step_ahead_with_lag_never_above_one(ray_local, policy_dir, tmp_path):
-    from rl.grpo import GRPOParams, make_grpo_trainer
-
-    model, tok = load_policy(policy_dir)
     pool = RolloutPool(engine_factory("hf", policy_dir), num_workers=1, cpus_per_worker=0.5)
-    rows = [{"prompt": f"{i} plus {i} is", "answer": str(2 * i)} for i in range(16)]
-
-    def reward(completions, answer, **_):
-        return [float(a in c) + 0.1 * len(c) for c, a in zip(completions, answer)]
-
-    p = GRPOParams(max_steps=4, learning_rate=1e-2, num_generations=4, prompts_per_step=2,
-                   max_completion_length=6, logging_steps=1)
-    rollouts = make_rollout_func(pool, sync_every=1, overlap=True)
-    trainer = make_grpo_trainer(model, tok, rows, [reward], [1.0], tmp_path, p, rollout_func=rollouts)
-    trainer.train()
+    trainer = _train_through(pool, policy_dir, tmp_path, steps=4, rows=16, overlap=True)
     logs = [h for h in trainer.state.log_history if "rollout/policy_lag" in h]
     lags = [h["rollout/policy_lag"] for h in logs]
     versions = [h["rollout/policy_version"] for h in logs]
