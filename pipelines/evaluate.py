@@ -1,4 +1,6 @@
-"""Evaluation: held-out accuracy (greedy pass@1) of a checkpoint, scored by the task's reward."""
+"""Evaluation: held-out accuracy (greedy pass@1) of a checkpoint, scored by the task's reward; with
+`eval.samples > 0`, test-time scaling too (pass@k, maj@k, best-of-N, weighted vote, beam search: see
+`rl.evaluation`), and the `eval` stage / `rayzero eval` that measure whole checkpoints."""
 
 from __future__ import annotations
 
@@ -42,3 +44,83 @@ def evaluate_model(model, tokenizer, rows: list[dict], cfg: EvalConfig, desc: st
         "samples": [{"prompt": r["prompt"], "completion": c, "answer": r["answer"], "score": s}
                     for r, c, s in list(zip(rows, completions, scores))[:8]],
     }
+
+
+def judge_for(tokenizer) -> "Judge":
+    """Answers checked by `math_accuracy` against the row's `answer`; votes on the normalised answer."""
+    from rewards.math import extract_answers
+    from rl.evaluation import Judge
+
+    reward = get_reward("math_accuracy")
+
+    def correct(completions: list[str], rows: list[dict]) -> list[bool]:
+        return [s == 1.0 for s in reward(completions, answer=[r["answer"] for r in rows])]
+
+    def answer(completion: str):
+        found = extract_answers(completion)
+        return found[0] if len(found) == 1 else None  # none, or hedging between several: no vote
+
+    return Judge(correct=correct, answer=answer,
+                 token_count=lambda c: len(tokenizer(c, add_special_tokens=False)["input_ids"]))
+
+
+def scorer_for(cfg: EvalConfig):
+    """The verifier used to rank samples and steps: a learned PRM if given, else a registered reward
+    that needs no answer column (called with prompts and completions only)."""
+    if cfg.prm_path:
+        from rl.tts import load_prm_scorer
+
+        return load_prm_scorer(cfg.prm_path)
+    if cfg.scorer:
+        fn = get_reward(cfg.scorer)
+        return lambda prompts, completions: [float(x or 0.0) for x in fn(completions, prompts=prompts)]
+    return None
+
+
+def evaluate_checkpoint(path: str | Path, rows: list[dict], cfg: EvalConfig, seed: int = 0, desc: str = "eval") -> dict:
+    """Greedy pass@1 of the checkpoint at `path`, plus test-time scaling when `cfg.samples > 0`;
+    also its parameter count and accuracy per billion parameters ("knowledge density")."""
+    from rl.evaluation import tts_evaluate
+    from rl.metrics import generate_flops
+    from rl.modeling import count_params, load_policy
+
+    model, tok = load_policy(path)
+    params = count_params(model)
+    greedy = evaluate_model(model, tok, rows, cfg, desc=f"{desc}: greedy")
+    out = {"accuracy": greedy["accuracy"], "params": params, "accuracy_per_billion_params": greedy["accuracy"] / (params / 1e9),
+           "mean_completion_tokens": greedy["mean_completion_tokens"], "num_examples": len(rows),
+           "samples": greedy["samples"]}
+    gen_tokens = greedy["mean_completion_tokens"] * len(rows)
+    if cfg.samples > 0:
+        sub = rows[: cfg.num_problems or None]
+        bar = make_bar(f"{desc}: tts samples", len(sub) * cfg.samples)
+        tts = tts_evaluate(model, tok, sub, cfg, judge_for(tok),
+                           greedy=evaluate_model(model, tok, sub, cfg, desc=f"{desc}: greedy subset") if cfg.num_problems else greedy,
+                           scorer=scorer_for(cfg), max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size,
+                           seed=seed, on_batch=bar.update)
+        bar.close()
+        out.update(tts)
+        gen_tokens += sum(p["tokens"] * len(sub) for name, pts in tts["tts"].items() if name == "beam" for p in pts)
+        gen_tokens += tts["mean_sample_tokens"] * len(sub) * cfg.samples
+    out["flops"] = generate_flops(params, gen_tokens)
+    return out
+
+
+def run(cfg_dict: dict, out_dir: str, checkpoints: dict[str, str]) -> dict:
+    """The `eval` stage: every finished checkpoint in `eval.stages`, measured with test-time scaling on
+    the held-out split. Results go to `eval/results.json` and into the run report per stage."""
+    from pipelines import tracking
+    from pipelines.common import config_from, data_path, use_cpus
+
+    cfg = config_from(cfg_dict)
+    use_cpus(cfg.eval.num_cpus)
+    rows = read_jsonl(data_path(cfg, "heldout"))
+    run_ = tracking.start_stage_run(cfg, "eval")
+    results = {stage: evaluate_checkpoint(path, rows, cfg.eval, seed=cfg.run.seed, desc=f"eval {stage}")
+               for stage, path in checkpoints.items()}
+    (Path(out_dir) / "results.json").write_text(json.dumps(results, indent=2, default=str))
+    last = list(results)[-1]
+    tracking.finish(run_, {f"{s}/{k}": v for s, r in results.items() for k, v in r.items()
+                           if isinstance(v, (int, float))})
+    return {"accuracy": results[last]["accuracy"], "params": results[last]["params"], "checkpoints": results,
+            "flops": sum(r["flops"] for r in results.values())}

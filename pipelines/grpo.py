@@ -120,6 +120,8 @@ def _train_loop(config: dict) -> None:
                                 callbacks=callbacks, rollout_func=rollout_func, seed=cfg.run.seed,
                                 report_to=tracking.report_to(cfg) if rank == 0 else "none", use_cpu=not g.use_gpu,
                                 world_size=world, deepspeed=ds_config, save_steps=g.save_steps)
+    if rank == 0:
+        tracking.attach_grpo(trainer, cfg, out)  # history.jsonl, tokens/s, rollout table
     start = time.monotonic()
     if finished:
         trainer.state.global_step = g.max_steps
@@ -143,7 +145,8 @@ def _train_loop(config: dict) -> None:
     history = [h for h in trainer.state.log_history if "reward" in h]
     metrics = {
         "accuracy": after["accuracy"], "params": count_params(model), "train_time_s": train_time,
-        "steps": trainer.state.global_step, "num_workers": world, "zero_stage": g.zero_stage,
+        "steps": trainer.state.global_step, "num_tokens": int(trainer.state.num_input_tokens_seen),
+        "num_workers": world, "zero_stage": g.zero_stage,
         "rollout_workers": g.rollout_workers, "resumed_from": resume,
         "reward_first": history[0]["reward"] if history else None,
         "reward_last": history[-1]["reward"] if history else None,
@@ -152,4 +155,5 @@ def _train_loop(config: dict) -> None:
         "log": [{k: round(h[k], 4) for k in _LOGGED if k in h} | {"step": h["step"]} for h in history],
     }
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    tracking.finish(run, {"eval/accuracy": after["accuracy"], "params": metrics["params"]})
+    tracking.finish(run, {"eval/accuracy": after["accuracy"], "params": metrics["params"]}, eval_samples=after["samples"],
+                    checkpoint=out)

@@ -6,14 +6,34 @@ import json
 from typing import Callable
 
 from pipelines.config import PipelineConfig, to_dict
+from rl.metrics import generate_flops, train_flops
 
 KEEP = ("accuracy", "accuracy_before", "params", "wall_time_s", "train_time_s", "steps", "traces",
-        "teacher_params", "num_workers", "reward_first", "reward_last")
+        "teacher_params", "num_workers", "reward_first", "reward_last", "students", "num_tokens")
+FROM_EVAL = ("pass@k", "maj@k", "tts", "accuracy_per_billion_params", "mean_completion_tokens")
+
+
+def stage_flops(name: str, m: dict) -> float | None:
+    """Estimated FLOPs a stage spent (rl.metrics: 6N per trained token, 2N per generated one)."""
+    n = m.get("params", 0)
+    if name in ("sft", "baseline") and m.get("num_tokens"):
+        return train_flops(n, m["num_tokens"])
+    if name == "grpo" and m.get("num_tokens"):
+        # every token is generated (or prefilled) once and trained on once
+        return generate_flops(n, m["num_tokens"]) + train_flops(n, m["num_tokens"])
+    if name in ("distill", "eval"):
+        return m.get("flops")
+    return None
 
 
 def write_report(cfg: PipelineConfig, results: dict[str, dict]) -> dict:
-    stages = {name: {k: m[k] for k in KEEP if k in m} for name, m in results.items()}
-    acc = {name: m["accuracy"] for name, m in results.items()}
+    stages = {name: {k: m[k] for k in KEEP if k in m} | {"flops": stage_flops(name, m)}
+              for name, m in results.items() if name != "eval"}
+    # The eval stage measured the checkpoints of other stages: its results belong to them.
+    for name, e in results.get("eval", {}).get("checkpoints", {}).items():
+        if name in stages:
+            stages[name].update({k: e[k] for k in FROM_EVAL if k in e})
+    acc = {name: m["accuracy"] for name, m in results.items() if name != "eval"}
     summary = {}
     if "sft" in acc and "grpo" in acc:
         summary["grpo_gain_over_sft"] = acc["grpo"] - acc["sft"]
@@ -26,15 +46,14 @@ def write_report(cfg: PipelineConfig, results: dict[str, dict]) -> dict:
             summary["student_accuracy_retained"] = acc["distill"] / teacher["accuracy"] if teacher["accuracy"] else None
     report = {"run": cfg.run.name, "seed": cfg.run.seed, "stages": stages, "summary": summary,
               "config": to_dict(cfg)}
+    if "eval" in results:
+        report["eval"] = {"flops": results["eval"].get("flops"), "wall_time_s": results["eval"].get("wall_time_s")}
     (cfg.run_dir / "report.json").write_text(json.dumps(report, indent=2))
     return report
 
 
-def print_table(report: dict, say: Callable[[str], None] = print) -> None:
-    rows = [("stage", "params", "held-out acc", "wall time")]
-    for name, m in report["stages"].items():
-        rows.append((name, f"{m['params']:,}", f"{100 * m['accuracy']:.1f} %", f"{m.get('wall_time_s', 0):.0f} s"))
-    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+def _table(rows: list[tuple[str, ...]], say: Callable[[str], None]) -> None:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     line = "+".join("-" * (w + 2) for w in widths)
     say(line)
     for j, r in enumerate(rows):
@@ -42,5 +61,29 @@ def print_table(report: dict, say: Callable[[str], None] = print) -> None:
         if j == 0:
             say(line)
     say(line)
+
+
+def print_table(report: dict, say: Callable[[str], None] = print) -> None:
+    rows = [("stage", "params", "held-out acc", "acc / B params", "FLOPs", "wall time")]
+    for name, m in report["stages"].items():
+        density = m["accuracy"] / (m["params"] / 1e9) if m.get("params") else 0.0
+        flops = f"{m['flops']:.2e}" if m.get("flops") else "-"
+        rows.append((name, f"{m['params']:,}", f"{100 * m['accuracy']:.1f} %", f"{density:,.0f}", flops,
+                     f"{m.get('wall_time_s', 0):.0f} s"))
+    _table(rows, say)
+    students = report["stages"].get("distill", {}).get("students")
+    if students:
+        say("distillation: every student on every trace mix (held-out accuracy)")
+        mixes = list(dict.fromkeys(s["mix"] for s in students))
+        sizes = list(dict.fromkeys((s["student"], s["params"]) for s in students))
+        acc = {(s["student"], s["mix"]): s["accuracy"] for s in students}
+        _table([("student", "params", *mixes)] + [
+            (name, f"{params:,}", *(f"{100 * acc[(name, m)]:.1f} %" if (name, m) in acc else "-" for m in mixes))
+            for name, params in sizes], say)
+    for name, m in report["stages"].items():
+        if m.get("tts"):
+            points = [f"{s}@{p['k']}: {100 * p['accuracy']:.1f} % ({p['tokens']:.0f} tok)"
+                      for s, pts in m["tts"].items() for p in pts]
+            say(f"test-time scaling, {name}: " + "; ".join(points))
     for k, v in report["summary"].items():
         say(f"{k}: {v:.3f}" if isinstance(v, float) else f"{k}: {v}")

@@ -99,3 +99,15 @@ def best_of_k(scores: Sequence[float], correct: Sequence[bool], k: int, max_subs
 
 def mean(values: Sequence[float]) -> float:
     return sum(values) / len(values) if values else 0.0
+
+
+# FLOPs, the usual dense-transformer estimate (Kaplan et al. 2020): a forward pass costs ~2 N FLOPs
+# per token and forward + backward ~6 N, for N non-embedding-ish parameters (we use all parameters, an
+# overestimate for tiny models whose embedding dominates). Attention's sequence-length term is ignored.
+
+def train_flops(params: int, tokens: float) -> float:
+    return 6.0 * params * tokens
+
+
+def generate_flops(params: int, tokens: float) -> float:
+    return 2.0 * params * tokens

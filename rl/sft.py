@@ -52,4 +52,5 @@ def sft_train(model, tokenizer, rows: Sequence[dict], out_dir: Path, params: SFT
                          callbacks=[TimeBudget(time_budget_s), *callbacks])
     quiet(trainer)
     result = trainer.train()
-    return {"train_loss": float(result.training_loss), "steps": int(trainer.state.global_step)}
+    return {"train_loss": float(result.training_loss), "steps": int(trainer.state.global_step),
+            "num_tokens": int(getattr(trainer, "_total_train_tokens", 0))}  # tokens trained on (for FLOPs)

@@ -15,13 +15,13 @@ def test_every_shipped_recipe_loads_and_starts_with_its_command(recipe):
 
 def test_tiny_is_the_default_and_overrides_apply():
     cfg = load_config("tiny", ["grpo.num_generations=4", "sft.learning_rate=3e-4", "run.name=x",
-                               "grpo.rewards={math_accuracy: 1.0}", "distill.student.hidden_size=48"])
+                               "grpo.rewards={math_accuracy: 1.0}", "distill.students.student.hidden_size=48"])
     assert cfg.grpo.num_generations == 4
     assert cfg.sft.learning_rate == pytest.approx(3e-4)
     assert cfg.run.name == "x"
     assert dict(cfg.grpo.rewards) == {"math_accuracy": 1.0}
-    assert cfg.distill.student.hidden_size == 48
-    assert cfg.distill.student.num_layers == 3  # the rest of the nested section keeps the recipe's values
+    assert cfg.distill.students["student"].hidden_size == 48
+    assert cfg.distill.students["student"].num_layers == 3  # the rest of the nested section keeps the recipe's values
 
 
 def test_int_is_accepted_where_float_is_expected():

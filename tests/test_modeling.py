@@ -31,5 +31,5 @@ def test_student_config_is_at_most_half_the_teacher():
     texts, _ = _texts()
     tok = train_tokenizer(texts, 512)
     cfg = load_config("tiny")
-    teacher, student = new_model(cfg.model, tok, 0), new_model(cfg.distill.student, tok, 0)
+    teacher, student = new_model(cfg.model, tok, 0), new_model(cfg.distill.students["student"], tok, 0)
     assert count_params(student) <= count_params(teacher) / 2

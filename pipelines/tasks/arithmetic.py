@@ -12,6 +12,7 @@ stays in [0, max_value * 2] so the model only has to learn a bounded table of fa
 from __future__ import annotations
 
 import random
+import re
 
 NAMES = ["Mia", "Tom", "Ava", "Leo", "Zoe", "Sam", "Ivy", "Max", "Eva", "Ben", "Lily", "Noah"]
 ITEMS = ["apples", "pens", "coins", "books", "stamps", "marbles", "cards", "shells", "cookies", "stickers"]
@@ -88,3 +89,25 @@ def generate_splits(num_cold_start: int, num_train: int, num_heldout: int, *, mi
             r.pop("key", None)
     out["heldout"] = heldout
     return out
+
+
+_START = re.compile(r" has (\d+) ")
+_STEP = re.compile(r"(?:buys|finds|gets|is given) (\d+) more|(?:gives away|loses|sells|uses) (\d+)")
+
+
+def short_solution(prompt: str) -> str | None:
+    """A concise chain of thought for a problem of this task (the short-CoT source for mix
+    distillation): the whole computation as one expression, `<think>7+5-4=8.</think><answer>8</answer>`,
+    against the step-by-step style of the cold-start data and the RL'd teacher. None if the prompt is not
+    one of this task's problems."""
+    start = _START.search(prompt)
+    if not start:
+        return None
+    value, expr = int(start.group(1)), start.group(1)
+    steps = _STEP.findall(prompt)
+    if not steps:
+        return None
+    for add, sub in steps:
+        value += int(add) if add else -int(sub)
+        expr += f"+{add}" if add else f"-{sub}"
+    return f"<think>{expr}={value}.</think><answer>{value}</answer>"
