@@ -1,8 +1,19 @@
-"""Trainer callbacks shared by the SFT, GRPO and distillation stages."""
+"""Trainer callbacks shared by the SFT, GRPO and distillation stages.
+
+Besides progress and time budgets, three feed experiment tracking without tying `rl/` to a tracker:
+`MetricHistory` writes every logged metric dict to a JSONL file (the plots are drawn from files, not
+from wandb), `Throughput` adds tokens/s to GRPO's own metrics (so every `report_to` backend gets it), and
+`RolloutSamples` hands a sample of the latest rollouts (prompt, completion, each reward) to a sink every
+N steps.
+"""
 
 from __future__ import annotations
 
+import json
+import math
 import time
+from pathlib import Path
+from typing import Callable
 
 from transformers import TrainerCallback
 from transformers.trainer_callback import PrinterCallback
@@ -78,3 +89,81 @@ def make_bar(desc: str, total: int):
     from tqdm import tqdm
 
     return tqdm(total=total, desc=desc)
+
+
+class MetricHistory(TrainerCallback):
+    """Writes the trainer's log history to `path` (one JSON object per logged step, as the trainer logged
+    it), appending as training logs. History restored from a resumed checkpoint is written too, so the
+    file always holds the whole curve. Only the main process writes."""
+
+    def __init__(self, path: str | Path):
+        self.path, self.written = Path(path), None
+
+    def on_log(self, args, state, control, logs=None, **kw):
+        if not state.is_world_process_zero:
+            return
+        if self.written is None:  # first log of this process: start the file from the full history
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.path.write_text("")
+            self.written = 0
+        with self.path.open("a") as f:
+            for entry in state.log_history[self.written:]:
+                f.write(json.dumps({k: _finite(v) for k, v in entry.items()}) + "\n")
+        self.written = len(state.log_history)
+
+
+def _finite(v):
+    return None if isinstance(v, float) and not math.isfinite(v) else v
+
+
+class Throughput(TrainerCallback):
+    """Adds `tokens_per_s` (prompt + completion tokens of all workers, per second of step wall time:
+    generation, scoring and the update) to a TRL GRPO trainer's metrics, which TRL averages and logs
+    with its own (`train/tokens_per_s` in wandb)."""
+
+    def __init__(self, trainer):
+        self.trainer, self.start, self.tokens = trainer, 0.0, 0
+
+    def on_step_begin(self, args, state, control, **kw):
+        self.start, self.tokens = time.monotonic(), state.num_input_tokens_seen
+
+    def on_step_end(self, args, state, control, **kw):
+        elapsed = time.monotonic() - self.start
+        done = state.num_input_tokens_seen - self.tokens
+        if elapsed > 0 and done > 0:
+            self.trainer._metrics["train"]["tokens_per_s"].append(done / elapsed)
+
+
+class RolloutSamples(TrainerCallback):
+    """Every `every` optimizer steps, calls `sink(step, rows)` with the latest generation batch of a TRL
+    GRPO trainer: rows {prompt, completion, <reward name>: value, ..., advantage}, at most `max_rows`.
+    TRL's own `log_completions` logs at every logging step and prints to stdout; this keeps its columns
+    on its own schedule."""
+
+    def __init__(self, trainer, every: int, sink: Callable[[int, list[dict]], None], max_rows: int = 64):
+        self.trainer, self.every, self.sink, self.max_rows = trainer, every, sink, max_rows
+
+    def on_step_end(self, args, state, control, **kw):
+        if self.every <= 0 or state.global_step % self.every or not state.is_world_process_zero:
+            return
+        logs = self.trainer._logs
+        prompts, completions = list(logs["prompt"]), list(logs["completion"])
+        rewards = {name: list(values) for name, values in logs["rewards"].items()}
+        advantages = list(logs["advantages"])
+        rows = []
+        for i in range(min(len(prompts), self.max_rows)):
+            row = {"prompt": _text(prompts[i]), "completion": _text(completions[i])}
+            row.update({name: _finite(float(v[i])) if i < len(v) else None for name, v in rewards.items()})
+            row["advantage"] = _finite(float(advantages[i])) if i < len(advantages) else None
+            rows.append(row)
+        if rows:
+            self.sink(state.global_step, rows)
+
+
+def _text(x) -> str:
+    """Plain text of a prompt/completion (conversational ones are lists of {role, content})."""
+    if isinstance(x, str):
+        return x
+    if isinstance(x, list):
+        return "\n".join(m.get("content", "") if isinstance(m, dict) else str(m) for m in x)
+    return str(x)
