@@ -20,6 +20,7 @@ from pathlib import Path
 
 from cluster.runtime import run_task
 from pipelines import tracking
+from pipelines.config import ConfigError
 from pipelines.common import config_from, data_path, load_tokenizer, new_model, read_jsonl, save_checkpoint, use_cpus
 from pipelines.evaluate import evaluate_model, write_jsonl
 from rewards.registry import get_reward
@@ -122,7 +123,8 @@ def run(cfg_dict: dict, out_dir: str) -> dict:
         pools[SHORT], stats[SHORT] = short_pool(cfg, rows, load_tokenizer(cfg))
     empty = [p for p, traces in pools.items() if not traces]
     if empty:
-        raise RuntimeError(f"distill: no verified traces from {empty} on {len(rows)} prompts; nothing to distill")
+        raise ConfigError(f"distill: no verified traces from {empty} on {len(rows)} prompts; nothing to distill "
+                          f"(raise distill.samples_per_prompt or distill.num_prompts, or relax distill.require_format)")
     write_jsonl(out / "traces.jsonl", [t for p in pools.values() for t in p])
     from datasets import Dataset
 
@@ -136,7 +138,7 @@ def run(cfg_dict: dict, out_dir: str) -> dict:
         try:
             mixes[name] = {"counts": counts, "traces": build_mix(pools, counts, seed=cfg.run.seed + i)}
         except ValueError as e:
-            raise ValueError(f"distill.mixes.{name}: {e}; lower distill.num_traces (0 = the most every mix can "
+            raise ConfigError(f"distill.mixes.{name}: {e}; lower distill.num_traces (0 = the most every mix can "
                              f"fill) or raise distill.samples_per_prompt") from None
         write_jsonl(out / "mixes" / f"{name}.jsonl", mixes[name]["traces"])
     result = run_task(train_students, cfg_dict, str(out), num_cpus=d.num_cpus, name="distill")
@@ -183,7 +185,7 @@ def train_students(cfg_dict: dict, out_dir: str) -> dict:
             flops += train_flops(n, m.get("num_tokens", 0))
             students.append({"student": sname, "mix": mname, "params": n, "accuracy": ev["accuracy"],
                              "train_time_s": train_time, "steps": m["steps"], "num_tokens": m.get("num_tokens", 0),
-                             "traces": len(traces), "path": str(dest), "samples": ev["samples"]})
+                             "traces": len(traces), "path": str(dest.relative_to(out)), "samples": ev["samples"]})
             if run is not None:
                 run.log({f"students/{sname}/{mname}/accuracy": ev["accuracy"]})
     main = students[0]

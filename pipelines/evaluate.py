@@ -124,3 +124,37 @@ def run(cfg_dict: dict, out_dir: str, checkpoints: dict[str, str]) -> dict:
                            if isinstance(v, (int, float))})
     return {"accuracy": results[last]["accuracy"], "params": results[last]["params"], "checkpoints": results,
             "flops": sum(r["flops"] for r in results.values())}
+
+
+def eval_command(checkpoint: str, args: list[str], out: str = "", say=print) -> int:
+    """`rayzero eval CHECKPOINT [TASK] [section.field=value ...]`. A checkpoint inside a run folder is
+    measured on that run's held-out split with its eval settings; TASK (a task name) and overrides change
+    them, e.g. `rayzero eval runs/tiny/grpo eval.samples=16 eval.scorer=arithmetic_process`."""
+    from pipelines.config import ConfigError, load_config, recipe_path
+    from pipelines.report import print_table
+
+    path = Path(checkpoint)
+    if not (path / "config.json").exists():
+        raise ConfigError(f"{checkpoint}: not a checkpoint folder (no config.json)")
+    task, overrides = (args[0], args[1:]) if args and "=" not in args[0] else (None, list(args))
+    run_cfg = path.parent / "config.yaml"
+    if task:
+        overrides = [f"task.name={task}", *overrides]
+    cfg = load_config(str(run_cfg) if run_cfg.exists() else str(recipe_path("tiny")), overrides)
+    stored = path.parent / "data" / "heldout.jsonl"
+    if run_cfg.exists() and not task and not any(o.startswith("task.") for o in overrides) and stored.exists():
+        rows = read_jsonl(stored)
+    else:
+        from pipelines.tasks import load_task
+
+        rows = load_task(cfg.task, cfg.run.seed)["heldout"]
+    result = evaluate_checkpoint(path, rows, cfg.eval, seed=cfg.run.seed, desc=f"eval {path.name}")
+    report = {"stages": {path.name: result}, "summary": {}}
+    print_table(report, say)
+    for name in ("pass@k", "maj@k"):
+        if result.get(name):
+            say(f"{name}: " + ", ".join(f"k={k}: {100 * v:.1f} %" for k, v in result[name].items()))
+    if out:
+        Path(out).write_text(json.dumps(result, indent=2, default=str))
+        say(f"results: {out}")
+    return 0

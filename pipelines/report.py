@@ -82,7 +82,7 @@ def print_table(report: dict, say: Callable[[str], None] = print) -> None:
             for name, params in sizes], say)
     for name, m in report["stages"].items():
         if m.get("tts"):
-            points = [f"{s}@{p['k']}: {100 * p['accuracy']:.1f} % ({p['tokens']:.0f} tok)"
+            points = [f"{s} (k={p['k']}): {100 * p['accuracy']:.1f} % ({p['tokens']:.0f} tok)"
                       for s, pts in m["tts"].items() for p in pts]
             say(f"test-time scaling, {name}: " + "; ".join(points))
     for k, v in report["summary"].items():

@@ -71,7 +71,7 @@ def test_distill_keeps_only_verified_traces_and_student_is_smaller(run):
     assert max(per_prompt.values()) <= cfg.distill.keep_per_prompt
     d = report["stages"]["distill"]
     assert d["params"] <= d["teacher_params"] / 2
-    assert d["traces"]["kept"] == len(traces)
+    assert d["traces"]["grpo"]["kept"] == len(traces)
 
 
 def test_report_and_wandb_runs(run):
