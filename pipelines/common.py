@@ -4,6 +4,7 @@
       config.yaml             resolved config of the latest invocation
       data/{cold_start,train,heldout}.jsonl
       tokenizer/              trained at run time for `model.kind=tiny` (cached)
+      base/                   `model.kind=gguf`: the GGUF converted once to a plain HF folder
       <stage>/                Hugging Face folder + manifest.json, for sft, grpo, distill, baseline
       wandb/                  every wandb file
       report.json
@@ -53,11 +54,31 @@ def prepare_data(cfg: PipelineConfig) -> dict[str, int]:
             tmp = tok_dir.with_name("tokenizer.partial")
             save_tokenizer(tok, tmp, cold[0]["prompt"] + cold[0]["completion"])
             tmp.replace(tok_dir)
+        elif cfg.model.kind == "gguf":
+            from transformers import AutoTokenizer
+
+            # The GGUF is converted once into a plain HF folder (round-trip-checked) that stages start from.
+            AutoTokenizer.from_pretrained(prepare_base_model(cfg)).save_pretrained(tok_dir)
         else:
             from transformers import AutoTokenizer
 
             AutoTokenizer.from_pretrained(cfg.model.path).save_pretrained(tok_dir)
     return {s: sum(1 for _ in data_path(cfg, s).open()) for s in SPLITS}
+
+
+def base_model_dir(cfg: PipelineConfig) -> Path:
+    """Where `model.kind=gguf` is converted to a plain Hugging Face folder (once per run)."""
+    return cfg.run_dir / "base"
+
+
+def prepare_base_model(cfg: PipelineConfig) -> Path:
+    from pipelines.config import ConfigError
+    from rl.gguf import GGUFError, convert_gguf
+
+    try:
+        return convert_gguf(cfg.model.path, base_model_dir(cfg), field="model.path")
+    except GGUFError as e:
+        raise ConfigError(str(e)) from None
 
 
 def load_tokenizer(cfg: PipelineConfig):
@@ -70,8 +91,15 @@ def load_tokenizer(cfg: PipelineConfig):
     return tok
 
 
-def new_model(model_cfg, tokenizer, seed: int):
-    """The stage's starting policy from a ModelConfig: a fresh tiny model or a local HF checkpoint."""
+def new_model(model_cfg, tokenizer, seed: int, base_dir: Path | None = None):
+    """The stage's starting policy from a ModelConfig: a fresh tiny model or a local HF checkpoint
+    (`kind=gguf`: the run's converted folder, `base_dir`)."""
+    if model_cfg.kind == "gguf":
+        if base_dir is None or not (Path(base_dir) / "config.json").exists():
+            raise ValueError(f"model.kind=gguf: no converted model in {base_dir}; prepare_data converts it first")
+        from transformers import AutoModelForCausalLM
+
+        return AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
     if model_cfg.kind == "tiny":
         from rl.modeling import build_tiny_model
 

