@@ -326,6 +326,8 @@ def validate(obj: Any, where: str) -> None:
             raise ConfigError("grpo.overlap=true needs a rollout pool: set grpo.rollout_workers >= 1")
         if obj.sync_every < 1:
             raise ConfigError("grpo.sync_every must be >= 1")
+    if isinstance(obj, ModelConfig) and where.startswith("distill.students.") and obj.kind not in ("tiny", "hf", "truncate"):
+        raise ConfigError(f"{where}.kind={obj.kind!r} is not one of: tiny, hf, truncate (keep num_layers of a teacher)")
     if section == "distill" and obj.enabled:
         if not obj.mixes or not obj.students:
             raise ConfigError("distill.mixes and distill.students need at least one entry each")

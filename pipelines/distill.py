@@ -151,6 +151,16 @@ def run(cfg_dict: dict, out_dir: str) -> dict:
     return result
 
 
+def _student(cfg, scfg, tok):
+    """A fresh student from its ModelConfig; `kind: truncate` keeps `num_layers` of a teacher's layers
+    (`path`: the teacher, a stage name or folder; default grpo)."""
+    if scfg.kind != "truncate":
+        return new_model(scfg, tok, cfg.run.seed + 1)
+    from rl.modeling import truncate_layers
+
+    return truncate_layers(load_policy(teacher_path(cfg, scfg.path or "grpo"))[0], scfg.num_layers)
+
+
 def train_students(cfg_dict: dict, out_dir: str) -> dict:
     """Ray task: every student (model config) on every mix, each evaluated on the held-out split."""
     cfg = config_from(cfg_dict)
@@ -164,7 +174,7 @@ def train_students(cfg_dict: dict, out_dir: str) -> dict:
     for si, (sname, scfg) in enumerate(d.students.items()):
         for mi, mname in enumerate(d.mixes):
             traces = read_jsonl(out / "mixes" / f"{mname}.jsonl")
-            model = new_model(scfg, tok, cfg.run.seed + 1)
+            model = _student(cfg, scfg, tok)
             dest = out if si == mi == 0 else out / "students" / f"{sname}-{mname}"
             start = time.monotonic()
             if d.method == "logit":

@@ -98,3 +98,24 @@ def load_policy(path: str | Path, dtype=torch.float32):
         tokenizer.pad_token = tokenizer.eos_token
     model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
     return model, tokenizer
+
+
+def truncate_layers(model, num_layers: int):
+    """A smaller student initialised from a teacher: keep `num_layers` evenly spaced decoder layers
+    (first and last included), as DistilBERT-style layer dropping does. Works for Llama-family models
+    (`model.model.layers`); the embeddings, final norm and head are kept."""
+    import torch.nn as nn
+
+    layers = model.model.layers
+    n = len(layers)
+    if not 1 <= num_layers <= n:
+        raise ValueError(f"truncate: num_layers={num_layers} must be within [1, {n}] (the teacher's depth)")
+    keep = sorted({round(i * (n - 1) / max(1, num_layers - 1)) for i in range(num_layers)}) if num_layers > 1 else [0]
+    model.model.layers = nn.ModuleList([layers[i] for i in keep])
+    for new_idx, layer in enumerate(model.model.layers):
+        if hasattr(layer, "self_attn") and hasattr(layer.self_attn, "layer_idx"):
+            layer.self_attn.layer_idx = new_idx  # the KV cache is indexed by layer
+    model.config.num_hidden_layers = len(keep)
+    if getattr(model.config, "layer_types", None):
+        model.config.layer_types = [model.config.layer_types[i] for i in keep]
+    return model

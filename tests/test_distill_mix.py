@@ -110,3 +110,40 @@ def test_distill_grid_and_eval_stage_on_micro(tmp_path):
         assert passk == sorted(passk), "pass@k never decreases with k"
         assert st["accuracy_per_billion_params"] == pytest.approx(st["accuracy"] / (st["params"] / 1e9))
         assert st["flops"] > 0
+
+
+def test_logit_distillation_moves_the_student_towards_the_teacher(tmp_path):
+    """TRL's GKD trainer on a handful of traces: the student's forward KL to the teacher on those traces
+    drops; different vocabularies are refused."""
+    import torch
+
+    from rl.distill import logit_distill
+    from rl.modeling import build_tiny_model, train_tokenizer
+    from rl.sft import SFTParams
+
+    rows = [{"prompt": f"Mia has {a} pens. She buys {b} more.\n",
+             "completion": f"<think>{a}+{b}={a + b}.</think><answer>{a + b}</answer>"} for a in range(1, 6) for b in range(1, 5)]
+    tok = train_tokenizer([r["prompt"] + r["completion"] for r in rows], 300)
+    teacher = build_tiny_model(tok, hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64, max_position=128, seed=1)
+    student = build_tiny_model(tok, hidden_size=16, num_layers=1, num_heads=2, intermediate_size=32, max_position=128, seed=2)
+    # a teacher worth copying: a few SFT epochs on the traces
+    from rl.sft import sft_train
+
+    sft_train(teacher, tok, rows, tmp_path / "t", SFTParams(epochs=30, learning_rate=3e-3, batch_size=8))
+
+    def kl() -> float:
+        enc = tok([r["prompt"] + r["completion"] for r in rows], return_tensors="pt", padding=True)
+        with torch.no_grad():
+            t = teacher(**enc).logits.log_softmax(-1)
+            s = student(**enc).logits.log_softmax(-1)
+        mask = enc["attention_mask"].unsqueeze(-1)
+        return float(((t.exp() * (t - s)) * mask).sum() / mask.sum())
+
+    before = kl()
+    m = logit_distill(student, teacher, tok, rows, tmp_path / "s", SFTParams(epochs=10, learning_rate=3e-3, batch_size=8))
+    assert m["steps"] > 0 and kl() < 0.7 * before
+    other = build_tiny_model(train_tokenizer(["abc def"] * 5, 280), hidden_size=16, num_layers=1, num_heads=2,
+                             intermediate_size=32, max_position=64, seed=0)
+    if other.config.vocab_size != student.config.vocab_size:
+        with pytest.raises(ValueError, match="shared vocabulary"):
+            logit_distill(other, teacher, tok, rows, tmp_path / "x", SFTParams(epochs=1))

@@ -33,3 +33,24 @@ def test_student_config_is_at_most_half_the_teacher():
     cfg = load_config("tiny")
     teacher, student = new_model(cfg.model, tok, 0), new_model(cfg.distill.students["student"], tok, 0)
     assert count_params(student) <= count_params(teacher) / 2
+
+
+def test_truncated_student_keeps_evenly_spaced_teacher_layers():
+    import pytest
+    import torch
+
+    from rl.modeling import build_tiny_model, train_tokenizer, truncate_layers
+
+    tok = train_tokenizer(["Mia has 3 pens.\n<think>3+2=5.</think><answer>5</answer>"] * 10, 300)
+    teacher = build_tiny_model(tok, hidden_size=32, num_layers=5, num_heads=2, intermediate_size=64, max_position=64, seed=0)
+    layers = list(teacher.model.layers)
+    student = truncate_layers(teacher, 3)
+    assert student.config.num_hidden_layers == 3
+    assert [id(x) for x in student.model.layers] == [id(layers[i]) for i in (0, 2, 4)]  # first, middle, last
+    ids = tok("Mia has 3 pens.\n", return_tensors="pt")
+    out = student.generate(**ids, max_new_tokens=4, do_sample=False)  # the KV cache follows the new indices
+    assert out.shape[1] == ids["input_ids"].shape[1] + 4 or tok.eos_token_id in out[0].tolist()
+    with pytest.raises(ValueError, match="num_layers=9"):
+        truncate_layers(build_tiny_model(tok, hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64,
+                                         max_position=64, seed=0), 9)
+    assert torch.isfinite(student(**ids).logits).all()

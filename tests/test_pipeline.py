@@ -98,3 +98,18 @@ def test_resume_skips_finished_stages_and_redoes_a_missing_one(run):
     assert after["distill"] > before["distill"]
     assert sum("already finished, skipped" in line for line in lines) == 2
     assert again["stages"]["sft"]["accuracy"] == report["stages"]["sft"]["accuracy"]
+
+
+def test_rayzero_eval_measures_a_checkpoint_on_its_runs_heldout_split(run, cli, tmp_path):
+    cfg, report, _ = run
+    out = tmp_path / "eval.json"
+    proc = cli("eval", str(cfg.run_dir / "grpo"), "eval.samples=2", "eval.ks=[1,2]", "eval.scorer=arithmetic_process",
+               "--out", str(out), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    res = json.loads(out.read_text())
+    # greedy accuracy on the run's own held-out split is the one the GRPO stage reported
+    assert res["accuracy"] == report["stages"]["grpo"]["accuracy"] and res["num_examples"] == cfg.task.num_heldout
+    assert set(res["pass@k"]) == {"1", "2"} and res["pass@k"]["2"] >= res["pass@k"]["1"]
+    assert "best-of-k" in res["tts"] and "held-out acc" in proc.stdout
+    bad = cli("eval", str(tmp_path), cwd=tmp_path)
+    assert bad.returncode == 2 and "not a checkpoint folder" in bad.stderr
