@@ -21,7 +21,7 @@ from pipelines import distill, evaluate, grpo, sft
 from pipelines.common import prepare_data
 from pipelines.config import PipelineConfig, to_dict
 from pipelines.report import print_table, write_report
-from pipelines.tracking import wandb_env
+from pipelines.tracking import sync_hint, wandb_env
 
 STAGES = ("sft", "grpo", "distill", "baseline", "eval")
 
@@ -34,7 +34,7 @@ def _warn_changed_config(cfg: PipelineConfig, path: Path, say: Callable[[str], N
     if not path.exists():
         return
     old, new = yaml.safe_load(path.read_text()) or {}, to_dict(cfg)
-    changed = [f"{s}.{k}" for s in new if s != "run" for k in new[s] if old.get(s, {}).get(k) != new[s][k]]
+    changed = [f"{s}.{k}" for s in new if s not in ("run", "publish") for k in new[s] if old.get(s, {}).get(k) != new[s][k]]
     if changed:
         say(f"note: config differs from this run's earlier invocation ({', '.join(changed)}); "
             f"finished stages are kept as they are — use a new run.name to redo them")
@@ -84,8 +84,15 @@ def run_pipeline(cfg: PipelineConfig, say: Callable[[str], None] = print) -> dic
 
     report = write_report(cfg, results)
     print_table(report, say)
-    if cfg.run.wandb_mode != "disabled":
-        say(f"wandb: offline runs in {run_dir / 'wandb'}; upload with: wandb sync --sync-all {run_dir / 'wandb'}")
+    from pipelines.plots import write_plots
+
+    say(f"plots: {', '.join(p.name for p in write_plots(run_dir, report)) or 'none'} in {run_dir / 'plots'}")
+    if sync_hint(cfg):
+        say(sync_hint(cfg))
+    if cfg.publish.enabled:
+        from pipelines.publish import publish_from_config
+
+        publish_from_config(cfg, say)
     return report
 
 
