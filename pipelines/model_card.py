@@ -1,0 +1,170 @@
+"""The model card (README.md with YAML metadata) of a published checkpoint, built with huggingface_hub's
+`ModelCard` / `ModelCardData` / `EvalResult`.
+
+Metadata: base model (when it is a Hub id), datasets, tags, and a `model-index` with the run report's
+results for the published stage (held-out greedy accuracy and any pass@k / maj@k the eval stage measured).
+An intermediate checkpoint (not the finished stage folder) was never evaluated as such: it gets no
+`model-index`, and the card says so. The body has every stage's results, the plots and the recipe.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import yaml
+from huggingface_hub import EvalResult, ModelCard, ModelCardData
+
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+STAGE_TAGS = {"sft": ["sft"], "grpo": ["grpo", "reinforcement-learning"], "distill": ["distillation"],
+              "baseline": ["sft"]}
+STAGE_TEXT = {
+    "sft": "cold-start supervised fine-tuning on chain-of-thought examples",
+    "grpo": "GRPO (reinforcement learning with rule-based rewards) after a cold-start SFT",
+    "distill": "distillation: trained on verified solutions sampled from the RL'd teacher",
+    "baseline": "SFT alone for the wall time SFT + GRPO took (the comparison RL has to win)",
+}
+
+TEMPLATE = """---
+{{ card_data }}
+---
+
+# {{ model_name }}
+
+{{ description }}
+
+Trained by rayzero (R1-Zero-style post-training on Ray), run `{{ run }}`,
+stage `{{ stage }}`: {{ stage_text }}.
+{% if note %}
+> {{ note }}
+{% endif %}
+
+## Results
+
+{{ results_text }}
+{% if results_table %}
+{{ results_table }}
+{% endif %}
+{% if plots %}
+## Plots
+{% for name, path in plots %}
+![{{ name }}]({{ path }})
+{% endfor %}
+{% endif %}
+
+## Use
+
+Prompts are plain text (the task's question followed by a newline); the model answers
+`<think>…</think><answer>…</answer>`. The tokenizer's chat template produces that format.
+
+```python
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+tok = AutoTokenizer.from_pretrained("{{ repo }}")
+model = AutoModelForCausalLM.from_pretrained("{{ repo }}")
+prompt = tok.apply_chat_template([{"role": "user", "content": {{ example | tojson }}}], tokenize=False,
+                                 add_generation_prompt=True)
+ids = tok(prompt, return_tensors="pt", add_special_tokens=False)
+print(tok.decode(model.generate(**ids)[0][ids["input_ids"].shape[1]:], skip_special_tokens=True))
+```
+
+## Recipe
+
+The resolved rayzero config that produced this checkpoint (also in `rayzero_config.yaml`):
+
+<details><summary>rayzero_config.yaml</summary>
+
+```yaml
+{{ recipe }}
+```
+</details>
+"""
+
+
+def base_model_of(cfg: dict, stage: str, override: str = "") -> str | None:
+    """The Hub id this checkpoint was fine-tuned from, if any: `publish.base_model`, else the stage's
+    starting model path when it is a Hub id (a local folder or a model built from scratch has none)."""
+    if override:
+        return override
+    model = cfg.get("model", {})
+    if stage == "distill":
+        students = cfg.get("distill", {}).get("students") or {"student": cfg.get("distill", {}).get("student", {})}
+        model = next(iter(students.values()), {}) or {}
+    path = model.get("path", "") if model.get("kind") == "hf" else ""
+    return path if path and HUB_ID.match(path) and not Path(path).exists() else None
+
+
+def datasets_of(cfg: dict, override: tuple[str, ...] | list[str] = ()) -> list[str]:
+    if override:
+        return list(override)
+    task = cfg.get("task", {})
+    if task.get("name") == "jsonl" and task.get("path"):
+        return [Path(task["path"]).stem]
+    return [task.get("dataset") or task.get("name", "unknown")]
+
+
+def eval_results(stage_report: dict, cfg: dict) -> list[EvalResult]:
+    """model-index entries from one stage of report.json: greedy held-out accuracy, and pass@k / maj@k
+    (either `{"pass@k": {k: v}}` as the eval stage writes them, or flat `"pass@4": v` keys)."""
+    task = cfg.get("task", {})
+    name = datasets_of(cfg)[0]
+    common = {"task_type": "text-generation", "dataset_type": name, "dataset_split": "heldout",
+              "dataset_name": f"{name} held-out split ({task.get('num_heldout', '?')} problems, never trained on)"}
+    out = []
+    if isinstance(stage_report.get("accuracy"), (int, float)):
+        out.append(EvalResult(metric_type="accuracy", metric_value=float(stage_report["accuracy"]),
+                              metric_name="held-out accuracy (greedy pass@1)", **common))
+    for metric in ("pass", "maj"):
+        values = stage_report.get(f"{metric}@k")
+        flat = {int(k.split("@")[1]): v for k, v in stage_report.items() if re.fullmatch(rf"{metric}@\d+", k)}
+        for k, v in sorted({**{int(k): v for k, v in (values or {}).items()}, **flat}.items()):
+            if isinstance(v, (int, float)):
+                out.append(EvalResult(metric_type=f"{metric}@{k}", metric_value=float(v),
+                                      metric_name=f"held-out {metric}@{k}", **common))
+    return out
+
+
+def results_table(report: dict, stage: str) -> str:
+    rows = ["| stage | params | held-out acc (greedy pass@1) |", "|---|---|---|"]
+    for name, m in report.get("stages", {}).items():
+        if not isinstance(m.get("accuracy"), (int, float)):
+            continue
+        cells = [name, f"{m.get('params', 0):,}", f"{100 * m['accuracy']:.1f} %"]
+        if name == stage:
+            cells = [f"**{c}**" for c in cells]
+        rows.append("| " + " | ".join(cells) + " |")
+    return "\n".join(rows) if len(rows) > 2 else ""
+
+
+def build_card(*, repo: str, run: str, stage: str, cfg: dict, report: dict | None, evaluated: bool,
+               plots: list[str], recipe: str, note: str = "", base_model: str = "",
+               datasets: tuple[str, ...] = (), example: str = "") -> ModelCard:
+    """The card for checkpoint `stage` of run `run`; `evaluated` = its results are the report's."""
+    stage_report = (report or {}).get("stages", {}).get(stage, {}) if evaluated else {}
+    results = eval_results(stage_report, cfg) if stage_report else []
+    model_name = f"{run}-{stage}"
+    data = ModelCardData(
+        model_name=model_name, base_model=base_model_of(cfg, stage, base_model), datasets=datasets_of(cfg, datasets),
+        tags=["rayzero", "reasoning", "trl", *STAGE_TAGS.get(stage, [])], library_name="transformers",
+        pipeline_tag="text-generation", eval_results=results or None,
+    )
+    if results:
+        text = "; ".join(f"{r.metric_name}: {100 * r.metric_value:.1f} %" for r in results)
+        results_text = f"This checkpoint, on the task's held-out split: {text}. All stages of the run:"
+    elif report:
+        results_text = "This checkpoint was not evaluated itself. The finished stages of the run:"
+    else:
+        results_text = "No run report was found next to this checkpoint; no results to show."
+    description = (f"A {stage_report.get('params', 0):,}-parameter causal language model."
+                   if stage_report.get("params") else "A causal language model.")
+    return ModelCard.from_template(
+        data, template_str=TEMPLATE, model_name=model_name, description=description, run=run, stage=stage,
+        stage_text=STAGE_TEXT.get(stage, stage), note=note, results_text=results_text,
+        results_table=results_table(report or {}, stage if evaluated else ""), repo=repo,
+        plots=[(Path(p).stem.replace("_", " "), p) for p in plots], recipe=recipe.strip(),
+        example=example or "Mia has 3 pens. She buys 2 more. How many pens does Mia have now?\n",
+    )
+
+
+def recipe_text(cfg: dict) -> str:
+    return yaml.safe_dump(cfg, sort_keys=False)

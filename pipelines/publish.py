@@ -1,0 +1,341 @@
+"""`rayzero publish`: turn a stage folder into a self-contained, loadable checkpoint and put it in a
+directory or on the Hugging Face Hub.
+
+    rayzero publish runs/<run>/<stage> --to <dir> | hf://<org>/<name>[@revision] [--overwrite]
+
+What gets published:
+- the weights as safetensors. A DeepSpeed ZeRO checkpoint (a folder with `latest` / `global_step*/`
+  shards, e.g. `grpo.checkpoints/checkpoint-N`) is consolidated with DeepSpeed's `zero_to_fp32` into the
+  fp32 master weights; a folder of `checkpoint-N` subfolders publishes its latest one;
+- the tokenizer, with rayzero's prompt format as chat template when it has none, round-trip checked;
+- the generation config (greedy, the run's `eval.max_new_tokens`: how the reported accuracy was measured);
+- a model card (pipelines/model_card.py) with the run report's results, the plots and the recipe.
+
+Hub targets: the repo is created if needed, a branch per revision; an existing revision with files is
+never overwritten without `--overwrite`. No token, no network, or HF_HUB_OFFLINE fail with one line before
+any work. Directory targets refuse a non-empty directory without `--overwrite` and appear atomically.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import yaml
+
+# The rayzero prompt format: the user's text ends with a newline, the model continues with
+# <think>…</think><answer>…</answer>; no role markers (the tiny tokenizer has none).
+CHAT_TEMPLATE = (
+    "{%- for message in messages -%}"
+    "{%- if message['role'] == 'assistant' -%}{{ message['content'] }}{{ eos_token }}"
+    "{%- else -%}{{ message['content'] }}{% if not message['content'].endswith('\\n') %}{{ '\\n' }}{% endif %}"
+    "{%- endif -%}"
+    "{%- endfor -%}"
+)
+PROBE = "Mia has 3 pens. She buys 2 more. How many pens does Mia have now?\n<think>3+2=5.</think><answer>5</answer>"
+
+
+class PublishError(Exception):
+    """A publish that cannot go ahead; the message is one line saying what to do."""
+
+
+@dataclass(frozen=True)
+class Target:
+    to: str
+    repo_id: str = ""  # hub targets
+    revision: str = ""  # "" = main
+    path: Path | None = None  # directory targets
+
+    @property
+    def is_hub(self) -> bool:
+        return bool(self.repo_id)
+
+
+def parse_target(to: str) -> Target:
+    if to.startswith("hf://"):
+        m = re.fullmatch(r"hf://([\w.-]+/[\w.-]+)(?:@([\w./-]+))?", to)
+        if not m:
+            raise PublishError(f"--to {to!r}: a Hub target is hf://<org>/<name>[@revision]")
+        return Target(to, repo_id=m.group(1), revision=m.group(2) or "")
+    if "://" in to:
+        raise PublishError(f"--to {to!r}: use a directory path or hf://<org>/<name>[@revision]")
+    return Target(to, path=Path(to).expanduser().resolve())
+
+
+# ---------------------------------------------------------------------------------------------
+# Where the weights are, and what run they belong to
+
+
+def _step(p: Path) -> int:
+    return int(p.name.rsplit("-", 1)[1]) if re.fullmatch(r"checkpoint-\d+", p.name) else -1
+
+
+def locate(folder: Path) -> Path:
+    """The folder holding the weights: `folder` itself, or its latest `checkpoint-N` subfolder."""
+    if not folder.is_dir():
+        raise PublishError(f"{folder}: not a folder; pass a stage folder such as runs/<run>/grpo")
+    if (folder / "config.json").exists():
+        return folder
+    ckpts = sorted((p for p in folder.iterdir() if _step(p) >= 0), key=_step)
+    if ckpts:
+        return ckpts[-1]
+    raise PublishError(f"{folder}: no model here (no config.json, no checkpoint-N subfolder); pass a finished "
+                       f"stage folder (runs/<run>/<stage>) or a checkpoint folder")
+
+
+def is_zero_checkpoint(folder: Path) -> bool:
+    return (folder / "latest").is_file() or any(folder.glob("global_step*"))
+
+
+@dataclass(frozen=True)
+class RunContext:
+    run_dir: Path | None
+    run: str
+    stage: str
+    evaluated: bool  # the finished stage folder: the report's results are this checkpoint's
+    step: int | None  # training step of an intermediate checkpoint
+
+
+def run_context(folder: Path, weights: Path) -> RunContext:
+    """The run a checkpoint belongs to: the nearest ancestor with config.yaml or report.json."""
+    run_dir = next((a for a in list(folder.resolve().parents)[:3]
+                    if (a / "config.yaml").exists() or (a / "report.json").exists()), None)
+    rel = folder.resolve().relative_to(run_dir) if run_dir else Path(folder.name)
+    stage = rel.parts[0].split(".")[0]  # grpo, grpo.checkpoints, grpo.partial -> grpo
+    evaluated = run_dir is not None and weights == folder and len(rel.parts) == 1 \
+        and rel.parts[0] == stage and (folder / "manifest.json").exists()
+    step = None
+    if (weights / "trainer_state.json").exists():
+        step = json.loads((weights / "trainer_state.json").read_text()).get("global_step")
+    return RunContext(run_dir, run_dir.name if run_dir else folder.name, stage, evaluated, step)
+
+
+# ---------------------------------------------------------------------------------------------
+# Building the published folder
+
+
+def load_model(weights: Path):
+    """The model at `weights`; from the fp32 master weights when it is a DeepSpeed ZeRO checkpoint."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    if not is_zero_checkpoint(weights):
+        if not any(weights.glob("*.safetensors")) and not any(weights.glob("pytorch_model*.bin")):
+            raise PublishError(f"{weights}: config.json but no weights (*.safetensors, pytorch_model*.bin, or "
+                               f"DeepSpeed global_step*/ shards)")
+        return AutoModelForCausalLM.from_pretrained(weights, dtype="auto")
+    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+    state = get_fp32_state_dict_from_zero_checkpoint(str(weights))
+    model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(weights), dtype=torch.float32)
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    loaded = {id(model.get_parameter(k)) for k in state if k not in unexpected}
+    untied = [k for k in missing if id(model.get_parameter(k)) not in loaded]  # tied weights are shared
+    if untied or unexpected:
+        raise PublishError(f"{weights}: ZeRO shards do not match config.json (missing {untied[:3]}, "
+                           f"unexpected {list(unexpected)[:3]})")
+    return model
+
+
+def load_tokenizer(candidates: list[Path]):
+    from transformers import AutoTokenizer
+
+    for d in candidates:
+        if (d / "tokenizer_config.json").exists():
+            return AutoTokenizer.from_pretrained(d)
+    raise PublishError(f"no tokenizer in {', '.join(map(str, candidates))}")
+
+
+def build_folder(src: Path, dst: Path, *, repo: str, base_model: str = "", datasets: tuple[str, ...] = (),
+                 say: Callable[[str], None] = print) -> dict:
+    """Write the publishable folder for stage folder `src` into the empty folder `dst`."""
+    from transformers import GenerationConfig
+
+    from pipelines import model_card
+    from rl.modeling import check_tokenizer_roundtrip
+
+    weights = locate(src)
+    ctx = run_context(src, weights)
+    cfg = yaml.safe_load((ctx.run_dir / "config.yaml").read_text()) if ctx.run_dir and \
+        (ctx.run_dir / "config.yaml").exists() else {}
+    report = json.loads((ctx.run_dir / "report.json").read_text()) if ctx.run_dir and \
+        (ctx.run_dir / "report.json").exists() else None
+    say(f"publish: weights from {weights}" + (" (DeepSpeed ZeRO shards -> fp32)" if is_zero_checkpoint(weights) else ""))
+    model = load_model(weights)
+    tok = load_tokenizer([weights, src] + ([ctx.run_dir / "tokenizer"] if ctx.run_dir else []))
+    if not tok.chat_template:
+        tok.chat_template = CHAT_TEMPLATE
+    gen = GenerationConfig.from_pretrained(weights) if (weights / "generation_config.json").exists() \
+        else GenerationConfig.from_model_config(model.config)
+    gen.do_sample = False
+    gen.max_new_tokens = cfg.get("eval", {}).get("max_new_tokens", gen.max_new_tokens or 256)
+    gen.eos_token_id = tok.eos_token_id if gen.eos_token_id is None else gen.eos_token_id
+    gen.pad_token_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    model.generation_config = gen
+    model.save_pretrained(dst, safe_serialization=True)
+    tok.save_pretrained(dst)
+    check_tokenizer_roundtrip(dst, tok, PROBE)
+    plots = _copy_plots(ctx.run_dir, report, dst)
+    recipe = model_card.recipe_text(cfg) if cfg else "# no config.yaml found next to the checkpoint\n"
+    (dst / "rayzero_config.yaml").write_text(recipe)
+    note = "" if ctx.evaluated or not ctx.run_dir else (
+        f"Intermediate checkpoint{f' (training step {ctx.step})' if ctx.step is not None else ''} of stage "
+        f"`{ctx.stage}`: the results below are the run's finished stages, not this checkpoint's.")
+    example = ""
+    if ctx.run_dir and (ctx.run_dir / "data" / "heldout.jsonl").exists():
+        with (ctx.run_dir / "data" / "heldout.jsonl").open() as f:
+            example = json.loads(f.readline()).get("prompt", "")
+    card = model_card.build_card(repo=repo, run=ctx.run, stage=ctx.stage, cfg=cfg, report=report,
+                                 evaluated=ctx.evaluated, plots=plots, recipe=recipe, note=note,
+                                 base_model=base_model, datasets=datasets, example=example)
+    card.save(dst / "README.md")
+    return {"stage": ctx.stage, "run": ctx.run, "evaluated": ctx.evaluated, "weights": str(weights)}
+
+
+def _copy_plots(run_dir: Path | None, report: dict | None, dst: Path) -> list[str]:
+    if run_dir is None:
+        return []
+    plots_dir = run_dir / "plots"
+    if not any(plots_dir.glob("*.png")) and report is not None:
+        from pipelines.plots import write_plots
+
+        write_plots(run_dir, report)
+    out = []
+    order = ["reward", "accuracy", "response_length", "tts", "loss"]
+    for p in sorted(plots_dir.glob("*.png"), key=lambda p: (order.index(p.stem) if p.stem in order else len(order), p.name)):
+        (dst / "plots").mkdir(exist_ok=True)
+        shutil.copy2(p, dst / "plots" / p.name)
+        out.append(f"plots/{p.name}")
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Targets
+
+
+def _hub_token() -> str:
+    from huggingface_hub import get_token
+
+    token = os.environ.get("HF_TOKEN") or get_token()
+    if not token:
+        raise PublishError("no Hugging Face token: set HF_TOKEN or run `hf auth login`, then publish again")
+    return token
+
+
+def _hub_call(what: str, fn, *args, **kwargs):
+    """A Hub API call whose failure becomes one line: offline mode, no network, HTTP errors."""
+    from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
+
+    try:
+        return fn(*args, **kwargs)
+    except OfflineModeIsEnabled:
+        raise PublishError(f"{what}: HF_HUB_OFFLINE is set; unset it to publish to the Hub") from None
+    except HfHubHTTPError as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise PublishError(f"{what}: the Hub refused ({first})") from None
+    except Exception as e:  # httpx transport errors (DNS, refused, timeout) and OSError
+        if isinstance(e, OSError) or type(e).__module__.split(".")[0].startswith("httpx"):
+            raise PublishError(f"{what}: cannot reach the Hub ({type(e).__name__}: {e}); check the network "
+                               f"or publish to a directory") from None
+        raise
+
+
+def hub_preflight(target: Target, overwrite: bool) -> "object":
+    """Token, network, repo and revision checks, before any work. Returns the HfApi to upload with."""
+    from huggingface_hub import HfApi, constants, get_session
+
+    token = _hub_token()
+    if constants.HF_HUB_OFFLINE:
+        raise PublishError(f"{target.to}: HF_HUB_OFFLINE is set; unset it to publish to the Hub")
+    import httpx2
+
+    # huggingface_hub's client has no timeout: a black-holed network would hang. Bound connecting only
+    # (uploads of large files may take long).
+    get_session().timeout = httpx2.Timeout(None, connect=float(constants.HF_HUB_ETAG_TIMEOUT))
+    api = HfApi(token=token)
+    _hub_call(target.to, api.create_repo, target.repo_id, exist_ok=True)
+    rev = target.revision or "main"
+    refs = _hub_call(target.to, api.list_repo_refs, target.repo_id)
+    if rev not in {b.name for b in refs.branches}:
+        _hub_call(target.to, api.create_branch, target.repo_id, branch=rev)
+    elif not overwrite:
+        files = _hub_call(target.to, api.list_repo_files, target.repo_id, revision=rev)
+        if [f for f in files if f != ".gitattributes"]:
+            raise PublishError(f"{target.to}: revision '{rev}' already has files; pass --overwrite to replace "
+                               f"them or publish to another @revision")
+    return api
+
+
+def publish(stage_dir: str | Path, to: str, *, overwrite: bool = False, base_model: str = "",
+            datasets: tuple[str, ...] = (), say: Callable[[str], None] = print) -> str:
+    """Publish `stage_dir` to `to` (directory or hf://org/name[@rev]); returns where it went."""
+    src = Path(stage_dir).expanduser().resolve()
+    target = parse_target(to)
+    locate(src)  # a bad source fails before any Hub call
+    if target.is_hub:
+        api = hub_preflight(target, overwrite)
+        with tempfile.TemporaryDirectory(prefix="rayzero-publish-") as tmp:
+            info = build_folder(src, Path(tmp), repo=target.repo_id, base_model=base_model, datasets=datasets, say=say)
+            rev = target.revision or "main"
+            _hub_call(target.to, api.upload_folder, repo_id=target.repo_id, folder_path=tmp, revision=rev,
+                      commit_message=f"rayzero: {info['run']} stage {info['stage']}",
+                      delete_patterns="*" if overwrite else None)
+        url = f"https://huggingface.co/{target.repo_id}" + (f"/tree/{target.revision}" if target.revision else "")
+        say(f"publish: {info['run']}/{info['stage']} -> {url}")
+        return url
+    dst = target.path
+    if dst.exists() and (not dst.is_dir() or any(dst.iterdir())) and not overwrite:
+        raise PublishError(f"{dst}: exists and is not empty; pass --overwrite to replace it")
+    if dst == src or src in dst.parents:
+        raise PublishError(f"{dst}: must not be the stage folder or inside it")
+    partial = dst.with_name(dst.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir(parents=True)
+    try:
+        info = build_folder(src, partial, repo=str(dst), base_model=base_model, datasets=datasets, say=say)
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
+    if dst.exists():
+        shutil.rmtree(dst) if dst.is_dir() else dst.unlink()
+    partial.replace(dst)
+    say(f"publish: {info['run']}/{info['stage']} -> {dst}")
+    return str(dst)
+
+
+def publish_from_config(cfg, say: Callable[[str], None] = print) -> str:
+    """The driver's end-of-run publish (`publish` section of the recipe)."""
+    p = cfg.publish
+    trained = [s for s in ("sft", "grpo", "distill") if getattr(cfg, s).enabled]
+    stage = p.stage or (trained[-1] if trained else "")
+    if not stage or not (cfg.run_dir / stage / "manifest.json").exists():
+        raise PublishError(f"publish.stage={stage or '(last trained)'!r}: no finished stage folder "
+                           f"{cfg.run_dir / (stage or '<stage>')}; enable that stage or pick another")
+    return publish(cfg.run_dir / stage, p.to, overwrite=p.overwrite, base_model=p.base_model,
+                   datasets=tuple(p.datasets), say=say)
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("publish", help="publish a stage's checkpoint to a directory or the Hugging Face Hub")
+    p.add_argument("stage_dir", help="a stage folder (runs/<run>/<stage>) or a (ZeRO) checkpoint folder")
+    p.add_argument("--to", required=True, help="a directory, or hf://<org>/<name>[@revision]")
+    p.add_argument("--overwrite", action="store_true", help="replace a non-empty directory / existing revision")
+    p.add_argument("--base-model", default="", help="Hub id of the model it was fine-tuned from (card metadata)")
+    p.add_argument("--dataset", action="append", default=[], help="Hub id / name for the card's datasets")
+
+
+def main(ns: argparse.Namespace) -> int:
+    try:
+        publish(ns.stage_dir, ns.to, overwrite=ns.overwrite, base_model=ns.base_model, datasets=tuple(ns.dataset))
+        return 0
+    except PublishError as e:
+        print(f"rayzero: error: {e}", file=sys.stderr)
+        return 2
