@@ -1,0 +1,51 @@
+"""One micro pipeline run shared by tests/test_tracking.py and tests/test_publish.py (started once per
+pytest session, through the real CLI): the micro recipe with its GRPO learner on DeepSpeed ZeRO-3 over 2
+CPU workers saving every step, a rollout table every step, and the recipe's `publish` section on.
+
+GRPO deletes its checkpoints once the stage finished, so a raw ZeRO-3 checkpoint (`checkpoint-2`:
+`global_step2/` shards; step 1 trains at learning rate 0, the warmup) is copied aside as soon as
+`checkpoint-3` exists (by then step 2's save is complete on every rank: step 3 needed all of them).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+from tests.test_grpo_cluster import _start_and_wait_for_checkpoint
+
+ZERO3 = ["run.num_cpus=2", "grpo.num_workers=2", "grpo.cpus_per_worker=1", "grpo.zero_stage=3",
+         "grpo.max_steps=3", "grpo.save_steps=1", "grpo.log_rollouts_every=1"]
+
+
+@dataclass(frozen=True)
+class MicroRun:
+    run_dir: Path  # runs/micro
+    zero_checkpoints: Path  # a folder holding checkpoint-2 of the ZeRO-3 learner (raw shards)
+    published: Path  # where the recipe's publish section put the last trained stage
+    log: str  # the CLI's output
+    report: dict
+
+
+_RUNS: dict[Path, MicroRun] = {}
+
+
+def micro_run(tmp_path_factory) -> MicroRun:
+    base = tmp_path_factory.getbasetemp()
+    if base not in _RUNS:
+        out = base / "shared-micro"
+        out.mkdir(exist_ok=True)
+        run, published, log = out / "micro", out / "published-by-driver", out / "cli.log"
+        args = [*ZERO3, "publish.enabled=true", f"publish.to={published}"]
+        with log.open("w") as f:  # a file, not a pipe: nobody reads while we wait for the checkpoint
+            proc = _start_and_wait_for_checkpoint(run, args, 3, stdout=f, stderr=subprocess.STDOUT, text=True)
+            zero = run / "grpo.zero3-checkpoints"
+            shutil.copytree(run / "grpo.checkpoints" / "checkpoint-2", zero / "checkpoint-2")
+            proc.wait(timeout=600)
+        text = log.read_text()
+        assert proc.returncode == 0, text[-3000:]
+        _RUNS[base] = MicroRun(run, zero, published, text, json.loads((run / "report.json").read_text()))
+    return _RUNS[base]
