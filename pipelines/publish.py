@@ -255,11 +255,10 @@ def hub_preflight(target: Target, overwrite: bool) -> "object":
     token = _hub_token()
     if constants.HF_HUB_OFFLINE:
         raise PublishError(f"{target.to}: HF_HUB_OFFLINE is set; unset it to publish to the Hub")
-    import httpx2
-
     # huggingface_hub's client has no timeout: a black-holed network would hang. Bound connecting only
-    # (uploads of large files may take long).
-    get_session().timeout = httpx2.Timeout(None, connect=float(constants.HF_HUB_ETAG_TIMEOUT))
+    # (uploads of large files may take long), at HF_HUB_ETAG_TIMEOUT seconds (default 10).
+    session = get_session()
+    session.timeout = type(session.timeout)(None, connect=float(constants.HF_HUB_ETAG_TIMEOUT))
     api = HfApi(token=token)
     _hub_call(target.to, api.create_repo, target.repo_id, exist_ok=True)
     rev = target.revision or "main"
