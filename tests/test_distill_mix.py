@@ -129,7 +129,7 @@ def test_logit_distillation_moves_the_student_towards_the_teacher(tmp_path):
     # a teacher worth copying: a few SFT epochs on the traces
     from rl.sft import sft_train
 
-    sft_train(teacher, tok, rows, tmp_path / "t", SFTParams(epochs=30, learning_rate=3e-3, batch_size=8))
+    sft_train(teacher, tok, rows, tmp_path / "t", SFTParams(epochs=15, learning_rate=3e-3, batch_size=8))
 
     def kl() -> float:
         enc = tok([r["prompt"] + r["completion"] for r in rows], return_tensors="pt", padding=True)
@@ -140,7 +140,7 @@ def test_logit_distillation_moves_the_student_towards_the_teacher(tmp_path):
         return float(((t.exp() * (t - s)) * mask).sum() / mask.sum())
 
     before = kl()
-    m = logit_distill(student, teacher, tok, rows, tmp_path / "s", SFTParams(epochs=10, learning_rate=3e-3, batch_size=8))
+    m = logit_distill(student, teacher, tok, rows, tmp_path / "s", SFTParams(epochs=5, learning_rate=5e-3, batch_size=8))
     assert m["steps"] > 0 and kl() < 0.7 * before
     other = build_tiny_model(train_tokenizer(["abc def"] * 5, 280), hidden_size=16, num_layers=1, num_heads=2,
                              intermediate_size=32, max_position=64, seed=0)
