@@ -7,6 +7,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -44,13 +45,27 @@ def _rayzero(out: Path, name: str, *overrides: str, **kw) -> subprocess.Complete
 
 def _start_and_wait_for_checkpoint(run: Path, args: list[str], step: int, **popen_kw) -> subprocess.Popen:
     """Start the pipeline in the background and return once GRPO wrote checkpoint-`step`."""
-    proc = subprocess.Popen(_cmd(run.parent, run.name, args), cwd=ROOT, env=ENV, **popen_kw)
+    proc = subprocess.Popen(_cmd(run.parent, run.name, args), cwd=ROOT, **{"env": ENV, **popen_kw})
     ckpt = run / "grpo.checkpoints" / f"checkpoint-{step}"
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline and not ckpt.exists():
         time.sleep(0.2)
     assert ckpt.exists(), f"no {ckpt.name} appeared"
     return proc
+
+
+def _kill_processes_mentioning(text: str) -> None:
+    """SIGKILL every process whose command line contains `text` (a Ray session's temp dir)."""
+    for pid in [int(p) for p in os.listdir("/proc") if p.isdigit()]:
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if text in cmdline and pid != os.getpid():
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
 
 
 def _from_sft(sft_run: Path, name: str) -> Path:
@@ -119,13 +134,17 @@ def test_deepspeed_zero_learner_with_two_cpu_workers(sft_run, stage):
 def test_kill_9_of_the_driver_resumes_grpo_from_its_last_checkpoint(sft_run):
     run = _from_sft(sft_run, "killed")
     args = [*GRPO_ONLY, "grpo.max_steps=30", "grpo.save_steps=2"]
+    # The driver's local Ray lives under its own temp dir, so that exactly its processes can be killed
+    # (`ray stop` would stop every Ray on the machine, other users' jobs included).
+    ray_tmp = tempfile.mkdtemp(prefix="rzk-", dir="/tmp")
     proc = _start_and_wait_for_checkpoint(run, args, 4, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                          start_new_session=True)
+                                          start_new_session=True, env={**ENV, "RAY_TMPDIR": ray_tmp})
     ckpts = run / "grpo.checkpoints"
     os.killpg(proc.pid, signal.SIGKILL)  # the driver and everything in its process group
     proc.wait()
-    # Ray processes the dead driver had started (raylet, workers) may outlive it: stop them like an operator would.
-    subprocess.run([str(Path(sys.executable).parent / "ray"), "stop", "--force"], capture_output=True)
+    # Ray processes the dead driver had started (raylet, GCS, workers) outlive it in their own sessions.
+    _kill_processes_mentioning(ray_tmp)
+    shutil.rmtree(ray_tmp, ignore_errors=True)
     assert not (run / "grpo" / "manifest.json").exists()
     again = _rayzero(run.parent, "killed", *args)
     assert again.returncode == 0, again.stderr[-3000:]
