@@ -20,7 +20,7 @@ from cluster.runtime import connect, run_task
 from pipelines import distill, evaluate, grpo, sft
 from pipelines.common import prepare_data
 from pipelines.config import PipelineConfig, to_dict
-from pipelines.report import print_table, write_report
+from pipelines.report import print_table, write_markdown, write_report
 from pipelines.tracking import sync_hint, wandb_env
 
 STAGES = ("sft", "grpo", "distill", "baseline", "eval")
@@ -86,7 +86,9 @@ def run_pipeline(cfg: PipelineConfig, say: Callable[[str], None] = print) -> dic
     print_table(report, say)
     from pipelines.plots import write_plots
 
-    say(f"plots: {', '.join(p.name for p in write_plots(run_dir, report)) or 'none'} in {run_dir / 'plots'}")
+    plots = write_plots(run_dir, report)
+    say(f"plots: {', '.join(p.name for p in plots) or 'none'} in {run_dir / 'plots'}")
+    say(f"report: {write_markdown(run_dir, report, plots)}")
     if sync_hint(cfg):
         say(sync_hint(cfg))
     if cfg.publish.enabled:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Callable
 
 from pipelines.config import PipelineConfig, to_dict
@@ -63,27 +64,54 @@ def _table(rows: list[tuple[str, ...]], say: Callable[[str], None]) -> None:
     say(line)
 
 
-def print_table(report: dict, say: Callable[[str], None] = print) -> None:
+def _tables(report: dict) -> list[tuple[str, list[tuple[str, ...]]]]:
+    """The report's tables as (title, rows with a header row first)."""
     rows = [("stage", "params", "held-out acc", "acc / B params", "FLOPs", "wall time")]
     for name, m in report["stages"].items():
         density = m["accuracy"] / (m["params"] / 1e9) if m.get("params") else 0.0
         flops = f"{m['flops']:.2e}" if m.get("flops") else "-"
         rows.append((name, f"{m['params']:,}", f"{100 * m['accuracy']:.1f} %", f"{density:,.0f}", flops,
                      f"{m.get('wall_time_s', 0):.0f} s"))
-    _table(rows, say)
+    out = [("", rows)]
     students = report["stages"].get("distill", {}).get("students")
     if students:
-        say("distillation: every student on every trace mix (held-out accuracy)")
         mixes = list(dict.fromkeys(s["mix"] for s in students))
         sizes = list(dict.fromkeys((s["student"], s["params"]) for s in students))
         acc = {(s["student"], s["mix"]): s["accuracy"] for s in students}
-        _table([("student", "params", *mixes)] + [
+        out.append(("distillation: every student on every trace mix (held-out accuracy)", [("student", "params", *mixes)] + [
             (name, f"{params:,}", *(f"{100 * acc[(name, m)]:.1f} %" if (name, m) in acc else "-" for m in mixes))
-            for name, params in sizes], say)
+            for name, params in sizes]))
     for name, m in report["stages"].items():
         if m.get("tts"):
-            points = [f"{s} (k={p['k']}): {100 * p['accuracy']:.1f} % ({p['tokens']:.0f} tok)"
-                      for s, pts in m["tts"].items() for p in pts]
-            say(f"test-time scaling, {name}: " + "; ".join(points))
+            tts = [("strategy", "k", "tokens / problem", "accuracy")]
+            tts += [(s, str(p["k"]), f"{p['tokens']:.0f}", f"{100 * p['accuracy']:.1f} %")
+                    for s, pts in m["tts"].items() for p in pts]
+            out.append((f"test-time scaling, {name}", tts))
+    return out
+
+
+def print_table(report: dict, say: Callable[[str], None] = print) -> None:
+    for title, rows in _tables(report):
+        if title:
+            say(title)
+        _table(rows, say)
     for k, v in report["summary"].items():
         say(f"{k}: {v:.3f}" if isinstance(v, float) else f"{k}: {v}")
+
+
+def write_markdown(run_dir: Path, report: dict, plots: list[Path]) -> Path:
+    """`report.md`: the tables and the run's plots, for people who look rather than read JSON."""
+    lines = [f"# rayzero run `{report['run']}` (seed {report['seed']})", ""]
+    for title, rows in _tables(report):
+        if title:
+            lines += [f"## {title}", ""]
+        lines += ["| " + " | ".join(rows[0]) + " |", "|" + "---|" * len(rows[0])]
+        lines += ["| " + " | ".join(r) + " |" for r in rows[1:]] + [""]
+    if report["summary"]:
+        lines += ["## summary", ""] + [f"- {k}: {v:.3f}" if isinstance(v, float) else f"- {k}: {v}"
+                                       for k, v in report["summary"].items()] + [""]
+    if plots:
+        lines += ["## plots", ""] + [f"![{p.stem}](plots/{p.name})" for p in plots] + [""]
+    path = Path(run_dir) / "report.md"
+    path.write_text("\n".join(lines))
+    return path

@@ -2,6 +2,7 @@
 one stage's outputs, resume, and the report. Marked slow (~2-3 min on 2 cores); CI runs it."""
 
 import json
+import re
 import shutil
 
 import pytest
@@ -82,6 +83,10 @@ def test_report_and_wandb_runs(run):
         assert isinstance(on_disk["stages"][stage]["params"], int)
     header = [line for line in lines if "held-out acc" in line]
     assert header and all(s in "\n".join(lines) for s in STAGES), "the final table lists every stage"
+    md = (cfg.run_dir / "report.md").read_text()  # the same tables for people, with the plots embedded
+    assert all(f"| {s} |" in md for s in STAGES)
+    links = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", md)
+    assert links and all((cfg.run_dir / link).exists() for link in links)
     wandb_runs = sorted((cfg.run_dir / "wandb").glob("offline-run-*"))
     assert len(wandb_runs) == len(STAGES), "one wandb run per stage, inside the run folder"
 
