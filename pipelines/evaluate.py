@@ -27,6 +27,15 @@ def write_jsonl(path: Path, rows) -> None:
     tmp.replace(path)
 
 
+def row_scores(completions: list[str], rows: list[dict]) -> list:
+    """Held-out correctness, by the rows' task: code rows (with `tests`, e.g. HumanEval) run their tests
+    in the sandbox (`code_accuracy`, all tests must pass); the others compare `answer` (`math_accuracy`)."""
+    if rows and "tests" in rows[0]:
+        fn = get_reward("code_accuracy", mode="all")
+        return fn(completions, tests=[r["tests"] for r in rows], entry_point=[r.get("entry_point") for r in rows])
+    return get_reward("math_accuracy")(completions, answer=[r["answer"] for r in rows])
+
+
 def evaluate_model(model, tokenizer, rows: list[dict], cfg: EvalConfig, desc: str = "eval") -> dict:
     """Greedy pass@1 on `rows` {prompt, answer}; returns accuracy and a few samples for inspection."""
     bar = make_bar(desc, len(rows))
@@ -34,7 +43,7 @@ def evaluate_model(model, tokenizer, rows: list[dict], cfg: EvalConfig, desc: st
                     batch_size=cfg.batch_size, on_batch=bar.update)
     bar.close()
     completions = [o[0] for o in outs]
-    scores = get_reward("math_accuracy")(completions, answer=[r["answer"] for r in rows])
+    scores = row_scores(completions, rows)
     correct = sum(1 for s in scores if s == 1.0)
     lengths = [len(tokenizer(c, add_special_tokens=False)["input_ids"]) for c in completions]
     return {
@@ -47,14 +56,12 @@ def evaluate_model(model, tokenizer, rows: list[dict], cfg: EvalConfig, desc: st
 
 
 def judge_for(tokenizer) -> "Judge":
-    """Answers checked by `math_accuracy` against the row's `answer`; votes on the normalised answer."""
+    """Answers checked by `row_scores`; votes on the normalised final answer."""
     from rewards.math import extract_answers
     from rl.evaluation import Judge
 
-    reward = get_reward("math_accuracy")
-
     def correct(completions: list[str], rows: list[dict]) -> list[bool]:
-        return [s == 1.0 for s in reward(completions, answer=[r["answer"] for r in rows])]
+        return [s == 1.0 for s in row_scores(completions, rows)]
 
     def answer(completion: str):
         found = extract_answers(completion)

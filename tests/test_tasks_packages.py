@@ -139,3 +139,18 @@ def test_human_eval_sizes_that_do_not_fit_name_the_field():
         load_task(TaskConfig(name="human_eval", num_heldout=300), 0)
     with pytest.raises(TaskDataError, match=r"task.num_cold_start=150 \+ task.num_heldout=20"):
         load_task(TaskConfig(name="human_eval", num_cold_start=150, num_heldout=20), 0)
+
+
+def test_heldout_scoring_follows_the_task_humaneval_runs_tests_arithmetic_compares_answers():
+    """The pipeline's held-out accuracy uses the task's verifier: HumanEval rows run their tests in the
+    sandbox (a canonical solution passes, a wrong one fails); answer rows compare answers."""
+    from pipelines.evaluate import row_scores
+    from pipelines.tasks.human_eval import read_problems, to_row
+
+    problems = read_problems()[:2]
+    rows = [to_row(p) for p in problems]
+    good = [to_row(p, with_completion=True)["completion"] for p in problems]
+    bad = [f"<think></think>\n```python\n{p['prompt']}    return None\n```" for p in problems]
+    assert row_scores(good, rows) == [1.0, 1.0]
+    assert row_scores(bad, rows) == [0.0, 0.0]
+    assert row_scores(["<answer>5</answer>", "<answer>4</answer>"], [{"answer": "5"}, {"answer": "5"}]) == [1.0, 0.0]
