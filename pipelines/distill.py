@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import time
 from pathlib import Path
 
@@ -22,7 +23,7 @@ from cluster.runtime import run_task
 from pipelines import tracking
 from pipelines.config import ConfigError
 from pipelines.common import config_from, data_path, load_tokenizer, new_model, read_jsonl, save_checkpoint, use_cpus
-from pipelines.evaluate import evaluate_model, write_jsonl
+from pipelines.evaluate import evaluate_model, row_scores, write_jsonl
 from rewards.registry import get_reward
 from rl.callbacks import MetricHistory, Progress, make_bar
 from rl.metrics import generate_flops, train_flops
@@ -49,7 +50,7 @@ def teacher_path(cfg, name: str) -> Path:
 
 
 def _accept(cfg, completions: list[str], rows: list[dict]) -> list[bool]:
-    correct = get_reward("math_accuracy")(completions, answer=[r["answer"] for r in rows])
+    correct = row_scores(completions, rows)  # the same verifier as held-out evaluation
     formatted = get_reward("strict_format")(completions) if cfg.distill.require_format else [1.0] * len(rows)
     return [c == 1.0 and f == 1.0 for c, f in zip(correct, formatted)]
 
@@ -93,10 +94,21 @@ def teacher_pool(cfg, name: str, rows: list[dict]) -> tuple[list[dict], dict]:
                                   style="long", keep_per_prompt=d.keep_per_prompt, min_tokens=d.min_tokens,
                                   max_tokens=d.max_tokens, dedupe=d.dedupe)
     stats.update(generation_time_s=time.monotonic() - start, generated_tokens=sum(lengths),
-                 teacher_params=count_params(load_policy(path)[0]), rollout_workers=d.rollout_workers)
+                 teacher_params=_param_count(path), rollout_workers=d.rollout_workers)
     write_jsonl(cache, traces)
     cache.with_suffix(".stats.json").write_text(json.dumps(stats, indent=2))
     return traces, stats
+
+
+def _param_count(path: Path) -> int:
+    """Parameters of a saved checkpoint, read from its safetensors headers (no weights loaded)."""
+    from safetensors import safe_open
+
+    total = 0
+    for f in sorted(path.glob("*.safetensors")):
+        with safe_open(str(f), framework="pt") as st:
+            total += sum(math.prod(st.get_slice(name).get_shape()) for name in st.keys())
+    return total
 
 
 def short_pool(cfg, rows: list[dict], tok) -> tuple[list[dict], dict]:
@@ -170,7 +182,7 @@ def train_students(cfg_dict: dict, out_dir: str) -> dict:
     heldout = read_jsonl(data_path(cfg, "heldout"))
     run = tracking.start_stage_run(cfg, "distill")
     params = SFTParams(epochs=d.epochs, learning_rate=d.learning_rate, batch_size=d.batch_size)
-    students, flops = [], 0.0
+    students, flops, teachers = [], 0.0, {}
     for si, (sname, scfg) in enumerate(d.students.items()):
         for mi, mname in enumerate(d.mixes):
             traces = read_jsonl(out / "mixes" / f"{mname}.jsonl")
@@ -180,8 +192,10 @@ def train_students(cfg_dict: dict, out_dir: str) -> dict:
             if d.method == "logit":
                 from rl.distill import logit_distill
 
-                teacher_dir = teacher_path(cfg, max(d.mixes[mname].teachers.items(), key=lambda kv: kv[1])[0])
-                m = logit_distill(model, load_policy(teacher_dir)[0], tok, traces, dest / "trainer", params,
+                name = max(d.mixes[mname].teachers.items(), key=lambda kv: kv[1])[0]
+                if name not in teachers:  # one load per teacher, not per (student, mix)
+                    teachers[name] = load_policy(teacher_path(cfg, name))[0]
+                m = logit_distill(model, teachers[name], tok, traces, dest / "trainer", params,
                                   beta=d.logit_beta, lmbda=d.logit_lmbda, seed=cfg.run.seed,
                                   max_new_tokens=cfg.eval.max_new_tokens, report_to=tracking.report_to(cfg))
             else:

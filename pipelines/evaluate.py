@@ -52,6 +52,8 @@ def evaluate_model(model, tokenizer, rows: list[dict], cfg: EvalConfig, desc: st
         "mean_completion_tokens": sum(lengths) / max(1, len(lengths)),
         "samples": [{"prompt": r["prompt"], "completion": c, "answer": r["answer"], "score": s}
                     for r, c, s in list(zip(rows, completions, scores))[:8]],
+        "correct": [s == 1.0 for s in scores],  # per row, so a subset's accuracy needs no second pass
+        "tokens": lengths,
     }
 
 
@@ -100,15 +102,17 @@ def evaluate_checkpoint(path: str | Path, rows: list[dict], cfg: EvalConfig, see
     gen_tokens = greedy["mean_completion_tokens"] * len(rows)
     if cfg.samples > 0:
         sub = rows[: cfg.num_problems or None]
-        bar = make_bar(f"{desc}: tts samples", len(sub) * cfg.samples)
-        tts = tts_evaluate(model, tok, sub, cfg, judge_for(tok),
-                           greedy=evaluate_model(model, tok, sub, cfg, desc=f"{desc}: greedy subset") if cfg.num_problems else greedy,
-                           scorer=scorer_for(cfg), max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size,
-                           seed=seed, on_batch=bar.update)
+        n = len(sub)
+        sub_greedy = {"accuracy": sum(greedy["correct"][:n]) / max(1, n),
+                      "mean_completion_tokens": sum(greedy["tokens"][:n]) / max(1, n)}
+        bar = make_bar(f"{desc}: tts samples", n * cfg.samples)
+        tts = tts_evaluate(model, tok, sub, cfg, judge_for(tok), greedy=sub_greedy, scorer=scorer_for(cfg),
+                           max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size, seed=seed,
+                           on_batch=bar.update)
         bar.close()
         out.update(tts)
-        gen_tokens += sum(p["tokens"] * len(sub) for name, pts in tts["tts"].items() if name == "beam" for p in pts)
-        gen_tokens += tts["mean_sample_tokens"] * len(sub) * cfg.samples
+        gen_tokens += sum(p["tokens"] for p in tts["tts"].get("beam", [])) * n
+        gen_tokens += tts["mean_sample_tokens"] * n * cfg.samples
     out["flops"] = generate_flops(params, gen_tokens)
     return out
 
