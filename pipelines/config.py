@@ -152,6 +152,7 @@ class DistillConfig:
     epochs: float = 2.0
     learning_rate: float = 1e-3
     batch_size: int = 32
+    bf16: bool = False  # bf16 autocast for the students' training (rl.sft.SFTParams.bf16)
     num_cpus: float = 1.0
 
 

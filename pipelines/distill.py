@@ -181,7 +181,7 @@ def train_students(cfg_dict: dict, out_dir: str) -> dict:
     tok = load_tokenizer(cfg)
     heldout = read_jsonl(data_path(cfg, "heldout"))
     run = tracking.start_stage_run(cfg, "distill")
-    params = SFTParams(epochs=d.epochs, learning_rate=d.learning_rate, batch_size=d.batch_size)
+    params = SFTParams(epochs=d.epochs, learning_rate=d.learning_rate, batch_size=d.batch_size, bf16=d.bf16)
     students, flops, teachers = [], 0.0, {}
     for si, (sname, scfg) in enumerate(d.students.items()):
         for mi, mname in enumerate(d.mixes):

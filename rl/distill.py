@@ -41,7 +41,7 @@ def logit_distill(student, teacher, tokenizer, rows: Sequence[dict], out_dir: Pa
         per_device_train_batch_size=params.batch_size, learning_rate=params.learning_rate,
         lr_scheduler_type="cosine", warmup_steps=params.warmup_ratio, weight_decay=params.weight_decay,
         logging_steps=5, save_strategy="no", report_to=report_to, seed=seed, data_seed=seed, max_length=256,
-        use_cpu=use_cpu, bf16=False, disable_tqdm=True, dataloader_num_workers=0, beta=beta, lmbda=lmbda,
+        use_cpu=use_cpu, bf16=params.bf16, disable_tqdm=True, dataloader_num_workers=0, beta=beta, lmbda=lmbda,
         temperature=1.0, max_new_tokens=max_new_tokens, gradient_checkpointing=False,
     )
     trainer = GKDTrainer(model=student, teacher_model=teacher.eval(), args=args, train_dataset=data,

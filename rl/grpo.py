@@ -31,6 +31,9 @@ class GRPOParams:
     # `max_resample_rounds` more times to refill the batch (0 = drop only; the batch shrinks).
     dynamic_sampling: bool = False
     max_resample_rounds: int = 2
+    # bf16 autocast with fp32 master weights, for the loss and TRL's in-learner generation (accelerate
+    # patches the model's forward). Rollout workers generate in fp32 either way.
+    bf16: bool = False
 
 
 def grpo_config(out_dir: Path, p: GRPOParams, *, seed: int = 0, report_to: str = "none", use_cpu: bool = True,
@@ -76,7 +79,7 @@ def grpo_config(out_dir: Path, p: GRPOParams, *, seed: int = 0, report_to: str =
         seed=seed,
         data_seed=seed,
         use_cpu=use_cpu,
-        bf16=False,
+        bf16=p.bf16,
         gradient_checkpointing=False,  # tiny models: recompute costs more than it saves
         disable_tqdm=True,
         dataloader_num_workers=0,

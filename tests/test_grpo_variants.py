@@ -41,3 +41,25 @@ def test_variant_trains_a_step(variant, tmp_path):
     assert changed, f"{variant} did not update the policy"
     if p.beta:
         assert any("kl" in h for h in trainer.state.log_history)
+
+
+def test_bf16_autocast_keeps_fp32_master_weights(tmp_path):
+    """grpo.bf16: TRL's loss and its in-learner generation run under bf16 autocast (accelerate patches the
+    forward), the optimizer updates fp32 weights."""
+    import torch
+
+    tok = train_tokenizer([r["prompt"] + " " + r["answer"] for r in ROWS] * 4, 300)
+    model = build_tiny_model(tok, hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64,
+                             max_position=64, seed=0)
+    seen = []
+    # TRL's loss forward fuses the lm_head, so watch the last MLP.
+    model.model.layers[-1].mlp.down_proj.register_forward_hook(lambda m, i, o: seen.append((torch.is_grad_enabled(), o.dtype)))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    p = GRPOParams(max_steps=2, learning_rate=1e-2, num_generations=4, prompts_per_step=2,
+                   max_completion_length=6, logging_steps=1, bf16=True)
+    trainer = make_grpo_trainer(model, tok, ROWS, [_reward], [1.0], tmp_path, p)
+    trainer.train()
+    assert {dtype for _, dtype in seen} == {torch.bfloat16}, seen  # generation and loss forwards
+    assert any(grad for grad, _ in seen) and not all(grad for grad, _ in seen)
+    assert all(v.dtype == torch.float32 for v in trainer.model.state_dict().values())
+    assert any(not v.equal(before[k]) for k, v in trainer.model.state_dict().items())
