@@ -64,13 +64,19 @@ def _table(rows: list[tuple[str, ...]], say: Callable[[str], None]) -> None:
     say(line)
 
 
+def _density(x: float) -> str:
+    """Accuracy per billion parameters: whole numbers for tiny models, two decimals for real ones (0.44 at
+    134.5 M parameters is 3.27, not 3)."""
+    return f"{x:,.0f}" if x >= 100 else f"{x:.2f}"
+
+
 def _tables(report: dict) -> list[tuple[str, list[tuple[str, ...]]]]:
     """The report's tables as (title, rows with a header row first)."""
     rows = [("stage", "params", "held-out acc", "acc / B params", "FLOPs", "wall time")]
     for name, m in report["stages"].items():
         density = m["accuracy"] / (m["params"] / 1e9) if m.get("params") else 0.0
         flops = f"{m['flops']:.2e}" if m.get("flops") else "-"
-        rows.append((name, f"{m['params']:,}", f"{100 * m['accuracy']:.1f} %", f"{density:,.0f}", flops,
+        rows.append((name, f"{m['params']:,}", f"{100 * m['accuracy']:.1f} %", _density(density), flops,
                      f"{m.get('wall_time_s', 0):.0f} s"))
     out = [("", rows)]
     students = report["stages"].get("distill", {}).get("students")

@@ -164,3 +164,8 @@ def finish(run, summary: dict | None = None, *, eval_samples: list[dict] | None 
         for k, v in summary.items():
             run.summary[k] = v
     run.finish()
+    # Close the connection to wandb's service now: stages run in Ray worker processes, and when Ray ends
+    # one the atexit teardown finds the service gone and prints a ConnectionResetError traceback.
+    import wandb
+
+    wandb.teardown()
