@@ -33,9 +33,10 @@ def placeholders(kind: str) -> set[str]:
 def render(kind: str, values: Mapping[str, Any]) -> str:
     """The template of `kind` with every `{{name}}` replaced by `str(values[name])`."""
     path = template_path(kind)
-    want = placeholders(kind)
+    text = path.read_text()
+    want = set(_PLACEHOLDER.findall(text))
     missing, unused = sorted(want - set(values)), sorted(set(values) - want)
     if missing or unused:
         raise ClusterError(f"{path}: placeholders and values disagree (missing values: {missing or 'none'}, "
                            f"values with no placeholder: {unused or 'none'}); fix the template or the renderer")
-    return _PLACEHOLDER.sub(lambda m: str(values[m.group(1)]), path.read_text())
+    return _PLACEHOLDER.sub(lambda m: str(values[m.group(1)]), text)

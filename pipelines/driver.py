@@ -89,8 +89,9 @@ def run_pipeline(cfg: PipelineConfig, say: Callable[[str], None] = print) -> dic
     plots = write_plots(run_dir, report)
     say(f"plots: {', '.join(p.name for p in plots) or 'none'} in {run_dir / 'plots'}")
     say(f"report: {write_markdown(run_dir, report, plots)}")
-    if sync_hint(cfg):
-        say(sync_hint(cfg))
+    hint = sync_hint(cfg)
+    if hint:
+        say(hint)
     if cfg.publish.enabled:
         from pipelines.publish import publish_from_config
 
