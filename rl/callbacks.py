@@ -18,6 +18,8 @@ from typing import Callable
 from transformers import TrainerCallback
 from transformers.trainer_callback import PrinterCallback
 
+from rl import trl_compat as compat
+
 
 def quiet(trainer):
     """Drop the callback that prints every log dict to stdout: metrics go to the tracker, and the
@@ -131,7 +133,7 @@ class Throughput(TrainerCallback):
         elapsed = time.monotonic() - self.start
         done = state.num_input_tokens_seen - self.tokens
         if elapsed > 0 and done > 0:
-            self.trainer._metrics["train"]["tokens_per_s"].append(done / elapsed)
+            compat.log_metric(self.trainer, "tokens_per_s", done / elapsed)
 
 
 class RolloutSamples(TrainerCallback):
@@ -146,7 +148,7 @@ class RolloutSamples(TrainerCallback):
     def on_step_end(self, args, state, control, **kw):
         if self.every <= 0 or state.global_step % self.every or not state.is_world_process_zero:
             return
-        logs = self.trainer._logs
+        logs = compat.latest_rollouts(self.trainer)
         prompts, completions = list(logs["prompt"]), list(logs["completion"])
         rewards = {name: list(values) for name, values in logs["rewards"].items()}
         advantages = list(logs["advantages"])

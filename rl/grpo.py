@@ -100,26 +100,28 @@ def make_grpo_trainer(model, tokenizer, rows: Sequence[dict], reward_funcs: list
                          "model from the policy's path")
     args = grpo_config(out_dir, params, **run_args)
     args.reward_weights = list(reward_weights)
+    from rl import trl_compat as compat
     from rl.callbacks import quiet
 
     trainer = _trainer_class()(
         model=model, reward_funcs=list(reward_funcs), args=args, train_dataset=Dataset.from_list(list(rows)),
         processing_class=tokenizer, callbacks=list(callbacks), rollout_func=rollout_func,
         dynamic_sampling=params.dynamic_sampling, max_resample_rounds=params.max_resample_rounds)
+    compat.check(trainer, compat.GRPO_HOOKS)
     return quiet(trainer)
 
 
 def _trainer_class():
     """Built lazily so importing rl.grpo does not import TRL."""
     import torch
-    from trl import GRPOTrainer
 
     from rl import dynamic_sampling as ds
+    from rl import trl_compat as compat
 
-    class RayzeroGRPOTrainer(GRPOTrainer):
+    class RayzeroGRPOTrainer(compat.grpo_trainer_base()):
         """TRL's GRPOTrainer (its losses, its generation and reward scoring) plus two things TRL lacks:
 
-        - DAPO dynamic sampling: each round is one call of TRL's own `_generate_and_score_completions`;
+        - DAPO dynamic sampling: each round is one call of TRL's own generation + scoring round;
           zero-variance groups are dropped and fresh prompts are drawn from the training set until every
           worker has a full batch or `max_resample_rounds` extra rounds were spent. All workers run the
           same number of rounds (TRL gathers rewards across them each round).
@@ -131,43 +133,44 @@ def _trainer_class():
         def __init__(self, *args, dynamic_sampling: bool = False, max_resample_rounds: int = 2, **kwargs):
             super().__init__(*args, **kwargs)
             self.dynamic_sampling, self.max_resample_rounds = dynamic_sampling, max_resample_rounds
-            self._resample_rng = random.Random(self.args.seed * 7919 + self.accelerator.process_index)
+            self.rayzero_rollout = kwargs.get("rollout_func")
+            self.resample_rng = random.Random(self.args.seed * 7919 + self.accelerator.process_index)
 
         def train(self, *args, **kwargs):
             try:
                 return super().train(*args, **kwargs)
             finally:
-                if hasattr(self.rollout_func, "close"):
-                    self.rollout_func.close()
+                if hasattr(self.rayzero_rollout, "close"):
+                    self.rayzero_rollout.close()
 
         @property
-        def _overlap(self) -> bool:
-            return getattr(self.rollout_func, "overlap", False)
+        def overlap(self) -> bool:
+            return getattr(self.rayzero_rollout, "overlap", False)
 
         def get_train_dataloader(self):
             loader = super().get_train_dataloader()
-            return _Lookahead(loader, lambda rows: self.rollout_func.prefetch(rows, self)) if self._overlap else loader
+            return _Lookahead(loader, lambda rows: self.rayzero_rollout.prefetch(rows, self)) if self.overlap else loader
 
-        def _fresh_prompts(self, num_prompts: int) -> list[dict]:
+        def fresh_prompts(self, num_prompts: int) -> list[dict]:
             data = self.train_dataset
-            rows = [data[self._resample_rng.randrange(len(data))] for _ in range(num_prompts)]
-            return [dict(r) for r in rows for _ in range(self.num_generations)]
+            rows = [data[self.resample_rng.randrange(len(data))] for _ in range(num_prompts)]
+            return [dict(r) for r in rows for _ in range(self.args.num_generations)]
 
-        def _generate_and_score_completions(self, inputs):
+        def generate_and_score(self, inputs):
             if self.model.training and self.dynamic_sampling:
-                out = self._dynamic_sampling(inputs)
+                out = self.dynamic_round(inputs)
             else:
-                out = super()._generate_and_score_completions(inputs)
-            if self._overlap and "sampling_per_token_logps" in out:
+                out = self.trl_generate_and_score(inputs)
+            if self.overlap and "sampling_per_token_logps" in out:
                 out["old_per_token_logps"] = out["sampling_per_token_logps"]
             return out
 
-        def _dynamic_sampling(self, inputs):
-            g, target = self.num_generations, len(inputs)
+        def dynamic_round(self, inputs):
+            g, target = self.args.num_generations, len(inputs)
             kept, dropped, rounds, groups = [], 0, 0, 0
             batch = inputs
             while True:
-                out = super()._generate_and_score_completions(batch)
+                out = self.trl_generate_and_score(batch)
                 ds.check_supported(out)
                 good, n_dropped = ds.keep_informative(out, g)
                 kept.append(good)
@@ -177,8 +180,8 @@ def _trainer_class():
                 if int(fewest) >= target or rounds >= self.max_resample_rounds:
                     break
                 rounds += 1
-                batch = self._fresh_prompts(target // g)
-            merged = ds.concat_batches(kept, self._tokenizer.pad_token_id)
+                batch = self.fresh_prompts(target // g)
+            merged = ds.concat_batches(kept, compat.tokenizer(self).pad_token_id)
             rows = merged["advantages"].numel()
             if rows == 0:
                 # Every group agreed: train on one (zero-gradient) group so all workers stay in step.
@@ -186,11 +189,9 @@ def _trainer_class():
             elif rows > target:
                 merged = ds.select_rows(merged, torch.arange(target, device=merged["advantages"].device))
             merged["num_items_in_batch"] = self.accelerator.gather(ds.loss_tokens(merged)).sum()
-            m = self._metrics["train"]
-            m["dynamic_sampling/dropped_groups"].append(float(dropped))
-            m["dynamic_sampling/kept_fraction"].append(1.0 - dropped / groups)
-            m["dynamic_sampling/rounds"].append(float(rounds + 1))
-            m["dynamic_sampling/batch_rows"].append(float(merged["advantages"].numel()))
+            for name, value in (("dropped_groups", dropped), ("kept_fraction", 1.0 - dropped / groups),
+                                ("rounds", rounds + 1), ("batch_rows", merged["advantages"].numel())):
+                compat.log_metric(self, f"dynamic_sampling/{name}", value)
             return merged
 
     return RayzeroGRPOTrainer

@@ -17,6 +17,8 @@ from dataclasses import dataclass
 
 import torch
 
+from rl import trl_compat as compat
+
 ENGINES = ("hf", "vllm")
 
 
@@ -180,15 +182,16 @@ class PoolRollouts:
         state = acc.get_state_dict(engine)
         if acc.is_main_process:
             keep_device = getattr(self.pool, "sync_backend", "") == "nccl"  # NCCL sends GPU tensors directly
-            trainer._metrics["train"]["rollout/sync_s"].append(self.pool.sync_weights(
+            compat.log_metric(trainer, "rollout/sync_s", self.pool.sync_weights(
                 {k: v.detach() if keep_device else v.detach().cpu() for k, v in state.items()}, step))
         acc.wait_for_everyone()
         self.synced_step = step
 
     def _launch(self, prompts: list, trainer):
-        prompt_ids, _, _ = trainer._tokenize_prompts(prompts)
-        sp = SamplingParams(max_new_tokens=trainer.max_completion_length, temperature=trainer.temperature,
-                            top_k=trainer.top_k or 0, top_p=trainer.top_p)
+        prompt_ids = compat.tokenize_prompts(trainer, prompts)
+        a = trainer.args
+        sp = SamplingParams(max_new_tokens=a.max_completion_length, temperature=a.temperature, top_k=a.top_k or 0,
+                            top_p=a.top_p)
         self.calls += 1
         seed = (self.seed * 100003 + self.calls) * 64 + trainer.accelerator.process_index
         if not self.overlap:
@@ -210,7 +213,7 @@ class PoolRollouts:
         start = time.perf_counter()
         for _, _, future in self._pending:
             future.result()
-        trainer._metrics["train"]["rollout/prefetch_wait_s"].append(time.perf_counter() - start)
+        compat.log_metric(trainer, "rollout/prefetch_wait_s", time.perf_counter() - start)
         self._sync(trainer)
         prompts = [r["prompt"] for r in next_rows]
         self._pending = self._pending[-1:] + [(prompts, *self._launch(prompts, trainer))]
@@ -239,10 +242,9 @@ class PoolRollouts:
             self._sync(trainer)
             prompt_ids, future = self._launch(prompts, trainer)
         out = future.result()
-        metrics = trainer._metrics["train"]
-        metrics["rollout/generate_s"].append(time.perf_counter() - start)
-        metrics["rollout/policy_version"].append(float(min(out["versions"])))
-        metrics["rollout/policy_lag"].append(float(trainer.state.global_step - min(out["versions"])))
+        compat.log_metric(trainer, "rollout/generate_s", time.perf_counter() - start)
+        compat.log_metric(trainer, "rollout/policy_version", min(out["versions"]))
+        compat.log_metric(trainer, "rollout/policy_lag", trainer.state.global_step - min(out["versions"]))
         return {"prompt_ids": prompt_ids, "completion_ids": out["completion_ids"], "logprobs": out["logprobs"]}
 
 

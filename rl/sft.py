@@ -28,6 +28,7 @@ def sft_train(model, tokenizer, rows: Sequence[dict], out_dir: Path, params: SFT
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
 
+    from rl import trl_compat as compat
     from rl.callbacks import TimeBudget, quiet
 
     data = Dataset.from_list([{"prompt": r["prompt"], "completion": r["completion"]} for r in rows])
@@ -53,7 +54,8 @@ def sft_train(model, tokenizer, rows: Sequence[dict], out_dir: Path, params: SFT
     )
     trainer = SFTTrainer(model=model, args=args, train_dataset=data, processing_class=tokenizer,
                          callbacks=[TimeBudget(time_budget_s), *callbacks])
+    compat.check(trainer, compat.SFT_HOOKS)
     quiet(trainer)
     result = trainer.train()
     return {"train_loss": float(result.training_loss), "steps": int(trainer.state.global_step),
-            "num_tokens": int(getattr(trainer, "_total_train_tokens", 0))}  # tokens trained on (for FLOPs)
+            "num_tokens": compat.trained_tokens(trainer)}  # tokens trained on (for FLOPs)

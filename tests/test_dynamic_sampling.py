@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from rl import dynamic_sampling as ds
+from rl import trl_compat as compat
 
 
 def test_informative_groups_flags_groups_with_any_nonzero_advantage():
@@ -83,7 +84,7 @@ def test_refill_rounds_give_a_full_batch_of_informative_groups(trainer_factory):
     prompts = tok.batch_decode(out["prompt_ids"], skip_special_tokens=True)
     assert not any("const" in p for p in prompts), prompts
     assert int(out["num_items_in_batch"]) == int(out["completion_mask"].sum())
-    m = trainer._metrics["train"]
+    m = compat.metrics(trainer)
     assert m["dynamic_sampling/dropped_groups"][-1] >= 2 and m["dynamic_sampling/rounds"][-1] >= 2
 
 
@@ -91,7 +92,7 @@ def test_drop_only_shrinks_the_batch_and_training_still_steps(trainer_factory):
     trainer, tok = trainer_factory(rounds=0)
     out = trainer._generate_and_score_completions(_batch(["const", "vary", "const", "const"]))
     assert out["advantages"].numel() in (0 + G, G)  # the one "vary" group (or a zero-signal fallback)
-    assert trainer._metrics["train"]["dynamic_sampling/dropped_groups"][-1] >= 3
+    assert compat.metrics(trainer)["dynamic_sampling/dropped_groups"][-1] >= 3
     trainer.train()  # a whole optimizer step through TRL's loss on a filtered batch
     assert trainer.state.global_step == 1
     assert any("dynamic_sampling/kept_fraction" in h for h in trainer.state.log_history)
