@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import re
 
-from rewards.registry import completion_text, register
+from rewards.base import completion_text, register
 
 _THINK = re.compile(r"<think>(.*?)</think>", re.S)
 _EQ = re.compile(r"(-?\d+)\s*([+\-*])\s*(-?\d+)\s*=\s*(-?\d+)")

@@ -16,7 +16,7 @@ import threading
 import weakref
 from typing import Any, Literal, Sequence
 
-from rewards.registry import completion_text, register
+from rewards.base import completion_text, register
 from rewards.sandbox import RunResult, Sandbox, SandboxConfig
 
 _FENCE = re.compile(r"```[ \t]*([\w+-]*)[^\n]*\n(.*?)```", re.S)

@@ -36,7 +36,7 @@ from typing import Any
 # The exact evaluator lives in rewards/_exact.py; its public names stay importable from here.
 from rewards._exact import as_number, exact_value, exact_verdict, fast_verdict
 from rewards._math_worker import MathVerifyWorker, call_all
-from rewards.registry import completion_text, register
+from rewards.base import completion_text, register
 
 __all__ = ["MathVerifyWorker", "as_number", "exact_value", "exact_verdict", "extract_answers", "fast_verdict",
            "make_math_accuracy", "math_accuracy", "normalise", "score_one"]

@@ -22,7 +22,7 @@ import re
 from functools import lru_cache
 from typing import Any, Callable
 
-from rewards.registry import completion_text, register
+from rewards.base import completion_text, register
 
 _ANSWER_TAG = re.compile(r"<answer>(.*?)</answer>", re.S)
 

@@ -12,44 +12,29 @@ Recipes pick rewards by name with weights (`grpo.rewards: {math_accuracy: 1.0, s
 
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from typing import Any
 
-RewardFn = Callable[..., list]
+# The table, `register` and `completion_text` live in rewards/base.py (reward modules import them from
+# there, so this module can import every reward module without a cycle); re-exported as the public API.
+from rewards.base import REGISTRY as _REGISTRY
+from rewards.base import RewardFn, completion_text, register
 
-_REGISTRY: dict[str, tuple[Callable[..., Any], bool]] = {}
+# Importing the reward modules runs their @register decorators (reasoning-gym itself loads on first use).
+from rewards import arithmetic as _arithmetic  # noqa: F401
+from rewards import code as _code  # noqa: F401
+from rewards import math as _math  # noqa: F401
+from rewards import reasoning_gym as _reasoning_gym  # noqa: F401
+from rewards import shaping as _shaping  # noqa: F401
 
-
-def register(name: str, *, factory: bool = False):
-    def deco(fn):
-        if name in _REGISTRY:
-            raise ValueError(f"reward '{name}' is already registered")
-        _REGISTRY[name] = (fn, factory)
-        return fn
-
-    return deco
-
-
-def _load_builtin() -> None:
-    # Importing the modules runs their @register decorators.
-    from rewards import arithmetic as _arithmetic  # noqa: F401
-    from rewards import math as _math  # noqa: F401
-    from rewards import shaping as _shaping  # noqa: F401
-
-    try:
-        from rewards import code as _code  # noqa: F401
-    except ImportError:  # pragma: no cover - code rewards are optional until rewards/code.py lands
-        pass
-    from rewards import reasoning_gym as _reasoning_gym  # noqa: F401  (reasoning-gym imported on first use)
+__all__ = ["RewardFn", "available_rewards", "build_rewards", "completion_text", "get_reward", "register"]
 
 
 def available_rewards() -> list[str]:
-    _load_builtin()
     return sorted(_REGISTRY)
 
 
 def get_reward(name: str, **params: Any) -> RewardFn:
     """The reward registered as `name`; factories are called with `params`."""
-    _load_builtin()
     if name not in _REGISTRY:
         raise KeyError(f"unknown reward '{name}'; available: {', '.join(sorted(_REGISTRY))}")
     fn, is_factory = _REGISTRY[name]
@@ -74,13 +59,3 @@ def build_rewards(weights: dict[str, float], params: dict[str, dict] | None = No
     names = list(weights)
     return [get_reward(n, **dict(params.get(n, {}))) for n in names], [float(weights[n]) for n in names]
 
-
-def completion_text(completion: Any) -> str:
-    """A completion as TRL passes it: a string, or a list of chat messages (take the last content)."""
-    if isinstance(completion, str):
-        return completion
-    if isinstance(completion, Sequence) and completion and isinstance(completion[-1], dict):
-        return str(completion[-1].get("content", ""))
-    if isinstance(completion, dict):
-        return str(completion.get("content", ""))
-    return "" if completion is None else str(completion)

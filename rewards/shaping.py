@@ -10,7 +10,7 @@ import math
 import re
 from typing import Any, Sequence
 
-from rewards.registry import completion_text, register
+from rewards.base import completion_text, register
 
 _STRICT = re.compile(
     r"\A\s*<think>(?P<think>(?:(?!<think>|</think>|<answer>|</answer>).)*)</think>\s*"
