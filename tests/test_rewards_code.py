@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from rewards.code import close_sandboxes, code_accuracy, extract_program, normalise_tests
+from rewards.code import CodeScorer, close_sandboxes, code_accuracy, code_scorer_factory, extract_program, normalise_tests
 from rewards.registry import get_reward
 from rewards.sandbox import SandboxConfig
 
@@ -80,3 +80,102 @@ def test_registry_factory_with_trl_kwargs():
         get_reward("code_accuracy", mode="most")
     with pytest.raises(ValueError):
         normalise_tests(42)
+
+
+# -- MBPP-style rows (shapes of the `mbpp` / `mbpp sanitized` datasets on the Hub) --------------------
+MBPP_NOT_PRIME = {  # mbpp task 3 (full set): assert lines, empty setup code
+    "text": "Write a python function to identify non-prime numbers.",
+    "test_list": ["assert is_not_prime(2) == False", "assert is_not_prime(10) == True", "assert is_not_prime(35) == True"],
+    "test_setup_code": "",
+}
+NOT_PRIME = ("```python\nimport math\ndef is_not_prime(n):\n    result = False\n    for i in range(2, int(math.sqrt(n)) + 1):\n"
+             "        if n % i == 0:\n            result = True\n    return result\n```")
+MBPP_SPHERE = {  # mbpp sanitized task 82: the tests need `import math`, given in test_imports
+    "prompt": "Write a function to find the volume of a sphere.",
+    "test_list": ["assert math.isclose(volume_sphere(10), 4188.790204786391, rel_tol=0.001)",
+                  "assert math.isclose(volume_sphere(25), 65449.84694978735, rel_tol=0.001)",
+                  "assert math.isclose(volume_sphere(20), 33510.32163829113, rel_tol=0.001)"],
+    "test_imports": ["import math"],
+}
+SPHERE = "```python\ndef volume_sphere(r):\n    return 4 / 3 * 3.141592653589793 * r ** 3\n```"  # no import math of its own
+
+
+def test_mbpp_assert_lines_in_every_shape():
+    lines = MBPP_NOT_PRIME["test_list"]
+    shapes = [lines, json.dumps(lines), repr(lines), MBPP_NOT_PRIME, json.dumps(MBPP_NOT_PRIME)]
+    assert code_accuracy([NOT_PRIME] * len(shapes), shapes, config=CFG) == [1.0] * len(shapes)
+    always_false = "```python\ndef is_not_prime(n):\n    return False\n```"
+    assert code_accuracy([always_false], [lines], config=CFG) == [pytest.approx(1 / 3)]
+    assert normalise_tests(lines) == "\n".join(lines)
+    for bad in ([], ["", "  "], [1, 2], ["assert f(1) == 2", {"input": "1", "output": "2"}], {"test_list": [{"input": "1", "output": "2"}]}):
+        with pytest.raises(ValueError):
+            normalise_tests(bad)
+
+
+def test_mbpp_test_imports_and_setup_code_run_before_the_asserts():
+    row = MBPP_SPHERE
+    assert code_accuracy([SPHERE], [row["test_list"]], config=CFG) == [0.0]  # NameError: math is the row's import
+    assert code_accuracy([SPHERE], [row], config=CFG) == [1.0]
+    assert code_accuracy([SPHERE], [{**row, "test_imports": json.dumps(row["test_imports"])}], config=CFG) == [1.0]
+    fn = get_reward("code_accuracy", timeout_s=2.0, memory_mb=256)
+    # as dataset columns, the way TRL passes them; a row without setup keeps working beside it
+    got = fn([SPHERE, NOT_PRIME, SPHERE], tests=[row["test_list"], MBPP_NOT_PRIME["test_list"], row["test_list"]],
+             test_imports=[row["test_imports"], [], []], test_setup_code=["", "", ""], prompts=["p"] * 3)
+    assert got == [1.0, 1.0, 0.0]
+    setup = {"test_list": ["assert total(ITEMS) == 6"], "test_setup_code": "ITEMS = [1, 2, 3]"}
+    assert code_accuracy(["```python\ndef total(xs):\n    return sum(xs)\n```"], [setup], config=CFG) == [1.0]
+    assert code_accuracy([SPHERE], [{**row, "test_setup_code": "def broken(:"}], config=CFG) == [None]  # the row is at fault
+
+
+# -- CodeScorer: what a reward-pool actor hosts; the executor path without Ray -----------------------
+HUMANEVAL_ADD = "def check(candidate):\n    assert candidate(1, 2) == 3\n    assert candidate(-1, 1) == 0\n"
+
+
+def test_code_scorer_factory_is_picklable_and_scores_like_code_accuracy():
+    import pickle
+
+    factory = pickle.loads(pickle.dumps(code_scorer_factory(mode="all", timeout_s=2.0, memory_mb=256)))
+    scorer = factory()
+    try:
+        assert isinstance(scorer, CodeScorer) and scorer.sandbox.config.memory_mb == 256
+        assert scorer.score(ADD, "assert add(1, 2) == 3\nassert add(2, 2) == 5\n", None) == 0.0  # mode=all
+        assert scorer.score(ADD, HUMANEVAL_ADD, "add") == 1.0
+        assert scorer.score(ECHO, CASES, None) == 1.0
+        assert scorer.score("just prose", CASES, None) == 0.0
+        assert scorer.score(ADD, "", None) is None
+    finally:
+        scorer.close()
+    with pytest.raises(ValueError):
+        code_scorer_factory(mode="most")
+    with pytest.raises(TypeError, match="ray_actors"):  # the pipeline's keys never reach the sandbox config
+        code_scorer_factory(ray_actors=2)
+
+
+def test_executor_path_gives_the_in_process_scores():
+    scorers = [code_scorer_factory(timeout_s=2.0, memory_mb=256)() for _ in range(2)]
+    batches: list = []
+
+    def executor(items):  # what a Ray actor pool does, minus Ray: spread the items over the scorers
+        batches.append(items)
+        return [scorers[i % 2].score(*item) for i, item in enumerate(items)]
+
+    completions = [ADD, [{"role": "assistant", "content": ECHO}], "just prose", ADD, SPHERE]
+    tests = [HUMANEVAL_ADD, CASES, CASES, "assert (", MBPP_SPHERE["test_list"]]
+    eps = ["add", None, None, None, ""]
+    imports = [[], [], [], [], ["import math"]]
+    try:
+        pooled = get_reward("code_accuracy", timeout_s=2.0, memory_mb=256, executor=executor)
+        local = get_reward("code_accuracy", timeout_s=2.0, memory_mb=256)
+        got = pooled(completions, tests=tests, entry_point=eps, test_imports=imports, prompts=["p"] * 5, trainer_state=None)
+        assert got == local(completions, tests=tests, entry_point=eps, test_imports=imports) == [1.0, 1.0, 0.0, None, 1.0]
+        [items] = batches
+        assert [type(text) for text, _, _ in items] == [str] * 5 and items[1][0] == ECHO  # chat messages reduced to text
+        assert [e for _, _, e in items] == ["add", None, None, None, None]
+        short = get_reward("code_accuracy", executor=lambda items: [1.0])
+        with pytest.raises(RuntimeError, match="1 scores for 2 completions"):
+            short([ADD, ADD], tests=[CASES, CASES])
+    finally:
+        for s in scorers:
+            s.close()
+    with pytest.raises(TypeError, match="ray_actors"):
+        get_reward("code_accuracy", ray_actors=2)

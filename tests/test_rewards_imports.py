@@ -1,4 +1,4 @@
-"""The rewards package's own import graph: acyclic (registry -> reward modules -> base).
+"""The rewards package's own import graph: acyclic (registry -> reward modules -> base) and free of Ray.
 
 Imports inside functions count too: a cycle through a lazy import still couples the modules.
 """
@@ -56,3 +56,9 @@ def test_cycle_finder_finds_a_cycle():
     assert _cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
     assert _cycle({"a": {"b"}, "b": set()}) is None
 
+
+def test_no_ray_cluster_or_rl_inside_rewards():
+    banned = ("ray", "cluster", "rl", "pipelines")
+    bad = {p.name: sorted(m for m in _imported_modules(p) if m.split(".")[0] in banned) for p in REWARDS.glob("*.py")}
+    assert not {k: v for k, v in bad.items() if v}, bad
+    assert not (REWARDS / "pool.py").exists(), "the Ray reward pool lives in cluster/, fed by rewards.code.CodeScorer"
