@@ -1,6 +1,6 @@
 """Trainer callbacks shared by the SFT, GRPO and distillation stages.
 
-Besides progress and time budgets, three feed experiment tracking without tying `rl/` to a tracker:
+Besides progress lines and time budgets, three feed experiment tracking without tying `rl/` to a tracker:
 `MetricHistory` writes every logged metric dict to a JSONL file (the plots are drawn from files, not
 from wandb), `Throughput` adds tokens/s to GRPO's own metrics (so every `report_to` backend gets it), and
 `RolloutSamples` hands a sample of the latest rollouts (prompt, completion, each reward) to a sink every
@@ -19,6 +19,7 @@ from transformers import TrainerCallback
 from transformers.trainer_callback import PrinterCallback
 
 from rl import trl_compat as compat
+from rl.progress import ProgressLine
 
 
 def quiet(trainer):
@@ -60,37 +61,35 @@ class TimeBudget(TrainerCallback):
 
 
 class Progress(TrainerCallback):
-    """A progress bar per stage. Inside Ray workers it uses `tqdm_ray`, which the driver renders as
-    one clean bar instead of interleaved carriage returns from worker logs."""
+    """A stage's training progress as a few whole lines (`rl.progress.ProgressLine`): steps done, the
+    latest logged reward or loss, elapsed seconds. Only the main process prints."""
+
+    SHOWN = ("reward", "loss")  # the first figures of TRL's / HF's logs worth a glance
 
     def __init__(self, desc: str):
         self.desc, self.bar = desc, None
 
     def on_train_begin(self, args, state, control, **kw):
-        self.bar = make_bar(self.desc, state.max_steps)
+        if state.is_world_process_zero:
+            self.bar = make_bar(self.desc, state.max_steps)
+            self.bar.done = state.global_step  # resumed from a checkpoint: count from there
+
+    def on_log(self, args, state, control, logs=None, **kw):
+        if self.bar is not None and logs:
+            self.bar.note(**{k: float(logs[k]) for k in self.SHOWN if isinstance(logs.get(k), (int, float))})
 
     def on_step_end(self, args, state, control, **kw):
         if self.bar is not None:
-            self.bar.update(1)
+            self.bar.update(state.global_step - self.bar.done)
 
     def on_train_end(self, args, state, control, **kw):
         if self.bar is not None:
             self.bar.close()
 
 
-def make_bar(desc: str, total: int):
-    try:
-        import ray
-
-        if ray.is_initialized():
-            from ray.experimental.tqdm_ray import tqdm as ray_tqdm
-
-            return ray_tqdm(total=total, desc=desc)
-    except ImportError:  # pragma: no cover
-        pass
-    from tqdm import tqdm
-
-    return tqdm(total=total, desc=desc)
+def make_bar(desc: str, total: int) -> ProgressLine:
+    """A progress reporter with tqdm's `update(n)` / `close()`, printing whole lines (see rl.progress)."""
+    return ProgressLine(desc, total)
 
 
 class MetricHistory(TrainerCallback):

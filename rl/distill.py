@@ -27,6 +27,7 @@ def logit_distill(student, teacher, tokenizer, rows: Sequence[dict], out_dir: Pa
     from trl.experimental.gkd import GKDConfig, GKDTrainer
 
     from rl.callbacks import quiet
+    from rl.progress import no_dataset_bars
 
     if student.config.vocab_size != teacher.config.vocab_size:
         raise ValueError(f"logit distillation needs a shared vocabulary: student {student.config.vocab_size} "
@@ -44,8 +45,9 @@ def logit_distill(student, teacher, tokenizer, rows: Sequence[dict], out_dir: Pa
         use_cpu=use_cpu, bf16=params.bf16, disable_tqdm=True, dataloader_num_workers=0, beta=beta, lmbda=lmbda,
         temperature=1.0, max_new_tokens=max_new_tokens, gradient_checkpointing=False,
     )
-    trainer = GKDTrainer(model=student, teacher_model=teacher.eval(), args=args, train_dataset=data,
-                         processing_class=tok)
+    with no_dataset_bars():
+        trainer = GKDTrainer(model=student, teacher_model=teacher.eval(), args=args, train_dataset=data,
+                             processing_class=tok)
     quiet(trainer)
     result = trainer.train()
     tokens = sum(len(tok(r["prompt"] + r["completion"], add_special_tokens=False)["input_ids"]) + 1 for r in rows)

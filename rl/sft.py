@@ -30,6 +30,7 @@ def sft_train(model, tokenizer, rows: Sequence[dict], out_dir: Path, params: SFT
 
     from rl import trl_compat as compat
     from rl.callbacks import TimeBudget, quiet
+    from rl.progress import no_dataset_bars
 
     data = Dataset.from_list([{"prompt": r["prompt"], "completion": r["completion"]} for r in rows])
     args = SFTConfig(
@@ -52,8 +53,9 @@ def sft_train(model, tokenizer, rows: Sequence[dict], out_dir: Path, params: SFT
         disable_tqdm=True,
         dataloader_num_workers=0,
     )
-    trainer = SFTTrainer(model=model, args=args, train_dataset=data, processing_class=tokenizer,
-                         callbacks=[TimeBudget(time_budget_s), *callbacks])
+    with no_dataset_bars():
+        trainer = SFTTrainer(model=model, args=args, train_dataset=data, processing_class=tokenizer,
+                             callbacks=[TimeBudget(time_budget_s), *callbacks])
     compat.check(trainer, compat.SFT_HOOKS)
     quiet(trainer)
     result = trainer.train()
