@@ -118,6 +118,14 @@ def _cleanup():
     _remove_sysv_ipc()
 
 
+def _compiled(src):
+    """A test statement compiled so that its asserts compare plain data, or the error compiling it raised."""
+    try:
+        return compile_test(src)  # noqa: F821  (defined in rewards/_plain_asserts.py, prepended to this source)
+    except Exception as e:
+        return e
+
+
 def _child(code, stdin_r, stdout_w, stderr_w, result_w, req, statements):
     """In the forked child: drop to a fresh session and limits, then run the program (never returns)."""
     try:
@@ -154,11 +162,16 @@ def _child(code, stdin_r, stdout_w, stderr_w, result_w, req, statements):
         os._exit(120)
     status = 0
     try:
+        # Tests are compiled before the program runs, so nothing it does (patching `ast`, builtins) can
+        # change how their asserts compare (compile_test: rewards/_plain_asserts.py, prepended to this file).
+        tests = [(_compiled(src), is_test) for src, is_test in statements or ()]
         exec(code, g)
         if statements is not None:
-            for i, (src, is_test) in enumerate(statements):
+            for i, (test, is_test) in enumerate(tests):
                 try:
-                    exec(compile(src, "<test>", "exec"), g)
+                    if isinstance(test, BaseException):
+                        raise test
+                    exec(test, g)
                     if is_test:
                         os.write(3, f"{i} passed\n".encode())
                 except BaseException as e:  # a failing test must not stop the others

