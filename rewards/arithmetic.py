@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import re
 
-from rewards.base import completion_text, register
+from rewards.base import completion_text, register, with_prefill
 
 _THINK = re.compile(r"<think>(.*?)</think>", re.S)
 _EQ = re.compile(r"(-?\d+)\s*([+\-*])\s*(-?\d+)\s*=\s*(-?\d+)")
@@ -43,7 +43,7 @@ def chain_score(completion: str, prompt: str) -> float:
 @register("arithmetic_steps")
 def arithmetic_steps(completions, prompts, **_) -> list[float]:
     """Fraction of the prompt's operations carried out as a valid chain of true equations."""
-    return [chain_score(completion_text(c), completion_text(p)) for c, p in zip(completions, prompts, strict=True)]
+    return [chain_score(with_prefill(c, p), completion_text(p)) for c, p in zip(completions, prompts, strict=True)]
 
 
 _ANSWER = re.compile(r"<answer>\s*(-?\d+)\s*</answer>")
@@ -81,4 +81,4 @@ def process_score(partial: str, prompt: str) -> float:
 @register("arithmetic_process")
 def arithmetic_process(completions, prompts, **_) -> list[float]:
     """`process_score` of each (possibly partial) completion: a verifier that needs no gold answer."""
-    return [process_score(completion_text(c), completion_text(p)) for c, p in zip(completions, prompts, strict=True)]
+    return [process_score(with_prefill(c, p), completion_text(p)) for c, p in zip(completions, prompts, strict=True)]

@@ -35,3 +35,13 @@ def completion_text(completion: Any) -> str:
     if isinstance(completion, dict):
         return str(completion.get("content", ""))
     return "" if completion is None else str(completion)
+
+
+def with_prefill(completion: Any, prompt: Any = None) -> str:
+    """The completion's text as the model's whole turn: a template that pre-fills `<think>` at the end of
+    the prompt (DeepSeek-R1-Zero's ends with "Assistant: <think>") leaves the opening tag out of the
+    completion, so it is put back here for rewards that check the think block."""
+    text = completion_text(completion)
+    if prompt is not None and completion_text(prompt).rstrip().endswith("<think>"):
+        return "<think>" + text
+    return text

@@ -10,7 +10,7 @@ import math
 import re
 from typing import Any, Sequence
 
-from rewards.base import completion_text, register
+from rewards.base import completion_text, register, with_prefill
 
 _STRICT = re.compile(
     r"\A\s*<think>(?P<think>(?:(?!<think>|</think>|<answer>|</answer>).)*)</think>\s*"
@@ -20,11 +20,14 @@ _STRICT = re.compile(
 
 
 @register("strict_format")
-def strict_format(completions, **_) -> list[float]:
+def strict_format(completions, prompts=None, **_) -> list[float]:
     """1.0 when the completion is exactly one think block followed by exactly one non-empty answer block
     and nothing else: trailing junk, a second answer block, or tags nested in the wrong block score 0.
-    DeepSeek-R1 (Guo et al. 2025, arXiv:2501.12948, §2.2.2) format reward."""
-    return [1.0 if _STRICT.match(completion_text(c)) else 0.0 for c in completions]
+    When the prompt ends with `<think>` (a pre-filled template) the completion starts inside the think
+    block: `reasoning</think><answer>x</answer>` is then the full format. DeepSeek-R1 (Guo et al. 2025,
+    arXiv:2501.12948, §2.2.2) format reward."""
+    prompts = prompts if prompts is not None else [None] * len(completions)
+    return [1.0 if _STRICT.match(with_prefill(c, p)) else 0.0 for c, p in zip(completions, prompts, strict=True)]
 
 
 def _lengths(completions: Sequence[Any], completion_ids: Sequence[Sequence[int]] | None) -> list[int]:

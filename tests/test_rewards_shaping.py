@@ -58,3 +58,37 @@ def test_cosine_length_reward():
 def test_duplicate_registration_raises():
     with pytest.raises(ValueError, match="already registered"):
         register("strict_format")(lambda completions, **_: [])
+
+
+R1_ZERO_PROMPT = ("A conversation between User and Assistant. The Assistant first thinks about the reasoning process in "
+                  "the mind and then provides the answer. User: Mia has 7 pens. She buys 5 more. How many pens does Mia "
+                  "have now? Assistant: <think>")
+
+
+@pytest.mark.parametrize(
+    ("prompt", "completion", "ok"),
+    [
+        (R1_ZERO_PROMPT, "7+5=12.</think><answer>12</answer>", True),  # the template opened the think block
+        (R1_ZERO_PROMPT + "\n", "\n7+5=12.\n</think>\n<answer>12</answer>", True),
+        ([{"role": "user", "content": "Mia has 7 pens..."}, {"role": "assistant", "content": "<think>"}],
+         "7+5=12.</think><answer>12</answer>", True),  # chat prompt with a pre-filled assistant turn
+        (R1_ZERO_PROMPT.removesuffix(" <think>"), "7+5=12.</think><answer>12</answer>", False),  # nothing pre-filled
+        ([{"role": "user", "content": "Mia has 7 pens..."}], "7+5=12.</think><answer>12</answer>", False),
+        (R1_ZERO_PROMPT, "<think>7+5=12.</think><answer>12</answer>", False),  # a second opening tag
+        (R1_ZERO_PROMPT, "7+5=12.</think><answer>12</answer> and more", False),
+        (R1_ZERO_PROMPT, "7+5=12.<answer>12</answer>", False),
+        ("Question: what is 7+5?", "<think>7+5=12.</think><answer>12</answer>", True),
+    ],
+)
+def test_strict_format_with_a_prefilled_think_tag(prompt, completion, ok):
+    fn = get_reward("strict_format")
+    assert fn([completion], prompts=[prompt], completion_ids=[[1]], trainer_state=None) == [1.0 if ok else 0.0]
+
+
+def test_arithmetic_step_rewards_see_a_prefilled_think_tag():
+    steps, process = get_reward("arithmetic_steps"), get_reward("arithmetic_process")
+    completion = "7+5=12.</think><answer>12</answer>"
+    assert steps([completion], prompts=[R1_ZERO_PROMPT]) == [1.0]
+    assert process([completion], prompts=[R1_ZERO_PROMPT]) == [1.0]
+    plain = R1_ZERO_PROMPT.removesuffix(" <think>")
+    assert steps([completion], prompts=[plain]) == [0.0] and process([completion], prompts=[plain]) == [0.0]
