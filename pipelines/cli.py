@@ -3,9 +3,12 @@
     rayzero run [RECIPE] [section.field=value ...]   run a recipe (default: tiny)
     rayzero recipes                                  list shipped recipes
     rayzero config [RECIPE] [overrides ...]          print the resolved config
-    rayzero submit / jobs / cluster render           remote Ray clusters (pipelines/jobs_cli.py)
-    rayzero eval CHECKPOINT [TASK] [overrides ...]   held-out accuracy with test-time scaling
-    rayzero publish STAGE_DIR --to DIR|hf://ORG/NAME[@REV] [--overwrite]   (pipelines/publish.py)
+    rayzero eval CHECKPOINT [TASK] [overrides ...]   held-out accuracy with test-time scaling (eval_cli.py)
+    rayzero publish STAGE_DIR --to DIR|hf://ORG/NAME[@REV] [--overwrite]   (report/publish.py)
+    rayzero submit / jobs / cluster render           remote Ray clusters (remote/jobs_cli.py)
+
+Every expected failure (a bad recipe, bad data, a busy run folder, a cluster that is too small) ends with
+one line `rayzero: error: ...` and exit status 2, before any work where it can be known in advance.
 """
 
 from __future__ import annotations
@@ -24,7 +27,10 @@ def _split(args: list[str]) -> tuple[str, list[str]]:
     return "tiny", args
 
 
-def main(argv: list[str] | None = None) -> int:
+def _parser() -> argparse.ArgumentParser:
+    from pipelines.remote import jobs_cli
+    from pipelines.report import publish
+
     parser = argparse.ArgumentParser(prog="rayzero", description="R1-Zero-style post-training on Ray")
     sub = parser.add_subparsers(dest="cmd", required=True)
     p_run = sub.add_parser("run", help="run a recipe: SFT -> GRPO -> distillation")
@@ -32,31 +38,37 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("recipes", help="list shipped recipes")
     p_cfg = sub.add_parser("config", help="print the resolved config of a recipe")
     p_cfg.add_argument("args", nargs="*", metavar="[RECIPE] [section.field=value]")
-    from pipelines import jobs_cli
-
     jobs_cli.add_parsers(sub)
-    from pipelines import publish
-
     publish.add_parser(sub)
     p_eval = sub.add_parser("eval", help="evaluate a checkpoint: pass@1/pass@k/maj@k and test-time scaling")
     p_eval.add_argument("checkpoint")
     p_eval.add_argument("args", nargs="*", metavar="[TASK] [section.field=value]")
     p_eval.add_argument("--out", default="", help="also write the results as JSON here")
-    ns = parser.parse_args(argv)
+    return parser
 
+
+def main(argv: list[str] | None = None) -> int:
     from cluster.runtime import ClusterError
+    from pipelines.driver import RunInterrupted
+    from pipelines.remote import jobs_cli
+    from pipelines.report.publish import PublishError
+    from pipelines.run_folder import RunFolderError
+    from pipelines.stages import StageError
     from pipelines.tasks import TaskDataError
 
+    ns = _parser().parse_args(argv)
     try:
         if ns.cmd in jobs_cli.COMMANDS:
             return jobs_cli.run(ns, argv)
         if ns.cmd == "publish":
-            return publish.main(ns)
+            from pipelines.report.publish import main as publish_main
+
+            return publish_main(ns)
         if ns.cmd == "recipes":
             print("\n".join(list_recipes()))
             return 0
         if ns.cmd == "eval":
-            from pipelines.evaluate import eval_command
+            from pipelines.eval_cli import eval_command
 
             return eval_command(ns.checkpoint, ns.args, ns.out)
         recipe, overrides = _split(ns.args)
@@ -68,9 +80,15 @@ def main(argv: list[str] | None = None) -> int:
 
         run_pipeline(cfg)
         return 0
-    except (ConfigError, TaskDataError, ClusterError, publish.PublishError) as e:
+    except (ConfigError, TaskDataError, ClusterError, PublishError, RunFolderError, StageError) as e:
         print(f"rayzero: error: {e}", file=sys.stderr)
         return 2
+    except RunInterrupted as e:
+        print(f"rayzero: {e}", file=sys.stderr)
+        return 130
+    except KeyboardInterrupt:
+        print("rayzero: interrupted; nothing finished was lost. Run the same command again to resume.", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -1,134 +1,186 @@
-"""The pipeline driver: runs the enabled stages in order as Ray work, skipping stages that already
-finished (a stage is finished when `<stage>/manifest.json` exists), and writes the run report.
+"""The pipeline driver: owns the run folder, prepares the data, checks that every stage fits the cluster,
+then walks the stages in order (pipelines/stages/), skipping those already finished, and writes the
+report. It knows nothing stage-specific: each stage declares its resources and does its own work.
 
-A stage writes into `<stage>.partial/` and is moved to `<stage>/` only once it succeeded, so a crash
-or Ctrl-C never leaves something that looks finished, and finished stages are never touched again.
+A stage writes into `<stage>.partial/` and becomes `<stage>/` only once it succeeded, with a manifest
+holding the sha256 of its checkpoint files and of its inputs (the data, the checkpoints it read). A stage
+is skipped only while all of these still match; otherwise it runs again and its old folder is moved
+aside. SIGINT/SIGTERM stop the run with one line saying where it can resume.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
-import shutil
+import signal
 import time
 from pathlib import Path
 from typing import Callable
 
 import yaml
 
-from cluster.runtime import connect, run_task
-from pipelines import distill, evaluate, grpo, sft
-from pipelines.common import prepare_data
-from pipelines.config import PipelineConfig, to_dict
-from pipelines.report import print_table, write_markdown, write_report
-from pipelines.tracking import sync_hint, wandb_env
-
-STAGES = ("sft", "grpo", "distill", "baseline", "eval")
+from pipelines.config.schema import PipelineConfig, to_dict
+from pipelines.data import prepare_data
+from pipelines.run_folder import (RunFolder, RunLock, check_writable, read_manifest, remove_partial, why_not_finished,
+                                  write_manifest)
+from pipelines.stages import STAGES, Stage, StageContext
 
 
-def enabled_stages(cfg: PipelineConfig) -> list[str]:
-    return [s for s in STAGES if getattr(cfg, s).enabled]
+class RunInterrupted(Exception):
+    """SIGINT/SIGTERM during a run; the message says what is kept and how to resume."""
 
 
-def _warn_changed_config(cfg: PipelineConfig, path: Path, say: Callable[[str], None]) -> None:
-    if not path.exists():
-        return
-    old, new = yaml.safe_load(path.read_text()) or {}, to_dict(cfg)
-    changed = [f"{s}.{k}" for s in new if s not in ("run", "publish") for k in new[s] if old.get(s, {}).get(k) != new[s][k]]
-    if changed:
-        say(f"note: config differs from this run's earlier invocation ({', '.join(changed)}); "
-            f"finished stages are kept as they are — use a new run.name to redo them")
+def enabled_stages(cfg: PipelineConfig) -> list[Stage]:
+    return [s for s in STAGES if s.enabled(cfg)]
+
+
+def start_checkpoint(cfg: PipelineConfig, stage: Stage) -> Path | None:
+    """What `stage` starts from: the last policy-training stage enabled before it, else the base model."""
+    before = [s for s in STAGES[:STAGES.index(stage)] if s.trains_policy and s.enabled(cfg)]
+    if before:
+        return RunFolder(cfg.run_dir).stage(before[-1].name)
+    if cfg.model.kind == "hf":
+        return Path(cfg.model.path)
+    if cfg.model.kind == "gguf":
+        return RunFolder(cfg.run_dir).base
+    return None  # a fresh tiny model (SFT builds it)
 
 
 def run_pipeline(cfg: PipelineConfig, say: Callable[[str], None] = print) -> dict:
     # Ray workers (Ray Train ones especially) run in their own working directories: every path they
     # get must be absolute.
     cfg = dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, output_dir=str(Path(cfg.run.output_dir).resolve())))
-    run_dir = cfg.run_dir
-    run_dir.mkdir(parents=True, exist_ok=True)
-    say(f"rayzero: run '{cfg.run.name}' in {run_dir}")
-    sizes = prepare_data(cfg)  # before Ray starts and before anything is written: bad data fails fast
+    folder = RunFolder(cfg.run_dir)
+    check_writable(folder.path)
+    with RunLock(folder.path) as lock, _signals_stop_the_run():
+        say(f"rayzero: run '{cfg.run.name}' in {folder.path}")
+        if lock.took_over:
+            say(f"note: took over the lock of an earlier run that is gone (pid {lock.took_over.get('pid')} "
+                f"on {lock.took_over.get('host')})")
+        return _run(cfg, folder, say)
+
+
+def _run(cfg: PipelineConfig, folder: RunFolder, say: Callable[[str], None]) -> dict:
+    from cluster.runtime import check_resources, connect
+    from pipelines.report.tracking import wandb_env
+
+    sizes, data_digest = prepare_data(cfg, say)  # before Ray starts: bad data fails fast
     say("data: " + ", ".join(f"{k}={v}" for k, v in sizes.items()))
-    _warn_changed_config(cfg, run_dir / "config.yaml", say)
-    (run_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
-    cfg_dict = to_dict(cfg)
+    _note_config_changes(cfg, folder, say)
+    (folder.path / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
     resources = connect(cfg.run.ray_address, cfg.run.num_cpus, env=wandb_env(cfg))
     say(f"ray: {resources.get('CPU', 0):g} CPU, {resources.get('GPU', 0):g} GPU")
-    if cfg.grpo.enabled and not (run_dir / "grpo" / "manifest.json").exists():
-        grpo.preflight(cfg)
+    stages = enabled_stages(cfg)
+    for stage in stages:  # every stage must fit before the first one starts
+        need = stage.resources(cfg)
+        check_resources(need.cpus, need.gpus, f"stage {stage.name}")
 
     results: dict[str, dict] = {}
-    stages = enabled_stages(cfg)
+    digests: dict[str, str] = {}
     for i, stage in enumerate(stages, 1):
-        done = run_dir / stage / "manifest.json"
-        if done.exists():
-            results[stage] = json.loads(done.read_text())["metrics"]
-            say(f"[{i}/{len(stages)}] {stage}: already finished, skipped (accuracy {results[stage]['accuracy']:.3f})")
-            continue
-        say(f"[{i}/{len(stages)}] {stage}: running")
-        partial = run_dir / f"{stage}.partial"
-        if partial.exists():
-            shutil.rmtree(partial)  # leftovers of an interrupted attempt
-        partial.mkdir()
-        start = time.monotonic()
-        metrics = _run_stage(stage, cfg, cfg_dict, partial, results)
-        metrics["wall_time_s"] = time.monotonic() - start
-        (partial / "manifest.json").write_text(json.dumps(
-            {"stage": stage, "config": cfg_dict, "metrics": metrics, "finished_at": time.time()}, indent=2))
-        final = run_dir / stage
+        tag = f"[{i}/{len(stages)}] {stage.name}"
+        init = start_checkpoint(cfg, stage)
+        inputs = {"data": data_digest, "init": _digest_of(init, digests, folder)}
+        inputs.update({f"stage:{s}": _digest_of(folder.stage(s), digests, folder) for s in stage.depends_on(cfg)})
+        final = folder.stage(stage.name)
         if final.exists():
-            shutil.rmtree(final)  # a folder without manifest is an unfinished stage from an older layout
+            reason = why_not_finished(final, inputs)
+            if reason is None:
+                manifest = read_manifest(final)
+                results[stage.name], digests[stage.name] = manifest["metrics"], manifest["digest"]
+                say(f"{tag}: already finished, skipped (accuracy {results[stage.name]['accuracy']:.3f})")
+                continue
+            say(f"{tag}: redoing it: {reason}; the old folder is kept as {folder.set_aside(final).name}/")
+        say(f"{tag}: running")
+        partial = folder.partial(stage.name)
+        remove_partial(partial)  # leftovers of an interrupted attempt of ours (we hold the lock)
+        partial.mkdir()
+        ctx = StageContext(run_dir=folder.path, out_dir=partial, init=init, earlier=dict(results), inputs=inputs,
+                           resources=stage.resources(cfg))
+        start = time.monotonic()
+        try:
+            metrics = stage.run(cfg, ctx)
+        except KeyboardInterrupt:
+            raise RunInterrupted(_resume_hint(cfg, stage.name)) from None
+        metrics["wall_time_s"] = time.monotonic() - start
+        manifest = write_manifest(partial, {"stage": stage.name, "config": to_dict(cfg), "metrics": metrics,
+                                            "inputs": inputs, "finished_at": time.time()})
         partial.replace(final)
-        results[stage] = metrics
-        say(f"[{i}/{len(stages)}] {stage}: accuracy {metrics['accuracy']:.3f} in {metrics['wall_time_s']:.0f}s")
+        results[stage.name], digests[stage.name] = metrics, manifest["digest"]
+        say(f"{tag}: accuracy {metrics['accuracy']:.3f} in {metrics['wall_time_s']:.0f}s")
+    return _finish(cfg, folder, results, say)
+
+
+def _finish(cfg: PipelineConfig, folder: RunFolder, results: dict, say: Callable[[str], None]) -> dict:
+    from pipelines.report.plots import write_plots
+    from pipelines.report.report import print_table, write_markdown, write_report
+    from pipelines.report.tracking import sync_hint
 
     report = write_report(cfg, results)
     print_table(report, say)
-    from pipelines.plots import write_plots
-
-    plots = write_plots(run_dir, report)
-    say(f"plots: {', '.join(p.name for p in plots) or 'none'} in {run_dir / 'plots'}")
-    say(f"report: {write_markdown(run_dir, report, plots)}")
+    plots = write_plots(folder.path, report)
+    say(f"plots: {', '.join(p.name for p in plots) or 'none'} in {folder.path / 'plots'}")
+    say(f"report: {write_markdown(folder.path, report, plots)}")
     hint = sync_hint(cfg)
     if hint:
         say(hint)
     if cfg.publish.enabled:
-        from pipelines.publish import publish_from_config
+        from pipelines.report.publish import publish_from_config
 
         publish_from_config(cfg, say)
     return report
 
 
-def _previous_checkpoint(cfg: PipelineConfig, stage: str) -> str:
-    order = [s for s in ("sft", "grpo") if getattr(cfg, s).enabled and STAGES.index(s) < STAGES.index(stage)]
-    if order:
-        return str(cfg.run_dir / order[-1])
-    if cfg.model.kind == "hf":
-        return cfg.model.path
-    if cfg.model.kind == "gguf":
-        return str(cfg.run_dir / "base")  # converted by prepare_data
-    raise ValueError(f"{stage}: needs a trained policy; enable sft or set model.kind=hf with model.path")
+def _digest_of(path: Path | None, digests: dict[str, str], folder: RunFolder) -> str | None:
+    """A stage folder's recorded digest (its manifest), or a path outside the run as it is."""
+    if path is None:
+        return None
+    if path.parent == folder.path and path.name in digests:
+        return digests[path.name]
+    manifest = read_manifest(path) if path.parent == folder.path else None
+    return manifest["digest"] if manifest and "digest" in manifest else str(path)
 
 
-def _run_stage(stage: str, cfg: PipelineConfig, cfg_dict: dict, out: Path, results: dict) -> dict:
-    if stage == "sft":
-        return run_task(sft.run, cfg_dict, str(out), num_cpus=cfg.sft.num_cpus, name="sft")
-    if stage == "grpo":
-        return grpo.run(cfg_dict, str(out), init_dir=_previous_checkpoint(cfg, "grpo"))
-    if stage == "distill":
-        return distill.run(cfg_dict, str(out))  # owns rollout actors, then trains in a Ray task
-    if stage == "baseline":
-        # SFT alone on the same cold-start data for the wall time SFT + GRPO trained; steps are set from
-        # the SFT stage's measured speed so the learning-rate schedule completes within the budget.
-        s, g = results.get("sft", {}), results.get("grpo", {})
-        budget = s.get("train_time_s", 0.0) + g.get("train_time_s", 0.0)
-        steps = int(budget * s["steps"] / s["train_time_s"]) if s.get("train_time_s") else -1
-        return run_task(sft.run, cfg_dict, str(out), stage="baseline", time_budget_s=budget * 1.1,
-                        max_steps=steps, num_cpus=cfg.sft.num_cpus, name="baseline")
-    if stage == "eval":
-        checkpoints = {s: str(cfg.run_dir / s) for s in cfg.eval.stages if (cfg.run_dir / s / "manifest.json").exists()}
-        if not checkpoints:
-            raise ValueError(f"eval: none of eval.stages={list(cfg.eval.stages)} has a finished checkpoint")
-        return run_task(evaluate.run, cfg_dict, str(out), checkpoints=checkpoints, num_cpus=cfg.eval.num_cpus,
-                        name="eval")
-    raise ValueError(f"unknown stage {stage}")
+def _note_config_changes(cfg: PipelineConfig, folder: RunFolder, say: Callable[[str], None]) -> None:
+    old = _yaml(folder.path / "config.yaml")
+    if not old:
+        return
+    new = to_dict(cfg)
+    changed = [f"{s}.{k}" for s in new if s not in ("run", "publish") for k in new[s] if old.get(s, {}).get(k) != new[s][k]]
+    if changed:
+        say(f"note: config differs from this run's earlier invocation ({', '.join(changed)}); "
+            f"finished stages whose data and inputs are unchanged are kept — use a new run.name to redo them")
+
+
+def _yaml(path: Path) -> dict:
+    try:
+        return yaml.safe_load(path.read_text()) or {}
+    except (OSError, yaml.YAMLError):
+        return {}
+
+
+def _resume_hint(cfg: PipelineConfig, stage: str) -> str:
+    kept = "finished stages are kept"
+    if stage == "grpo" and cfg.grpo.save_steps:
+        kept += f"; GRPO resumes from its last checkpoint (every {cfg.grpo.save_steps} steps)"
+    return f"interrupted during stage {stage}; {kept}. Run the same command again to resume."
+
+
+class _signals_stop_the_run:
+    """SIGTERM behaves like Ctrl-C (KeyboardInterrupt) while a run is in progress, so both stop it the
+    same way: the stage at work is abandoned (its `.partial` folder is redone next time)."""
+
+    def __enter__(self):
+        self.previous = signal.getsignal(signal.SIGTERM)
+        try:
+            signal.signal(signal.SIGTERM, self._raise)
+        except ValueError:  # not the main thread (e.g. an embedding application): leave signals alone
+            self.previous = None
+        return self
+
+    @staticmethod
+    def _raise(signum, frame):
+        raise KeyboardInterrupt
+
+    def __exit__(self, *exc):
+        if self.previous is not None:
+            signal.signal(signal.SIGTERM, self.previous)

@@ -60,7 +60,7 @@ def test_distill_grid_and_eval_stage_on_micro(tmp_path):
 
     overrides = [
         f"run.output_dir={tmp_path}", "run.num_cpus=2", "run.wandb_mode=disabled",
-        "distill.rollout_workers=2", "distill.rollout_cpus_per_worker=0.5", "distill.num_traces=8",
+        "distill.rollout_workers=2", "distill.rollout_cpus=0.5", "distill.num_traces=8",
         "distill.samples_per_prompt=4", "distill.num_prompts=64",
         "distill.mixes={long: {long_short: 1.0, teachers: {grpo: 1.0}}, short: {long_short: 0.0},"
         " mix_long: {long_short: 0.25, teachers: {grpo: 1.0}}, mix_large: {long_short: 1.0, teachers: {grpo: 0.5, sft: 0.5}}}",

@@ -10,7 +10,7 @@ import json
 import pytest
 import torch
 
-from pipelines.common import prepare_base_model
+from pipelines.models import prepare_base_model
 from pipelines.config import ConfigError, load_config
 from rl.gguf import GGUFError, PROBE, check_saved_tokenizer, convert_gguf, resolve_gguf
 

@@ -97,7 +97,7 @@ def test_grpo_with_a_ray_rollout_pool(sft_run):
     run = _from_sft(sft_run, "pool")
     # Distillation runs after it: the rollout pool's placement group must have given its CPUs back.
     with_distill = [a for a in GRPO_ONLY if a != "distill.enabled=false"]
-    proc = _rayzero(run.parent, "pool", *with_distill, "grpo.rollout_workers=1", "grpo.rollout_cpus_per_worker=0.5")
+    proc = _rayzero(run.parent, "pool", *with_distill, "grpo.rollout_workers=1", "grpo.rollout_cpus=0.5")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert (run / "distill" / "manifest.json").exists()
     m = _grpo_metrics(run)
@@ -109,7 +109,7 @@ def test_grpo_with_a_ray_rollout_pool(sft_run):
 
 def test_too_small_cluster_fails_before_any_work(sft_run):
     run = _from_sft(sft_run, "small")
-    proc = _rayzero(run.parent, "small", *GRPO_ONLY, "grpo.rollout_workers=4", "grpo.rollout_cpus_per_worker=2")
+    proc = _rayzero(run.parent, "small", *GRPO_ONLY, "grpo.rollout_workers=4", "grpo.rollout_cpus=2")
     assert proc.returncode == 2
     assert "needs CPU 9 (cluster has 2)" in proc.stderr.strip().splitlines()[-1]
     assert (run / "sft" / "manifest.json").exists() and not (run / "grpo").exists()
@@ -118,7 +118,7 @@ def test_too_small_cluster_fails_before_any_work(sft_run):
 @pytest.mark.parametrize("stage", [2, 3])
 def test_deepspeed_zero_learner_with_two_cpu_workers(sft_run, stage):
     run = _from_sft(sft_run, f"zero{stage}")
-    proc = _rayzero(run.parent, f"zero{stage}", *GRPO_ONLY, "grpo.num_workers=2", "grpo.cpus_per_worker=1",
+    proc = _rayzero(run.parent, f"zero{stage}", *GRPO_ONLY, "grpo.num_workers=2", "grpo.cpus=1",
                     f"grpo.zero_stage={stage}")
     assert proc.returncode == 0, proc.stderr[-3000:]
     m = _grpo_metrics(run)
@@ -173,8 +173,8 @@ def test_a_killed_learner_worker_is_restarted_and_resumes_from_its_checkpoint(sf
 def test_rollout_pool_syncs_from_a_zero3_learner(sft_run):
     """ZeRO-3 shards the weights across learner ranks: the sync gathers them through the engine."""
     run = _from_sft(sft_run, "zero3pool")
-    proc = _rayzero(run.parent, "zero3pool", *GRPO_ONLY, "grpo.num_workers=2", "grpo.cpus_per_worker=0.75",
-                    "grpo.zero_stage=3", "grpo.rollout_workers=1", "grpo.rollout_cpus_per_worker=0.5")
+    proc = _rayzero(run.parent, "zero3pool", *GRPO_ONLY, "grpo.num_workers=2", "grpo.cpus=0.75",
+                    "grpo.zero_stage=3", "grpo.rollout_workers=1", "grpo.rollout_cpus=0.5")
     assert proc.returncode == 0, proc.stderr[-3000:]
     m = _grpo_metrics(run)
     assert m["steps"] == 3 and m["zero_stage"] == 3 and m["rollout_workers"] == 1

@@ -17,8 +17,8 @@ from huggingface_hub import ModelCard
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from pipelines.model_card import build_card
-from pipelines.publish import PublishError, parse_target, publish
+from pipelines.report.model_card import build_card
+from pipelines.report.publish import PublishError, parse_target, publish
 from tests.conftest import ROOT
 from tests.micro_run import micro_run
 

@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from pipelines.config import TaskConfig
+from pipelines.config import TaskSection
 from pipelines.tasks import TaskDataError, load_task, read_rows
 from pipelines.tasks.arithmetic import generate_splits
 from rewards.registry import get_reward
@@ -41,7 +41,7 @@ def test_jsonl_task_splits(tmp_path):
     rows = [{"prompt": f"{i}+1?", "answer": str(i + 1), "completion": f"<think>{i}+1={i + 1}.</think><answer>{i + 1}</answer>"}
             for i in range(30)]
     path.write_text("\n".join(json.dumps(r) for r in rows))
-    s = load_task(TaskConfig(name="jsonl", path=str(path), num_cold_start=5, num_train=10, num_heldout=8), seed=0)
+    s = load_task(TaskSection(name="jsonl", path=str(path), num_cold_start=5, num_train=10, num_heldout=8), seed=0)
     assert (len(s["cold_start"]), len(s["train"]), len(s["heldout"])) == (5, 10, 8)
     assert not {r["prompt"] for r in s["heldout"]} & {r["prompt"] for r in s["train"] + s["cold_start"]}
 

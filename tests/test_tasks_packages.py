@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from pipelines.config import ConfigError, TaskConfig, load_config
+from pipelines.config import ConfigError, TaskSection, load_config
 from pipelines.tasks import TaskDataError, load_task
 from pipelines.tasks.reasoning_gym import expression_steps
 from rewards.registry import get_reward
@@ -18,7 +18,7 @@ CHAIN = {"min_terms": 2, "max_terms": 3, "min_digits": 1, "max_digits": 2}
 
 def _rg(dataset: str = "chain_sum", params=None, seed: int = 0, **sizes) -> dict[str, list[dict]]:
     sizes = {"num_cold_start": 30, "num_train": 40, "num_heldout": 25, **sizes}
-    return load_task(TaskConfig(name="reasoning_gym", dataset=dataset, params=CHAIN if params is None else params,
+    return load_task(TaskSection(name="reasoning_gym", dataset=dataset, params=CHAIN if params is None else params,
                                 **sizes), seed)
 
 
@@ -88,7 +88,7 @@ def test_gsm_derived_generators_are_refused_as_training_data():
     with pytest.raises(ConfigError, match="gsm_symbolic.*GSM8K"):
         load_config("micro", ["task.name=reasoning_gym", "task.dataset=composite", composite])
     with pytest.raises(TaskDataError, match="GSM8K"):  # the adapter refuses too, whatever built the config
-        load_task(TaskConfig(name="reasoning_gym", dataset="gsm_symbolic"), 0)
+        load_task(TaskSection(name="reasoning_gym", dataset="gsm_symbolic"), 0)
 
 
 def test_reasoning_gym_config_errors_name_the_field():
@@ -107,12 +107,12 @@ def test_reasoning_gym_config_errors_name_the_field():
 
 
 def test_human_eval_rows_carry_tests_and_splits_are_disjoint():
-    s = load_task(TaskConfig(name="human_eval", num_cold_start=20, num_train=200, num_heldout=40), seed=0)
+    s = load_task(TaskSection(name="human_eval", num_cold_start=20, num_train=200, num_heldout=40), seed=0)
     assert (len(s["cold_start"]), len(s["heldout"])) == (20, 40)
     assert len(s["train"]) == 164 - 40 - 20
     ids = {k: {r["task_id"] for r in v} for k, v in s.items()}
     assert not ids["heldout"] & (ids["train"] | ids["cold_start"]) and not ids["train"] & ids["cold_start"]
-    assert ids["heldout"] == {r["task_id"] for r in load_task(TaskConfig(name="human_eval", num_cold_start=20,
+    assert ids["heldout"] == {r["task_id"] for r in load_task(TaskSection(name="human_eval", num_cold_start=20,
                                                                                num_heldout=40), seed=7)["heldout"]}
     assert all("def check(candidate)" in r["tests"] and r["entry_point"] in r["prompt"] for v in s.values() for r in v)
 
@@ -121,7 +121,7 @@ def test_human_eval_rows_carry_tests_and_splits_are_disjoint():
 def test_human_eval_cold_start_solutions_pass_code_accuracy():
     from rewards.code import close_sandboxes
 
-    rows = load_task(TaskConfig(name="human_eval", num_cold_start=4, num_train=1, num_heldout=1), seed=0)["cold_start"]
+    rows = load_task(TaskSection(name="human_eval", num_cold_start=4, num_train=1, num_heldout=1), seed=0)["cold_start"]
     fn = get_reward("code_accuracy", mode="all")
     try:
         good = fn([r["completion"] for r in rows], tests=[r["tests"] for r in rows],
@@ -136,15 +136,15 @@ def test_human_eval_cold_start_solutions_pass_code_accuracy():
 
 def test_human_eval_sizes_that_do_not_fit_name_the_field():
     with pytest.raises(TaskDataError, match="task.num_heldout=300"):
-        load_task(TaskConfig(name="human_eval", num_heldout=300), 0)
+        load_task(TaskSection(name="human_eval", num_heldout=300), 0)
     with pytest.raises(TaskDataError, match=r"task.num_cold_start=150 \+ task.num_heldout=20"):
-        load_task(TaskConfig(name="human_eval", num_cold_start=150, num_heldout=20), 0)
+        load_task(TaskSection(name="human_eval", num_cold_start=150, num_heldout=20), 0)
 
 
 def test_heldout_scoring_follows_the_task_humaneval_runs_tests_arithmetic_compares_answers():
     """The pipeline's held-out accuracy uses the task's verifier: HumanEval rows run their tests in the
     sandbox (a canonical solution passes, a wrong one fails); answer rows compare answers."""
-    from pipelines.evaluate import row_scores
+    from pipelines.scoring import row_scores
     from pipelines.tasks.human_eval import read_problems, to_row
 
     problems = read_problems()[:2]

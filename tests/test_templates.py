@@ -11,12 +11,12 @@ import yaml
 
 from cluster import templates
 from cluster.runtime import ClusterError
-from pipelines import render
+from pipelines.remote import render
 from pipelines.config import load_config
 from pipelines.cli import main
 
 SHAPES = [(0, 1), (1, 2), (4, 3)]  # (GPUs per node, nodes)
-GPU_RECIPE = ["grpo.use_gpu=true", "grpo.num_workers=2", "grpo.rollout_workers=2"]
+GPU_RECIPE = ["grpo.gpus=1", "grpo.num_workers=2", "grpo.rollout_workers=2"]
 
 
 def _check_entrypoint(ep: str, recipe: str, overrides: list[str]) -> None:
@@ -104,11 +104,11 @@ def test_render_shipped_recipes(kind, recipe, tmp_path):
 
 
 def test_needs_follow_the_recipe():
-    n = render.needs(load_config("micro", ["grpo.use_gpu=true", "grpo.num_workers=3", "grpo.rollout_workers=2",
-                                           "sft.num_cpus=2"]))
+    n = render.needs(load_config("micro", ["grpo.gpus=1", "grpo.num_workers=3", "grpo.rollout_workers=2",
+                                           "sft.cpus=2"]))
     assert n.stages["grpo"] == {"CPU": 5.0, "GPU": 5.0}  # disaggregated: every worker its own CPU + GPU
     assert n.stages["sft"] == {"CPU": 2.0} and n.largest == {"CPU": 2.0, "GPU": 1.0}
-    colocated = render.needs(load_config("micro", ["grpo.use_gpu=true", "grpo.num_workers=2", "grpo.rollout_workers=2",
+    colocated = render.needs(load_config("micro", ["grpo.gpus=1", "grpo.num_workers=2", "grpo.rollout_workers=2",
                                                    "grpo.placement=colocated"]))
     assert colocated.stages["grpo"]["GPU"] == 2.0  # half a GPU each side
     off = render.needs(load_config("micro", ["grpo.enabled=false", "distill.enabled=false"]))
@@ -117,7 +117,7 @@ def test_needs_follow_the_recipe():
 
 def test_render_refuses_what_does_not_fit():
     with pytest.raises(ClusterError, match="needs 4 GPU"):
-        render.render("k8s", "micro", ["grpo.use_gpu=true", "grpo.num_workers=2", "grpo.rollout_workers=2"],
+        render.render("k8s", "micro", ["grpo.gpus=1", "grpo.num_workers=2", "grpo.rollout_workers=2"],
                       nodes=1, gpus=2)
     with pytest.raises(ClusterError, match="--cpus 1"):
         render.render("slurm", "tiny", [], nodes=4, gpus=0, cpus=1)

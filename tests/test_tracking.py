@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from pipelines.config import load_config
-from pipelines.plots import write_plots
-from pipelines.tracking import resolved_mode
+from pipelines.report.plots import write_plots
+from pipelines.report.tracking import resolved_mode
 from tests.micro_run import micro_run
 from tests.wandb_records import read_runs
 

@@ -3,6 +3,7 @@
 - `cold_start`: rows {prompt, completion, answer} (chain-of-thought examples for SFT),
 - `train`: rows {prompt, answer} (verifiable prompts for GRPO and distillation),
 - `heldout`: rows {prompt, answer} (never trained on; accuracy is measured here).
+Code tasks carry `tests` (and `entry_point`) instead of, or beside, `answer`.
 """
 
 from __future__ import annotations
@@ -10,15 +11,45 @@ from __future__ import annotations
 import json
 import random
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from pipelines.config import TaskConfig
+if TYPE_CHECKING:
+    from pipelines.config.schema import TaskSection
+
+TASKS = ("arithmetic", "jsonl", "reasoning_gym", "human_eval")
 
 
 class TaskDataError(ValueError):
-    """A dataset row that cannot be used; the message names the file and row."""
+    """A dataset row or file that cannot be used; the message names the file and row."""
 
 
-def load_task(cfg: TaskConfig, seed: int) -> dict[str, list[dict]]:
+def task_rules(cfg: "TaskSection") -> str | None:
+    """The task's own config rules (checked at load); the one-line problem, or None."""
+    if cfg.name == "jsonl":
+        if not cfg.path:
+            return "task.path='': required when task.name=jsonl"
+        path = Path(cfg.path)
+        if path.is_dir():
+            return f"task.path={cfg.path!r}: is a directory; give a .jsonl file"
+        if not path.is_file():
+            return f"task.path={cfg.path!r}: file not found"
+    if cfg.name == "arithmetic":
+        if cfg.min_ops < 1 or cfg.max_ops < cfg.min_ops:
+            return f"task.max_ops={cfg.max_ops}: need 1 <= task.min_ops ({cfg.min_ops}) <= task.max_ops"
+        if cfg.max_value < 1:
+            return f"task.max_value={cfg.max_value}: must be >= 1"
+    if cfg.name == "reasoning_gym":
+        from pipelines.tasks.reasoning_gym import contamination_reason
+
+        if not cfg.dataset:
+            return "task.dataset='': required when task.name=reasoning_gym (e.g. chain_sum, basic_arithmetic)"
+        reason = contamination_reason(cfg.dataset, cfg.params)
+        if reason:
+            return f"task.dataset={cfg.dataset!r}: refused as training data: {reason}"
+    return None
+
+
+def load_task(cfg: "TaskSection", seed: int) -> dict[str, list[dict]]:
     if cfg.name == "arithmetic":
         from pipelines.tasks.arithmetic import generate_splits
 
@@ -39,16 +70,22 @@ def load_task(cfg: TaskConfig, seed: int) -> dict[str, list[dict]]:
             return human_eval.generate_splits(cfg.num_cold_start, cfg.num_train, cfg.num_heldout, seed)
         except (reasoning_gym.TaskError, human_eval.TaskError) as e:
             raise TaskDataError(str(e)) from None
-    raise TaskDataError(f"task.name: unknown task '{cfg.name}'")
+    raise TaskDataError(f"task.name: unknown task '{cfg.name}'; choose from {', '.join(TASKS)}")
 
 
 def read_rows(path: Path) -> list[dict]:
-    """Rows of a JSONL file, each checked for a non-empty `prompt` and `answer`."""
+    """Rows of a JSONL file, each checked for a non-empty `prompt` and `answer`; errors name the row."""
+    if path.is_dir():
+        raise TaskDataError(f"{path}: is a directory; give a .jsonl file")
     if not path.exists():
         raise TaskDataError(f"{path}: file not found")
     rows = []
-    with path.open() as f:
-        for i, line in enumerate(f, 1):
+    with path.open("rb") as f:
+        for i, raw in enumerate(f, 1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise TaskDataError(f"{path} row {i}: not UTF-8 text (byte {e.start}: {raw[e.start:e.start + 1]!r})") from None
             if not line.strip():
                 continue
             try:
@@ -62,10 +99,12 @@ def read_rows(path: Path) -> list[dict]:
                     raise TaskDataError(f"{path} row {i}: missing '{key}'")
             row["answer"] = str(row["answer"])
             rows.append(row)
+    if not rows:
+        raise TaskDataError(f"{path}: no rows")
     return rows
 
 
-def _load_jsonl(path: Path, cfg: TaskConfig, seed: int) -> dict[str, list[dict]]:
+def _load_jsonl(path: Path, cfg: "TaskSection", seed: int) -> dict[str, list[dict]]:
     rows = read_rows(path)
     # Held-out rows come from a fixed shuffle (not the run seed) so every run is measured on the same set.
     order = list(range(len(rows)))
@@ -73,8 +112,6 @@ def _load_jsonl(path: Path, cfg: TaskConfig, seed: int) -> dict[str, list[dict]]
     heldout = [rows[i] for i in order[: cfg.num_heldout]]
     rest = [rows[i] for i in order[cfg.num_heldout:]]
     with_cot = [r for r in rest if r.get("completion")]
-    if not with_cot:
-        raise TaskDataError(f"{path}: no row has a 'completion' (chain of thought) for cold-start SFT")
     random.Random(seed).shuffle(with_cot)
     cold = with_cot[: cfg.num_cold_start]
     cold_ids = {id(r) for r in cold}
@@ -83,7 +120,7 @@ def _load_jsonl(path: Path, cfg: TaskConfig, seed: int) -> dict[str, list[dict]]
             "heldout": [{"prompt": r["prompt"], "answer": r["answer"]} for r in heldout]}
 
 
-def short_completions(cfg: TaskConfig, rows: list[dict], where: str) -> list[str]:
+def short_completions(cfg: "TaskSection", rows: list[dict], where: str) -> list[str]:
     """Short chain-of-thought solutions for `rows` (the short-CoT source of mix distillation): the
     built-in task writes them itself; JSONL tasks take them from a `short_completion` column."""
     if cfg.name == "arithmetic":

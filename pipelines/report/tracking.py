@@ -16,13 +16,16 @@ otherwise; `sync_hint` gives the command that uploads offline runs later.
 from __future__ import annotations
 
 import json
+import math
 import netrc
 import os
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from pipelines.config import PipelineConfig, to_dict
+from pipelines.config.schema import PipelineConfig, to_dict
+
+WANDB_MODES = ("offline", "online", "disabled")
 
 # Files of a Hugging Face checkpoint folder that make up the model artifact (not manifests, metrics,
 # traces or trainer scratch).
@@ -104,6 +107,14 @@ def attach_grpo(trainer, cfg: PipelineConfig, out: Path) -> None:
     every = getattr(cfg.grpo, "log_rollouts_every", 0)
     if every > 0:
         trainer.add_callback(RolloutSamples(trainer, every, RolloutSink(out / "rollouts.jsonl")))
+
+
+def write_history(path: Path, log_history: list[dict]) -> None:
+    """`<stage>/history.jsonl`: every logged metric dict of a trainer (non-finite values as null), the
+    file the plots are drawn from."""
+    finite = lambda v: None if isinstance(v, float) and not math.isfinite(v) else v  # noqa: E731
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps({k: finite(v) for k, v in e.items()}) + "\n" for e in log_history))
 
 
 class RolloutSink:

@@ -19,11 +19,15 @@ import math
 import time
 from pathlib import Path
 
+from typing import TYPE_CHECKING
+
 from cluster.runtime import run_task
-from pipelines import tracking
-from pipelines.config import ConfigError
-from pipelines.common import config_from, data_path, load_tokenizer, new_model, read_jsonl, save_checkpoint, use_cpus
-from pipelines.evaluate import evaluate_model, row_scores, write_jsonl
+from pipelines.config.schema import ConfigError
+from pipelines.models import load_tokenizer, new_model, save_checkpoint
+from pipelines.report import tracking
+from pipelines.run_folder import RunFolder, read_jsonl, write_jsonl
+from pipelines.scoring import evaluate_model, row_scores
+from pipelines.stages.base import Actor, Resources, Stage, StageContext, start_task
 from rewards.registry import get_reward
 from rl.callbacks import MetricHistory, Progress, make_bar
 from rl.metrics import generate_flops, train_flops
@@ -31,13 +35,37 @@ from rl.modeling import count_params, load_policy
 from rl.sft import SFTParams, sft_train
 from rl.traces import SHORT, build_mix, largest_mix, mix_counts, mix_shares, select_traces
 
-STAGE_TEACHERS = ("sft", "grpo", "baseline")
+if TYPE_CHECKING:
+    from pipelines.config.schema import PipelineConfig
+
+STAGE_TEACHERS = ("sft", "grpo", "baseline")  # teachers named by stage; anything else is a checkpoint folder
+METHODS = ("sft", "logit")  # students learn the traces' tokens, or the teacher's token distributions (TRL GKD)
 
 
-def teacher_path(cfg, name: str) -> Path:
+class DistillStage(Stage):
+    name = "distill"
+
+    def depends_on(self, cfg: "PipelineConfig") -> tuple[str, ...]:
+        named = [t for m in cfg.distill.mixes.values() if m.long_short > 0 for t in m.teachers]
+        named += [s.path or "grpo" for s in cfg.distill.students.values() if s.kind == "truncate"]
+        return tuple(dict.fromkeys(t for t in named if t in STAGE_TEACHERS))
+
+    def resources(self, cfg: "PipelineConfig") -> Resources:
+        # Sampling (rollout actors) and training (one task) run one after the other: the peak is the larger.
+        d = cfg.distill
+        rollout = tuple(Actor(f"rollout-{i}", d.rollout_cpus, d.rollout_gpus) for i in range(d.rollout_workers))
+        return Resources(cpus=max(d.rollout_workers * d.rollout_cpus, d.cpus),
+                         gpus=max(d.rollout_workers * d.rollout_gpus, d.gpus),
+                         actors=rollout + (Actor("distill-0", d.cpus, d.gpus),))
+
+    def run(self, cfg: "PipelineConfig", ctx: StageContext) -> dict:
+        return run(cfg, ctx)
+
+
+def teacher_path(cfg: "PipelineConfig", name: str) -> Path:
     """A teacher named in a mix: a finished stage of this run, or a checkpoint folder."""
     if name in STAGE_TEACHERS:
-        path = cfg.run_dir / name
+        path = RunFolder(cfg.run_dir).stage(name)
         if not (path / "manifest.json").exists():
             raise ValueError(f"distill: teacher '{name}' is a stage of this run that has not finished "
                              f"(enable it, or name a checkpoint folder)")
@@ -60,7 +88,7 @@ def teacher_pool(cfg, name: str, rows: list[dict]) -> tuple[list[dict], dict]:
     d = cfg.distill
     path = teacher_path(cfg, name)
     key = json.dumps([str(path.resolve()), d.samples_per_prompt, d.num_prompts, d.temperature, d.keep_per_prompt,
-                      d.min_tokens, d.max_tokens, d.require_format, d.dedupe, cfg.eval.max_new_tokens, cfg.run.seed])
+                      d.min_tokens, d.max_tokens, d.require_format, d.dedupe, d.max_new_tokens, cfg.run.seed])
     cache = cfg.run_dir / "traces" / f"{Path(name).name}-{hashlib.sha1(key.encode()).hexdigest()[:10]}.jsonl"
     if cache.exists():
         data = json.loads(cache.with_suffix(".stats.json").read_text())
@@ -73,9 +101,9 @@ def teacher_pool(cfg, name: str, rows: list[dict]) -> tuple[list[dict], dict]:
     tok = AutoTokenizer.from_pretrained(path)
     k = d.samples_per_prompt
     prompt_ids = [tok(r["prompt"], add_special_tokens=False)["input_ids"] for r in rows for _ in range(k)]
-    sp = SamplingParams(max_new_tokens=cfg.eval.max_new_tokens, temperature=d.temperature)
-    pool = RolloutPool(engine_factory("hf", str(path)), num_workers=d.rollout_workers,
-                       cpus_per_worker=d.rollout_cpus_per_worker)
+    sp = SamplingParams(max_new_tokens=d.max_new_tokens, temperature=d.temperature)
+    pool = RolloutPool(engine_factory("hf", str(path), use_gpu=d.rollout_gpus > 0), num_workers=d.rollout_workers,
+                       cpus_per_worker=d.rollout_cpus, gpus_per_worker=d.rollout_gpus)
     start, ids = time.monotonic(), []
     bar = make_bar(f"distill: {Path(name).name} traces", len(prompt_ids))
     try:
@@ -115,18 +143,17 @@ def short_pool(cfg, rows: list[dict], tok) -> tuple[list[dict], dict]:
     """Short chains of thought from the task's short-CoT source (verified like teacher traces)."""
     from pipelines.tasks import short_completions
 
-    comps = short_completions(cfg.task, rows, str(data_path(cfg, "train")))
+    comps = short_completions(cfg.task, rows, str(RunFolder(cfg.run_dir).data("train")))
     ok = _accept(cfg, comps, rows)
     lengths = [len(tok(c, add_special_tokens=False)["input_ids"]) for c in comps]
     return select_traces(rows, [[c] for c in comps], [[o] for o in ok], [[n] for n in lengths], source="reference",
                          style="short", keep_per_prompt=1, min_tokens=0, max_tokens=0)
 
 
-def run(cfg_dict: dict, out_dir: str) -> dict:
+def run(cfg: "PipelineConfig", ctx: StageContext) -> dict:
     """Driver side: build the trace pools (rollout actors), then train every student on every mix."""
-    cfg = config_from(cfg_dict)
-    d, out = cfg.distill, Path(out_dir)
-    rows = read_jsonl(data_path(cfg, "train"))[: d.num_prompts]
+    d, out = cfg.distill, ctx.out_dir
+    rows = read_jsonl(RunFolder(cfg.run_dir).data("train"))[: d.num_prompts]
     teachers = list(dict.fromkeys(t for m in d.mixes.values() if m.long_short > 0 for t in m.teachers))
     pools, stats = {}, {}
     for t in teachers:
@@ -153,7 +180,7 @@ def run(cfg_dict: dict, out_dir: str) -> dict:
             raise ConfigError(f"distill.mixes.{name}: {e}; lower distill.num_traces (0 = the most every mix can "
                              f"fill) or raise distill.samples_per_prompt") from None
         write_jsonl(out / "mixes" / f"{name}.jsonl", mixes[name]["traces"])
-    result = run_task(train_students, cfg_dict, str(out), num_cpus=d.num_cpus, name="distill")
+    result = run_task(train_students, cfg, ctx, num_cpus=d.cpus, num_gpus=d.gpus, name="distill")
     result["traces"] = stats
     result["mix_counts"] = {name: m["counts"] for name, m in mixes.items()}
     result["generation_time_s"] = sum(s.get("generation_time_s", 0.0) for s in stats.values())
@@ -173,13 +200,12 @@ def _student(cfg, scfg, tok):
     return truncate_layers(load_policy(teacher_path(cfg, scfg.path or "grpo"))[0], scfg.num_layers)
 
 
-def train_students(cfg_dict: dict, out_dir: str) -> dict:
-    """Ray task: every student (model config) on every mix, each evaluated on the held-out split."""
-    cfg = config_from(cfg_dict)
-    d, out = cfg.distill, Path(out_dir)
-    use_cpus(d.num_cpus)
+def train_students(cfg: "PipelineConfig", ctx: StageContext) -> dict:
+    """Ray task: every student (model section) on every mix, each evaluated on the held-out split."""
+    d, out = cfg.distill, ctx.out_dir
+    start_task(d.cpus)
     tok = load_tokenizer(cfg)
-    heldout = read_jsonl(data_path(cfg, "heldout"))
+    heldout = read_jsonl(RunFolder(cfg.run_dir).data("heldout"))
     run = tracking.start_stage_run(cfg, "distill")
     params = SFTParams(epochs=d.epochs, learning_rate=d.learning_rate, batch_size=d.batch_size, bf16=d.bf16)
     students, flops, teachers = [], 0.0, {}
@@ -197,9 +223,9 @@ def train_students(cfg_dict: dict, out_dir: str) -> dict:
                     teachers[name] = load_policy(teacher_path(cfg, name))[0]
                 m = logit_distill(model, teachers[name], tok, traces, dest / "trainer", params,
                                   beta=d.logit_beta, lmbda=d.logit_lmbda, seed=cfg.run.seed,
-                                  max_new_tokens=cfg.eval.max_new_tokens, report_to=tracking.report_to(cfg))
+                                  max_new_tokens=d.max_new_tokens, report_to=tracking.report_to(cfg))
             else:
-                m = sft_train(model, tok, traces, dest / "trainer", params, seed=cfg.run.seed,
+                m = sft_train(model, tok, traces, dest / "trainer", params, seed=cfg.run.seed, use_cpu=not d.gpus,
                               report_to=tracking.report_to(cfg), callbacks=[Progress(f"distill: {sname} on {mname}"),
                                                                    MetricHistory(dest / "history.jsonl")])
             train_time = time.monotonic() - start

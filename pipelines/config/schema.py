@@ -1,0 +1,231 @@
+"""The typed, frozen pipeline configuration: one section per YAML top-level key, composed into
+`PipelineConfig`. Learning hyper-parameters come from `rl` (the sections extend `SFTParams`,
+`GRPOParams`, `TTSParams`); what a section adds is how its stage runs on the cluster.
+
+Resources are spelled one way everywhere: `cpus` / `gpus` are per worker of the kind they sit next to
+(`rollout_cpus` for a rollout worker, ...), `num_workers` / `rollout_workers` say how many. Rules that
+involve more than one field live in `pipelines/config/rules.py` and run once, at load.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+from rl.evaluation import TTSParams
+from rl.grpo import GRPOParams
+from rl.sft import SFTParams
+
+
+class ConfigError(ValueError):
+    """A recipe or override that does not fit the schema or its rules. The message names the field."""
+
+
+@dataclass(frozen=True)
+class RunSection:
+    name: str = "tiny"  # the run folder's name under output_dir: letters, digits, '.', '_', '-'
+    seed: int = 0
+    output_dir: str = "runs"
+    ray_address: str = ""  # "" starts a local Ray; "auto" or "ray://host:10001" connects
+    num_cpus: int = 0  # CPUs of a local Ray; 0 = all cores
+    wandb_mode: str = "offline"  # offline | online | disabled
+    wandb_project: str = "rayzero"
+
+
+@dataclass(frozen=True)
+class ModelSection:
+    """The policy to start from. `tiny` builds a Llama-architecture model from the sizes below and a
+    tokenizer trained on the task's text at run time; `hf` loads `path` (a local HF folder); `gguf`
+    converts `path` (a .gguf file or package:<pkg>/<file>) once into runs/<run>/base/. Distillation
+    students may also be `truncate`: `num_layers` evenly spaced layers of the teacher at `path`."""
+
+    kind: str = "tiny"
+    path: str = ""
+    hidden_size: int = 128
+    num_layers: int = 4
+    num_heads: int = 4
+    intermediate_size: int = 384
+    vocab_size: int = 512  # tokenizer size for `tiny` (at least 264: bytes + special tokens + tags)
+    max_position: int = 256
+
+
+@dataclass(frozen=True)
+class TaskSection:
+    """Where prompts and answers come from (pipelines/tasks/): `arithmetic` (built-in generator),
+    `jsonl` (a file of rows with prompt/answer[/completion]), `reasoning_gym`, `human_eval`."""
+
+    name: str = "arithmetic"
+    path: str = ""  # jsonl: the file, split into cold-start / train / held-out by the sizes below
+    num_cold_start: int = 200  # chain-of-thought examples for SFT
+    num_train: int = 4000  # prompts (answers only) for GRPO and distillation
+    num_heldout: int = 300  # never trained on
+    min_ops: int = 2
+    max_ops: int = 3
+    max_value: int = 20
+    dataset: str = ""  # reasoning_gym: the generator (e.g. chain_sum, basic_arithmetic)
+    params: Mapping[str, Any] = field(default_factory=dict)  # reasoning_gym: the generator's config fields
+
+
+@dataclass(frozen=True)
+class SFTSection(SFTParams):
+    """Cold-start SFT: the learning hyper-parameters of `rl.sft.SFTParams` plus how the stage runs."""
+
+    enabled: bool = True
+    cpus: float = 1.0
+    gpus: float = 0.0
+    time_budget_s: float = 0.0  # stop training after this wall time; 0 = no budget
+
+
+@dataclass(frozen=True)
+class GRPOSection(GRPOParams):
+    """GRPO: the learning hyper-parameters of `rl.grpo.GRPOParams` (TRL's losses) plus rewards, the
+    learner (a Ray Train worker group) and the rollout workers."""
+
+    enabled: bool = True
+    rewards: Mapping[str, float] = field(
+        default_factory=lambda: {"math_accuracy": 1.0, "strict_format": 0.1}
+    )
+    # Parameters of factory rewards, e.g. {code_accuracy: {mode: all, workers: 8, cpus: 1}} (`workers` > 0
+    # scores on a Ray actor pool of that size).
+    reward_params: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    time_budget_s: float = 0.0  # stop after max_steps or this much training wall time (0 = no budget)
+    num_workers: int = 1  # learner workers (data parallel)
+    cpus: float = 1.0  # per learner worker
+    gpus: float = 0.0  # per learner worker (1 = one GPU each; NCCL between them)
+    zero_stage: int = 0  # 0 = plain DDP; 1, 2, 3 = DeepSpeed ZeRO stage (config generated, rl/zero.py)
+    save_steps: int = 0  # checkpoint every N steps; a rerun after a crash resumes from the latest
+    max_failures: int = 0  # learner worker-group restarts, each resuming from the latest checkpoint
+    # Rollouts: 0 workers = TRL generates inside the learner; N = a Ray rollout pool (cluster/rollout.py).
+    rollout_workers: int = 0
+    rollout_engine: str = "hf"  # hf | vllm
+    rollout_cpus: float = 1.0  # per rollout worker
+    placement: str = "disaggregated"  # colocated | disaggregated (cluster/placement.py)
+    sync_every: int = 1  # push learner weights to the rollout workers every N optimizer steps
+    sync_backend: str = "object_store"  # object_store | collective (NCCL on GPU, gloo on CPU)
+    overlap: bool = False  # generate step t+1 while training step t (one-step off-policy; needs rollout_workers)
+    log_rollouts_every: int = 10  # wandb table + grpo/rollouts.jsonl of sample rollouts every N steps (0 = off)
+
+    @property
+    def use_gpu(self) -> bool:
+        return self.gpus > 0
+
+
+@dataclass(frozen=True)
+class MixSection:
+    """One distillation data mix (rl/traces.py): `long_short` of the traces are long ones sampled from
+    `teachers` (weights; names are stages of this run, `sft`/`grpo`/`baseline`, or checkpoint folders),
+    the rest short ones from the task's short-CoT source. Mix-Long = long and short; Mix-Large = a large
+    and a small teacher."""
+
+    long_short: float = 1.0
+    teachers: Mapping[str, float] = field(default_factory=lambda: {"grpo": 1.0})
+
+
+@dataclass(frozen=True)
+class DistillSection:
+    """Teachers sample `samples_per_prompt` solutions for `num_prompts` training prompts through Ray
+    rollout workers; verified ones are kept (rejection sampling + filters) and cached per teacher in
+    `runs/<run>/traces/`. Every student is trained on every mix (each of `num_traces` traces; 0 = the
+    most every mix can fill); the first student on the first mix is the stage's checkpoint."""
+
+    enabled: bool = True
+    samples_per_prompt: int = 4
+    num_prompts: int = 2000
+    temperature: float = 1.0
+    max_new_tokens: int = 64  # longest trace a teacher may write
+    keep_per_prompt: int = 2  # at most this many distinct correct traces per prompt
+    min_tokens: int = 0  # length filter on kept traces (0 = none)
+    max_tokens: int = 0
+    require_format: bool = True  # keep only traces with the strict <think>/<answer> format
+    dedupe: bool = True
+    rollout_workers: int = 1  # Ray rollout actors sampling the teachers
+    rollout_cpus: float = 1.0
+    rollout_gpus: float = 0.0
+    num_traces: int = 0
+    mixes: Mapping[str, MixSection] = field(default_factory=lambda: {"main": MixSection()})
+    students: Mapping[str, ModelSection] = field(default_factory=lambda: {
+        "student": ModelSection(hidden_size=96, num_layers=3, num_heads=4, intermediate_size=256)})
+    method: str = "sft"  # sft: on the traces' tokens | logit: match the teacher's token distributions (TRL GKD)
+    logit_beta: float = 0.0  # GKD's generalised JSD: 0 = forward KL, 1 = reverse KL
+    logit_lmbda: float = 0.0  # GKD: fraction of batches the student samples itself (on-policy)
+    epochs: float = 2.0
+    learning_rate: float = 1e-3
+    batch_size: int = 32
+    bf16: bool = False  # bf16 autocast for the students' training (rl.sft.SFTParams.bf16)
+    cpus: float = 1.0  # the students' training task
+    gpus: float = 0.0
+
+
+@dataclass(frozen=True)
+class EvalSection(TTSParams):
+    """Greedy pass@1 is measured after every stage; with `samples > 0` the `eval` stage also measures
+    each checkpoint in `stages` with test-time scaling (`rl.evaluation.TTSParams`)."""
+
+    max_new_tokens: int = 64
+    batch_size: int = 128
+    cpus: float = 1.0
+    gpus: float = 0.0
+
+    @property
+    def enabled(self) -> bool:
+        return self.samples > 0
+
+
+@dataclass(frozen=True)
+class BaselineSection:
+    """SFT alone on the same cold-start data for the wall time SFT+GRPO took (the comparison the
+    RL stage must beat)."""
+
+    enabled: bool = False
+
+
+@dataclass(frozen=True)
+class PublishSection:
+    """Publish a stage's checkpoint after the run (pipelines/report/publish.py, also `rayzero publish`):
+    `to` is a directory or `hf://<org>/<name>[@revision]`; `stage` "" = the last trained stage."""
+
+    enabled: bool = False
+    stage: str = ""
+    to: str = ""
+    overwrite: bool = False
+    base_model: str = ""  # Hub id for the card's `base_model` (default: model.path when it is a Hub id)
+    datasets: tuple[str, ...] = ()  # Hub ids / names for the card's `datasets` (default: the task's name)
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    run: RunSection = RunSection()
+    model: ModelSection = ModelSection()
+    task: TaskSection = TaskSection()
+    sft: SFTSection = SFTSection()
+    grpo: GRPOSection = GRPOSection()
+    distill: DistillSection = DistillSection()
+    eval: EvalSection = EvalSection()
+    baseline: BaselineSection = BaselineSection()
+    publish: PublishSection = PublishSection()
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.run.output_dir) / self.run.name
+
+
+# Fields that were renamed: an old recipe gets one line naming the new field instead of "unknown field".
+RENAMED = {
+    ("sft", "num_cpus"): "sft.cpus",
+    ("grpo", "cpus_per_worker"): "grpo.cpus",
+    ("grpo", "rollout_cpus_per_worker"): "grpo.rollout_cpus",
+    ("grpo", "use_gpu"): "grpo.gpus (GPUs per learner worker, e.g. 1)",
+    ("distill", "num_cpus"): "distill.cpus",
+    ("distill", "rollout_cpus_per_worker"): "distill.rollout_cpus",
+    ("eval", "num_cpus"): "eval.cpus",
+    ("eval", "max_steps"): "eval.beam_max_rounds",
+}
+
+
+def to_dict(cfg: Any) -> dict:
+    """Plain nested dicts/lists (tuples become lists), as YAML and JSON write them: comparing two of
+    these compares configs, not their container types."""
+    return json.loads(json.dumps(dataclasses.asdict(cfg)))

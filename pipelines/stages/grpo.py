@@ -1,0 +1,182 @@
+"""GRPO: TRL's GRPOTrainer, started from the previous stage's checkpoint, run inside a Ray Train worker
+group (gloo on CPU, NCCL on GPU; optionally DeepSpeed ZeRO), rewarded by functions from `rewards/`
+chosen by name, with rollouts generated in the learner (TRL) or on a Ray rollout pool.
+
+Checkpoints (`grpo.save_steps`) go to `runs/<run>/grpo.checkpoints/`, outside the stage's scratch
+folder, so a crashed or killed run started again resumes GRPO from its latest checkpoint, with its
+metric history: the resumed stage reports the same curve, rewards and FLOPs as an uninterrupted one.
+The folder records the inputs (start checkpoint, data) its checkpoints were trained from; checkpoints
+of other inputs are set aside, never resumed.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from cluster import placement
+from cluster.runtime import run_worker_group
+from pipelines.report import tracking
+from pipelines.run_folder import RunFolder, read_json_or_none, read_jsonl, write_json
+from pipelines.scoring import evaluate_model
+from pipelines.stages.base import Actor, Resources, Stage, StageContext, StageError, start_task
+from rewards.registry import build_rewards
+from rl.callbacks import Progress, TimeBudget
+from rl.grpo import make_grpo_trainer
+from rl.modeling import count_params, load_policy
+
+if TYPE_CHECKING:
+    from pipelines.config.schema import PipelineConfig
+
+_LOGGED = ("reward", "reward_std", "frac_reward_zero_std", "completions/mean_length", "step_time",
+           "dynamic_sampling/kept_fraction", "dynamic_sampling/rounds", "dynamic_sampling/batch_rows",
+           "rollout/generate_s", "rollout/sync_s", "rollout/policy_lag")
+
+
+def checkpoint_dir(run_dir: Path) -> Path:
+    return Path(run_dir) / "grpo.checkpoints"
+
+
+def plan(cfg: "PipelineConfig") -> placement.Plan:
+    g = cfg.grpo
+    return placement.plan(g.placement, num_learners=g.num_workers, learner_cpus=g.cpus, num_rollout=g.rollout_workers,
+                          rollout_cpus=g.rollout_cpus, use_gpu=g.use_gpu)
+
+
+class GRPOStage(Stage):
+    name = "grpo"
+    trains_policy = True
+
+    def resources(self, cfg: "PipelineConfig") -> Resources:
+        p = plan(cfg)
+        actors = [Actor(f"learner-{i}", p.learner.get("CPU", 0.0), p.learner.get("GPU", 0.0)) for i in range(p.num_learners)]
+        actors += [Actor(f"rollout-{i}", p.rollout.get("CPU", 0.0), p.rollout.get("GPU", 0.0)) for i in range(p.num_rollout)]
+        return Resources(cpus=p.total.get("CPU", 0.0), gpus=p.total.get("GPU", 0.0), actors=tuple(actors))
+
+    def run(self, cfg: "PipelineConfig", ctx: StageContext) -> dict:
+        """Driver side: place the rollout pool (if any), launch the learner group, collect rank 0's metrics."""
+        g = cfg.grpo
+        ckpts = checkpoint_dir(cfg.run_dir)
+        _claim_checkpoints(ckpts, dict(ctx.inputs), RunFolder(cfg.run_dir))
+        p = plan(cfg)
+        pool = _start_rollout_pool(cfg, p, ctx.init) if g.rollout_workers else None
+        try:
+            run_worker_group(_train_loop, {"cfg": cfg, "ctx": ctx, "pool": pool}, num_workers=g.num_workers,
+                             resources_per_worker=p.learner, use_gpu=g.use_gpu, storage_path=cfg.run_dir / "ray_train",
+                             name=f"{cfg.run.name}-grpo", max_failures=g.max_failures)
+        finally:
+            if pool is not None:
+                pool.shutdown()
+        metrics = json.loads((ctx.out_dir / "metrics.json").read_text())
+        if not metrics["steps"]:
+            raise StageError("grpo: the learner finished after 0 optimizer steps; check task.num_train, "
+                             "grpo.prompts_per_step and grpo.time_budget_s")
+        shutil.rmtree(ckpts, ignore_errors=True)  # the stage finished: its folder is the result
+        return metrics
+
+
+def _claim_checkpoints(ckpts: Path, inputs: dict, folder: RunFolder) -> None:
+    """Resume only from checkpoints trained from these inputs; others are moved aside."""
+    marker = ckpts / "inputs.json"
+    if ckpts.exists() and read_json_or_none(marker) != inputs:
+        folder.set_aside(ckpts)
+    if not ckpts.exists():
+        write_json(marker, inputs)
+
+
+def _start_rollout_pool(cfg: "PipelineConfig", p: placement.Plan, init: Path | None):
+    from cluster.rollout import RolloutPool
+    from rl.rollout import engine_factory
+
+    g = cfg.grpo
+    pg = placement.rollout_group(p) if p.mode == "disaggregated" else None
+    backend = "object_store" if g.sync_backend == "object_store" else ("nccl" if g.use_gpu else "gloo")
+    return RolloutPool(engine_factory(g.rollout_engine, str(init), use_gpu=g.use_gpu), num_workers=g.rollout_workers,
+                       cpus_per_worker=p.rollout.get("CPU", 0), gpus_per_worker=p.rollout.get("GPU", 0),
+                       placement_group=pg, sync_backend=backend)
+
+
+def _latest_checkpoint(path: Path) -> Path | None:
+    found = sorted(path.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]))
+    return found[-1] if found else None
+
+
+def _train_loop(config: dict) -> None:
+    """One Ray Train worker: every rank trains (data parallel over the group's prompts); rank 0 saves,
+    evaluates and logs."""
+    import ray.train
+
+    rank, world = ray.train.get_context().get_world_rank(), ray.train.get_context().get_world_size()
+    cfg: PipelineConfig = config["cfg"]
+    ctx: StageContext = config["ctx"]
+    g, out, folder = cfg.grpo, ctx.out_dir, RunFolder(cfg.run_dir)
+    start_task(g.cpus)
+    ds_config = None
+    if g.zero_stage:
+        from rl.zero import deepspeed_config, init_distributed_for_zero3
+
+        if g.zero_stage == 3:
+            init_distributed_for_zero3(g.use_gpu)
+        ds_config = deepspeed_config(g.zero_stage, use_gpu=g.use_gpu)
+    ckpts = checkpoint_dir(cfg.run_dir)
+    resume = _latest_checkpoint(ckpts) if g.save_steps else None
+    finished = resume is not None and int(resume.name.rsplit("-", 1)[1]) >= g.max_steps
+    # A run killed after its last checkpoint but before the stage was recorded: the weights are final.
+    model, tok = load_policy(resume if finished else ctx.init)
+    if g.use_gpu and not g.zero_stage:
+        model = model.to(f"cuda:{ray.train.get_context().get_local_rank()}")
+    rollout_func = None
+    if config.get("pool") is not None:
+        from rl.rollout import make_rollout_func
+
+        rollout_func = make_rollout_func(config["pool"], sync_every=g.sync_every, seed=cfg.run.seed, overlap=g.overlap)
+    fns, weights = build_rewards(dict(g.rewards), {k: dict(v) for k, v in g.reward_params.items()})
+    run = tracking.start_stage_run(cfg, "grpo") if rank == 0 else None
+    callbacks = [TimeBudget(g.time_budget_s)] + ([Progress("grpo: train")] if rank == 0 else [])
+    trainer = make_grpo_trainer(model, tok, read_jsonl(folder.data("train")), fns, weights, ckpts, g,
+                                callbacks=callbacks, rollout_func=rollout_func, seed=cfg.run.seed,
+                                report_to=tracking.report_to(cfg) if rank == 0 else "none", use_cpu=not g.use_gpu,
+                                world_size=world, deepspeed=ds_config, save_steps=g.save_steps)
+    if rank == 0:
+        tracking.attach_grpo(trainer, cfg, out)  # history.jsonl, tokens/s, rollout table
+    start = time.monotonic()
+    if finished:
+        from transformers import TrainerState
+
+        trainer.state = TrainerState.load_from_json(str(resume / "trainer_state.json"))
+    else:
+        trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+    train_time = time.monotonic() - start
+    # Every rank takes part: under ZeRO-3 saving gathers the shards into one full checkpoint. The
+    # trainer writes the model, its generation config and the tokenizer.
+    trainer.save_model(str(out))
+    if rank != 0:
+        return
+    if g.zero_stage == 3:
+        # TRL's ZeRO-3 config is still registered with transformers; without this, from_pretrained below
+        # would build a partitioned model whose forward waits for ranks that have already finished.
+        from transformers.integrations.deepspeed import unset_hf_deepspeed_config
+
+        unset_hf_deepspeed_config()
+    # The whole curve, including what a resumed run restored from its checkpoint.
+    tracking.write_history(out / "history.jsonl", trainer.state.log_history)
+    model, _ = load_policy(out)  # the consolidated weights, whatever the learner's sharding was
+    after = evaluate_model(model.cpu(), tok, read_jsonl(folder.data("heldout")), cfg.eval, desc="grpo: eval")
+    history = [h for h in trainer.state.log_history if "reward" in h]
+    metrics = {
+        "accuracy": after["accuracy"], "params": count_params(model), "train_time_s": train_time,
+        "steps": trainer.state.global_step, "num_tokens": int(trainer.state.num_input_tokens_seen),
+        "num_workers": world, "zero_stage": g.zero_stage,
+        "rollout_workers": g.rollout_workers, "resumed_from": str(resume) if resume else None,
+        "reward_first": history[0]["reward"] if history else None,
+        "reward_last": history[-1]["reward"] if history else None,
+        "samples": after["samples"],
+        # The logged curve, compact: on-policy reward, dynamic sampling and rollout timings.
+        "log": [{k: round(h[k], 4) for k in _LOGGED if k in h} | {"step": h["step"]} for h in history],
+    }
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    tracking.finish(run, {"eval/accuracy": after["accuracy"], "params": metrics["params"]}, eval_samples=after["samples"],
+                    checkpoint=out)

@@ -1,0 +1,79 @@
+"""Cold-start SFT (TRL's SFTTrainer on chain-of-thought examples) and the SFT-only baseline that trains
+the same recipe for the wall time SFT + GRPO took (the comparison the RL stage must beat)."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import TYPE_CHECKING
+
+from cluster.runtime import run_task
+from pipelines.models import load_tokenizer, new_model, save_checkpoint
+from pipelines.report import tracking
+from pipelines.run_folder import RunFolder, read_jsonl
+from pipelines.scoring import evaluate_model
+from pipelines.stages.base import Resources, Stage, StageContext, start_task
+from rl.callbacks import MetricHistory, Progress
+from rl.modeling import count_params
+from rl.sft import sft_train
+
+if TYPE_CHECKING:
+    from pipelines.config.schema import PipelineConfig
+
+
+class SFTStage(Stage):
+    name = "sft"
+    trains_policy = True
+
+    def resources(self, cfg: "PipelineConfig") -> Resources:
+        return Resources.single(self.name, cfg.sft.cpus, cfg.sft.gpus)
+
+    def run(self, cfg: "PipelineConfig", ctx: StageContext) -> dict:
+        return run_task(train, cfg, ctx, "sft", num_cpus=cfg.sft.cpus, num_gpus=cfg.sft.gpus, name="sft")
+
+
+class BaselineStage(Stage):
+    """SFT alone on the same cold-start data for the wall time SFT + GRPO trained; its steps are set from
+    the SFT stage's measured speed so the learning-rate schedule completes within the budget."""
+
+    name = "baseline"
+
+    def resources(self, cfg: "PipelineConfig") -> Resources:
+        return Resources.single(self.name, cfg.sft.cpus, cfg.sft.gpus)  # SFT's recipe, SFT's resources
+
+    def run(self, cfg: "PipelineConfig", ctx: StageContext) -> dict:
+        s, g = ctx.earlier.get("sft", {}), ctx.earlier.get("grpo", {})
+        budget = s.get("train_time_s", 0.0) + g.get("train_time_s", 0.0)
+        steps = int(budget * s["steps"] / s["train_time_s"]) if s.get("train_time_s") else -1
+        return run_task(train, cfg, ctx, "baseline", time_budget_s=budget * 1.1, max_steps=steps,
+                        num_cpus=cfg.sft.cpus, num_gpus=cfg.sft.gpus, name="baseline")
+
+
+def train(cfg: "PipelineConfig", ctx: StageContext, stage: str, time_budget_s: float = 0.0, max_steps: int = -1) -> dict:
+    """Ray task: train the policy from `model` on the cold-start split, save it to `ctx.out_dir`."""
+    start_task(cfg.sft.cpus)
+    out, folder = ctx.out_dir, RunFolder(cfg.run_dir)
+    tok = load_tokenizer(cfg)
+    model = new_model(cfg.model, tok, cfg.run.seed, base_dir=folder.base)
+    if cfg.sft.gpus:
+        model = model.to("cuda")
+    heldout = read_jsonl(folder.data("heldout"))
+    cold = read_jsonl(folder.data("cold_start"))
+    run = tracking.start_stage_run(cfg, stage)
+    before = evaluate_model(model, tok, heldout, cfg.eval, desc=f"{stage}: eval before")
+    params = cfg.sft if max_steps < 0 else dataclasses.replace(cfg.sft, epochs=1e6, max_steps=max_steps)
+    start = time.monotonic()
+    metrics = sft_train(model, tok, cold, out / "trainer", params, seed=cfg.run.seed, use_cpu=not cfg.sft.gpus,
+                        report_to=tracking.report_to(cfg), time_budget_s=time_budget_s or cfg.sft.time_budget_s,
+                        callbacks=[Progress(f"{stage}: train"), MetricHistory(out / "history.jsonl")])
+    train_time = time.monotonic() - start
+    save_checkpoint(model, tok, out)
+    after = evaluate_model(model, tok, heldout, cfg.eval, desc=f"{stage}: eval")
+    result = {
+        "accuracy": after["accuracy"], "accuracy_before": before["accuracy"], "params": count_params(model),
+        "train_time_s": train_time, "steps": metrics["steps"], "train_loss": metrics["train_loss"],
+        "num_tokens": metrics["num_tokens"], "num_examples": len(cold), "samples": after["samples"],
+    }
+    tracking.finish(run, {"eval/accuracy": after["accuracy"], "eval/accuracy_before": before["accuracy"],
+                          "params": result["params"]}, eval_samples=after["samples"], checkpoint=out)
+    return result
