@@ -42,7 +42,14 @@ __all__ = ["MathVerifyWorker", "as_number", "exact_value", "exact_verdict", "ext
            "make_math_accuracy", "math_accuracy", "normalise", "score_one"]
 
 _ANSWER_TAG = re.compile(r"<answer>(.*?)</answer>", re.S)
-_THE_ANSWER_IS = re.compile(r"the (?:final )?answer is[:\s]*\$?([^\n$]*?[^\s.$])\$?\s*\.?\s*$", re.I | re.M)
+# "the (final) answer is x" ending its line; x may sit in $...$ or $$...$$ with spaces inside ("$ 42 $").
+_THE_ANSWER_IS = re.compile(r"the (?:final )?answer is[:\s]*\${0,2}\s*([^\n$]*?[^\s.$])\s*\${0,2}\s*\.?\s*$", re.I | re.M)
+# A line "Answer <math>" (also "**Final answer:** <math>"): only a delimited span that ends the line, as in
+# math-verify's own cases: $..$ and \(..\) on one line (an escaped \$ inside is text), $$..$$ and \[..\] on several.
+_ANSWER_LINE = re.compile(
+    r"^[ \t*#>]*(?:final[ \t]+)?answer[ \t*]*:?[ \t*]*"
+    r"(?:\$\$([^$]+?)\$\$|(?<!\\)\$((?:\\\$|[^\n$])+?)(?<!\\)\$|\\\(([^\n]+?)\\\)|\\\[([\s\S]+?)\\\])"
+    r"[ \t*]*\.?[ \t]*$", re.I | re.M)
 _HASHES = re.compile(r"####\s*([^\n]+)")
 _LAST_NUMBER = re.compile(r"[+-]?\d+(?:\.\d+)?(?:/\d+)?")
 
@@ -80,10 +87,11 @@ def extract_answers(text: str, last_number: bool = False) -> list[str]:
         found = [t for t in tags if t]  # several different answer blocks = hedging too
     else:
         found = []
-        for pat in (_HASHES, _THE_ANSWER_IS):
+        for pat in (_HASHES, _THE_ANSWER_IS, _ANSWER_LINE):
             hits = pat.findall(region)
             if hits:
-                found = [hits[-1].strip()]
+                last = hits[-1]  # _ANSWER_LINE: one group per delimiter, the matched one is non-empty
+                found = [(last if isinstance(last, str) else "".join(last)).strip()]
                 break
         if not found and last_number:
             nums = _LAST_NUMBER.findall(region)
@@ -98,10 +106,14 @@ def extract_answers(text: str, last_number: bool = False) -> list[str]:
 
 
 _SQRT_PAREN = re.compile(r"\\sqrt\s*\(([^()]*)\)")
+# LaTeX digit grouping, `11,\! 111` or `14{,}916` (MATH writes golds so): a thousands separator only before
+# a group of exactly three digits. Plain `1, 111` stays: that may be a list of two numbers.
+_LATEX_THOUSANDS = re.compile(r"(?<=\d)(?:,\\!|\{,\})\s*(?=\d{3}(?!\d))")
 
 
 def normalise(s: str) -> str:
     s = s.strip().strip("$").strip()
+    s = _LATEX_THOUSANDS.sub("", s)
     s = s.replace("\\%", "").replace("%", "").replace("\\!", "")
     s = _SQRT_PAREN.sub(r"\\sqrt{\1}", s)
     s = s.strip().rstrip(".").strip()

@@ -194,3 +194,53 @@ def test_batch_fans_out_and_keeps_order():
     golds = ["\\{1,2\\}", "7", "\\{3,4\\}", "}{", "x=3"] * 3
     preds = ["\\boxed{\\{2,1\\}}", "\\boxed{7}", "\\boxed{\\{3,5\\}}", "\\boxed{1}", "\\boxed{x=3}"] * 3
     assert math_accuracy(preds, golds) == [1.0, 1.0, 0.0, None, 1.0] * 3
+
+
+# Extraction cases from math-verify's own test suite (tests/test_all.py) that used to find no answer, and
+# negatives around each fix: what must still find nothing, or the other number.
+@pytest.mark.parametrize(
+    ("completion", "gold", "expected"),
+    [
+        # spaces inside the math delimiters after "The final answer is"
+        ("The final answer is $ 42 $.", "42", 1.0),
+        ("The final answer is $42 $", "42", 1.0),
+        ("The final answer is $$42$$.", "42", 1.0),
+        ("The final answer is $ 42 $.", "43", 0.0),
+        ("The final answer is $ 42 $ or $ 43 $.", "43", 0.0),  # a hedge still finds nothing
+        ("The final answer is $ 42 $ or $ 43 $.", "42", 0.0),
+        ("The final answer is $42$ dollars", "42", 0.0),  # the phrase must end its line, as before
+        ("the answer is $5.", "5", 1.0),  # a bare currency sign keeps working
+        # LaTeX thousands separators, in answers and in golds (MATH writes 11,\! 111,\! 111,\! 100)
+        ("\\boxed{11,\\! 111}", "11111", 1.0),
+        ("\\boxed{11111}", "11,\\! 111", 1.0),
+        ("\\boxed{11111111100}", "11,\\! 111,\\! 111,\\! 100", 1.0),
+        ("\\boxed{14{,}916}", "14916", 1.0),
+        ("\\boxed{11,\\! 111}", "11112", 0.0),
+        ("\\boxed{11,\\! 11}", "1111", 0.0),  # not a group of three digits: no separator
+        ("\\boxed{11,\\! 1111}", "111111", 0.0),
+        ("\\boxed{1, 111}", "1111", 0.0),  # a plain comma and a space may be a list
+        # "Answer <math>" lines
+        ("Answer $ 9 $", "9", 1.0),
+        ("Answer $$ 9 $$", "9", 1.0),
+        ("Answer \\[ 9 \\]", "9", 1.0),
+        ("Answer \\( 9 \\)", "9", 1.0),
+        ("Answer \\( (9+1) \\)", "10", 1.0),
+        ("Answer \\[ \n 9 \n \\]", "9", 1.0),  # display math may span lines
+        ("Answer $$ \n 9 \n $$", "9", 1.0),
+        ("Answer $ \\frac{1}{2} \\$ = \\frac{10}{9} $", "10/9", 1.0),  # an escaped \$ is text, the last = counts
+        ("**Final answer:** $9$", "9", 1.0),
+        ("Answer $ \n 9 \n $", "9", 0.0),  # inline math does not span lines (math-verify: 0 too)
+        ("Answer \\( \n 9 \n \\)", "9", 0.0),
+        ("Answer $ 9 $", "8", 0.0),
+        ("Answer $5$ is wrong.", "5", 0.0),  # the span must end the line
+        ("I will answer $5$", "5", 0.0),  # "answer" must start the line
+        ("Answer the question: $5$", "5", 0.0),
+        ("Answer 5", "5", 0.0),  # undelimited text after a bare "Answer" is not taken
+        ("Answer $5$ or $7$", "5", 0.0),
+        ("Answer $ 3 $\nthen I rechecked.\nAnswer $ 7 $", "7", 1.0),  # the last answer line counts
+        ("Answer $ 3 $\nthen I rechecked.\nAnswer $ 7 $", "3", 0.0),
+        ("\\boxed{3}\nAnswer $ 7 $", "7", 0.0),  # a boxed answer still comes first
+    ],
+)
+def test_math_verify_extraction_cases(completion, gold, expected):
+    assert math_accuracy([completion], [gold])[0] == expected
