@@ -1,0 +1,65 @@
+"""Every rule at load, one line naming the field: the clumsy inputs of issue 12 (and the cross-field
+rules of the stage sections) are refused by `load_config`, before Ray starts or anything is written."""
+
+import pytest
+
+from pipelines.config import ConfigError, load_config
+
+REFUSED = [
+    (["run.name="], "run.name"),
+    (["run.name=."], "run.name"),
+    (["run.name=.."], "run.name"),
+    (["run.name=../../x"], "run.name"),
+    (["run.name=a/b"], "run.name"),
+    (["run.name=/abs"], "run.name"),
+    (["grpo.num_workers=3", "grpo.cpus=0.5"], "grpo.num_workers=3"),
+    (["grpo.rollout_engine=vllm", "grpo.rollout_workers=1"], "vLLM is not installed"),
+    (["grpo.rollout_engine=vllm"], "grpo.rollout_workers >= 1"),
+    (["grpo.rewards={}"], "grpo.rewards"),
+    (["model.num_heads=7"], "model.num_heads=7"),
+    (["sft.batch_size=0"], "sft.batch_size=0"),
+    (["grpo.learning_rate=.nan"], "grpo.learning_rate"),
+    (["grpo.learning_rate=-1e-4"], "grpo.learning_rate"),
+    (["model.vocab_size=5"], "model.vocab_size=5"),
+    (["task.num_train=1"], "task.num_train=1"),
+    (["task.num_heldout=-1"], "task.num_heldout=-1"),
+    (["task.num_cold_start=0"], "task.num_cold_start=0"),
+    (["grpo.placement=colocated"], "grpo.rollout_workers"),
+    (["grpo.overlap=true"], "grpo.overlap"),
+    (["grpo.save_steps=-1"], "grpo.save_steps"),
+    (["grpo.dynamic_sampling=true", "grpo.num_workers=4", "grpo.prompts_per_step=2", "grpo.num_generations=4"], "grpo.num_workers=4"),
+    (["distill.mixes={m: {long_short: 1.0, teachers: {grpo: 1.0}}}", "grpo.enabled=false"], "teacher 'grpo'"),
+    (["distill.students={s: {kind: gguf}}"], "distill.students.s.kind"),
+    (["eval.samples=4", "eval.ks=[8]"], "eval.ks"),
+    (["sft.num_cpus=2"], "use sft.cpus"),
+    (["grpo.use_gpu=true"], "use grpo.gpus"),
+]
+
+
+@pytest.mark.parametrize("overrides,needle", REFUSED, ids=[" ".join(o) for o, _ in REFUSED])
+def test_clumsy_input_is_refused_at_load_naming_the_field(overrides, needle):
+    with pytest.raises(ConfigError) as err:
+        load_config("micro", overrides)
+    msg = str(err.value)
+    assert needle in msg and "\n" not in msg, msg
+
+
+def test_directory_or_missing_file_as_task_path(tmp_path):
+    with pytest.raises(ConfigError, match="is a directory"):
+        load_config("micro", ["task.name=jsonl", f"task.path={tmp_path}"])
+    with pytest.raises(ConfigError, match="file not found"):
+        load_config("micro", ["task.name=jsonl", f"task.path={tmp_path / 'nope.jsonl'}"])
+
+
+def test_shipped_recipes_and_sane_variants_load():
+    for overrides in ([], ["grpo.num_workers=2"], ["grpo.rollout_workers=1", "grpo.overlap=true"],
+                      ["grpo.placement=colocated", "grpo.rollout_workers=1"], ["task.num_train=2"],
+                      ["run.name=my-run_2.b"], ["grpo.enabled=false", "distill.mixes={m: {long_short: 0.0}}"]):
+        load_config("micro", overrides)
+
+
+def test_cli_config_refuses_in_one_line(cli, tmp_path):
+    res = cli("config", "micro", "model.num_heads=7", cwd=tmp_path, timeout=120)
+    assert res.returncode == 2
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and "model.num_heads=7" in lines[0], res.stderr
