@@ -1,9 +1,14 @@
-"""Reward throughput on this machine: `.venv/bin/python benchmarks/rewards.py [--pairs 1000] [--tests 500]`.
+"""Reward throughput on this machine: `.venv/bin/python benchmarks/rewards.py [--pairs 1000] [--tests 500]
+[--short 20000] [--sections short,math,sandbox]`.
 
 1. Math: rayzero's `math_accuracy` vs calling math-verify directly (`verify(parse(gold), parse(completion))`,
    gold parses cached for both) on the same deterministic pairs; verdicts must be identical. Primary figure:
    1,000 distinct (gold, answer) pairs, so no memo helps; second line: a GRPO-shaped batch (repeated answers).
    math-verify's known wrong verdicts, where rayzero deviates on purpose, are reported apart.
+0. Short arithmetic (what a GRPO run on the built-in task scores every step): R1-Zero completions such as
+   `<think>3+4=7. 7-2=5.</think><answer>5</answer>` vs gold "5", in batches of 512 (64 prompts x 8
+   samples), completions/s in-process; then the same stream with 2 % of answers only math-verify can
+   decide (`12-4=8`), workers already running.
 2. Code: sandboxed stdin/stdout test executions (bwrap fork-server) vs one plain `python3` subprocess
    per test, same interpreter, same programs, same verdicts.
 """
@@ -154,6 +159,45 @@ def bench_math(n: int) -> None:
     print(f"  SECONDARY [2] GRPO-shaped: rayzero {b[0]:.0f} verifications/s, math-verify directly {b[1]:.0f}/s, ratio {b[2]:.1f}x")
 
 
+def short_arithmetic(n: int, odd: float = 0.0, seed: int = 2) -> list[tuple[str, str]]:
+    """n (completion, gold) pairs of the built-in task's shape: 2-4 steps of +/- on small numbers, 60 % right,
+    the rest off by a little; a fraction `odd` answer with an expression only math-verify decides."""
+    rng, out = random.Random(seed), []
+    for _ in range(n):
+        value, steps = rng.randint(1, 20), []
+        for _ in range(rng.randint(2, 4)):
+            k = rng.randint(1, 20)
+            new = value + k if rng.random() < 0.5 or value <= k else value - k
+            steps.append(f"{value}{'+' if new > value else '-'}{k}={new}.")
+            value = new
+        ans = str(value if rng.random() < 0.6 else value + rng.choice([-2, -1, 1, 3]))
+        if rng.random() < odd:
+            ans = f"{value + 4}-4={ans}"
+        out.append((f"<think>{' '.join(steps)}</think><answer>{ans}</answer>", str(value)))
+    return out
+
+
+def _rate(pairs: list[tuple[str, str]], batch: int = 512) -> tuple[float, int]:
+    """(completions/s of math_accuracy over `pairs` in GRPO-sized batches, pairs sent to math-verify)."""
+    _VERDICTS.clear()
+    t0 = time.perf_counter()
+    for i in range(0, len(pairs), batch):
+        chunk = pairs[i : i + batch]
+        math_accuracy([c for c, _ in chunk], [g for _, g in chunk])
+    return len(pairs) / (time.perf_counter() - t0), len(_VERDICTS)
+
+
+def bench_short(n: int) -> None:
+    print(f"short arithmetic: {n} R1-Zero completions (e.g. {short_arithmetic(1)[0][0]!r}), batches of 512, in-process")
+    math_accuracy(*map(list, zip(*short_arithmetic(512, seed=99))))  # caches as in a run past its first step
+    rate, slow = _rate(short_arithmetic(n))
+    print(f"  all answers plain numbers:        {rate:9.0f} completions/s ({slow} sent to math-verify)")
+    for w in _WORKERS:
+        w.call({"gold": "1", "pred": "2-1"}, 120.0)  # running, as after prestart in a training run
+    rate, slow = _rate(short_arithmetic(n // 4, odd=0.02, seed=3))
+    print(f"  2 % answers like '12-4=8':        {rate:9.0f} completions/s ({slow} sent to math-verify)")
+
+
 PROGRAMS = [
     "n = int(input())\nprint(n * n)\n",
     "a, b = map(int, input().split())\nprint(a + b)\n",
@@ -203,9 +247,16 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--pairs", type=int, default=1000)
     ap.add_argument("--tests", type=int, default=500)
+    ap.add_argument("--short", type=int, default=20000)
+    ap.add_argument("--sections", default="short,math,sandbox")
     args = ap.parse_args()
-    bench_math(args.pairs)
-    bench_sandbox(args.tests)
+    sections = args.sections.split(",")
+    if "short" in sections:
+        bench_short(args.short)
+    if "math" in sections:
+        bench_math(args.pairs)
+    if "sandbox" in sections:
+        bench_sandbox(args.tests)
     for w in _WORKERS:
         w.close()
 

@@ -17,14 +17,36 @@ from __future__ import annotations
 import math
 import re
 from fractions import Fraction
-from functools import lru_cache
+from functools import lru_cache, wraps
+from typing import Any, Callable
+
+def cache_short(max_len: int = 200, maxsize: int = 65536) -> Callable[[Callable[[str], Any]], Callable[[str], Any]]:
+    """lru_cache for a function of one string, applied to strings up to `max_len` only: the answers worth
+    caching are short and repeat across a GRPO group and across steps, while long ones (a whole reasoning
+    pasted into the answer block) would pin up to `maxsize` x kilobytes."""
+
+    def deco(fn: Callable[[str], Any]) -> Callable[[str], Any]:
+        cached = lru_cache(maxsize=maxsize)(fn)
+
+        @wraps(fn)
+        def wrapper(s: str) -> Any:
+            return cached(s) if len(s) <= max_len else fn(s)
+
+        wrapper.cache_clear = cached.cache_clear  # type: ignore[attr-defined]
+        return wrapper
+
+    return deco
+
 
 _PLAIN = re.compile(r"^([+-]?)(\d+(?:\.\d+)?)(?:/(\d+))?$")
 _LATEX_FRAC = re.compile(r"^([+-]?)\\[dt]?frac\{(\d+)\}\{(\d+)\}$")
 
 
+@cache_short()
 def as_number(s: str) -> Fraction | None:
     """A plain numeric answer as an exact rational, else None (no commas, units or expressions)."""
+    if s.isascii() and s.isdigit() and len(s) <= 40:
+        return Fraction(int(s))  # the common case, without Fraction's string parser
     s = s.replace(" ", "")
     m = _PLAIN.match(s) or _LATEX_FRAC.match(s)
     if not m or len(s) > 40:
@@ -41,9 +63,9 @@ def fast_verdict(gold: Fraction, pred: Fraction) -> float | None:
     """Verdict for two numbers when it is certain math-verify agrees; None to defer to math-verify."""
     if gold == pred:
         return 1.0
+    if gold.denominator == pred.denominator == 1 and max(abs(gold.numerator), abs(pred.numerator)) < 10**15:
+        return 0.0  # two different integers (on int arithmetic: the common wrong answer, kept cheap)
     big = max(abs(gold), abs(pred))
-    if gold.denominator == pred.denominator == 1 and big < 10**15:
-        return 0.0
     if abs(gold - pred) > Fraction(1, 1000) * max(1, big):
         return 0.0
     return None
@@ -238,7 +260,7 @@ def _set_value(inner: str) -> tuple | None:
     return ("set", values)
 
 
-@lru_cache(maxsize=65536)
+@cache_short()
 def exact_value(s: str) -> tuple | None:
     """("num", Value) for an expression, ("interval", open_left, lo, hi, open_right) for an interval
     (lo/hi: Value or ±1 for ±∞), ("set", [Value, ...]) for a set (distinct elements), or None outside

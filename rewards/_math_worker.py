@@ -65,6 +65,18 @@ class MathVerifyWorker:
         line, self._buf = self._buf.split(b"\n", 1)
         return line
 
+    def prestart(self) -> None:
+        """Start the process now, without waiting for it: its imports (sympy, ~1-3 s) then overlap with the
+        caller's own start-up instead of stalling the first batch that needs math-verify."""
+        if not self._lock.acquire(blocking=False):
+            return  # a call holds it: the process is up or being started
+        try:
+            if self._proc is None or self._proc.poll() is not None:
+                self._kill()
+                self._spawn()
+        finally:
+            self._lock.release()
+
     def call(self, req: dict, timeout_s: float) -> dict | None:
         """The worker's answer, or None when it did not answer within `timeout_s`."""
         with self._lock:

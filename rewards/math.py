@@ -16,8 +16,11 @@ Pipeline per completion:
    math-verify's float rounding) → 0. Near-misses and math-verify's known quirks go to math-verify, so the
    fast path never changes math-verify's verdict (tests/test_rewards_math.py, tests/test_rewards_fuzz.py
    and benchmarks/rewards.py check this). Verdicts of the slow path are memoised per (gold, answer):
-   completions in a GRPO group often repeat an answer string.
-4. **math-verify** in a persistent child process (rewards/_math_worker.py) with its SIGALRM timeouts
+   completions in a GRPO group often repeat an answer string; normalisation, number parsing and gold
+   checks are cached per short string, so plain-number answers (the built-in arithmetic task) score at
+   ~10^5 completions/s in-process (benchmarks/rewards.py, section "short").
+4. **math-verify** in persistent child processes (rewards/_math_worker.py; started in the background when
+   the reward is built) with its SIGALRM timeouts
    off; the deadline is enforced by killing the process, so it works in any thread and inside Ray
    actors, and `9999999!` costs at most `timeout_s`. The gold is parsed as `$gold$` (bare strings like
    `1-1/e` otherwise parse as `1`), and a gold that yields no sympy expression is unparseable → None.
@@ -34,7 +37,7 @@ import re
 from typing import Any
 
 # The exact evaluator lives in rewards/_exact.py; its public names stay importable from here.
-from rewards._exact import as_number, exact_value, exact_verdict, fast_verdict
+from rewards._exact import as_number, cache_short, exact_value, exact_verdict, fast_verdict
 from rewards._math_worker import MathVerifyWorker, call_all
 from rewards.base import completion_text, register
 
@@ -54,11 +57,14 @@ _HASHES = re.compile(r"####\s*([^\n]+)")
 _LAST_NUMBER = re.compile(r"[+-]?\d+(?:\.\d+)?(?:/\d+)?")
 
 
+_BOXED = re.compile(r"\\(?:boxed|fbox)\s*\{")
+
+
 def _boxed_all(text: str) -> list[str]:
     """Contents of every `\\boxed{...}` / `\\fbox{...}`, braces balanced."""
     out, i = [], 0
     while True:
-        m = re.compile(r"\\(?:boxed|fbox)\s*\{").search(text, i)
+        m = _BOXED.search(text, i)
         if not m:
             return out
         depth, start = 0, m.end()
@@ -111,6 +117,7 @@ _SQRT_PAREN = re.compile(r"\\sqrt\s*\(([^()]*)\)")
 _LATEX_THOUSANDS = re.compile(r"(?<=\d)(?:,\\!|\{,\})\s*(?=\d{3}(?!\d))")
 
 
+@cache_short()  # the same answer strings recur within a group and across steps
 def normalise(s: str) -> str:
     s = s.strip().strip("$").strip()
     s = _LATEX_THOUSANDS.sub("", s)
@@ -128,13 +135,19 @@ _VERDICTS: dict[tuple[str, str], float | None] = {}  # math-verify is determinis
 _GOLD_OK: dict[tuple[str, float], bool] = {}
 
 
+@cache_short()
 def _gold_known_ok(gold: str) -> bool:
     """Golds math-verify certainly parses to a sympy expression (tests check the grammar's)."""
     return as_number(gold) is not None or exact_value(gold) is not None
 
 
 def _gold(gold: Any) -> str:
-    g = normalise(str(gold if gold is not None else ""))
+    return _gold_text(str(gold if gold is not None else ""))
+
+
+@cache_short()  # a gold is scored once per sample of its group
+def _gold_text(gold: str) -> str:
+    g = normalise(gold)
     boxed = _boxed_all(g)  # golds stored as "\boxed{...}" (MATH solutions)
     return normalise(boxed[-1]) if boxed else g
 
@@ -192,7 +205,11 @@ def score_one(text: str, gold: Any, *, last_number: bool = False, timeout_s: flo
 
 @register("math_accuracy", factory=True)
 def make_math_accuracy(last_number: bool = False, timeout_s: float = 5.0, timeout_score: float = 0.0):
-    """Factory: `last_number` falls back to the last number when no answer is marked (off by default)."""
+    """Factory: `last_number` falls back to the last number when no answer is marked (off by default).
+    The math-verify workers start here, in the background: a training run builds its rewards before it
+    loads models, so their start-up is hidden instead of stalling the first step with an odd answer."""
+    for w in _WORKERS:
+        w.prestart()
 
     def fn(completions, answer, **kw):
         return math_accuracy(completions, answer, last_number=last_number, timeout_s=timeout_s, timeout_score=timeout_score)

@@ -244,3 +244,42 @@ def test_batch_fans_out_and_keeps_order():
 )
 def test_math_verify_extraction_cases(completion, gold, expected):
     assert math_accuracy([completion], [gold])[0] == expected
+
+
+def test_short_arithmetic_is_decided_in_process_and_fast():
+    # The built-in task's completions are plain numbers: decided exactly, never sent to math-verify, at
+    # thousands per second even on a loaded 2-core machine (benchmarks/rewards.py measures ~10^5/s).
+    import rewards.math as rm
+    from rewards.math import _VERDICTS, call_all
+
+    texts, golds, want = [], [], []
+    for i in range(2000):
+        a, b, c = i % 9 + 1, i % 7 + 1, i % 5 + 1
+        ans = a + b - c + (i % 3 == 0)  # a third of them wrong by one
+        texts.append(f"<think>{a}+{b}={a + b}. {a + b}-{c}={a + b - c}.</think><answer>{ans}</answer>")
+        golds.append(str(a + b - c))
+        want.append(0.0 if i % 3 == 0 else 1.0)
+    sent: list = []
+    rm.call_all = lambda workers, reqs, timeout_s: sent.extend(reqs) or call_all(workers, reqs, timeout_s)
+    try:
+        before = len(_VERDICTS)
+        t0 = time.perf_counter()
+        got = [v for i in range(0, 2000, 512) for v in math_accuracy(texts[i : i + 512], golds[i : i + 512])]
+        rate = 2000 / (time.perf_counter() - t0)
+    finally:
+        rm.call_all = call_all
+    assert got == want
+    assert sent == [] and len(_VERDICTS) == before
+    assert rate > 1000, f"{rate:.0f} completions/s"
+
+
+def test_the_factory_starts_math_verify_in_the_background():
+    from rewards.math import _WORKERS
+
+    for w in _WORKERS:
+        w.close()
+    t0 = time.monotonic()
+    fn = get_reward("math_accuracy")
+    assert time.monotonic() - t0 < 0.5  # it does not wait for the imports
+    assert all(w._proc is not None and w._proc.poll() is None for w in _WORKERS)
+    assert fn(["<answer>12-4=8</answer>"], answer=["8"]) == [1.0]  # an answer only math-verify decides
