@@ -31,8 +31,16 @@ from typing import Any, Callable, Literal, Sequence
 from rewards.base import completion_text, register
 from rewards.sandbox import RunResult, Sandbox, SandboxConfig
 
+# What the pipeline may pass as `executor`: (completion_text, tests, entry_point) per completion -> scores
+Executor = Callable[[list[tuple[str, Any, "str | None"]]], list["float | None"]]
+_MODES = ("fraction", "all")
 _FENCE = re.compile(r"```[ \t]*([\w+-]*)[^\n]*\n(.*?)```", re.S)
 _NON_PYTHON = {"bash", "sh", "shell", "console", "text", "txt", "json", "yaml", "output", "c", "cpp", "c++", "java", "rust", "go", "js", "javascript"}
+
+
+def _check_mode(mode: str) -> None:
+    if mode not in _MODES:
+        raise ValueError(f"mode must be 'fraction' or 'all', got {mode!r}")
 
 
 def extract_program(text: str) -> str | None:
@@ -163,15 +171,6 @@ def code_accuracy(completions: list, tests: list, entry_point: list | None = Non
     sandbox = _thread_sandbox(config or SandboxConfig())
     eps = entry_point if entry_point is not None else [None] * len(completions)
     return [score_one(sandbox, c, t, e, mode) for c, t, e in zip(completions, tests, eps, strict=True)]
-
-
-Executor = Callable[[list[tuple[str, Any, "str | None"]]], list["float | None"]]
-_MODES = ("fraction", "all")
-
-
-def _check_mode(mode: str) -> None:
-    if mode not in _MODES:
-        raise ValueError(f"mode must be 'fraction' or 'all', got {mode!r}")
 
 
 def sandbox_config(timeout_s: float = 5.0, memory_mb: int = 1024, **sandbox_overrides: Any) -> SandboxConfig:
