@@ -1,53 +1,47 @@
-"""Rollout workers as Ray actors: each owns a generation engine on its own device and receives the
-learner's weights after optimizer steps.
+"""Rollout workers: generation engines hosted in a `cluster.actors.ActorPool`, each on its own device,
+receiving the learner's weights after optimizer steps.
 
 The engine is built inside the actor by a picklable factory the caller passes (`rl.rollout` provides
 them), so this module stays free of model code. An engine has `generate(prompts, sampling, seed) ->
-(completion_ids, logprobs)` and `load_state_dict(state)`.
+(completion_ids, logprobs)`, `load_state_dict(state)` and `state_dict()`.
 
-`RolloutPool.generate` splits a batch of token-id prompts evenly across the workers and returns the
-completions in the prompts' order. A worker that dies mid-call (node lost, OOM, `ray.kill`) is replaced
-by a fresh actor, given the latest weights, and its prompts are generated again; the pool counts
-replacements. Weight sync (`sync_backend`) goes through the Ray object store (one `ray.put` of the
-state dict; every worker loads the same object, zero-copy on a node) or a torch collective
-(`cluster.weight_sync`: NCCL device-to-device on GPUs, gloo on CPUs).
+`RolloutPool.generate` shards a batch of token-id prompts contiguously across the workers and returns
+the completions in the prompts' order. A worker that dies mid-call (node lost, OOM, `ray.kill`) is
+replaced by the actor pool, given the latest weights (`_on_replace`), and its shard is generated again
+with the same seed; the pool counts replacements. Weight sync (`sync_backend`) goes through the Ray
+object store (one `ray.put` of the state dict; every worker loads the same object, zero-copy on a node)
+or a torch collective (`cluster.weight_sync`: NCCL device-to-device on GPUs, gloo on CPUs).
 """
 
 from __future__ import annotations
 
+import functools
 import os
 import time
 from typing import Any, Callable
 
 import ray
-from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
 
-_DEAD = (RayActorError, ActorDiedError, ActorUnavailableError)
+from cluster.actors import DEAD, ActorPool
 
-
-def split_evenly(n: int, parts: int) -> list[slice]:
-    """Contiguous slices of range(n) whose sizes differ by at most one, in order."""
-    base, extra = divmod(n, parts)
-    out, start = [], 0
-    for i in range(parts):
-        size = base + (i < extra)
-        out.append(slice(start, start + size))
-        start += size
-    return out
+SYNC_BACKENDS = ("object_store", "gloo", "nccl")
 
 
-@ray.remote
 class RolloutWorker:
+    """What each rollout actor hosts: one engine plus the version of the weights it holds."""
+
     def __init__(self, engine_factory: Callable[[], Any], num_threads: int) -> None:
         import torch
 
         torch.set_num_threads(max(1, num_threads))
         self.engine = engine_factory()
         self.version = 0
+        self.group = None  # this worker's end of the weight-sync collective, when one is used
 
-    def generate(self, prompts: list[list[int]], sampling: Any, seed: int | None) -> tuple[list, list, int]:
+    def generate(self, prompts: list[list[int]], sampling: Any, seed: int | None) -> list[tuple[list, list, int]]:
+        """One (completion_ids, logprobs, weights version) per prompt."""
         ids, lps = self.engine.generate(prompts, sampling, seed=seed)
-        return ids, lps, self.version
+        return [(i, lp, self.version) for i, lp in zip(ids, lps)]
 
     def load_weights(self, state: dict, version: int) -> int:
         self.engine.load_state_dict(state)
@@ -57,8 +51,7 @@ class RolloutWorker:
     def join_group(self, host: str, port: int, rank: int, world: int, backend: str) -> None:
         from cluster.weight_sync import CollectiveGroup
 
-        if getattr(self, "group", None) is not None:
-            self.group.close()
+        self.close()
         self.group = CollectiveGroup(host, port, rank, world, backend)
 
     def receive_weights(self, version: int) -> int:
@@ -70,46 +63,49 @@ class RolloutWorker:
     def info(self) -> dict:
         return {"pid": os.getpid(), "version": self.version}
 
+    def close(self) -> None:
+        if self.group is not None:
+            self.group.close()
+            self.group = None
+
 
 class RolloutPool:
     """`num_workers` rollout actors, each reserving `cpus_per_worker` CPUs and `gpus_per_worker` GPUs
     (fractional when colocated with the learner).
 
     `placement_group`, when given, pins worker i to bundle `bundle_offset + i` (see
-    `cluster.placement`)."""
+    `cluster.placement`); the pool takes ownership of it: `shutdown` removes it, giving its CPUs/GPUs
+    back to the stages that follow."""
 
     def __init__(self, engine_factory: Callable[[], Any], *, num_workers: int = 1, cpus_per_worker: float = 1,
                  gpus_per_worker: float = 0, placement_group=None, bundle_offset: int = 0,
                  sync_backend: str = "object_store") -> None:
         if num_workers < 1:
             raise ValueError("rollout.num_workers must be >= 1")
-        if sync_backend not in ("object_store", "gloo", "nccl"):
-            raise ValueError(f"sync_backend={sync_backend!r} is not one of ['object_store', 'gloo', 'nccl']")
+        if sync_backend not in SYNC_BACKENDS:
+            raise ValueError(f"sync_backend={sync_backend!r} is not one of {list(SYNC_BACKENDS)}")
         self.sync_backend = sync_backend
-        self._group = None  # the learner's end of the collective (made on first sync, in the learner process)
-        self._last_state = None
-        self.factory = engine_factory
-        self.cpus, self.gpus = cpus_per_worker, gpus_per_worker
-        self.pg, self.bundle_offset = placement_group, bundle_offset
-        self.replacements = 0
         self.version = 0
-        self.closed = False
-        self._weights_ref = None  # latest synced weights, for replacement workers
-        self.workers = [self._new_worker(i) for i in range(num_workers)]
-        ray.get([w.info.remote() for w in self.workers])  # fail here, not mid-training, if a worker cannot start
+        self._weights_ref = None  # latest object-store weights, for replacement workers
+        self._last_state = None  # latest collective weights, resent after a regroup
+        self._group = None  # the learner's end of the collective (made on first sync, in the learner process)
+        factory = functools.partial(RolloutWorker, engine_factory, max(1, int(cpus_per_worker)))
+        self.pool = ActorPool(factory, num_actors=num_workers, num_cpus=cpus_per_worker, num_gpus=gpus_per_worker,
+                              placement_group=placement_group, bundle_offset=bundle_offset,
+                              release_placement_group=True, on_replace=self._on_replace)
 
-    def _new_worker(self, slot: int):
-        opts: dict = {"num_cpus": self.cpus, "num_gpus": self.gpus, "max_restarts": 0}
-        if self.pg is not None:
-            from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+    @property
+    def workers(self) -> list:
+        return self.pool.actors
 
-            opts["scheduling_strategy"] = PlacementGroupSchedulingStrategy(
-                placement_group=self.pg, placement_group_bundle_index=self.bundle_offset + slot)
-        threads = max(1, int(self.cpus))
-        worker = RolloutWorker.options(**opts).remote(self.factory, threads)
-        if self._weights_ref is not None:
-            ray.get(worker.load_weights.remote(self._weights_ref, self.version))
-        return worker
+    @property
+    def replacements(self) -> int:
+        return self.pool.replacements
+
+    @property
+    def pg(self):
+        """The placement group the pool holds; None without one or once `shutdown` released it."""
+        return self.pool.placement_group
 
     def __getstate__(self):  # the collective's sockets stay in the process that made them
         return {**self.__dict__, "_group": None}
@@ -120,7 +116,7 @@ class RolloutPool:
         self.version = version
         if self.sync_backend == "object_store":
             self._weights_ref = ray.put(state)
-            ray.get([w.load_weights.remote(self._weights_ref, version) for w in self.workers])
+            self.pool.call_all("load_weights", self._weights_ref, version)
         else:
             self._last_state = state
             self._broadcast(state, version)
@@ -129,70 +125,49 @@ class RolloutPool:
     def _broadcast(self, state: dict, version: int) -> None:
         from cluster.weight_sync import CollectiveGroup, free_port, node_ip
 
+        workers = self.pool.actors
         if self._group is None:
-            host, port, world = node_ip(), free_port(), len(self.workers) + 1
-            joins = [w.join_group.remote(host, port, i + 1, world, self.sync_backend)
-                     for i, w in enumerate(self.workers)]
+            host, port, world = node_ip(), free_port(), len(workers) + 1
+            joins = [w.call.remote("join_group", host, port, i + 1, world, self.sync_backend)
+                     for i, w in enumerate(workers)]
             self._group = CollectiveGroup(host, port, 0, world, self.sync_backend)
             ray.get(joins)
-        refs = [w.receive_weights.remote(version) for w in self.workers]
+        refs = [w.call.remote("receive_weights", version) for w in workers]
         self._group.broadcast_state(state)
         ray.get(refs)
 
-    def _regroup(self) -> None:
-        """After a replacement the collective's membership is stale: rebuild it and resend the weights."""
-        if self.sync_backend == "object_store" or self._group is None:
+    def _on_replace(self, actor) -> None:
+        """A replacement worker gets the latest weights before it regenerates the dead worker's shard."""
+        if self.sync_backend == "object_store":
+            if self._weights_ref is not None:
+                ray.get(actor.call.remote("load_weights", self._weights_ref, self.version))
             return
+        if self._group is None:
+            return
+        # The collective's membership is stale: rebuild it around the new worker. Every member must be
+        # idle first (joining queues behind generation, and the group's rendezvous has a timeout).
+        for w in self.pool.actors:
+            try:
+                ray.get(w.call.remote("info"))
+            except DEAD:
+                pass
         self._group.close()
         self._group = None
-        for w in self.workers:
-            try:
-                ray.get(w.info.remote())
-            except _DEAD:
-                pass
-        if self._last_state is not None:
-            self._broadcast(self._last_state, self.version)
+        self._broadcast(self._last_state, self.version)
 
     def generate(self, prompts: list[list[int]], sampling: Any, seed: int | None = None) -> dict:
         """Returns {"completion_ids", "logprobs", "versions"} in the order of `prompts`; `sampling` is passed
-        to the engines as it is."""
-        parts = split_evenly(len(prompts), len(self.workers))
-        sp = sampling
-        results: list = [None] * len(parts)
-        pending = {self._call(i, prompts[s], sp, seed): i for i, s in enumerate(parts) if s.stop > s.start}
-        for i, s in enumerate(parts):
-            if s.stop == s.start:
-                results[i] = ([], [], self.version)
-        while pending:
-            ready, _ = ray.wait(list(pending), num_returns=1)
-            ref = ready[0]
-            i = pending.pop(ref)
-            try:
-                results[i] = ray.get(ref)
-            except _DEAD:
-                if self.closed:
-                    raise RuntimeError("the rollout pool was shut down while generating") from None
-                # The worker is gone: replace it (with the latest weights) and generate its share again.
-                self.workers[i] = self._new_worker(i)
-                self.replacements += 1
-                if pending:  # let the other workers finish before the group is rebuilt around them
-                    ray.wait(list(pending), num_returns=len(pending))
-                self._regroup()
-                pending[self._call(i, prompts[parts[i]], sp, seed)] = i
-        out = {"completion_ids": [], "logprobs": [], "versions": []}
-        for ids, lps, version in results:
-            out["completion_ids"] += ids
-            out["logprobs"] += lps
-            out["versions"] += [version] * len(ids)
-        return out
+        to the engines as it is; worker i samples with seed `seed * 1009 + i` (None: unseeded)."""
+        def args(i: int, shard: list) -> tuple:
+            return shard, sampling, None if seed is None else seed * 1009 + i
 
-    def _call(self, i: int, prompts: list, sp: dict, seed: int | None):
-        return self.workers[i].generate.remote(prompts, sp, None if seed is None else seed * 1009 + i)
+        rows = self.pool.sharded("generate", prompts, args)
+        return {"completion_ids": [r[0] for r in rows], "logprobs": [r[1] for r in rows],
+                "versions": [r[2] for r in rows]}
 
     def shutdown(self) -> None:
-        self.closed = True
+        """Stop the workers and release the placement group."""
         if self._group is not None:
             self._group.close()
             self._group = None
-        for w in self.workers:
-            ray.kill(w)
+        self.pool.shutdown()

@@ -4,7 +4,8 @@ import pytest
 import ray
 import torch
 
-from cluster.rollout import RolloutPool, split_evenly
+from cluster.actors import split_evenly
+from cluster.rollout import RolloutPool
 from rl.modeling import build_tiny_model, load_policy, save_tokenizer, train_tokenizer
 from rl.rollout import HFEngine, SamplingParams, check_engine, engine_factory, make_rollout_func
 
@@ -123,7 +124,7 @@ def test_trl_grpo_trains_through_the_pool_with_weights_synced_each_step(ray_loca
     assert len(logs) == 3 and all(h["rollout/policy_lag"] == 0 for h in logs)
     assert any("rollout/sync_s" in h for h in logs)
     # The workers now hold the learner's step-2 weights exactly.
-    w = ray.get(pool.workers[0].info.remote())
+    w = ray.get(pool.workers[0].call.remote("info"))
     assert w["version"] == 2
     pool.shutdown()
 
