@@ -21,14 +21,19 @@ PLAIN_TEMPLATE = ("{{ messages[0]['content'] }}{% if messages | length > 1 %}{{ 
 
 def logit_distill(student, teacher, tokenizer, rows: Sequence[dict], out_dir: Path, params: SFTParams, *,
                   beta: float = 0.0, lmbda: float = 0.0, seed: int = 0, max_new_tokens: int = 64,
-                  report_to: str = "none", use_cpu: bool = True) -> dict:
-    """Trains `student` in place on rows {prompt, completion}; returns {"train_loss", "steps", "num_tokens"}."""
+                  report_to: str = "none", use_cpu: bool | None = None, world_size: int = 1) -> dict:
+    """Trains `student` in place on rows {prompt, completion}; returns {"train_loss", "steps", "num_tokens"}.
+
+    `params` sets the optimisation as for SFT (batch, micro-batches, max_length, checkpointing); `use_cpu`
+    None = CPU only where no CUDA device is visible. The teacher should sit on the student's device."""
     from datasets import Dataset
     from trl.experimental.gkd import GKDConfig, GKDTrainer
 
     from rl.callbacks import quiet
+    from rl.modeling import default_use_cpu
     from rl.progress import no_dataset_bars
 
+    params.validate(num_workers=world_size)
     if student.config.vocab_size != teacher.config.vocab_size:
         raise ValueError(f"logit distillation needs a shared vocabulary: student {student.config.vocab_size} "
                          f"tokens, teacher {teacher.config.vocab_size}; use distill.method=sft")
@@ -38,12 +43,10 @@ def logit_distill(student, teacher, tokenizer, rows: Sequence[dict], out_dir: Pa
     data = Dataset.from_list([{"messages": [{"role": "user", "content": r["prompt"]},
                                             {"role": "assistant", "content": r["completion"]}]} for r in rows])
     args = GKDConfig(
-        output_dir=str(out_dir), num_train_epochs=params.epochs, max_steps=params.max_steps,
-        per_device_train_batch_size=params.batch_size, learning_rate=params.learning_rate,
-        lr_scheduler_type="cosine", warmup_steps=params.warmup_ratio, weight_decay=params.weight_decay,
-        logging_steps=5, save_strategy="no", report_to=report_to, seed=seed, data_seed=seed, max_length=256,
-        use_cpu=use_cpu, bf16=params.bf16, disable_tqdm=True, dataloader_num_workers=0, beta=beta, lmbda=lmbda,
-        temperature=1.0, max_new_tokens=max_new_tokens, gradient_checkpointing=False,
+        output_dir=str(out_dir), **params.trainer_args(world_size), logging_steps=5, save_strategy="no",
+        report_to=report_to, seed=seed, data_seed=seed, use_cpu=default_use_cpu() if use_cpu is None else use_cpu,
+        disable_tqdm=True, dataloader_num_workers=0, beta=beta, lmbda=lmbda, temperature=1.0,
+        max_new_tokens=max_new_tokens,
     )
     with no_dataset_bars():
         trainer = GKDTrainer(model=student, teacher_model=teacher.eval(), args=args, train_dataset=data,

@@ -86,3 +86,19 @@ def loss_tokens(batch: dict) -> torch.Tensor:
     if "tool_mask" in batch:
         mask = mask * batch["tool_mask"]
     return mask.sum()
+
+
+def pad_rows_to_multiple(batch: dict, filler: dict, multiple: int, pad_token_id: int) -> dict:
+    """`batch` topped up to a multiple of `multiple` rows with inert copies of `filler`'s first rows
+    (completion mask and advantage zero: they add nothing to the loss or its token count), so TRL can
+    split it into `multiple` equal micro-batches without dropping informative rows."""
+    rows = batch["advantages"].numel()
+    missing = -rows % multiple
+    if missing == 0:
+        return batch
+    device = filler["advantages"].device
+    extra = select_rows(filler, torch.arange(missing, device=device) % filler["advantages"].numel())
+    extra = {k: v for k, v in extra.items() if k in batch and k != "num_items_in_batch"}
+    extra["completion_mask"] = torch.zeros_like(extra["completion_mask"])
+    extra["advantages"] = torch.zeros_like(extra["advantages"])
+    return concat_batches([batch, extra], pad_token_id)

@@ -39,6 +39,31 @@ class TTSParams:
     step_delimiters: tuple[str, ...] = (".",)
     stages: tuple[str, ...] = ("sft", "grpo", "distill")  # checkpoints the eval stage measures
 
+    STAGES = ("sft", "grpo", "distill", "baseline")
+
+    def validate(self) -> None:
+        """Raises ValueError (message starting with the field name) for settings TTS cannot run with.
+        Whether `scorer` names a known reward is the pipeline's check (rl/ does not know the registry)."""
+        from rl import params as v
+
+        for name in ("samples", "num_problems"):
+            v.positive_int(name, getattr(self, name), minimum=0)
+        for name in ("beam_expansions", "max_steps", "max_step_tokens"):
+            v.positive_int(name, getattr(self, name))
+        if self.samples or self.beam_widths:
+            v.finite("temperature", self.temperature, low=0, low_open=True)
+        if self.samples and (any(k < 1 for k in self.ks) or not any(k <= self.samples for k in self.ks)):
+            v.fail("ks", tuple(self.ks), f"need values >= 1 and at least one <= samples={self.samples}")
+        if any(w < 1 for w in self.beam_widths):
+            v.fail("beam_widths", tuple(self.beam_widths), "must all be >= 1")
+        if self.beam_widths and not (self.scorer or self.prm_path):
+            v.fail("beam_widths", tuple(self.beam_widths), "need a step scorer: set scorer or prm_path")
+        if not self.step_delimiters or not all(self.step_delimiters):
+            v.fail("step_delimiters", tuple(self.step_delimiters), "need at least one non-empty string")
+        bad = [s for s in self.stages if s not in self.STAGES]
+        if bad:
+            v.fail("stages", tuple(self.stages), f"may only hold {', '.join(self.STAGES)}")
+
 
 @dataclass
 class Judge:

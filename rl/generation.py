@@ -13,7 +13,8 @@ def generate(model, tokenizer, prompts: Sequence[str], *, num_samples: int = 1, 
              on_batch: Callable[[int], None] | None = None) -> list[list[str]]:
     """`num_samples` completions for each prompt (greedy when temperature == 0).
 
-    Returns a list (one per prompt) of lists of completion strings, in prompt order.
+    Returns a list (one per prompt) of lists of completion strings, in prompt order. Inputs go to the
+    model's device, so a model on CUDA generates there.
     """
     if seed is not None:
         torch.manual_seed(seed)
@@ -23,7 +24,7 @@ def generate(model, tokenizer, prompts: Sequence[str], *, num_samples: int = 1, 
     sample = temperature > 0
     for start in range(0, len(flat), batch_size):
         chunk = flat[start:start + batch_size]
-        enc = tokenizer(chunk, return_tensors="pt", padding=True, add_special_tokens=False)
+        enc = tokenizer(chunk, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
         gen = model.generate(
             **enc,
             max_new_tokens=max_new_tokens,

@@ -9,15 +9,24 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 
+LOSS_TYPES = ("grpo", "dapo", "dr_grpo", "bnpo", "cispo", "sapo", "luspo", "vespo")  # TRL 1.16's
+
+
 @dataclass(frozen=True)
 class GRPOParams:
-    """Learning hyper-parameters of a GRPO run (the pipeline's stage config extends this)."""
+    """Learning hyper-parameters of a GRPO run (the pipeline's stage config extends this).
+
+    One optimizer step sees `prompts_per_step` prompts x `num_generations` samples, split evenly over the
+    data-parallel workers (the per-rank batch); each rank runs it as micro-batches of `micro_batch_size`
+    with gradient accumulation."""
 
     max_steps: int = 200
     learning_rate: float = 1e-4
     num_generations: int = 8
     prompts_per_step: int = 16
     temperature: float = 1.0
+    top_p: float = 1.0  # nucleus sampling for rollouts (1.0 = off), as TRL's top_p
+    top_k: int = 0  # sample among the k likeliest tokens (0 = off), as TRL's top_k
     max_completion_length: int = 64
     beta: float = 0.0
     loss_type: str = "dapo"
@@ -31,37 +40,105 @@ class GRPOParams:
     # `max_resample_rounds` more times to refill the batch (0 = drop only; the batch shrinks).
     dynamic_sampling: bool = False
     max_resample_rounds: int = 2
+    # Memory: rows per forward/backward on one device (0 = the whole per-rank batch at once); gradients
+    # are accumulated over per-rank batch / micro_batch_size micro-batches, so the update is the same.
+    micro_batch_size: int = 0
+    # TRL's steps_per_generation: micro-batches one generation round feeds (0 = the accumulation steps,
+    # i.e. one round per optimizer step). A multiple k of them samples k steps' prompts at once and makes
+    # the later steps off-policy (TRL then computes the old log-probs).
+    steps_per_generation: int = 0
+    gradient_checkpointing: bool = False  # recompute activations in backward: less memory, ~30 % more time
     # bf16 autocast with fp32 master weights, for the loss and TRL's in-learner generation (accelerate
     # patches the model's forward). Rollout workers generate in fp32 either way.
     bf16: bool = False
+    # The learner's weights. fp32 by default: Adam updates at GRPO's learning rates (~1e-6 relative) are
+    # below bf16's resolution and would round away; use bf16=true for bf16 compute over fp32 weights.
+    dtype: str = "float32"
+    attn_implementation: str = "auto"  # rl.params.ATTN_IMPLEMENTATIONS
+
+    def per_rank_batch(self, num_workers: int = 1) -> int:
+        return self.prompts_per_step * self.num_generations // num_workers
+
+    def batch_layout(self, num_workers: int = 1) -> tuple[int, int, int]:
+        """(per-device micro-batch, gradient accumulation steps, TRL steps_per_generation)."""
+        per_rank = self.per_rank_batch(num_workers)
+        micro = self.micro_batch_size or per_rank
+        accumulation = per_rank // micro
+        return micro, accumulation, self.steps_per_generation or accumulation
+
+    def validate(self, num_workers: int = 1) -> None:
+        """Raises ValueError (message starting with the field name) for any setting TRL or rayzero
+        cannot run with `num_workers` data-parallel learner workers."""
+        from rl import params as v
+
+        for name in ("max_steps", "prompts_per_step", "max_completion_length", "num_iterations", "logging_steps"):
+            v.positive_int(name, getattr(self, name))
+        v.positive_int("num_generations", self.num_generations, minimum=2)  # advantages compare samples
+        for name in ("max_resample_rounds", "top_k", "steps_per_generation"):
+            v.positive_int(name, getattr(self, name), minimum=0)
+        v.finite("learning_rate", self.learning_rate, low=0, low_open=True)
+        v.finite("temperature", self.temperature, low=0, low_open=True)
+        v.finite("top_p", self.top_p, low=0, low_open=True)
+        if self.top_p > 1:
+            v.fail("top_p", self.top_p, "must be within (0, 1]")
+        v.finite("beta", self.beta, low=0)
+        v.finite("epsilon", self.epsilon, low=0, low_open=True)
+        v.finite("epsilon_high", self.epsilon_high, low=0)
+        if self.epsilon_high and self.epsilon_high < self.epsilon:
+            v.fail("epsilon_high", self.epsilon_high, f"must be 0 (= epsilon) or >= epsilon={self.epsilon}")
+        v.choice("loss_type", self.loss_type, LOSS_TYPES)
+        v.choice("scale_rewards", self.scale_rewards, ("group", "batch", "none"))
+        v.choice("importance_sampling_level", self.importance_sampling_level, ("token", "sequence"))
+        needs = {"luspo": "sequence", "vespo": "token"}.get(self.loss_type)
+        if needs and self.importance_sampling_level != needs:
+            v.fail("importance_sampling_level", self.importance_sampling_level,
+                   f"must be {needs!r} with loss_type={self.loss_type!r}")
+        v.model_loading(self.dtype, self.attn_implementation, self.bf16)
+        v.positive_int("num_workers", num_workers)
+        total = self.prompts_per_step * self.num_generations
+        if total % num_workers:
+            v.fail("prompts_per_step", self.prompts_per_step, f"x num_generations={self.num_generations} = {total} "
+                   f"must be divisible by num_workers={num_workers}")
+        v.micro_batching("micro_batch_size", self.micro_batch_size, self.per_rank_batch(num_workers),
+                         "prompts_per_step*num_generations/num_workers")
+        micro, _, per_generation = self.batch_layout(num_workers)
+        if (micro * num_workers * per_generation) % self.num_generations:
+            v.fail("steps_per_generation", self.steps_per_generation,
+                   f"x micro-batch {micro} x num_workers={num_workers} must be a multiple of num_generations="
+                   f"{self.num_generations} (a generation round samples whole groups)")
+        if self.dynamic_sampling and (micro * per_generation) % self.num_generations:
+            v.fail("prompts_per_step", self.prompts_per_step, f"must give every worker whole groups for "
+                   f"dynamic_sampling: a round's {micro * per_generation} rows per worker are not a multiple of "
+                   f"num_generations={self.num_generations}")
 
 
-def grpo_config(out_dir: Path, p: GRPOParams, *, seed: int = 0, report_to: str = "none", use_cpu: bool = True,
+def grpo_config(out_dir: Path, p: GRPOParams, *, seed: int = 0, report_to: str = "none", use_cpu: bool | None = None,
                 world_size: int = 1, deepspeed: dict | None = None, save_steps: int = 0):
+    """TRL's `GRPOConfig` for `p` on `world_size` data-parallel workers (`p.validate` runs first).
+    `use_cpu` None = CPU only where no CUDA device is visible."""
     from trl import GRPOConfig
 
-    total = p.prompts_per_step * p.num_generations
-    if total % world_size:
-        raise ValueError(f"grpo: prompts_per_step*num_generations={total} is not divisible by "
-                         f"num_workers={world_size}")
-    if p.dynamic_sampling and (total // world_size) % p.num_generations:
-        raise ValueError(f"grpo: dynamic_sampling needs whole groups per worker: prompts_per_step="
-                         f"{p.prompts_per_step} must be divisible by num_workers={world_size}")
+    from rl.modeling import default_use_cpu
+
+    p.validate(num_workers=world_size)
+    micro, accumulation, per_generation = p.batch_layout(world_size)
     return GRPOConfig(
         output_dir=str(out_dir),
         max_steps=p.max_steps,
         learning_rate=p.learning_rate,
         lr_scheduler_type="constant_with_warmup",
         warmup_steps=0.05,
-        # One optimizer step per generation round: each step sees prompts_per_step fresh prompts
-        # with num_generations samples each, split across the data-parallel workers.
-        per_device_train_batch_size=total // world_size,
-        gradient_accumulation_steps=1,
-        steps_per_generation=1,
+        # One optimizer step per generation round (unless steps_per_generation says otherwise): each step
+        # sees prompts_per_step fresh prompts with num_generations samples each, split across the
+        # data-parallel workers and, on each, into micro-batches.
+        per_device_train_batch_size=micro,
+        gradient_accumulation_steps=accumulation,
+        steps_per_generation=per_generation,
         num_generations=p.num_generations,
         num_iterations=p.num_iterations,
         temperature=p.temperature,
-        top_k=0,
+        top_p=p.top_p,
+        top_k=p.top_k,
         max_completion_length=p.max_completion_length,
         beta=p.beta,
         loss_type=p.loss_type,
@@ -78,9 +155,9 @@ def grpo_config(out_dir: Path, p: GRPOParams, *, seed: int = 0, report_to: str =
         report_to=report_to,
         seed=seed,
         data_seed=seed,
-        use_cpu=use_cpu,
+        use_cpu=default_use_cpu() if use_cpu is None else use_cpu,
         bf16=p.bf16,
-        gradient_checkpointing=False,  # tiny models: recompute costs more than it saves
+        activation_checkpointing=p.gradient_checkpointing,  # TRL's gradient_checkpointing, new name
         disable_tqdm=True,
         dataloader_num_workers=0,
         shuffle_dataset=True,
@@ -188,10 +265,13 @@ def _trainer_class():
                 merged = ds.select_rows(out, torch.arange(g, device=out["advantages"].device))
             elif rows > target:
                 merged = ds.select_rows(merged, torch.arange(target, device=merged["advantages"].device))
-            merged["num_items_in_batch"] = self.accelerator.gather(ds.loss_tokens(merged)).sum()
             for name, value in (("dropped_groups", dropped), ("kept_fraction", 1.0 - dropped / groups),
                                 ("rounds", rounds + 1), ("batch_rows", merged["advantages"].numel())):
                 compat.log_metric(self, f"dynamic_sampling/{name}", value)
+            # TRL splits a round into steps_per_generation equal micro-batches: pad with inert rows.
+            merged = ds.pad_rows_to_multiple(merged, out, self.args.steps_per_generation,
+                                             compat.tokenizer(self).pad_token_id)
+            merged["num_items_in_batch"] = self.accelerator.gather(ds.loss_tokens(merged)).sum()
             return merged
 
     return RayzeroGRPOTrainer

@@ -88,15 +88,52 @@ def count_params(model) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def load_policy(path: str | Path, dtype=torch.float32):
-    """(model, tokenizer) from a Hugging Face folder, tokenizer padded on the left for generation."""
+def default_use_cpu() -> bool:
+    """A trainer's `use_cpu` when the caller did not say: CPU only where no CUDA device is visible (a Ray
+    worker without a GPU sees none)."""
+    return not torch.cuda.is_available()
+
+
+def resolve_dtype(dtype: str | torch.dtype, device: str | torch.device | None = None) -> torch.dtype:
+    """A torch dtype from a name in `rl.params.DTYPES` (or a dtype); "auto" = bf16 on CUDA, else fp32."""
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype == "auto":
+        on_cuda = device is not None and torch.device(device).type == "cuda"
+        return torch.bfloat16 if on_cuda and torch.cuda.is_bf16_supported() else torch.float32
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
+
+
+def resolve_attn_implementation(name: str, dtype: torch.dtype, device: str | torch.device | None = None) -> str:
+    """"auto" = FlashAttention-2 when `flash_attn` is installed and 16-bit weights sit on CUDA (its only
+    supported case), else PyTorch's SDPA; any other name is passed to transformers as is (it raises when
+    that kernel is missing)."""
+    if name != "auto":
+        return name
+    import importlib.util
+
+    on_cuda = device is not None and torch.device(device).type == "cuda"
+    if on_cuda and dtype in (torch.bfloat16, torch.float16) and importlib.util.find_spec("flash_attn"):
+        return "flash_attention_2"
+    return "sdpa"
+
+
+def load_policy(path: str | Path, dtype: str | torch.dtype = torch.float32, *, attn_implementation: str = "auto",
+                device: str | torch.device | None = None):
+    """(model, tokenizer) from a Hugging Face folder, tokenizer padded on the left for generation.
+
+    The weights are loaded in `dtype` (a torch dtype or a name of `rl.params.DTYPES`) straight onto
+    `device` (None = CPU), with `attn_implementation` resolved by `resolve_attn_implementation`."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(path)
     tokenizer.padding_side = "left"
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+    dt = resolve_dtype(dtype, device)
+    kwargs = {"device_map": {"": str(torch.device(device))}} if device is not None else {}
+    model = AutoModelForCausalLM.from_pretrained(
+        path, dtype=dt, attn_implementation=resolve_attn_implementation(attn_implementation, dt, device), **kwargs)
     return model, tokenizer
 
 

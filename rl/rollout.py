@@ -74,50 +74,92 @@ class HFEngine:
         return ids, lps
 
     def _batch(self, prompts: list[list[int]], sp: SamplingParams):
+        from transformers import LogitsProcessorList, TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
+
         width = max(len(p) for p in prompts)
         input_ids = torch.full((len(prompts), width), self.pad, dtype=torch.long)
         mask = torch.zeros_like(input_ids)
         for j, p in enumerate(prompts):  # left padding: every prompt ends where generation starts
             input_ids[j, width - len(p):] = torch.tensor(p)
             mask[j, width - len(p):] = 1
-        out = self.model.generate(
+        # Our own warpers, then the recorder, so it sees exactly the distribution the sampler draws from;
+        # generate's own warpers are switched off (else they would run after the recorder).
+        warpers = [TemperatureLogitsWarper(sp.temperature)] if sp.temperature != 1.0 else []
+        warpers += [TopKLogitsWarper(sp.top_k)] if sp.top_k else []
+        warpers += [TopPLogitsWarper(sp.top_p)] if sp.top_p < 1.0 else []
+        recorder = _SampledLogprobs()
+        seqs = self.model.generate(
             input_ids=input_ids.to(self.device), attention_mask=mask.to(self.device), do_sample=True,
-            temperature=sp.temperature, top_k=sp.top_k or None, top_p=sp.top_p, max_new_tokens=sp.max_new_tokens,
-            pad_token_id=self.pad, eos_token_id=self.eos, output_scores=True, return_dict_in_generate=True,
-            use_cache=True)
-        new = out.sequences[:, width:].cpu()
-        # `scores` are the processed logits the sampler drew from (temperature, top-k/p applied).
-        logp = torch.stack(out.scores, dim=1).float().log_softmax(-1).cpu()
-        token_lp = logp.gather(-1, new.unsqueeze(-1)).squeeze(-1)
+            logits_processor=LogitsProcessorList([*warpers, recorder]), temperature=1.0, top_k=0, top_p=1.0,
+            min_p=None, typical_p=1.0, epsilon_cutoff=0.0, eta_cutoff=0.0, max_new_tokens=sp.max_new_tokens,
+            pad_token_id=self.pad, eos_token_id=self.eos, use_cache=True)
+        new = seqs[:, width:]
+        token_lp = recorder.finish(new).cpu()
         completions, logprobs = [], []
-        for row, lp in zip(new.tolist(), token_lp.tolist()):
+        for row, lp in zip(new.cpu().tolist(), token_lp.tolist()):
             n = next((k + 1 for k, t in enumerate(row) if t in self.eos), len(row))
             completions.append(row[:n])
             logprobs.append(lp[:n])
         return completions, logprobs
 
 
-def hf_engine_factory(model_dir: str, use_gpu: bool = False, batch_size: int = 256):
-    """A picklable zero-argument factory that builds an `HFEngine` inside a rollout actor."""
-    return functools.partial(_build_hf_engine, str(model_dir), use_gpu, batch_size)
+class _SampledLogprobs:
+    """A logits processor placed last: it sees the logits the sampler draws from and keeps only the
+    log-prob of each sampled token. The token sampled at step t is the last input id at step t+1, so one
+    step's (B, V) log-probs are held at a time, never all (B, T, V) scores (`output_scores`), which for
+    thousands of tokens over a large vocabulary would not fit in memory."""
+
+    def __init__(self):
+        self.prev: torch.Tensor | None = None
+        self.taken: list[torch.Tensor] = []
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        if self.prev is not None:
+            self.taken.append(self.prev.gather(-1, input_ids[:, -1:]).squeeze(-1))
+        self.prev = scores.float().log_softmax(-1)
+        return scores
+
+    def finish(self, new_tokens: torch.Tensor) -> torch.Tensor:
+        """new_tokens: (B, T) generated ids. Returns (B, T) log-probs of them (float32)."""
+        if self.prev is None:
+            return torch.zeros(new_tokens.shape, dtype=torch.float32)
+        self.taken.append(self.prev.gather(-1, new_tokens[:, -1:]).squeeze(-1))
+        return torch.stack(self.taken, dim=1)
 
 
-def _build_hf_engine(model_dir: str, use_gpu: bool, batch_size: int) -> "HFEngine":
+def hf_engine_factory(model_dir: str, use_gpu: bool = False, batch_size: int = 256, *, dtype: str = "auto",
+                      attn_implementation: str = "auto"):
+    """A picklable zero-argument factory that builds an `HFEngine` inside a rollout actor: weights in
+    `dtype` ("auto" = bf16 on GPU, fp32 on CPU) on the actor's GPU when `use_gpu`."""
+    return functools.partial(_build_hf_engine, str(model_dir), use_gpu, batch_size, dtype, attn_implementation)
+
+
+def _build_hf_engine(model_dir: str, use_gpu: bool, batch_size: int, dtype: str = "auto",
+                     attn_implementation: str = "auto") -> "HFEngine":
     from rl.modeling import load_policy
 
-    model, tok = load_policy(model_dir)
-    if use_gpu:
-        model = model.to("cuda")
+    model, tok = load_policy(model_dir, dtype, attn_implementation=attn_implementation,
+                             device="cuda" if use_gpu else None)
     eos = model.generation_config.eos_token_id
     eos = eos if isinstance(eos, list) else [eos if eos is not None else tok.eos_token_id]
     return HFEngine(model, tok.pad_token_id, eos, batch_size=batch_size)
 
 
-def engine_factory(name: str, model_dir: str, use_gpu: bool = False, batch_size: int = 256):
+def engine_factory(name: str, model_dir: str, use_gpu: bool = False, batch_size: int = 256, *, dtype: str = "auto",
+                   attn_implementation: str = "auto"):
+    """A picklable zero-argument factory for engine `name` (`ENGINES`) serving the HF folder `model_dir`."""
     check_engine(name)
     if name == "vllm":
         return functools.partial(VLLMEngine, str(model_dir))
-    return hf_engine_factory(model_dir, use_gpu, batch_size)
+    return hf_engine_factory(model_dir, use_gpu, batch_size, dtype=dtype, attn_implementation=attn_implementation)
+
+
+def engine_dtype(dtype: str, use_gpu: bool) -> torch.dtype:
+    """The weight dtype an engine built with `dtype` holds (what `make_rollout_func(weight_dtype=)` must
+    send for a collective sync, which receives into the engine's own tensors)."""
+    from rl.modeling import resolve_dtype
+
+    return resolve_dtype(dtype, "cuda" if use_gpu else None)
 
 
 class VLLMEngine:
@@ -145,8 +187,9 @@ class VLLMEngine:
         return ids, lps
 
 
-def make_rollout_func(pool, sync_every: int = 1, seed: int = 0, overlap: bool = False) -> "PoolRollouts":
-    return PoolRollouts(pool, sync_every=sync_every, seed=seed, overlap=overlap)
+def make_rollout_func(pool, sync_every: int = 1, seed: int = 0, overlap: bool = False,
+                      weight_dtype: torch.dtype | None = None) -> "PoolRollouts":
+    return PoolRollouts(pool, sync_every=sync_every, seed=seed, overlap=overlap, weight_dtype=weight_dtype)
 
 
 class PoolRollouts:
@@ -167,8 +210,10 @@ class PoolRollouts:
     `rollout/policy_version` and `rollout/policy_lag` (optimizer steps between the weights that sampled
     and the learner's)."""
 
-    def __init__(self, pool, sync_every: int = 1, seed: int = 0, overlap: bool = False):
+    def __init__(self, pool, sync_every: int = 1, seed: int = 0, overlap: bool = False,
+                 weight_dtype: torch.dtype | None = None):
         self.pool, self.sync_every, self.seed, self.overlap = pool, sync_every, seed, overlap
+        self.weight_dtype = weight_dtype  # cast floating weights to the engines' dtype before sending
         self.synced_step, self.calls = 0, 0
         self._pending: list = []  # (prompts, prompt_ids, future) generated ahead of time, oldest first
         self._executor = None
@@ -183,9 +228,15 @@ class PoolRollouts:
         if acc.is_main_process:
             keep_device = getattr(self.pool, "sync_backend", "") == "nccl"  # NCCL sends GPU tensors directly
             compat.log_metric(trainer, "rollout/sync_s", self.pool.sync_weights(
-                {k: v.detach() if keep_device else v.detach().cpu() for k, v in state.items()}, step))
+                {k: self._outgoing(v, keep_device) for k, v in state.items()}, step))
         acc.wait_for_everyone()
         self.synced_step = step
+
+    def _outgoing(self, t: torch.Tensor, keep_device: bool) -> torch.Tensor:
+        t = t.detach()
+        if self.weight_dtype is not None and t.is_floating_point():
+            t = t.to(self.weight_dtype)
+        return t if keep_device else t.cpu()
 
     def _launch(self, prompts: list, trainer):
         prompt_ids = compat.tokenize_prompts(trainer, prompts)

@@ -9,7 +9,10 @@ from typing import Sequence
 
 @dataclass(frozen=True)
 class SFTParams:
-    """Learning hyper-parameters of an SFT run (the pipeline's stage configs extend this)."""
+    """Learning hyper-parameters of an SFT run (the pipeline's stage configs extend this).
+
+    `batch_size` is the batch of one optimizer step over all data-parallel workers; each worker runs its
+    share as micro-batches of `micro_batch_size` with gradient accumulation."""
 
     epochs: float = 3.0
     max_steps: int = -1
@@ -20,36 +23,77 @@ class SFTParams:
     # bf16 autocast with fp32 master weights (TrainingArguments.bf16). On a CPU with AVX512-BF16/AMX it is
     # ~1.6x faster per forward+backward than fp32 (docs/smollm2.md); elsewhere it can be slower.
     bf16: bool = False
+    # Tokens per example (prompt + completion); longer ones are truncated. Long chains of thought need
+    # thousands (and a model whose max_position covers them).
+    max_length: int = 256
+    micro_batch_size: int = 0  # rows per forward/backward on one device (0 = the worker's whole share)
+    gradient_checkpointing: bool = False  # recompute activations in backward: less memory, more time
+    dtype: str = "float32"  # weights of a model the pipeline loads for training (rl.params.DTYPES)
+    attn_implementation: str = "auto"  # rl.params.ATTN_IMPLEMENTATIONS
+
+    def batch_layout(self, num_workers: int = 1) -> tuple[int, int]:
+        """(per-device micro-batch, gradient accumulation steps)."""
+        per_rank = self.batch_size // num_workers
+        micro = self.micro_batch_size or per_rank
+        return micro, per_rank // micro
+
+    def validate(self, num_workers: int = 1) -> None:
+        """Raises ValueError (message starting with the field name) for a setting that cannot run on
+        `num_workers` data-parallel workers."""
+        from rl import params as v
+
+        v.finite("epochs", self.epochs, low=0, low_open=True)
+        if self.max_steps != -1:
+            v.positive_int("max_steps", self.max_steps)  # -1 = train for `epochs`
+        v.finite("learning_rate", self.learning_rate, low=0, low_open=True)
+        v.positive_int("batch_size", self.batch_size)
+        v.finite("warmup_ratio", self.warmup_ratio, low=0)
+        if self.warmup_ratio >= 1:  # TrainingArguments reads warmup_steps >= 1 as a step count
+            v.fail("warmup_ratio", self.warmup_ratio, "must be within [0, 1)")
+        v.finite("weight_decay", self.weight_decay, low=0)
+        v.positive_int("max_length", self.max_length)
+        v.model_loading(self.dtype, self.attn_implementation, self.bf16)
+        v.positive_int("num_workers", num_workers)
+        if self.batch_size % num_workers:
+            v.fail("batch_size", self.batch_size, f"must be divisible by num_workers={num_workers}")
+        v.micro_batching("micro_batch_size", self.micro_batch_size, self.batch_size // num_workers,
+                         "batch_size/num_workers")
+
+    def trainer_args(self, num_workers: int = 1) -> dict:
+        """The TrainingArguments fields these parameters set (shared by SFT and GKD distillation)."""
+        micro, accumulation = self.batch_layout(num_workers)
+        return dict(num_train_epochs=self.epochs, max_steps=self.max_steps, per_device_train_batch_size=micro,
+                    gradient_accumulation_steps=accumulation, learning_rate=self.learning_rate,
+                    lr_scheduler_type="cosine", warmup_steps=self.warmup_ratio, weight_decay=self.weight_decay,
+                    max_length=self.max_length, bf16=self.bf16, activation_checkpointing=self.gradient_checkpointing)
 
 
 def sft_train(model, tokenizer, rows: Sequence[dict], out_dir: Path, params: SFTParams, *, seed: int = 0,
-              report_to: str = "none", time_budget_s: float = 0.0, use_cpu: bool = True, callbacks=()) -> dict:
-    """Trains `model` in place on rows {prompt, completion}; returns the trainer's final metrics."""
+              report_to: str = "none", time_budget_s: float = 0.0, use_cpu: bool | None = None,
+              world_size: int = 1, callbacks=()) -> dict:
+    """Trains `model` in place on rows {prompt, completion}; returns {"train_loss", "steps", "num_tokens"}.
+
+    `use_cpu` None = CPU only where no CUDA device is visible; `world_size` = data-parallel workers
+    (`params.batch_size` is split over them)."""
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
 
     from rl import trl_compat as compat
     from rl.callbacks import TimeBudget, quiet
+    from rl.modeling import default_use_cpu
     from rl.progress import no_dataset_bars
 
+    params.validate(num_workers=world_size)
     data = Dataset.from_list([{"prompt": r["prompt"], "completion": r["completion"]} for r in rows])
     args = SFTConfig(
         output_dir=str(out_dir),
-        num_train_epochs=params.epochs,
-        max_steps=params.max_steps,
-        per_device_train_batch_size=params.batch_size,
-        learning_rate=params.learning_rate,
-        lr_scheduler_type="cosine",
-        warmup_steps=params.warmup_ratio,
-        weight_decay=params.weight_decay,
+        **params.trainer_args(world_size),
         logging_steps=5,
         save_strategy="no",
         report_to=report_to,
         seed=seed,
         data_seed=seed,
-        max_length=256,
-        use_cpu=use_cpu,
-        bf16=params.bf16,
+        use_cpu=default_use_cpu() if use_cpu is None else use_cpu,
         disable_tqdm=True,
         dataloader_num_workers=0,
     )

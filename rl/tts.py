@@ -92,7 +92,7 @@ def hf_step_extender(model, tokenizer, *, step_delimiters: Sequence[str], max_st
         out: list[tuple[str, int, bool]] = []
         for start in range(0, len(flat), batch_size):
             chunk = flat[start:start + batch_size]
-            enc = tokenizer(chunk, return_tensors="pt", padding=True, add_special_tokens=False)
+            enc = tokenizer(chunk, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
             gen = model.generate(**enc, max_new_tokens=max_step_tokens, do_sample=temperature > 0,
                                  temperature=temperature if temperature > 0 else None, top_p=None,
                                  top_k=0 if temperature > 0 else None, stop_strings=list(step_delimiters),
@@ -113,17 +113,21 @@ def hf_step_extender(model, tokenizer, *, step_delimiters: Sequence[str], max_st
     return extend
 
 
-def load_prm_scorer(path: str, batch_size: int = 64) -> Score:
+def load_prm_scorer(path: str, batch_size: int = 64, *, device: str | None = None, dtype: str = "auto") -> Score:
     """A learned process reward model as a step scorer: a Hugging Face sequence-classification
     checkpoint reading prompt + partial solution; the score is the sigmoid of its first logit (one
-    label: "this solution so far is on track"), as Math-Shepherd-style PRMs are used for search."""
+    label: "this solution so far is on track"), as Math-Shepherd-style PRMs are used for search. The model
+    is loaded in `dtype` ("auto" = bf16 on CUDA) onto `device` (None = CPU)."""
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(path)
     tok.padding_side = "left"
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
-    model = AutoModelForSequenceClassification.from_pretrained(path, dtype=torch.float32).eval()
+    from rl.modeling import resolve_dtype
+
+    placed = {"device_map": {"": str(torch.device(device))}} if device is not None else {}
+    model = AutoModelForSequenceClassification.from_pretrained(path, dtype=resolve_dtype(dtype, device), **placed).eval()
     if model.config.pad_token_id is None:
         model.config.pad_token_id = tok.pad_token_id
 
@@ -132,8 +136,9 @@ def load_prm_scorer(path: str, batch_size: int = 64) -> Score:
         out: list[float] = []
         texts = [p + s for p, s in zip(prompts, partials, strict=True)]
         for start in range(0, len(texts), batch_size):
-            enc = tok(texts[start:start + batch_size], return_tensors="pt", padding=True, add_special_tokens=False)
-            out.extend(torch.sigmoid(model(**enc).logits[:, 0]).tolist())
+            enc = tok(texts[start:start + batch_size], return_tensors="pt", padding=True,
+                      add_special_tokens=False).to(model.device)
+            out.extend(torch.sigmoid(model(**enc).logits[:, 0].float()).tolist())
         return out
 
     return score
