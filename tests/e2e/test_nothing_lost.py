@@ -1,0 +1,184 @@
+"""Nothing lost, ever (issue 12), through the real CLI on a real local Ray: a second run on a busy run
+folder is refused, Ctrl-C stops a run with one line and it resumes, a kill -9 of the driver leaves no
+learner or Ray behind and the resumed run reports what an uninterrupted one does, a truncated checkpoint
+is noticed and redone (the old one kept), and user mistakes end in one line. Each test's Ray lives in its
+own RAY_TMPDIR, so the processes a test checks (or cleans up) are its own."""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ROOT
+
+pytestmark = pytest.mark.slow
+QUICK = ["run.num_cpus=2", "distill.enabled=false"]
+
+
+def _env(ray_tmp: str) -> dict:
+    return {**os.environ, "PYTHONPATH": str(ROOT), "RAY_TMPDIR": ray_tmp}
+
+
+def _cmd(out: Path, name: str, *overrides: str) -> list[str]:
+    return [sys.executable, "-m", "pipelines.cli", "run", "micro", f"run.name={name}", f"run.output_dir={out}", *overrides]
+
+
+@pytest.fixture
+def ray_tmp():
+    path = tempfile.mkdtemp(prefix="rz-", dir="/tmp")  # short: Ray's socket paths have a length limit
+    yield path
+    _kill_mentioning(path)  # anything of ours a failed test left behind
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def _procs_mentioning(text: str) -> list[int]:
+    found = []
+    for pid in (int(p) for p in os.listdir("/proc") if p.isdigit()):
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if text in cmdline and pid != os.getpid():
+            found.append(pid)
+    return found
+
+
+def _kill_mentioning(text: str) -> None:
+    for pid in _procs_mentioning(text):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def _wait_for(path: Path, proc: subprocess.Popen, timeout: float = 300) -> None:
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        assert proc.poll() is None, f"the run ended before {path.name} appeared"
+        assert time.monotonic() < deadline, f"no {path} after {timeout:g}s"
+        time.sleep(0.2)
+
+
+def _tree(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*"))
+            if p.is_file() and "wandb" not in p.parts and ".rayzero.lock" not in p.name}
+
+
+def test_second_run_on_a_busy_folder_is_refused_and_ctrl_c_stops_the_first_for_a_resume(tmp_path, ray_tmp):
+    args = (*QUICK, "grpo.max_steps=40", "grpo.save_steps=10")
+    first = subprocess.Popen(_cmd(tmp_path, "c2", *args), cwd=ROOT, env=_env(ray_tmp), stdout=subprocess.DEVNULL,
+                             stderr=subprocess.PIPE, text=True, start_new_session=True)
+    run = tmp_path / "c2"
+    _wait_for(run / "grpo.checkpoints" / "checkpoint-10", first)
+    sft_before = _tree(run / "sft")
+    second = subprocess.run(_cmd(tmp_path, "c2", *args), cwd=ROOT, env=_env(ray_tmp), capture_output=True, text=True,
+                            timeout=120)
+    assert second.returncode == 2
+    lines = second.stderr.strip().splitlines()
+    assert len(lines) == 1 and f"is in use by pid {first.pid}" in lines[0], second.stderr
+    assert _tree(run / "sft") == sft_before and first.poll() is None, "the refused run touched nothing"
+
+    os.killpg(first.pid, signal.SIGINT)  # Ctrl-C in the terminal: the whole foreground process group
+    _, err = first.communicate(timeout=120)
+    assert first.returncode == 130, err[-2000:]
+    assert "interrupted during stage grpo" in err.strip().splitlines()[-1] and "resume" in err.strip().splitlines()[-1]
+    assert not (run / ".rayzero.lock").exists() and (run / "sft" / "manifest.json").exists()
+
+    again = subprocess.run(_cmd(tmp_path, "c2", *args), cwd=ROOT, env=_env(ray_tmp), capture_output=True, text=True,
+                           timeout=600)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "sft: already finished, skipped" in again.stdout and "config differs" not in again.stdout
+    m = json.loads((run / "grpo" / "manifest.json").read_text())["metrics"]
+    assert m["steps"] == 40 and int(m["resumed_from"].rsplit("-", 1)[1]) >= 10
+    steps = [json.loads(line)["step"] for line in (run / "grpo" / "history.jsonl").open() if "reward" in line]
+    assert steps == list(range(1, 41)), "the resumed history holds every step"
+
+
+def test_kill_9_of_the_driver_stops_the_learner_and_the_resumed_report_matches_an_uninterrupted_one(tmp_path, ray_tmp):
+    args = (*QUICK, "grpo.max_steps=12", "grpo.save_steps=2")
+    killed = subprocess.Popen(_cmd(tmp_path, "killed", *args), cwd=ROOT, env=_env(ray_tmp), stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
+    run = tmp_path / "killed"
+    _wait_for(run / "grpo.checkpoints" / "checkpoint-4", killed)
+    os.kill(killed.pid, signal.SIGKILL)  # the driver only, as a user's `kill -9 <pid>` does
+    killed.wait()
+    deadline = time.monotonic() + 60
+    while _procs_mentioning(ray_tmp) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert not _procs_mentioning(ray_tmp), "the killed driver's learner and local Ray must stop with it"
+    saved = sorted(p.name for p in (run / "grpo.checkpoints").glob("checkpoint-*"))
+    time.sleep(3)
+    assert sorted(p.name for p in (run / "grpo.checkpoints").glob("checkpoint-*")) == saved, "nothing trains on"
+    assert "checkpoint-12" not in saved
+
+    resumed = subprocess.run(_cmd(tmp_path, "killed", *args), cwd=ROOT, env=_env(ray_tmp), capture_output=True,
+                             text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    whole = subprocess.run(_cmd(tmp_path, "whole", *args), cwd=ROOT, env=_env(ray_tmp), capture_output=True,
+                           text=True, timeout=600)
+    assert whole.returncode == 0, whole.stderr[-3000:]
+    a, b = (json.loads((tmp_path / n / "report.json").read_text())["stages"]["grpo"] for n in ("killed", "whole"))
+    assert set(a) == set(b) and a["steps"] == b["steps"] == 12
+    for key in ("reward_first", "reward_last", "flops", "num_tokens"):
+        assert a[key] is not None and b[key] is not None, key
+    history = lambda n: [json.loads(x)["step"] for x in (tmp_path / n / "grpo" / "history.jsonl").open() if "reward" in x]  # noqa: E731
+    assert history("killed") == history("whole") == list(range(1, 13))
+    plots = lambda n: sorted(p.name for p in (tmp_path / n / "plots").glob("*.png"))  # noqa: E731
+    assert plots("killed") == plots("whole") and "reward.png" in plots("killed")
+
+
+def test_a_truncated_checkpoint_is_redone_and_the_old_one_kept(tmp_path, ray_tmp, cli):
+    args = (*QUICK, "grpo.max_steps=2")
+    first = subprocess.run(_cmd(tmp_path, "t", *args), cwd=ROOT, env=_env(ray_tmp), capture_output=True, text=True, timeout=600)
+    assert first.returncode == 0, first.stderr[-3000:]
+    run = tmp_path / "t"
+    weights = run / "sft" / "model.safetensors"
+    size = weights.stat().st_size
+    with weights.open("r+b") as f:
+        f.truncate(size // 2)
+    again = subprocess.run(_cmd(tmp_path, "t", *args), cwd=ROOT, env=_env(ray_tmp), capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "sft: redoing it" in again.stdout and "does not match the sha256" in again.stdout
+    kept = list(run.glob("sft.stale-*"))
+    assert len(kept) == 1 and (kept[0] / "model.safetensors").stat().st_size == size // 2
+    assert weights.stat().st_size == size
+    # Retrained with the same seed, SFT is bit-identical, so GRPO (trained from those weights) is kept...
+    assert "grpo: already finished" in again.stdout
+    # ...but a start checkpoint that really changed makes GRPO train again.
+    from pipelines.run_folder import read_manifest, write_manifest
+
+    shutil.copy(run / "grpo" / "model.safetensors", weights)
+    write_manifest(run / "sft", {k: v for k, v in read_manifest(run / "sft").items() if k not in ("files", "digest")})
+    third = subprocess.run(_cmd(tmp_path, "t", *args), cwd=ROOT, env=_env(ray_tmp), capture_output=True, text=True, timeout=600)
+    assert third.returncode == 0, third.stderr[-3000:]
+    assert "sft: already finished" in third.stdout
+    assert "grpo: redoing it" in third.stdout and "input 'init' changed" in third.stdout
+    assert len(list(run.glob("grpo.stale-*"))) == 1
+    res = cli("eval", str(run / "sft"), "--out", str(tmp_path / "missing" / "r.json"), cwd=tmp_path, timeout=120)
+    assert res.returncode == 2 and res.stderr.strip().splitlines() == [
+        f"rayzero: error: --out {tmp_path / 'missing' / 'r.json'}: folder {tmp_path / 'missing'} does not exist"]
+
+
+def test_user_mistakes_end_in_one_line(tmp_path, ray_tmp, cli):
+    blocker = tmp_path / "afile"
+    blocker.write_text("not a folder")
+    cases = [
+        (["run", "micro", f"run.output_dir={blocker}/runs"], "run.output_dir: cannot write"),
+        (["eval", str(tmp_path)], "not a checkpoint folder"),
+    ]
+    no_weights = tmp_path / "no_weights"
+    no_weights.mkdir()
+    (no_weights / "config.json").write_text("{}")
+    cases.append((["eval", str(no_weights)], "no weights"))
+    for args, needle in cases:
+        res = cli(*args, cwd=tmp_path, timeout=120)
+        lines = res.stderr.strip().splitlines()
+        assert res.returncode == 2 and len(lines) == 1 and needle in lines[0], (args, res.stderr[-2000:])
+    assert blocker.read_text() == "not a folder"
