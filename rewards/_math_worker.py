@@ -77,6 +77,26 @@ class MathVerifyWorker:
         finally:
             self._lock.release()
 
+    def ready(self) -> bool:
+        """Started and done with its imports; never blocks (False while another thread is using it)."""
+        if not self._lock.acquire(blocking=False):
+            return False
+        try:
+            if self._proc is None or self._proc.poll() is not None:
+                return False
+            fd = self._proc.stdout.fileno()
+            while not self._ready and b"\n" not in self._buf and select.select([fd], [], [], 0)[0]:
+                chunk = os.read(fd, 65536)
+                if not chunk:
+                    return False
+                self._buf += chunk
+            if not self._ready and b"\n" in self._buf:
+                _, self._buf = self._buf.split(b"\n", 1)  # the ready line
+                self._ready = True
+            return self._ready
+        finally:
+            self._lock.release()
+
     def call(self, req: dict, timeout_s: float) -> dict | None:
         """The worker's answer, or None when it did not answer within `timeout_s`."""
         with self._lock:
@@ -111,9 +131,18 @@ class MathVerifyWorker:
 
 
 def call_all(workers: list[MathVerifyWorker], reqs: list[dict], timeout_s: float) -> list[dict | None]:
-    """Answers to `reqs` (each with its own `timeout_s` budget), spread over `workers`: one thread per
-    worker pulls the next request, so a batch uses as many cores as there are workers."""
+    """Answers to `reqs` (each with its own `timeout_s` budget), spread over the workers that are up: one
+    thread per worker pulls the next request, so a batch uses as many cores as there are workers."""
     out: list[dict | None] = [None] * len(reqs)
+    if not reqs:
+        return out
+    # Only workers that are up take part: one still importing (first use, or the replacement of a worker
+    # killed at a deadline) would hold its share of the batch for seconds; it warms up for later batches.
+    ready = [w for w in workers if w.ready()]
+    for w in workers:
+        if w not in ready:
+            w.prestart()
+    workers = ready or workers[:1]
     if len(workers) == 1 or len(reqs) <= 1:
         return [workers[0].call(r, timeout_s) for r in reqs]
     it = iter(range(len(reqs)))

@@ -283,3 +283,18 @@ def test_the_factory_starts_math_verify_in_the_background():
     assert time.monotonic() - t0 < 0.5  # it does not wait for the imports
     assert all(w._proc is not None and w._proc.poll() is None for w in _WORKERS)
     assert fn(["<answer>12-4=8</answer>"], answer=["8"]) == [1.0]  # an answer only math-verify decides
+
+
+def test_a_batch_does_not_wait_for_a_worker_still_starting():
+    from rewards._math_worker import call_all
+
+    up, cold, fresh = MathVerifyWorker(), MathVerifyWorker(), MathVerifyWorker()
+    try:
+        assert up.call({"gold": "1", "pred": "1"}, 60.0)["v"] == 1.0
+        got = call_all([cold, up], [{"gold": "2", "pred": f"{k}+{2 - k}"} for k in range(4)], 10.0)
+        assert [r["v"] for r in got] == [1.0] * 4
+        assert cold._proc is not None and not cold._ready  # started for later batches, never waited for
+        assert call_all([fresh], [{"gold": "3", "pred": "1+2"}], 60.0)[0]["v"] == 1.0  # none up: wait for one
+    finally:
+        for w in (up, cold, fresh):
+            w.close()
