@@ -24,12 +24,14 @@ def logit_distill(student, teacher, tokenizer, rows: Sequence[dict], out_dir: Pa
                   report_to: str = "none", use_cpu: bool | None = None, world_size: int = 1) -> dict:
     """Trains `student` in place on rows {prompt, completion}; returns {"train_loss", "steps", "num_tokens"}.
 
-    `params` sets the optimisation as for SFT (batch, micro-batches, max_length, checkpointing); `use_cpu`
-    None = CPU only where no CUDA device is visible. The teacher should sit on the student's device."""
+    `params` sets the optimisation as for SFT (batch, micro-batches, max_length, checkpointing, LoRA: the
+    adapter is saved to `out_dir/adapter` and merged into `student`); `use_cpu` None = CPU only where no
+    CUDA device is visible. The teacher should sit on the student's device."""
     from datasets import Dataset
     from trl.experimental.gkd import GKDConfig, GKDTrainer
 
     from rl.callbacks import quiet
+    from rl.lora import is_peft, merge_into_base, save_adapter
     from rl.modeling import default_use_cpu
     from rl.progress import no_dataset_bars
 
@@ -50,9 +52,14 @@ def logit_distill(student, teacher, tokenizer, rows: Sequence[dict], out_dir: Pa
     )
     with no_dataset_bars():
         trainer = GKDTrainer(model=student, teacher_model=teacher.eval(), args=args, train_dataset=data,
-                             processing_class=tok)
+                             processing_class=tok, peft_config=params.lora.peft_config())
     quiet(trainer)
     result = trainer.train()
     tokens = sum(len(tok(r["prompt"] + r["completion"], add_special_tokens=False)["input_ids"]) + 1 for r in rows)
-    return {"train_loss": float(result.training_loss), "steps": int(trainer.state.global_step),
-            "num_tokens": int(tokens * params.epochs)}
+    metrics = {"train_loss": float(result.training_loss), "steps": int(trainer.state.global_step),
+               "num_tokens": int(tokens * params.epochs)}
+    trained = trainer.accelerator.unwrap_model(trainer.model)
+    if is_peft(trained):  # adapter alone, then plain merged weights in `student`
+        metrics["adapter_dir"] = str(save_adapter(trained, Path(out_dir) / "adapter"))
+        merge_into_base(trained)
+    return metrics

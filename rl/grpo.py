@@ -8,6 +8,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
+from rl.lora import LoraParams
+
 
 LOSS_TYPES = ("grpo", "dapo", "dr_grpo", "bnpo", "cispo", "sapo", "luspo", "vespo")  # TRL 1.16's
 
@@ -55,6 +57,8 @@ class GRPOParams:
     # below bf16's resolution and would round away; use bf16=true for bf16 compute over fp32 weights.
     dtype: str = "float32"
     attn_implementation: str = "auto"  # rl.params.ATTN_IMPLEMENTATIONS
+    # r > 0: train a LoRA adapter (TRL peft_config); with beta > 0 the reference is the adapter-free base.
+    lora: LoraParams = LoraParams()
 
     def per_rank_batch(self, num_workers: int = 1) -> int:
         return self.prompts_per_step * self.num_generations // num_workers
@@ -110,6 +114,7 @@ class GRPOParams:
             v.fail("prompts_per_step", self.prompts_per_step, f"must give every worker whole groups for "
                    f"dynamic_sampling: a round's {micro * per_generation} rows per worker are not a multiple of "
                    f"num_generations={self.num_generations}")
+        self.lora.validate(prefix="lora.")
 
 
 def grpo_config(out_dir: Path, p: GRPOParams, *, seed: int = 0, report_to: str = "none", use_cpu: bool | None = None,
@@ -172,9 +177,9 @@ def make_grpo_trainer(model, tokenizer, rows: Sequence[dict], reward_funcs: list
     from datasets import Dataset
     from trl import GRPOTrainer
 
-    if params.beta and not getattr(model.config, "_name_or_path", ""):
+    if params.beta and not params.lora.enabled and not getattr(model.config, "_name_or_path", ""):
         raise ValueError("grpo.beta > 0 needs a policy loaded from a folder: TRL re-loads the KL reference "
-                         "model from the policy's path")
+                         "model from the policy's path (with LoRA the reference is the base without adapter)")
     args = grpo_config(out_dir, params, **run_args)
     args.reward_weights = list(reward_weights)
     from rl import trl_compat as compat
@@ -183,6 +188,7 @@ def make_grpo_trainer(model, tokenizer, rows: Sequence[dict], reward_funcs: list
     trainer = _trainer_class()(
         model=model, reward_funcs=list(reward_funcs), args=args, train_dataset=Dataset.from_list(list(rows)),
         processing_class=tokenizer, callbacks=list(callbacks), rollout_func=rollout_func,
+        peft_config=params.lora.peft_config(),
         dynamic_sampling=params.dynamic_sampling, max_resample_rounds=params.max_resample_rounds)
     compat.check(trainer, compat.GRPO_HOOKS)
     return quiet(trainer)

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import torch
 
 from rl import trl_compat as compat
+from rl.lora import is_peft, merged_state_dict
 
 ENGINES = ("hf", "vllm")
 
@@ -222,9 +223,13 @@ class PoolRollouts:
         step, acc = trainer.state.global_step, trainer.accelerator
         if step - self.synced_step < self.sync_every:
             return
-        # Under DeepSpeed the engine must be passed: ZeRO-3 gathers the shards through it (onto rank 0).
-        engine = trainer.model_wrapped if getattr(trainer, "is_deepspeed_enabled", False) else trainer.model
-        state = acc.get_state_dict(engine)
+        policy = acc.unwrap_model(trainer.model)
+        if is_peft(policy):  # engines hold plain weights: send base + adapter, merged (rank 0 has them all)
+            state = merged_state_dict(policy) if acc.is_main_process else {}
+        else:
+            # Under DeepSpeed the engine must be passed: ZeRO-3 gathers the shards through it (onto rank 0).
+            engine = trainer.model_wrapped if getattr(trainer, "is_deepspeed_enabled", False) else trainer.model
+            state = acc.get_state_dict(engine)
         if acc.is_main_process:
             keep_device = getattr(self.pool, "sync_backend", "") == "nccl"  # NCCL sends GPU tensors directly
             compat.log_metric(trainer, "rollout/sync_s", self.pool.sync_weights(

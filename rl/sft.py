@@ -6,6 +6,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
+from rl.lora import LoraParams
+
 
 @dataclass(frozen=True)
 class SFTParams:
@@ -30,6 +32,7 @@ class SFTParams:
     gradient_checkpointing: bool = False  # recompute activations in backward: less memory, more time
     dtype: str = "float32"  # weights of a model the pipeline loads for training (rl.params.DTYPES)
     attn_implementation: str = "auto"  # rl.params.ATTN_IMPLEMENTATIONS
+    lora: LoraParams = LoraParams()  # r > 0: train a LoRA adapter, merged into the model afterwards
 
     def batch_layout(self, num_workers: int = 1) -> tuple[int, int]:
         """(per-device micro-batch, gradient accumulation steps)."""
@@ -58,6 +61,7 @@ class SFTParams:
             v.fail("batch_size", self.batch_size, f"must be divisible by num_workers={num_workers}")
         v.micro_batching("micro_batch_size", self.micro_batch_size, self.batch_size // num_workers,
                          "batch_size/num_workers")
+        self.lora.validate(prefix="lora.")
 
     def trainer_args(self, num_workers: int = 1) -> dict:
         """The TrainingArguments fields these parameters set (shared by SFT and GKD distillation)."""
@@ -71,15 +75,18 @@ class SFTParams:
 def sft_train(model, tokenizer, rows: Sequence[dict], out_dir: Path, params: SFTParams, *, seed: int = 0,
               report_to: str = "none", time_budget_s: float = 0.0, use_cpu: bool | None = None,
               world_size: int = 1, callbacks=()) -> dict:
-    """Trains `model` in place on rows {prompt, completion}; returns {"train_loss", "steps", "num_tokens"}.
+    """Trains `model` in place on rows {prompt, completion}; returns {"train_loss", "steps", "num_tokens",
+    "trainable_params"} (+ "adapter_dir" with LoRA).
 
     `use_cpu` None = CPU only where no CUDA device is visible; `world_size` = data-parallel workers
-    (`params.batch_size` is split over them)."""
+    (`params.batch_size` is split over them). With `params.lora` on, only the adapter trains; it is saved
+    alone to `out_dir/adapter` and then merged into `model`, which afterwards holds plain weights."""
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
 
     from rl import trl_compat as compat
     from rl.callbacks import TimeBudget, quiet
+    from rl.lora import is_peft, merge_into_base, save_adapter
     from rl.modeling import default_use_cpu
     from rl.progress import no_dataset_bars
 
@@ -99,9 +106,15 @@ def sft_train(model, tokenizer, rows: Sequence[dict], out_dir: Path, params: SFT
     )
     with no_dataset_bars():
         trainer = SFTTrainer(model=model, args=args, train_dataset=data, processing_class=tokenizer,
-                             callbacks=[TimeBudget(time_budget_s), *callbacks])
+                             callbacks=[TimeBudget(time_budget_s), *callbacks], peft_config=params.lora.peft_config())
     compat.check(trainer, compat.SFT_HOOKS)
     quiet(trainer)
+    trained = trainer.accelerator.unwrap_model(trainer.model)
+    metrics = {"trainable_params": sum(p.numel() for p in trained.parameters() if p.requires_grad)}
     result = trainer.train()
-    return {"train_loss": float(result.training_loss), "steps": int(trainer.state.global_step),
-            "num_tokens": compat.trained_tokens(trainer)}  # tokens trained on (for FLOPs)
+    metrics |= {"train_loss": float(result.training_loss), "steps": int(trainer.state.global_step),
+                "num_tokens": compat.trained_tokens(trainer)}  # tokens trained on (for FLOPs)
+    if is_peft(trained):
+        metrics["adapter_dir"] = str(save_adapter(trained, Path(out_dir) / "adapter"))
+        merge_into_base(trained)
+    return metrics
