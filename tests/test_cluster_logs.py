@@ -1,0 +1,72 @@
+"""What a driver started through `cluster.runtime.connect()` prints when its output goes to a file: worker
+progress bars as one line per event (no tqdm redraws, nothing repeated), and no bytecode listing from a
+Ray Train worker that builds a `datasets.Dataset` (dill disassembles into a captured stdout, which Ray
+Train's print patch used to forward to the logs)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+import textwrap
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+DRIVER = textwrap.dedent("""
+    import sys, time
+    import ray
+    from cluster.runtime import connect, run_worker_group
+
+    connect(num_cpus=2)
+
+    @ray.remote(num_cpus=0.25)
+    def work():
+        from ray.experimental.tqdm_ray import tqdm
+        bar = tqdm(total=6, desc="demo: steps")
+        for _ in range(6):
+            time.sleep(0.4)
+            bar.update(1)
+        print("worker says hello", flush=True)
+        time.sleep(0.5)
+        bar.close()
+
+    ray.get(work.remote())
+
+    def train(config):
+        from datasets import Dataset
+        Dataset.from_list([{"a": 1}, {"a": 2}])  # fingerprinting pickles the table with dill
+        print("learner done", flush=True)
+
+    run_worker_group(train, {}, num_workers=1, resources_per_worker={"CPU": 0.5}, use_gpu=False,
+                     storage_path=sys.argv[1], name="logs")
+    time.sleep(2)  # let the last worker lines reach the driver
+""")
+
+
+@pytest.fixture(scope="module")
+def driver_output() -> str:
+    tmp = tempfile.mkdtemp(prefix="rzo-", dir="/tmp")  # short: Ray's socket paths must fit in 107 bytes
+    env = {**os.environ, "RAY_TMPDIR": tmp, "RAY_AUTH_MODE": "disabled", "PYTHONPATH": str(ROOT)}
+    done = subprocess.run([sys.executable, "-c", DRIVER, str(Path(tmp) / "train")], env=env, cwd=ROOT,
+                          capture_output=True, text=True, timeout=300)
+    out = done.stdout + done.stderr
+    assert done.returncode == 0, out
+    return out
+
+
+def test_worker_progress_bar_is_one_line_per_event(driver_output):
+    lines = [ln for ln in driver_output.splitlines() if "demo: steps" in ln]
+    assert "\r" not in driver_output
+    assert len(lines) == 2, lines  # started, done (progress lines come at most every 30 s)
+    assert lines[0].endswith("started") and "demo: steps: 6/6 it done in" in lines[1]
+    assert lines[0].startswith("(pid=")
+    assert sum("worker says hello" in ln for ln in driver_output.splitlines()) == 1
+
+
+def test_train_worker_prints_no_bytecode(driver_output):
+    assert "LOAD_GLOBAL" not in driver_output and "RETURN_VALUE" not in driver_output, driver_output
+    assert sum("learner done" in ln for ln in driver_output.splitlines()) == 1
