@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from rl.lora import LoraParams
+from rl.vllm_engine import VLLMParams
 
 
 LOSS_TYPES = ("grpo", "dapo", "dr_grpo", "bnpo", "cispo", "sapo", "luspo", "vespo")  # TRL 1.16's
@@ -59,6 +60,7 @@ class GRPOParams:
     attn_implementation: str = "auto"  # rl.params.ATTN_IMPLEMENTATIONS
     # r > 0: train a LoRA adapter (TRL peft_config); with beta > 0 the reference is the adapter-free base.
     lora: LoraParams = LoraParams()
+    vllm: VLLMParams = VLLMParams()  # rollout engines when rollout_engine=vllm (rl.vllm_engine)
 
     def per_rank_batch(self, num_workers: int = 1) -> int:
         return self.prompts_per_step * self.num_generations // num_workers
@@ -115,6 +117,7 @@ class GRPOParams:
                    f"dynamic_sampling: a round's {micro * per_generation} rows per worker are not a multiple of "
                    f"num_generations={self.num_generations}")
         self.lora.validate(prefix="lora.")
+        self.vllm.validate(prefix="vllm.")
 
 
 def grpo_config(out_dir: Path, p: GRPOParams, *, seed: int = 0, report_to: str = "none", use_cpu: bool | None = None,

@@ -6,8 +6,8 @@ token under the sampling distribution (logits / temperature, after top-k/top-p),
 the behaviour policy's log-probs. Engines:
 
 - `hf`: Hugging Face `generate` with a KV cache, left-padded batches, always available.
-- `vllm`: vLLM's `LLM.generate`, when vLLM is importable (GPU machines); asking for it elsewhere
-  fails with a message that says so.
+- `vllm`: vLLM's `LLM.generate` through its public API (`rl.vllm_engine`), when vLLM is importable (GPU
+  machines); asking for it elsewhere fails with a one-line message that says so.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import torch
 
 from rl import trl_compat as compat
 from rl.lora import is_peft, merged_state_dict
+from rl.vllm_engine import VLLMEngine, VLLMParams  # vLLM itself is imported only when an engine is built
 
 ENGINES = ("hf", "vllm")
 
@@ -40,7 +41,7 @@ def check_engine(name: str) -> None:
             import vllm  # noqa: F401
         except ImportError as e:
             raise RuntimeError("rollout.engine=vllm but vLLM is not installed here (it needs a CUDA GPU and "
-                               "`pip install vllm`); use rollout.engine=hf") from e
+                               "`pip install vllm`); use rollout.engine=hf") from None
 
 
 class HFEngine:
@@ -147,11 +148,14 @@ def _build_hf_engine(model_dir: str, use_gpu: bool, batch_size: int, dtype: str 
 
 
 def engine_factory(name: str, model_dir: str, use_gpu: bool = False, batch_size: int = 256, *, dtype: str = "auto",
-                   attn_implementation: str = "auto"):
-    """A picklable zero-argument factory for engine `name` (`ENGINES`) serving the HF folder `model_dir`."""
+                   attn_implementation: str = "auto", vllm: VLLMParams = VLLMParams(), seed: int = 0):
+    """A picklable zero-argument factory for engine `name` (`ENGINES`) serving the HF folder `model_dir`:
+    `hf` takes dtype / attn_implementation / batch_size, `vllm` its `VLLMParams` (GPU only)."""
     check_engine(name)
     if name == "vllm":
-        return functools.partial(VLLMEngine, str(model_dir))
+        if not use_gpu:
+            raise ValueError("rollout.engine=vllm needs GPUs (use_gpu=true); use rollout.engine=hf on CPU")
+        return functools.partial(VLLMEngine, str(model_dir), vllm, seed)
     return hf_engine_factory(model_dir, use_gpu, batch_size, dtype=dtype, attn_implementation=attn_implementation)
 
 
@@ -161,31 +165,6 @@ def engine_dtype(dtype: str, use_gpu: bool) -> torch.dtype:
     from rl.modeling import resolve_dtype
 
     return resolve_dtype(dtype, "cuda" if use_gpu else None)
-
-
-class VLLMEngine:
-    """vLLM generation for GPU rollout workers (weights loaded from a HF folder, updated in place)."""
-
-    def __init__(self, model_dir: str, gpu_memory_utilization: float = 0.4, seed: int = 0):
-        check_engine("vllm")
-        from vllm import LLM
-
-        self.llm = LLM(model=model_dir, gpu_memory_utilization=gpu_memory_utilization, seed=seed,
-                       enable_prefix_caching=True)
-
-    def load_state_dict(self, state: dict) -> None:
-        runner = self.llm.llm_engine.model_executor.driver_worker.model_runner
-        runner.model.load_weights(state.items())
-
-    def generate(self, prompts: list[list[int]], sp: SamplingParams, seed: int | None = None):
-        from vllm import SamplingParams as VSP
-
-        params = VSP(max_tokens=sp.max_new_tokens, temperature=sp.temperature, top_k=sp.top_k or -1,
-                     top_p=sp.top_p, logprobs=0, seed=seed)
-        outs = self.llm.generate([{"prompt_token_ids": p} for p in prompts], params, use_tqdm=False)
-        ids = [list(o.outputs[0].token_ids) for o in outs]
-        lps = [[next(iter(d.values())).logprob for d in o.outputs[0].logprobs] for o in outs]
-        return ids, lps
 
 
 def make_rollout_func(pool, sync_every: int = 1, seed: int = 0, overlap: bool = False,
