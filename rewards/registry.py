@@ -12,7 +12,8 @@ Recipes pick rewards by name with weights (`grpo.rewards: {math_accuracy: 1.0, s
 
 from __future__ import annotations
 
-from typing import Any
+import inspect
+from typing import Any, Mapping
 
 # The table, `register` and `completion_text` live in rewards/base.py (reward modules import them from
 # there, so this module can import every reward module without a cycle); re-exported as the public API.
@@ -26,7 +27,7 @@ from rewards import math as _math  # noqa: F401
 from rewards import reasoning_gym as _reasoning_gym  # noqa: F401
 from rewards import shaping as _shaping  # noqa: F401
 
-__all__ = ["RewardFn", "available_rewards", "build_rewards", "completion_text", "get_reward", "register"]
+__all__ = ["RewardFn", "available_rewards", "build_rewards", "check_params", "completion_text", "get_reward", "register"]
 
 
 def available_rewards() -> list[str]:
@@ -47,6 +48,19 @@ def get_reward(name: str, **params: Any) -> RewardFn:
     except (AttributeError, TypeError):
         pass
     return fn
+
+
+def check_params(name: str, params: Mapping[str, Any]) -> str | None:
+    """None when reward `name` takes these parameters (by name); else what is wrong, in one line. Lets
+    a recipe's `reward_params` be checked at load, before any factory runs."""
+    fn, is_factory = _REGISTRY[name]
+    if not is_factory:
+        return f"reward '{name}' takes no parameters" if params else None
+    sig = inspect.signature(fn)
+    if any(p.kind is p.VAR_KEYWORD for p in sig.parameters.values()):
+        return None
+    unknown = sorted(set(params) - set(sig.parameters))
+    return f"unknown parameter(s) {unknown}; '{name}' takes: {', '.join(sig.parameters)}" if unknown else None
 
 
 def build_rewards(weights: dict[str, float], params: dict[str, dict] | None = None) -> tuple[list[RewardFn], list[float]]:

@@ -123,7 +123,8 @@ def _task(cfg: PipelineConfig) -> None:
 
 def _grpo(cfg: PipelineConfig) -> None:
     from cluster.placement import MODES
-    from rewards.registry import available_rewards
+    from pipelines.stages.grpo import POOL_KEYS
+    from rewards.registry import available_rewards, check_params
     from rl.rollout import ENGINES
 
     g = cfg.grpo
@@ -131,9 +132,17 @@ def _grpo(cfg: PipelineConfig) -> None:
         fail("grpo.rewards", dict(g.rewards), "needs at least one reward, e.g. {math_accuracy: 1.0}")
     for name in g.rewards:
         _choice("grpo.rewards", name, available_rewards())
-    for name in g.reward_params:
+    for name, params in g.reward_params.items():
         if name not in g.rewards:
-            fail(f"grpo.reward_params.{name}", dict(g.reward_params[name]), f"'{name}' is not one of grpo.rewards ({', '.join(g.rewards)})")
+            fail(f"grpo.reward_params.{name}", dict(params), f"'{name}' is not one of grpo.rewards ({', '.join(g.rewards)})")
+        pool_keys = POOL_KEYS if name == "code_accuracy" else ()
+        old = sorted(set(params) & {"ray_actors", "actor_cpus"}) if pool_keys else []
+        if old:
+            fail(f"grpo.reward_params.{name}", dict(params), f"{', '.join(old)} renamed: use workers (actors) and cpus (each)")
+        problem = check_params(name, {k: v for k, v in params.items() if k not in pool_keys})
+        if problem:
+            fail(f"grpo.reward_params.{name}", dict(params), problem + (f" (and {', '.join(POOL_KEYS)} for a Ray "
+                 "scoring pool)" if pool_keys else ""))
     if g.num_generations < 2:
         fail("grpo.num_generations", g.num_generations, "must be >= 2 (GRPO compares samples within a group)")
     for field, choices in GRPO_CHOICES.items():

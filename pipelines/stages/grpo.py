@@ -46,6 +46,15 @@ def plan(cfg: "PipelineConfig") -> placement.Plan:
                           rollout_cpus=g.rollout_cpus, use_gpu=g.use_gpu)
 
 
+POOL_KEYS = ("workers", "cpus")  # code_accuracy parameters that size its Ray scoring pool (not the sandbox)
+
+
+def reward_pool_size(cfg: "PipelineConfig") -> tuple[int, float]:
+    """(actors, CPUs each) of the code-reward pool: `grpo.reward_params.code_accuracy.{workers, cpus}`."""
+    params = cfg.grpo.reward_params.get("code_accuracy", {})
+    return int(params.get("workers", 0)), float(params.get("cpus", 1.0))
+
+
 class GRPOStage(Stage):
     name = "grpo"
     trains_policy = True
@@ -54,7 +63,9 @@ class GRPOStage(Stage):
         p = plan(cfg)
         actors = [Actor(f"learner-{i}", p.learner.get("CPU", 0.0), p.learner.get("GPU", 0.0)) for i in range(p.num_learners)]
         actors += [Actor(f"rollout-{i}", p.rollout.get("CPU", 0.0), p.rollout.get("GPU", 0.0)) for i in range(p.num_rollout)]
-        return Resources(cpus=p.total.get("CPU", 0.0), gpus=p.total.get("GPU", 0.0), actors=tuple(actors))
+        n, cpus = reward_pool_size(cfg)
+        actors += [Actor(f"reward-{i}", cpus) for i in range(n)]
+        return Resources(cpus=p.total.get("CPU", 0.0) + n * cpus, gpus=p.total.get("GPU", 0.0), actors=tuple(actors))
 
     def run(self, cfg: "PipelineConfig", ctx: StageContext) -> dict:
         """Driver side: place the rollout pool (if any), launch the learner group, collect rank 0's metrics."""
@@ -62,14 +73,16 @@ class GRPOStage(Stage):
         ckpts = checkpoint_dir(cfg.run_dir)
         _claim_checkpoints(ckpts, dict(ctx.inputs), RunFolder(cfg.run_dir))
         p = plan(cfg)
-        pool = _start_rollout_pool(cfg, p, ctx.init) if g.rollout_workers else None
+        pools = {"rollout": _start_rollout_pool(cfg, p, ctx.init) if g.rollout_workers else None,
+                 "reward": _start_reward_pool(cfg)}
         try:
-            run_worker_group(_train_loop, {"cfg": cfg, "ctx": ctx, "pool": pool}, num_workers=g.num_workers,
+            run_worker_group(_train_loop, {"cfg": cfg, "ctx": ctx, **pools}, num_workers=g.num_workers,
                              resources_per_worker=p.learner, use_gpu=g.use_gpu, storage_path=cfg.run_dir / "ray_train",
                              name=f"{cfg.run.name}-grpo", max_failures=g.max_failures)
         finally:
-            if pool is not None:
-                pool.shutdown()
+            for pool in pools.values():
+                if pool is not None:
+                    pool.shutdown()
         metrics = json.loads((ctx.out_dir / "metrics.json").read_text())
         if not metrics["steps"]:
             raise StageError("grpo: the learner finished after 0 optimizer steps; check task.num_train, "
@@ -97,6 +110,29 @@ def _start_rollout_pool(cfg: "PipelineConfig", p: placement.Plan, init: Path | N
     return RolloutPool(engine_factory(g.rollout_engine, str(init), use_gpu=g.use_gpu), num_workers=g.rollout_workers,
                        cpus_per_worker=p.rollout.get("CPU", 0), gpus_per_worker=p.rollout.get("GPU", 0),
                        placement_group=pg, sync_backend=backend)
+
+
+def _start_reward_pool(cfg: "PipelineConfig"):
+    """Code rewards scored on Ray actors (one sandbox each) when `code_accuracy.workers > 0`."""
+    n, cpus = reward_pool_size(cfg)
+    if not n:
+        return None
+    from cluster.actors import ActorPool
+    from rewards.code import code_scorer_factory
+
+    params = {k: v for k, v in cfg.grpo.reward_params["code_accuracy"].items() if k not in POOL_KEYS}
+    return ActorPool(code_scorer_factory(**params), num_actors=n, num_cpus=cpus)
+
+
+def reward_functions(cfg: "PipelineConfig", reward_pool=None) -> tuple[list, list[float]]:
+    """The recipe's rewards (TRL's reward_funcs/reward_weights); code_accuracy scores on the pool if given."""
+    params = {k: dict(v) for k, v in cfg.grpo.reward_params.items()}
+    if "code_accuracy" in params:
+        for key in POOL_KEYS:
+            params["code_accuracy"].pop(key, None)
+        if reward_pool is not None:
+            params["code_accuracy"]["executor"] = lambda items: reward_pool.map("score", items)
+    return build_rewards(dict(cfg.grpo.rewards), params)
 
 
 def _latest_checkpoint(path: Path) -> Path | None:
@@ -129,11 +165,11 @@ def _train_loop(config: dict) -> None:
     if g.use_gpu and not g.zero_stage:
         model = model.to(f"cuda:{ray.train.get_context().get_local_rank()}")
     rollout_func = None
-    if config.get("pool") is not None:
+    if config.get("rollout") is not None:
         from rl.rollout import make_rollout_func
 
-        rollout_func = make_rollout_func(config["pool"], sync_every=g.sync_every, seed=cfg.run.seed, overlap=g.overlap)
-    fns, weights = build_rewards(dict(g.rewards), {k: dict(v) for k, v in g.reward_params.items()})
+        rollout_func = make_rollout_func(config["rollout"], sync_every=g.sync_every, seed=cfg.run.seed, overlap=g.overlap)
+    fns, weights = reward_functions(cfg, config.get("reward"))
     run = tracking.start_stage_run(cfg, "grpo") if rank == 0 else None
     callbacks = [TimeBudget(g.time_budget_s)] + ([Progress("grpo: train")] if rank == 0 else [])
     trainer = make_grpo_trainer(model, tok, read_jsonl(folder.data("train")), fns, weights, ckpts, g,

@@ -31,6 +31,10 @@ REFUSED = [
     (["distill.mixes={m: {long_short: 1.0, teachers: {grpo: 1.0}}}", "grpo.enabled=false"], "teacher 'grpo'"),
     (["distill.students={s: {kind: gguf}}"], "distill.students.s.kind"),
     (["eval.samples=4", "eval.ks=[8]"], "eval.ks"),
+    (["grpo.rewards={code_accuracy: 1}", "grpo.reward_params={code_accuracy: {ray_actors: 2}}"], "use workers"),
+    (["grpo.rewards={math_accuracy: 1, overlong_penalty: 0.5}", "grpo.reward_params={overlong_penalty: {max_len: 2}}"],
+     "unknown parameter(s) ['max_len']"),
+    (["grpo.reward_params={strict_format: {x: 2}}"], "takes no parameters"),
     (["sft.num_cpus=2"], "use sft.cpus"),
     (["grpo.use_gpu=true"], "use grpo.gpus"),
 ]
