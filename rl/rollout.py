@@ -19,7 +19,8 @@ import torch
 
 from rl import trl_compat as compat
 from rl.lora import is_peft, merged_state_dict
-from rl.vllm_engine import VLLMEngine, VLLMParams  # vLLM itself is imported only when an engine is built
+# vLLM itself is imported only when an engine is built
+from rl.vllm_engine import VLLMEngine, VLLMParams, require_vllm
 
 ENGINES = ("hf", "vllm")
 
@@ -37,11 +38,7 @@ def check_engine(name: str) -> None:
     if name not in ENGINES:
         raise ValueError(f"rollout.engine={name!r} is not one of {list(ENGINES)}")
     if name == "vllm":
-        try:
-            import vllm  # noqa: F401
-        except ImportError as e:
-            raise RuntimeError("rollout.engine=vllm but vLLM is not installed here (it needs a CUDA GPU and "
-                               "`pip install vllm`); use rollout.engine=hf") from None
+        require_vllm()
 
 
 class HFEngine:

@@ -55,13 +55,20 @@ class VLLMParams:
         v.choice(f"{prefix}sleep_level", self.sleep_level, (0, 1, 2))
 
 
+def require_vllm() -> None:
+    """Fails in one line (no chained ImportError) where vLLM cannot be imported."""
+    try:
+        import vllm  # noqa: F401
+    except ImportError:
+        raise RuntimeError("rollout.engine=vllm but vLLM is not installed here (it needs a CUDA GPU and "
+                           "`pip install vllm`); use rollout.engine=hf") from None
+
+
 class VLLMEngine:
     """`generate` / `load_state_dict` / collective receive for a rollout worker, on vLLM."""
 
     def __init__(self, model_dir: str, params: VLLMParams = VLLMParams(), seed: int = 0):
-        from rl.rollout import check_engine
-
-        check_engine("vllm")
+        require_vllm()
         import vllm
         from vllm import LLM
 
