@@ -26,7 +26,7 @@ def test_tokenizer_round_trips_through_auto_tokenizer(tmp_path):
 
 def test_student_config_is_at_most_half_the_teacher():
     from pipelines.config import load_config
-    from pipelines.common import new_model
+    from pipelines.models import new_model
 
     texts, _ = _texts()
     tok = train_tokenizer(texts, 512)

@@ -57,6 +57,8 @@ def check(cfg: PipelineConfig) -> None:
     _run(cfg)
     _model(cfg.model, "model")
     _task(cfg)
+    if in_use["sft"]:
+        _params_rules("sft", cfg.sft)
     if cfg.grpo.enabled:
         _grpo(cfg)
     if cfg.distill.enabled:
@@ -143,55 +145,45 @@ def _grpo(cfg: PipelineConfig) -> None:
         if problem:
             fail(f"grpo.reward_params.{name}", dict(params), problem + (f" (and {', '.join(POOL_KEYS)} for a Ray "
                  "scoring pool)" if pool_keys else ""))
-    if g.num_generations < 2:
-        fail("grpo.num_generations", g.num_generations, "must be >= 2 (GRPO compares samples within a group)")
-    for field, choices in GRPO_CHOICES.items():
-        _choice(f"grpo.{field}", getattr(g, field), choices)
+    _params_rules("grpo", g, num_workers=g.num_workers)  # rl.GRPOParams: TRL's choices, sizes, divisibility
+    _choice("grpo.zero_stage", g.zero_stage, ZERO_STAGES)
+    _choice("grpo.sync_backend", g.sync_backend, SYNC_BACKENDS)
     _choice("grpo.rollout_engine", g.rollout_engine, ENGINES)
     _choice("grpo.placement", g.placement, MODES)
-    total = g.prompts_per_step * g.num_generations
-    if total % g.num_workers:
-        fail("grpo.num_workers", g.num_workers, f"must divide prompts_per_step*num_generations={total} "
-             "(each learner worker takes an equal share)")
-    if g.dynamic_sampling and g.prompts_per_step % g.num_workers:
-        fail("grpo.num_workers", g.num_workers, f"must divide prompts_per_step={g.prompts_per_step} with "
-             "dynamic_sampling (whole groups per worker)")
     if g.rollout_engine == "vllm":
         if not g.rollout_workers:
             fail("grpo.rollout_engine", g.rollout_engine, "needs grpo.rollout_workers >= 1 (the vLLM engine runs in the rollout pool)")
         if importlib.util.find_spec("vllm") is None:
             fail("grpo.rollout_engine", g.rollout_engine, "vLLM is not installed here (pip install 'rayzero[vllm]' on a "
                  "CUDA machine); use grpo.rollout_engine=hf")
+        if not g.use_gpu:
+            fail("grpo.rollout_engine", g.rollout_engine, "vLLM runs on GPUs: set grpo.gpus >= 1, or use grpo.rollout_engine=hf")
+        if g.vllm.sleep_level == 2 and g.sync_every != 1:
+            fail("grpo.vllm.sleep_level", 2, "level 2 drops the weights while asleep: needs grpo.sync_every=1")
     if g.placement == "colocated" and (not g.rollout_workers or g.rollout_workers != g.num_workers):
         fail("grpo.rollout_workers", g.rollout_workers, f"colocated placement puts one rollout worker beside each "
              f"learner worker: must equal grpo.num_workers={g.num_workers}")
+    if g.lora.r and g.zero_stage == 3:
+        fail("grpo.lora.r", g.lora.r, "LoRA with grpo.zero_stage=3 is not supported (merging needs whole weights); use zero_stage 0-2")
     if g.overlap and not g.rollout_workers:
         fail("grpo.overlap", g.overlap, "needs a rollout pool: set grpo.rollout_workers >= 1")
     if g.rollout_workers and g.placement == "disaggregated" and g.rollout_cpus <= 0:
         fail("grpo.rollout_cpus", g.rollout_cpus, "must be > 0 for disaggregated rollout workers")
     if g.save_steps and g.save_steps > g.max_steps:
         fail("grpo.save_steps", g.save_steps, f"must be <= grpo.max_steps={g.max_steps} (no checkpoint would be written)")
-    _params_rules("grpo", g)
 
 
-# TRL's own vocabularies (trl.GRPOConfig); ZeRO stages of rl/zero.py; the sync paths of cluster/rollout.py.
-GRPO_CHOICES = {
-    "loss_type": ("grpo", "dapo", "dr_grpo", "bnpo", "cispo", "sapo"),
-    "scale_rewards": ("group", "batch", "none"),
-    "importance_sampling_level": ("token", "sequence"),
-    "zero_stage": (0, 1, 2, 3),
-    "sync_backend": ("object_store", "collective"),
-}
+ZERO_STAGES = (0, 1, 2, 3)  # 0 = plain DDP; rl/zero.py generates the DeepSpeed config for 1-3
+# Learner -> rollout weight sync: through Ray's object store, or a torch collective (cluster/weight_sync.py:
+# NCCL between GPUs, gloo between CPU processes, chosen from grpo.gpus).
+SYNC_BACKENDS = ("object_store", "collective")
 
 
-def _params_rules(section: str, params: Any) -> None:
-    """The learning parameters' own rules (`rl` params dataclasses may define `validate()`, raising a
-    ValueError whose message starts with the field name)."""
-    validate = getattr(params, "validate", None)
-    if validate is None:
-        return
+def _params_rules(section: str, params: Any, **kwargs: Any) -> None:
+    """The learning parameters' own rules: `rl` params dataclasses define `validate()`, raising a
+    ValueError whose message starts with the field name."""
     try:
-        validate()
+        params.validate(**kwargs)
     except ValueError as e:
         raise ConfigError(f"{section}.{e}") from None
 
@@ -224,6 +216,7 @@ def _eval(cfg: PipelineConfig) -> None:
     from rewards.registry import available_rewards
 
     e = cfg.eval
+    _params_rules("eval", e)
     if not e.samples:
         return
     if any(k < 1 for k in e.ks) or not any(k <= e.samples for k in e.ks):

@@ -26,6 +26,7 @@ from pipelines.stages.base import Actor, Resources, Stage, StageContext, StageEr
 from rewards.registry import build_rewards
 from rl.callbacks import Progress, TimeBudget
 from rl.grpo import make_grpo_trainer
+from rl.lora import save_policy
 from rl.modeling import count_params, load_policy
 
 if TYPE_CHECKING:
@@ -107,7 +108,9 @@ def _start_rollout_pool(cfg: "PipelineConfig", p: placement.Plan, init: Path | N
     g = cfg.grpo
     pg = placement.rollout_group(p) if p.mode == "disaggregated" else None
     backend = "object_store" if g.sync_backend == "object_store" else ("nccl" if g.use_gpu else "gloo")
-    return RolloutPool(engine_factory(g.rollout_engine, str(init), use_gpu=g.use_gpu), num_workers=g.rollout_workers,
+    factory = engine_factory(g.rollout_engine, str(init), use_gpu=g.use_gpu, vllm=g.vllm, seed=cfg.run.seed,
+                             attn_implementation=g.attn_implementation)
+    return RolloutPool(factory, num_workers=g.rollout_workers,
                        cpus_per_worker=p.rollout.get("CPU", 0), gpus_per_worker=p.rollout.get("GPU", 0),
                        placement_group=pg, sync_backend=backend)
 
@@ -161,14 +164,18 @@ def _train_loop(config: dict) -> None:
     resume = _latest_checkpoint(ckpts) if g.save_steps else None
     finished = resume is not None and int(resume.name.rsplit("-", 1)[1]) >= g.max_steps
     # A run killed after its last checkpoint but before the stage was recorded: the weights are final.
-    model, tok = load_policy(resume if finished else ctx.init)
+    model, tok = load_policy(resume if finished else ctx.init, g.dtype, attn_implementation=g.attn_implementation)
     if g.use_gpu and not g.zero_stage:
         model = model.to(f"cuda:{ray.train.get_context().get_local_rank()}")
     rollout_func = None
     if config.get("rollout") is not None:
         from rl.rollout import make_rollout_func
 
-        rollout_func = make_rollout_func(config["rollout"], sync_every=g.sync_every, seed=cfg.run.seed, overlap=g.overlap)
+        from rl.rollout import engine_dtype
+
+        # A collective sync receives into the engines' own tensors: send the weights in their dtype.
+        rollout_func = make_rollout_func(config["rollout"], sync_every=g.sync_every, seed=cfg.run.seed, overlap=g.overlap,
+                                         weight_dtype=engine_dtype("auto", g.use_gpu))
     fns, weights = reward_functions(cfg, config.get("reward"))
     run = tracking.start_stage_run(cfg, "grpo") if rank == 0 else None
     callbacks = [TimeBudget(g.time_budget_s)] + ([Progress("grpo: train")] if rank == 0 else [])
@@ -186,9 +193,9 @@ def _train_loop(config: dict) -> None:
     else:
         trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     train_time = time.monotonic() - start
-    # Every rank takes part: under ZeRO-3 saving gathers the shards into one full checkpoint. The
-    # trainer writes the model, its generation config and the tokenizer.
-    trainer.save_model(str(out))
+    # Every rank takes part: under ZeRO-3 saving gathers the shards into one full checkpoint. The folder
+    # holds the model (LoRA merged into it; the adapter alone in adapter/), its generation config and tokenizer.
+    save_policy(trainer, out)
     if rank != 0:
         return
     if g.zero_stage == 3:
