@@ -116,6 +116,9 @@ class ActorPool:
         if self.closed:
             raise RuntimeError("the actor pool was shut down while a call was running")
         if self.actors[slot] is dead:
+            # "Unavailable" may be a live but unreachable actor: make sure it is gone and its resources
+            # (its placement-group bundle) are free for the replacement.
+            ray.kill(dead)
             self.actors[slot] = self._new_actor(slot)
             self.replacements += 1
             if self.on_replace is not None:

@@ -168,12 +168,15 @@ def test_a_pool_dropped_without_shutdown_still_closes_its_objects(ray_local, log
     assert closed.exists() and pids_gone([pid])
 
 
-def test_a_placement_group_the_pool_was_only_lent_stays(ray_local, log_dir):
-    pg = placement_group([{"CPU": 0.25}])
+def test_bundle_offset_and_a_placement_group_the_pool_was_only_lent(ray_local, log_dir):
+    # Bundle 0 is too small for an actor: the pool starts only if it uses bundles 1 and 2.
+    pg = placement_group([{"CPU": 0.1}, {"CPU": 0.25}, {"CPU": 0.25}])
     ray.get(pg.ready())
-    pool = ActorPool(functools.partial(Probe, log_dir), num_actors=1, num_cpus=0.25, placement_group=pg)
+    pool = ActorPool(functools.partial(Probe, log_dir), num_actors=2, num_cpus=0.25, placement_group=pg,
+                     bundle_offset=1)
+    assert pool.call_all("placement") == [pg.id.hex()] * 2
     pool.shutdown()
-    assert placement_group_table(pg)["state"] == "CREATED"
+    assert placement_group_table(pg)["state"] == "CREATED"  # the caller's to remove
     ray.util.remove_placement_group(pg)
 
 

@@ -114,24 +114,20 @@ def driver_env(ray_tmpdir: str) -> dict[str, str]:
 @pytest.fixture(scope="module")
 def bystander():
     """This test process's own local Ray (another session directory): it must outlive every kill below."""
-    saved = os.environ.get("RAY_AUTH_MODE")
-    os.environ["RAY_AUTH_MODE"] = "disabled"  # the client driver below connects to it
-    context = ray.init(address="local", num_cpus=1, include_dashboard=False, configure_logging=False,
-                       _temp_dir=tempfile.mkdtemp(prefix="rzb-", dir="/tmp"))
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("RAY_AUTH_MODE", "disabled")  # loopback only; the client driver below connects to it
+        context = ray.init(address="local", num_cpus=1, include_dashboard=False, configure_logging=False,
+                           _temp_dir=tempfile.mkdtemp(prefix="rzb-", dir="/tmp"))
 
-    @ray.remote(num_cpus=0.1)
-    class Witness:
-        def pid(self) -> int:
-            return os.getpid()
+        @ray.remote(num_cpus=0.1)
+        class Witness:
+            def pid(self) -> int:
+                return os.getpid()
 
-    witness = Witness.remote()
-    ray.get(witness.pid.remote())
-    yield context.address_info["gcs_address"], witness
-    ray.shutdown()
-    if saved is None:
-        os.environ.pop("RAY_AUTH_MODE")
-    else:
-        os.environ["RAY_AUTH_MODE"] = saved
+        witness = Witness.remote()
+        ray.get(witness.pid.remote())
+        yield context.address_info["gcs_address"], witness
+        ray.shutdown()
 
 
 def test_killed_driver_takes_its_local_ray_session_with_it(bystander):
