@@ -2,12 +2,14 @@
 and run a training loop in a Ray Train worker group (gloo on CPU, NCCL on GPU).
 
 Logs: workers' output reaches the driver (`log_to_driver`) with Ray's default deduplication (the same
-line from several workers within 5 s is printed once, then "[repeated Nx across cluster]"). Ray Train's
-print patch is off in workers (`RAY_TRAIN_ENABLE_PRINT_PATCH=0`): it routes every `print` through the
-logging module, so text a library prints into a captured `sys.stdout` leaked into the logs (dill's
-global-name scan runs `dis.dis` into one whenever `datasets` fingerprints a table: a bytecode listing per
-`Dataset.from_list` in the GRPO learner) and prints to wrapped streams appeared twice. When the driver's
-stderr is not a terminal, worker progress bars become plain lines (`ProgressLines`).
+line from several workers within 5 s is printed once, then "[repeated Nx across cluster]"); workers
+report progress as whole lines (`rl.progress`). Two worker settings keep that readable:
+- tqdm is off in workers (`TQDM_DISABLE=1`): a bar redraws with carriage returns, which reach the driver
+  as one line holding every frame (transformers' weight loading, datasets' map);
+- Ray Train's print patch is off (`RAY_TRAIN_ENABLE_PRINT_PATCH=0`): it routes every `print` in a Train
+  worker through `logging`, so text a library prints into a captured `sys.stdout` leaked into the logs
+  (dill's global-name scan runs `dis.dis` into one whenever `datasets` fingerprints a table: a bytecode
+  listing per `Dataset.from_list` in the GRPO learner), and prints to wrapped streams appeared twice.
 """
 
 from __future__ import annotations
@@ -15,15 +17,13 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import threading
-import time
 from pathlib import Path
-from typing import Any, Callable, TextIO
+from typing import Any, Callable
 
 import ray
 
-# Environment every Ray worker gets: quiet libraries, no accidental network calls from the hub, plain
-# `print` in Ray Train workers (see the module docstring).
+# Environment every Ray worker gets: quiet libraries, no accidental network calls from the hub, no tqdm
+# redraws, plain `print` in Ray Train workers (see the module docstring).
 WORKER_ENV = {
     "TRL_EXPERIMENTAL_SILENCE": "1",
     "HF_HUB_OFFLINE": "1",
@@ -31,6 +31,7 @@ WORKER_ENV = {
     "TRANSFORMERS_NO_ADVISORY_WARNINGS": "1",
     "PYTHONWARNINGS": "ignore",
     "RAY_TRAIN_ENABLE_PRINT_PATCH": "0",
+    "TQDM_DISABLE": "1",
 }
 
 
@@ -58,8 +59,6 @@ def connect(address: str = "", num_cpus: int = 0, env: dict[str, str] | None = N
             raise ClusterError(f"cannot reach the Ray cluster at '{address}': {e}") from None
         if not address:
             tie_to_this_process(context.address_info["session_dir"])
-        if not sys.stderr.isatty():
-            ProgressLines.install()
     return ray.cluster_resources()
 
 
@@ -71,58 +70,6 @@ def tie_to_this_process(session_dir: str) -> None:
     subprocess.run([sys.executable, str(watchdog), str(os.getpid()), session_dir, os.path.dirname(ray.__file__)],
                    check=True, start_new_session=True, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                    stderr=subprocess.DEVNULL)
-
-
-class ProgressLines:
-    """Driver-side stand-in for the bar manager of `ray.experimental.tqdm_ray` (which workers use, see
-    `rl.callbacks.make_bar`), for a driver whose output is a file or a pipe. tqdm redraws there turn into
-    the same bar repeated on every refresh and around every other log line; this prints each bar as
-    plain lines instead: one when it starts, at most one per `every_s` while it moves, one when it ends."""
-
-    def __init__(self, every_s: float = 30.0, out: TextIO | None = None) -> None:
-        self.every_s, self.out = every_s, out
-        self.bars: dict[str, dict] = {}  # uuid -> {"start": t, "last": t of the last line}
-        self.lock = threading.Lock()
-        self.pid, self.ip = os.getpid(), ray.util.get_node_ip_address()
-
-    @classmethod
-    def install(cls) -> None:
-        from ray.experimental import tqdm_ray
-
-        # `instance()` hands out this module-level manager; set before any bar exists, it also keeps
-        # tqdm_ray from patching the driver's builtin print.
-        if tqdm_ray._manager is None:
-            tqdm_ray._manager = cls()
-
-    def process_state_update(self, state: dict) -> None:
-        """One update from a worker's bar: {uuid, desc, x, total, unit, pid, ip, closed, ...}."""
-        with self.lock:
-            now = time.monotonic()
-            bar = self.bars.setdefault(state["uuid"], {"start": now, "last": None})
-            if state["closed"]:
-                del self.bars[state["uuid"]]
-                seconds = now - bar["start"]
-                rate = f", {state['x'] / seconds:.3g} {state['unit']}/s" if seconds > 0 else ""
-                self._line(state, f"done in {seconds:.1f}s{rate}")
-            elif bar["last"] is None:
-                bar["last"] = now
-                self._line(state, "started")
-            elif now - bar["last"] >= self.every_s:
-                bar["last"] = now
-                self._line(state, f"after {now - bar['start']:.0f}s")
-
-    def _line(self, state: dict, event: str) -> None:
-        where = "" if state["pid"] == self.pid else f"(pid={state['pid']}" + (
-            ")" if state["ip"] == self.ip else f", ip={state['ip']})")
-        total = f"/{state['total']}" if state["total"] else ""
-        print(f"{where} {state['desc']}: {state['x']}{total} {state['unit']} {event}".strip(),
-              file=self.out or sys.stderr, flush=True)
-
-    def hide_bars(self) -> None:  # plain lines never need clearing before other output
-        pass
-
-    def unhide_bars(self) -> None:
-        pass
 
 
 def check_resources(need_cpus: float, need_gpus: float = 0, what: str = "") -> None:

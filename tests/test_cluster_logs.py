@@ -1,5 +1,5 @@
-"""What a driver started through `cluster.runtime.connect()` prints when its output goes to a file: worker
-progress bars as one line per event (no tqdm redraws, nothing repeated), and no bytecode listing from a
+"""What a driver started through `cluster.runtime.connect()` prints from its workers: their lines once each,
+no tqdm redraws (a bar's frames would arrive as one carriage-return line), and no bytecode listing from a
 Ray Train worker that builds a `datasets.Dataset` (dill disassembles into a captured stdout, which Ray
 Train's print patch used to forward to the logs)."""
 
@@ -25,14 +25,10 @@ DRIVER = textwrap.dedent("""
 
     @ray.remote(num_cpus=0.25)
     def work():
-        from ray.experimental.tqdm_ray import tqdm
-        bar = tqdm(total=6, desc="demo: steps")
-        for _ in range(6):
-            time.sleep(0.4)
-            bar.update(1)
+        from tqdm import tqdm  # as transformers' weight loading and datasets' map use it
+        for _ in tqdm(range(6), desc="demo bar"):
+            time.sleep(0.1)
         print("worker says hello", flush=True)
-        time.sleep(0.5)
-        bar.close()
 
     ray.get(work.remote())
 
@@ -58,12 +54,8 @@ def driver_output() -> str:
     return out
 
 
-def test_worker_progress_bar_is_one_line_per_event(driver_output):
-    lines = [ln for ln in driver_output.splitlines() if "demo: steps" in ln]
-    assert "\r" not in driver_output
-    assert len(lines) == 2, lines  # started, done (progress lines come at most every 30 s)
-    assert lines[0].endswith("started") and "demo: steps: 6/6 it done in" in lines[1]
-    assert lines[0].startswith("(pid=")
+def test_worker_lines_arrive_once_and_tqdm_bars_not_at_all(driver_output):
+    assert "demo bar" not in driver_output and "\r" not in driver_output, driver_output
     assert sum("worker says hello" in ln for ln in driver_output.splitlines()) == 1
 
 
