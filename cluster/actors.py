@@ -111,10 +111,13 @@ class ActorPool:
                 placement_group=self.placement_group, placement_group_bundle_index=self.bundle_offset + slot)
         return Host.options(**opts).remote(self.factory)
 
+    def _check_open(self) -> None:
+        if self.closed:
+            raise RuntimeError("the actor pool was shut down")
+
     def _replace(self, slot: int, dead: ActorHandle) -> ActorHandle:
         """Give `slot` a fresh actor unless `dead` was already replaced; returns the slot's actor."""
-        if self.closed:
-            raise RuntimeError("the actor pool was shut down while a call was running")
+        self._check_open()  # (a call still running when the pool was shut down ends here)
         if self.actors[slot] is dead:
             # "Unavailable" may be a live but unreachable actor: make sure it is gone and its resources
             # (its placement-group bundle) are free for the replacement.
@@ -129,6 +132,7 @@ class ActorPool:
         """`[method(*item) for item in items]`, spread over the actors (each takes the next item when it
         finishes one, so a slow item holds up only its own actor). An item whose actor died is retried
         once on that slot's replacement; if that dies too its result is None."""
+        self._check_open()
         results: list = [None] * len(items)
         todo, free = deque(range(len(items))), deque(range(len(self.actors)))
         inflight: dict[ray.ObjectRef, tuple[int, int, int, ActorHandle]] = {}  # ref -> (item, slot, attempt, actor)
@@ -159,6 +163,7 @@ class ActorPool:
         `method(*args(i, shard_i))` (default `method(shard_i)`), which must return one result per item.
         Returns the results concatenated in batch order. A dead actor's shard runs again, with the same
         arguments, on its replacement, at most `max_retries` times per shard (then the error is raised)."""
+        self._check_open()
         make_args = args or (lambda i, shard: (shard,))
         parts = split_evenly(len(batch), len(self.actors))
         shards = [list(batch[s]) for s in parts]
@@ -193,6 +198,7 @@ class ActorPool:
     def call_all(self, method: str, *args: Any) -> list:
         """`method(*args)` on every actor, results in actor order; a dead actor is replaced and the call
         retried once on the replacement."""
+        self._check_open()
         refs = [(slot, a, a.call.remote(method, *args)) for slot, a in enumerate(self.actors)]
         out = []
         for slot, actor, ref in refs:

@@ -155,6 +155,8 @@ def test_call_all_replaces_a_dead_actor_and_shutdown_closes_objects_and_releases
         time.sleep(0.1)
     assert ray.available_resources().get("CPU", 0) == 2
     pool.shutdown()  # twice is fine
+    with pytest.raises(RuntimeError, match="shut down"):
+        pool.map("work", [(1,)])
 
 
 def test_a_pool_dropped_without_shutdown_still_closes_its_objects(ray_local, log_dir):
