@@ -1,18 +1,29 @@
-"""`rayzero eval CHECKPOINT [TASK] [section.field=value ...]`: greedy pass@1 and test-time scaling of any
-checkpoint. A checkpoint inside a run folder is measured on that run's held-out split with its eval
-settings; TASK (a task name) and overrides change them, e.g.
-`rayzero eval runs/tiny/grpo eval.samples=16 eval.scorer=arithmetic_process`."""
+"""`rayzero eval CHECKPOINT [TASK] [section.field=value ...] [--out F] [--benchmark NAME ...]`: greedy
+pass@1 and test-time scaling of any checkpoint.
+
+A checkpoint inside a run folder is measured on that run's held-out split with its eval settings (and the
+run's prepared `eval.benchmarks`); TASK (a task name) and overrides change them, e.g.
+`rayzero eval runs/tiny/grpo eval.samples=16 eval.scorer=arithmetic_process`.
+
+`--benchmark NAME` (repeatable: a built-in name, or the name of an `eval.benchmarks` entry of the run's
+config or overrides) measures the checkpoint on those benchmarks only: greedy, plus pass@k / maj@k with
+`eval.samples > 0`. Prompts follow the run's task settings (template, system prompt, chat template) when
+the checkpoint is in a run folder, else the benchmark's own template; the checkpoint may be any folder
+with a model (or a hub id, fetched once). Also runnable as `python -m pipelines.eval_cli`.
+"""
 
 from __future__ import annotations
 
+import argparse
 import json
+import sys
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 from pipelines.config import ConfigError, load_config, recipe_path
 from pipelines.report.report import print_table
 from pipelines.run_folder import read_jsonl
-from pipelines.scoring import evaluate_checkpoint
+from pipelines.scoring import evaluate_benchmarks, evaluate_checkpoint
 
 
 def check_checkpoint(path: Path) -> None:
@@ -23,29 +34,137 @@ def check_checkpoint(path: Path) -> None:
         raise ConfigError(f"{path}: config.json but no weights (*.safetensors or pytorch_model*.bin)")
 
 
-def eval_command(checkpoint: str, args: list[str], out: str = "", say: Callable[[str], None] = print) -> int:
+def _checkpoint(checkpoint: str) -> Path:
+    """A checkpoint folder, or a hub id resolved to its cached snapshot (downloaded once)."""
+    from pipelines.models import is_hub_id, resolve_model
+
+    if is_hub_id(checkpoint):
+        return resolve_model(checkpoint, field="CHECKPOINT")
     path = Path(checkpoint)
     check_checkpoint(path)
+    return path
+
+
+def eval_command(checkpoint: str, args: Sequence[str], out: str = "", say: Callable[[str], None] = print,
+                 benchmarks: Sequence[str] = ()) -> int:
+    path = _checkpoint(checkpoint)
     if out and not Path(out).resolve().parent.is_dir():
         raise ConfigError(f"--out {out}: folder {Path(out).resolve().parent} does not exist")
+    args = list(args)
     task, overrides = (args[0], args[1:]) if args and "=" not in args[0] else (None, list(args))
     run_cfg = path.parent / "config.yaml"
     if task:
         overrides = [f"task.name={task}", *overrides]
     cfg = load_config(str(run_cfg) if run_cfg.exists() else str(recipe_path("tiny")), overrides)
-    stored = path.parent / "data" / "heldout.jsonl"
-    if run_cfg.exists() and not task and not any(o.startswith("task.") for o in overrides) and stored.exists():
-        rows = read_jsonl(stored)
+    if benchmarks:
+        result = _benchmarks(path, cfg, list(benchmarks), in_run=run_cfg.exists(), say=say)
+        _print_benchmarks(result, say)
     else:
-        from pipelines.tasks import load_task
-
-        rows = load_task(cfg.task, cfg.run.seed)["heldout"]
-    result = evaluate_checkpoint(path, rows, cfg.eval, seed=cfg.run.seed, desc=f"eval {path.name}")
-    print_table({"stages": {path.name: result}, "summary": {}}, say)
-    for name in ("pass@k", "maj@k"):
-        if result.get(name):
-            say(f"{name}: " + ", ".join(f"k={k}: {100 * v:.1f} %" for k, v in result[name].items()))
+        stored = path.parent / "data" / "heldout.jsonl"
+        if run_cfg.exists() and not task and not any(o.startswith("task.") for o in overrides) and stored.exists():
+            rows = read_jsonl(stored)
+        else:
+            rows = _heldout(cfg, path)
+        bench = None
+        if cfg.eval.benchmarks:
+            bench = _benchmark_data(path, cfg, [], in_run=run_cfg.exists(), say=say)
+        result = evaluate_checkpoint(path, rows, cfg.eval, seed=cfg.run.seed, desc=f"eval {path.name}", benchmarks=bench)
+        print_table({"stages": {path.name: result}, "summary": {}}, say)
+        for name in ("pass@k", "maj@k"):
+            if result.get(name):
+                say(f"{name}: " + ", ".join(f"k={k}: {100 * v:.1f} %" for k, v in result[name].items()))
+        if result.get("unparsed_gold"):
+            say(f"unparsed_gold: {result['unparsed_gold']} held-out rows left out of accuracy (their gold cannot be used)")
+        if result.get("benchmarks"):
+            _print_benchmarks(result["benchmarks"], say)
     if out:
         Path(out).write_text(json.dumps(result, indent=2, default=str))
         say(f"results: {out}")
     return 0
+
+
+def _heldout(cfg, path: Path) -> list[dict]:
+    """The task's held-out rows, templated with the checkpoint's tokenizer."""
+    from transformers import AutoTokenizer
+
+    from pipelines.data import render_splits
+    from pipelines.tasks import load_task
+
+    rows = load_task(cfg.task, cfg.run.seed)["heldout"]
+    tok = AutoTokenizer.from_pretrained(path, trust_remote_code=cfg.model.trust_remote_code)
+    return render_splits(cfg.task, {"heldout": rows}, tok)["heldout"]
+
+
+def _benchmark_data(path: Path, cfg, names: list[str], in_run: bool, say) -> dict[str, dict]:
+    """{name: {"rows", "scorer", "max_new_tokens"}} for `names` (default: every `eval.benchmarks` entry),
+    templated with the checkpoint's tokenizer: a run's task settings when the checkpoint is in a run."""
+    from transformers import AutoTokenizer
+
+    from pipelines.config import TaskSection
+    from pipelines.data import benchmark_rows
+    from pipelines.tasks.benchmarks import BenchmarkError, parse_benchmarks, parse_entry
+
+    try:
+        entries = {s.name: s for s in parse_benchmarks(cfg.eval.benchmarks, cfg.task)}
+        specs = [entries[n] if n in entries else parse_entry(n, "--benchmark") for n in names] if names \
+            else list(entries.values())
+    except BenchmarkError as e:
+        raise ConfigError(str(e)) from None
+    task = cfg.task if in_run else TaskSection()
+    tok = AutoTokenizer.from_pretrained(path, trust_remote_code=cfg.model.trust_remote_code)
+    return {s.name: {"rows": benchmark_rows(s, task, tok, say), "scorer": s.scorer, "max_new_tokens": s.max_new_tokens}
+            for s in specs}
+
+
+def _benchmarks(path: Path, cfg, names: list[str], in_run: bool, say) -> dict[str, dict]:
+    from rl.modeling import load_policy
+
+    data = _benchmark_data(path, cfg, names, in_run, say)
+    model, tok = load_policy(path)
+    return evaluate_benchmarks(model, tok, data, cfg.eval, seed=cfg.run.seed, desc=f"eval {path.name}")
+
+
+def _print_benchmarks(results: dict[str, dict], say: Callable[[str], None]) -> None:
+    ks = sorted({k for r in results.values() for k in r.get("pass@k", {})}, key=int)
+    head = ["benchmark", "n", "accuracy", "unparsed gold"] + [f"pass@{k}" for k in ks] + [f"maj@{k}" for k in ks]
+    rows = [head]
+    for name, r in results.items():
+        rows.append([name, str(r["n"]), f"{100 * r['accuracy']:.1f} %", str(r["unparsed_gold"])]
+                    + [f"{100 * r['pass@k'][k]:.1f} %" if k in r.get("pass@k", {}) else "-" for k in ks]
+                    + [f"{100 * r['maj@k'][k]:.1f} %" if k in r.get("maj@k", {}) else "-" for k in ks])
+    widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
+    for j, r in enumerate(rows):
+        say(" | ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))))
+        if j == 0:
+            say("-+-".join("-" * w for w in widths))
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The `eval` command's arguments (`rayzero eval` and `python -m pipelines.eval_cli`)."""
+    parser.add_argument("checkpoint")
+    parser.add_argument("args", nargs="*", metavar="[TASK] [section.field=value]")
+    parser.add_argument("--out", default="", help="also write the results as JSON here")
+    parser.add_argument("--benchmark", action="append", default=[], metavar="NAME",
+                        help="measure on this benchmark only (repeatable): gsm8k, math500, aime24, aime25, amc23, "
+                             "humaneval, mbpp, or an eval.benchmarks entry's name")
+
+
+def run(ns: argparse.Namespace) -> int:
+    return eval_command(ns.checkpoint, ns.args, ns.out, benchmarks=getattr(ns, "benchmark", []) or ())
+
+
+def main(argv: list[str] | None = None) -> int:
+    from pipelines.tasks import TaskDataError
+
+    parser = argparse.ArgumentParser(prog="rayzero eval", description="evaluate a checkpoint")
+    add_arguments(parser)
+    ns = parser.parse_intermixed_args(argv)  # options may come before or after the overrides
+    try:
+        return run(ns)
+    except (ConfigError, TaskDataError) as e:
+        print(f"rayzero: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

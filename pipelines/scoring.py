@@ -1,11 +1,16 @@
 """Held-out scoring shared by every stage, the `eval` stage and `rayzero eval`: greedy pass@1 of a model,
 scored by the verifier of the rows' task; with `eval.samples > 0`, test-time scaling too (pass@k, maj@k,
-best-of-N, weighted vote, beam search: see `rl.evaluation`)."""
+best-of-N, weighted vote, beam search: see `rl.evaluation`); and standard benchmarks (`eval.benchmarks`,
+prepared by `pipelines.data.prepare_benchmarks`), one result per benchmark.
+
+Rows whose gold cannot be used (a gold answer `math_accuracy` cannot parse, tests `code_accuracy` cannot
+run: the reward returns None) are counted as `unparsed_gold` and left out of `accuracy`, never scored 0 or 1.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Mapping
 
 from rewards.registry import get_reward
 from rl.callbacks import make_bar
@@ -14,50 +19,121 @@ from rl.generation import generate
 if TYPE_CHECKING:
     from pipelines.config.schema import EvalSection
 
+CODE_COLUMNS = ("tests", "entry_point", "test_setup_code", "test_imports")
 
-def row_scores(completions: list[str], rows: list[dict]) -> list:
-    """Held-out correctness, by the rows' task: code rows (with `tests`, e.g. HumanEval) run their tests
-    in the sandbox (`code_accuracy`, all tests must pass); the others compare `answer` (`math_accuracy`)."""
-    if rows and "tests" in rows[0]:
+
+def row_scores(completions: list[str], rows: list[dict], scorer: str | None = None) -> list:
+    """Correctness per row, by the rows' task: code rows (with `tests`: HumanEval, MBPP, stdin/stdout)
+    run their tests in the sandbox (`code_accuracy`, all tests must pass); the others compare `answer`
+    (`math_accuracy`). `scorer` forces one of the two for every row (a benchmark's scorer). None where
+    the gold cannot be used."""
+    if not rows:
+        return []
+    code = [i for i, r in enumerate(rows) if (scorer == "code_accuracy") or (scorer is None and r.get("tests"))]
+    math = sorted(set(range(len(rows))) - set(code))
+    out: list = [None] * len(rows)
+    if code:
         fn = get_reward("code_accuracy", mode="all")
-        return fn(completions, tests=[r["tests"] for r in rows], entry_point=[r.get("entry_point") for r in rows])
-    return get_reward("math_accuracy")(completions, answer=[r["answer"] for r in rows])
+        sub = [rows[i] for i in code]
+        cols = {c: [r.get(c) for r in sub] for c in CODE_COLUMNS if any(c in r for r in sub)}
+        cols.setdefault("tests", [None] * len(sub))
+        for i, s in zip(code, fn([completions[i] for i in code], **cols)):
+            out[i] = s
+    if math:
+        golds = [rows[i].get("answer") for i in math]
+        scores = get_reward("math_accuracy")([completions[i] for i in math], answer=[g if g is not None else "" for g in golds])
+        for i, s in zip(math, scores):
+            out[i] = s
+    return out
 
 
-def evaluate_model(model, tokenizer, rows: list[dict], cfg: "EvalSection", desc: str = "eval") -> dict:
-    """Greedy pass@1 on `rows` {prompt, answer}; returns accuracy and a few samples for inspection."""
+def summarize(scores: list) -> dict:
+    """accuracy over the rows that could be scored, with how many could not."""
+    scored = [s for s in scores if s is not None]
+    return {"accuracy": sum(1 for s in scored if s == 1.0) / max(1, len(scored)), "n": len(scores),
+            "unparsed_gold": len(scores) - len(scored)}
+
+
+def evaluate_model(model, tokenizer, rows: list[dict], cfg: "EvalSection", desc: str = "eval",
+                   benchmarks: Mapping[str, dict] | None = None, seed: int = 0) -> dict:
+    """Greedy pass@1 on `rows` {prompt, answer | tests}; returns accuracy and a few samples for inspection.
+    With `benchmarks` ({name: {"rows", "scorer", "max_new_tokens"}}, see `pipelines.data.benchmark_data`)
+    also `benchmarks`: {name: {accuracy, n, unparsed_gold, pass@k, maj@k}}."""
     bar = make_bar(desc, len(rows))
     outs = generate(model, tokenizer, [r["prompt"] for r in rows], max_new_tokens=cfg.max_new_tokens,
                     batch_size=cfg.batch_size, on_batch=bar.update)
     bar.close()
     completions = [o[0] for o in outs]
     scores = row_scores(completions, rows)
-    correct = sum(1 for s in scores if s == 1.0)
     lengths = [len(tokenizer(c, add_special_tokens=False)["input_ids"]) for c in completions]
-    return {
-        "accuracy": correct / max(1, len(rows)),
+    result = {
+        **{k: v for k, v in summarize(scores).items() if k != "n"},
         "num_examples": len(rows),
         "mean_completion_tokens": sum(lengths) / max(1, len(lengths)),
-        "samples": [{"prompt": r["prompt"], "completion": c, "answer": r["answer"], "score": s}
+        "samples": [{"prompt": r["prompt"], "completion": c, "answer": r.get("answer", r.get("tests")), "score": s}
                     for r, c, s in list(zip(rows, completions, scores))[:8]],
         "correct": [s == 1.0 for s in scores],  # per row, so a subset's accuracy needs no second pass
         "tokens": lengths,
     }
+    if benchmarks:
+        result["benchmarks"] = evaluate_benchmarks(model, tokenizer, benchmarks, cfg, seed=seed, desc=desc)
+    return result
+
+
+def evaluate_benchmarks(model, tokenizer, benchmarks: Mapping[str, dict], cfg: "EvalSection", seed: int = 0,
+                        desc: str = "eval") -> dict[str, dict]:
+    """Every benchmark greedy (pass@1), and with `cfg.samples > 0` pass@k and maj@k over that many samples
+    at `cfg.temperature` (on the first `cfg.num_problems` rows, 0 = all)."""
+    from rl.metrics import maj_at_k, mean, pass_at_k
+
+    out = {}
+    for name, b in benchmarks.items():
+        rows, scorer = b["rows"], b.get("scorer")
+        max_new = b.get("max_new_tokens") or cfg.max_new_tokens
+        bar = make_bar(f"{desc}: {name}", len(rows))
+        comps = [o[0] for o in generate(model, tokenizer, [r["prompt"] for r in rows], max_new_tokens=max_new,
+                                        batch_size=cfg.batch_size, on_batch=bar.update)]
+        bar.close()
+        scores = row_scores(comps, rows, scorer)
+        res: dict[str, Any] = summarize(scores)
+        res["mean_completion_tokens"] = mean([len(tokenizer(c, add_special_tokens=False)["input_ids"]) for c in comps])
+        res["samples"] = [{"prompt": r["prompt"], "completion": c, "answer": r.get("answer"), "score": s}
+                          for r, c, s in list(zip(rows, comps, scores))[:4]]
+        if cfg.samples > 0:
+            n, sub = cfg.samples, rows[: cfg.num_problems or None]
+            ks = [k for k in cfg.ks if k <= n]
+            bar = make_bar(f"{desc}: {name} samples", len(sub) * n)
+            outs = generate(model, tokenizer, [r["prompt"] for r in sub], num_samples=n, temperature=cfg.temperature,
+                            max_new_tokens=max_new, batch_size=cfg.batch_size, seed=seed, on_batch=bar.update)
+            bar.close()
+            flat = [c for o in outs for c in o]
+            s_scores = row_scores(flat, [r for r in sub for _ in range(n)], scorer)
+            groups = [(flat[i * n:(i + 1) * n], s_scores[i * n:(i + 1) * n]) for i in range(len(sub))]
+            groups = [(c, s) for c, s in groups if all(x is not None for x in s)]  # gold usable
+            res["pass@k"] = {k: mean([pass_at_k(n, sum(1 for x in s if x == 1.0), k) for _, s in groups]) for k in ks}
+            if scorer != "code_accuracy" and not any(r.get("tests") for r in sub):
+                res["maj@k"] = {k: mean([maj_at_k([_vote(c) for c in cs], [x == 1.0 for x in s], k, seed=seed)
+                                         for cs, s in groups]) for k in ks}
+            res["samples_per_problem"] = n
+        out[name] = res
+    return out
+
+
+def _vote(completion: str):
+    from rewards.math import extract_answers
+
+    found = extract_answers(completion)
+    return found[0] if len(found) == 1 else None
 
 
 def judge_for(tokenizer) -> "Judge":
     """Answers checked by `row_scores`; votes on the normalised final answer."""
-    from rewards.math import extract_answers
     from rl.evaluation import Judge
 
     def correct(completions: list[str], rows: list[dict]) -> list[bool]:
         return [s == 1.0 for s in row_scores(completions, rows)]
 
-    def answer(completion: str):
-        found = extract_answers(completion)
-        return found[0] if len(found) == 1 else None  # none, or hedging between several: no vote
-
-    return Judge(correct=correct, answer=answer,
+    return Judge(correct=correct, answer=_vote,
                  token_count=lambda c: len(tokenizer(c, add_special_tokens=False)["input_ids"]))
 
 
@@ -74,19 +150,26 @@ def scorer_for(cfg: "EvalSection"):
     return None
 
 
-def evaluate_checkpoint(path: str | Path, rows: list[dict], cfg: "EvalSection", seed: int = 0, desc: str = "eval") -> dict:
+def evaluate_checkpoint(path: str | Path, rows: list[dict], cfg: "EvalSection", seed: int = 0, desc: str = "eval",
+                        benchmarks: Mapping[str, dict] | None = None) -> dict:
     """Greedy pass@1 of the checkpoint at `path`, plus test-time scaling when `cfg.samples > 0`;
-    also its parameter count and accuracy per billion parameters ("knowledge density")."""
+    also its parameter count and accuracy per billion parameters ("knowledge density"). Benchmarks:
+    `benchmarks` if given, else those of `cfg.benchmarks` the checkpoint's run folder has prepared
+    (`runs/<run>/benchmarks/`, written before the run's first stage)."""
     from rl.evaluation import tts_evaluate
     from rl.metrics import generate_flops
     from rl.modeling import count_params, load_policy
 
+    if benchmarks is None and cfg.benchmarks:
+        from pipelines.data import benchmark_data
+
+        benchmarks = benchmark_data(Path(path).parent, cfg)
     model, tok = load_policy(path)
     params = count_params(model)
     greedy = evaluate_model(model, tok, rows, cfg, desc=f"{desc}: greedy")
     out = {"accuracy": greedy["accuracy"], "params": params, "accuracy_per_billion_params": greedy["accuracy"] / (params / 1e9),
            "mean_completion_tokens": greedy["mean_completion_tokens"], "num_examples": len(rows),
-           "samples": greedy["samples"]}
+           "unparsed_gold": greedy["unparsed_gold"], "samples": greedy["samples"]}
     gen_tokens = greedy["mean_completion_tokens"] * len(rows)
     if cfg.samples > 0:
         sub = rows[: cfg.num_problems or None]
@@ -101,5 +184,9 @@ def evaluate_checkpoint(path: str | Path, rows: list[dict], cfg: "EvalSection", 
         out.update(tts)
         gen_tokens += sum(p["tokens"] for p in tts["tts"].get("beam", [])) * n
         gen_tokens += tts["mean_sample_tokens"] * n * cfg.samples
+    if benchmarks:
+        out["benchmarks"] = evaluate_benchmarks(model, tok, benchmarks, cfg, seed=seed, desc=desc)
+        for name, b in out["benchmarks"].items():
+            gen_tokens += b["mean_completion_tokens"] * b["n"] * (1 + b.get("samples_per_problem", 0))
     out["flops"] = generate_flops(params, gen_tokens)
     return out

