@@ -360,3 +360,21 @@ def test_a_cached_hub_model_resolves_offline(tmp_path, monkeypatch):
     assert resolve_model("Org/Tiny", "v2").name == "b" * 40
     with pytest.raises(ModelError, match="Org/Other: not in the Hugging Face cache"):
         resolve_model("Org/Other")
+
+
+# -- the real recipes ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("recipe", ["qwen2.5-0.5b-gsm8k", "qwen2.5-math-1.5b-r1zero", "qwen2.5-coder-1.5b-mbpp"])
+def test_real_recipes_resolve_offline(recipe, tmp_path):
+    """`rayzero config` validates them without GPU or network (nothing is fetched before `rayzero run`)."""
+    import yaml
+
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path), "PYTHONPATH": str(ROOT)}
+    res = subprocess.run([sys.executable, "-m", "pipelines.cli", "config", recipe], capture_output=True, text=True,
+                         env=env, timeout=120, cwd=tmp_path)
+    assert res.returncode == 0, res.stderr[-2000:]
+    cfg = yaml.safe_load(res.stdout)
+    assert cfg["model"]["kind"] == "hf" and "/" in cfg["model"]["path"] and cfg["task"]["name"] == "hf"
+    assert cfg["eval"]["benchmarks"], "each real recipe measures standard benchmarks"
+    assert "published" in (ROOT / "pipelines" / "recipes" / f"{recipe}.yaml").read_text().lower()
