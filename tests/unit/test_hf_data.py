@@ -164,6 +164,44 @@ def test_unparseable_golds_are_counted_never_scored():
     assert gold_usable(rows) == [True, False]
 
 
+def test_prepare_data_writes_rows_as_trained_and_counts_unusable_golds(tmp_path):
+    from pipelines.data import prepare_data
+
+    files = write_gsm8k(tmp_path)
+    for split in ("train", "test"):  # one gold in each split that math_accuracy cannot parse
+        rows = _rows(Path(files[split]))
+        rows[0]["answer"] = rows[0]["answer"].rsplit("####", 1)[0] + "#### \\frac{"
+        Path(files[split]).write_text("".join(json.dumps(r) + "\n" for r in rows))
+    said = []
+    cfg = load_config("micro", hf_overrides(files, "task.num_heldout=12", "task.num_train=60", "task.num_cold_start=0",
+                                            "sft.enabled=false", "task.prompt_template=r1_zero",
+                                            f"run.output_dir={tmp_path / 'runs'}"))
+    sizes, _ = prepare_data(cfg, said.append)
+    run = tmp_path / "runs" / "micro" / "data"
+    held, train = _rows(run / "heldout.jsonl"), _rows(run / "train.jsonl")
+    assert sizes["heldout"] == 12 and any(r["answer"] == "\\frac{" for r in held), "held-out keeps it (counted)"
+    assert all(r["answer"].isdigit() for r in train), "train drops it (no reward to learn from)"
+    assert all(r["prompt"].endswith("Assistant: <think>") for r in held + train)
+    assert any(line.startswith("data: train: 1 of") and "dropped" in line for line in said), said
+    assert any(line.startswith("data: heldout: 1 of 12") and "unparsed_gold" in line for line in said), said
+
+
+def test_completion_is_needed_only_with_sft(tmp_path):
+    from pipelines.data import prepare_data
+
+    files = write_gsm8k(tmp_path)
+    base = [o for o in hf_overrides(files) if not o.startswith("task.completion_template")]
+    with pytest.raises(TaskDataError, match="task.columns.completion: SFT is on"):
+        prepare_data(load_config("micro", base + [f"run.output_dir={tmp_path / 'a'}"]), lambda s: None)
+    sizes, _ = prepare_data(load_config("micro", base + ["sft.enabled=false", f"run.output_dir={tmp_path / 'b'}"]),
+                            lambda s: None)
+    assert sizes["cold_start"] == 0 and sizes["train"] == 16
+
+
+def _rows(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.open() if line.strip()]
+
+
 # -- bad input: one line naming the field (and the row), before any stage ---------------------------------------
 
 
