@@ -7,7 +7,6 @@ from __future__ import annotations
 import functools
 import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -61,8 +60,8 @@ def ray_local():
 
 
 @pytest.fixture
-def log_dir():
-    return tempfile.mkdtemp(prefix="rz-actors-")
+def log_dir(tmp_path) -> str:
+    return str(tmp_path)
 
 
 def alive(pid: int) -> bool:

@@ -25,14 +25,12 @@ class GpuProbe:
 
 @pytest.fixture(scope="module")
 def gpu_cluster():
-    with pytest.MonkeyPatch.context() as env:
-        env.setenv("RAY_AUTH_MODE", "disabled")  # loopback only
-        cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "num_gpus": 0})
-        cluster.add_node(num_cpus=1, num_gpus=4)
-        ray.init(address=cluster.address)
-        yield
-        ray.shutdown()
-        cluster.shutdown()
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "num_gpus": 0})
+    cluster.add_node(num_cpus=1, num_gpus=4)
+    ray.init(address=cluster.address)
+    yield
+    ray.shutdown()
+    cluster.shutdown()
 
 
 def test_gpu_actors_in_an_owned_placement_group_get_distinct_gpus_and_give_them_back(gpu_cluster):

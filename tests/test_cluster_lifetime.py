@@ -6,6 +6,7 @@ connected to, stay up. Real processes, real Ray; nothing is mocked."""
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -107,36 +108,44 @@ def wait_for(condition, timeout_s: float):
     return value
 
 
-def driver_env(ray_tmpdir: str) -> dict[str, str]:
-    return {**os.environ, "RAY_TMPDIR": ray_tmpdir, "RAY_AUTH_MODE": "disabled", "PYTHONPATH": str(ROOT)}
+@pytest.fixture
+def short_tmp():
+    """A fresh folder under /tmp with a short path: Ray's socket paths under it must fit in 107 bytes."""
+    path = tempfile.mkdtemp(prefix="rz-", dir="/tmp")
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def driver_env(ray_tmpdir: str, **extra: str) -> dict[str, str]:
+    return {**os.environ, "RAY_TMPDIR": ray_tmpdir, "PYTHONPATH": str(ROOT), **extra}
 
 
 @pytest.fixture(scope="module")
 def bystander():
     """This test process's own local Ray (another session directory): it must outlive every kill below."""
-    with pytest.MonkeyPatch.context() as env:
-        env.setenv("RAY_AUTH_MODE", "disabled")  # loopback only; the client driver below connects to it
-        context = ray.init(address="local", num_cpus=1, include_dashboard=False, configure_logging=False,
-                           _temp_dir=tempfile.mkdtemp(prefix="rzb-", dir="/tmp"))
+    # Same auth mode as the process's other sessions (Ray keeps it per process); the client driver below
+    # inherits it from our environment.
+    context = ray.init(address="local", num_cpus=1, include_dashboard=False, configure_logging=False)
 
-        @ray.remote(num_cpus=0.1)
-        class Witness:
-            def pid(self) -> int:
-                return os.getpid()
+    @ray.remote(num_cpus=0.1)
+    class Witness:
+        def pid(self) -> int:
+            return os.getpid()
 
-        witness = Witness.remote()
-        ray.get(witness.pid.remote())
-        yield context.address_info["gcs_address"], witness
-        ray.shutdown()
+    witness = Witness.remote()
+    ray.get(witness.pid.remote())
+    yield context.address_info["gcs_address"], witness
+    ray.shutdown()
 
 
-def test_killed_driver_takes_its_local_ray_session_with_it(bystander):
+def test_killed_driver_takes_its_local_ray_session_with_it(bystander, short_tmp):
     _, witness = bystander
-    tmp = tempfile.mkdtemp(prefix="rzl-", dir="/tmp")  # short: Ray's socket paths must fit in 107 bytes
+    tmp = short_tmp
     heartbeat = Path(tmp) / "heartbeat"
     log = Path(tmp) / "driver.log"
     with log.open("w") as out:
-        driver = subprocess.Popen([sys.executable, "-c", LOCAL_DRIVER, str(heartbeat)], env=driver_env(tmp), cwd=ROOT,
+        driver = subprocess.Popen([sys.executable, "-c", LOCAL_DRIVER, str(heartbeat)], cwd=ROOT,
+                                  env=driver_env(tmp, RAY_AUTH_MODE="disabled"),  # its own Ray, on loopback
                                   stdout=out, stderr=subprocess.STDOUT)
     procs: dict[tuple[int, int], str] = {}
     try:
@@ -170,9 +179,9 @@ def test_killed_driver_takes_its_local_ray_session_with_it(bystander):
     assert ray.get(witness.pid.remote(), timeout=30) > 0  # the unrelated local Ray is untouched
 
 
-def test_killed_client_driver_leaves_the_cluster_it_connected_to_running(bystander):
+def test_killed_client_driver_leaves_the_cluster_it_connected_to_running(bystander, short_tmp):
     address, witness = bystander
-    tmp = tempfile.mkdtemp(prefix="rzc-", dir="/tmp")
+    tmp = short_tmp
     log = Path(tmp) / "driver.log"
     with log.open("w") as err:
         driver = subprocess.Popen([sys.executable, "-c", CLIENT_DRIVER, address], env=driver_env(tmp), cwd=ROOT,

@@ -6,6 +6,7 @@ Train's print patch used to forward to the logs)."""
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -45,10 +46,13 @@ DRIVER = textwrap.dedent("""
 
 @pytest.fixture(scope="module")
 def driver_output() -> str:
-    tmp = tempfile.mkdtemp(prefix="rzo-", dir="/tmp")  # short: Ray's socket paths must fit in 107 bytes
+    tmp = tempfile.mkdtemp(prefix="rz-", dir="/tmp")  # short: Ray's socket paths must fit in 107 bytes
     env = {**os.environ, "RAY_TMPDIR": tmp, "RAY_AUTH_MODE": "disabled", "PYTHONPATH": str(ROOT)}
-    done = subprocess.run([sys.executable, "-c", DRIVER, str(Path(tmp) / "train")], env=env, cwd=ROOT,
-                          capture_output=True, text=True, timeout=300)
+    try:
+        done = subprocess.run([sys.executable, "-c", DRIVER, str(Path(tmp) / "train")], env=env, cwd=ROOT,
+                              capture_output=True, text=True, timeout=300)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     out = done.stdout + done.stderr
     assert done.returncode == 0, out
     return out

@@ -15,7 +15,7 @@ GREEDY = SamplingParams(max_new_tokens=6, temperature=1.0, top_k=1)
 
 @pytest.fixture(scope="module")
 def ray_local():
-    ray.init(num_cpus=2, include_dashboard=False, configure_logging=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, configure_logging=False)
     yield
     ray.shutdown()
 
