@@ -472,7 +472,7 @@ def _cold_rows(cfg: "TaskSection", seed: int, sources: dict[str, Source], train_
     if other_data:
         cs_sources = open_dataset(cs.dataset or cfg.dataset, cs.subset if cs.dataset else (cs.subset or cfg.subset),
                                   cs.data_files or (cfg.data_files if not cs.dataset else ""), where="task.cold_start")
-        label = cs.dataset or dataset
+        label = _describe_files(cs.data_files) if cs.dataset in BUILDERS and cs.data_files else (cs.dataset or dataset)
     else:
         cs_sources, label = sources, dataset
     src = pick_split(cs_sources, split, "task.cold_start.split" if cs.split else "task.train_split", label)

@@ -101,6 +101,31 @@ def test_gsm8k_jsonl_uses_the_real_test_split_and_extracts_answers(tmp_path):
     assert s["heldout"] == load_task(cfg.task, seed=3)["heldout"], "the held-out rows do not depend on the seed"
 
 
+def test_cold_start_from_another_dataset_with_cot_completions(tmp_path):
+    files = write_gsm8k(tmp_path)
+    test_rows = _rows(Path(files["test"]))
+    cot = tmp_path / "cot.jsonl"  # a CoT set with its own columns; one question is also a held-out question
+    cot_rows = [{"q": r["question"], "a": r["answer"].rsplit("####", 1)[1].strip(),
+                 "cot": "<think>" + r["answer"].rsplit("####", 1)[0].strip() + "</think><answer>"
+                        + r["answer"].rsplit("####", 1)[1].strip() + "</answer>"} for r in gsm8k_rows(10, 9) + test_rows[:1]]
+    cot.write_text("".join(json.dumps(r) + "\n" for r in cot_rows))
+    over = [o for o in hf_overrides(files, "task.num_heldout=12", "task.num_cold_start=20", "task.num_train=60")
+            if not o.startswith("task.completion_template")]
+    cfg = load_config("micro", over + ["task.cold_start.dataset=json", f"task.cold_start.data_files={cot}",
+                                       "task.cold_start.columns={prompt: q, answer: a, completion: cot}"])
+    with pytest.raises(TaskDataError, match=r"task.cold_start.answer_format='gsm8k': extracts nothing from .*cot.jsonl"):
+        load_task(cfg.task, 0)  # the task's answer format is inherited: this set's answers are plain numbers
+    cfg = load_config("micro", over + ["task.cold_start.dataset=json", f"task.cold_start.data_files={cot}",
+                                       "task.cold_start.columns={prompt: q, answer: a, completion: cot}",
+                                       "task.cold_start.answer_format=plain"])
+    s = load_task(cfg.task, 0)
+    assert len(s["cold_start"]) == 10, "the held-out question is not trained on"
+    assert all(r["completion"].startswith("<think>") for r in s["cold_start"])
+    dropped = sum(int(n.split()[1]) for n in s["notes"] if "train rows dropped" in n)  # duplicates of held-out questions
+    assert len(s["train"]) + dropped == 60, "cold-start rows from another dataset take nothing from the train split"
+    assert any("cold-start rows dropped" in n for n in s["notes"])
+
+
 def test_answer_formats():
     from pipelines.tasks.hf import extract_answer
 
