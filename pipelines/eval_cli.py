@@ -8,8 +8,10 @@ run's prepared `eval.benchmarks`); TASK (a task name) and overrides change them,
 `--benchmark NAME` (repeatable: a built-in name, or the name of an `eval.benchmarks` entry of the run's
 config or overrides) measures the checkpoint on those benchmarks only: greedy, plus pass@k / maj@k with
 `eval.samples > 0`. Prompts follow the run's task settings (template, system prompt, chat template) when
-the checkpoint is in a run folder, else the benchmark's own template; the checkpoint may be any folder
-with a model (or a hub id, fetched once). Also runnable as `python -m pipelines.eval_cli`.
+the checkpoint is in a run folder, else the benchmark's own template (an entry sets its own, e.g.
+`eval.benchmarks=[{name: gsm8k, chat_template: true}]` for an instruct checkpoint); the checkpoint may be any
+folder with a model (or a hub id, fetched once). Also runnable as `python -m pipelines.eval_cli` (options
+and overrides in any order).
 """
 
 from __future__ import annotations
