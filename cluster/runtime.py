@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import threading
 from pathlib import Path
 from typing import Any, Callable
 
@@ -110,4 +111,36 @@ def run_worker_group(train_fn: Callable[[dict], None], config: dict, *, num_work
         run_config=RunConfig(name=name, storage_path=str(Path(storage_path).resolve()),
                              failure_config=FailureConfig(max_failures=max_failures)),
     )
-    return trainer.fit()
+    return _fit_interruptibly(trainer)
+
+
+def _fit_interruptibly(trainer) -> Any:
+    """`trainer.fit()`, with Ctrl-C reaching the caller as KeyboardInterrupt.
+
+    On the main thread, Ray Train's `fit` installs its own SIGINT handler, which aborts the run and ends
+    the process (status 1, no word of where to resume) and is never removed. Off the main thread it
+    installs none, so `fit` runs on a helper thread while the main thread waits and keeps Python's own
+    handler; the learner group stops with this process's Ray (the watchdog, or Ray's job cleanup)."""
+    outcome: dict[str, Any] = {}
+
+    def fit() -> None:
+        try:
+            outcome["result"] = trainer.fit()
+        except BaseException as e:  # re-raised on the caller's thread
+            outcome["error"] = e
+
+    thread = threading.Thread(target=fit, name="ray-train-fit", daemon=True)
+    thread.start()
+    while thread.is_alive():
+        thread.join(0.5)
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["result"]
+
+
+def worker_context() -> tuple[int, int, int]:
+    """(world rank, world size, local rank) of the calling Ray Train worker."""
+    import ray.train
+
+    ctx = ray.train.get_context()
+    return ctx.get_world_rank(), ctx.get_world_size(), ctx.get_local_rank()

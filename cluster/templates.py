@@ -20,6 +20,13 @@ KINDS = {"k8s": "rayjob.yaml", "slurm": "slurm.sbatch", "ray-up": "ray-up.yaml"}
 _PLACEHOLDER = re.compile(r"\{\{\s*([A-Za-z_][A-Za-z0-9_]*)\s*\}\}")
 
 
+def ray_image(python: str) -> str:
+    """The official Ray image matching the installed Ray (`python`: e.g. "py311")."""
+    import ray
+
+    return f"rayproject/ray:{ray.__version__}-{python}"
+
+
 def template_path(kind: str) -> Path:
     if kind not in KINDS:
         raise ClusterError(f"unknown template kind '{kind}'; choose one of: {', '.join(KINDS)}")

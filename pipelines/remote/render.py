@@ -114,14 +114,13 @@ def values(kind: str, recipe: str, overrides: list[str], *, nodes: int, gpus: in
            image: str = "", pip: bool = True, working_dir_uri: str = "", time_limit: str = "24:00:00",
            command: str = "") -> dict[str, Any]:
     """Placeholder values of template `kind` for `recipe` + `overrides` on `nodes` x `gpus`."""
-    import ray
-
     from cluster.jobs import pinned_requirements
+    from cluster.templates import ray_image
 
     cfg = load_config(recipe, overrides)
     per_node_cpus, mem_gib = node_shape(cfg, nodes, gpus, cpus)
     py = f"py{sys.version_info.major}{sys.version_info.minor}"
-    base_image = f"rayproject/ray:{ray.__version__}-{py}"
+    base_image = ray_image(py)
     extra: tuple[str, ...] = ()
     output_dir = cfg.run.output_dir
     if kind == "k8s" and not Path(output_dir).is_absolute():

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from cluster import placement
-from cluster.runtime import run_worker_group
+from cluster.runtime import run_worker_group, worker_context
 from pipelines.report import tracking
 from pipelines.run_folder import RunFolder, read_json_or_none, read_jsonl, write_json
 from pipelines.scoring import evaluate_model
@@ -146,9 +146,7 @@ def _latest_checkpoint(path: Path) -> Path | None:
 def _train_loop(config: dict) -> None:
     """One Ray Train worker: every rank trains (data parallel over the group's prompts); rank 0 saves,
     evaluates and logs."""
-    import ray.train
-
-    rank, world = ray.train.get_context().get_world_rank(), ray.train.get_context().get_world_size()
+    rank, world, local_rank = worker_context()
     cfg: PipelineConfig = config["cfg"]
     ctx: StageContext = config["ctx"]
     g, out, folder = cfg.grpo, ctx.out_dir, RunFolder(cfg.run_dir)
@@ -166,7 +164,7 @@ def _train_loop(config: dict) -> None:
     # A run killed after its last checkpoint but before the stage was recorded: the weights are final.
     model, tok = load_policy(resume if finished else ctx.init, g.dtype, attn_implementation=g.attn_implementation)
     if g.use_gpu and not g.zero_stage:
-        model = model.to(f"cuda:{ray.train.get_context().get_local_rank()}")
+        model = model.to(f"cuda:{local_rank}")
     rollout_func = None
     if config.get("rollout") is not None:
         from rl.rollout import make_rollout_func
