@@ -1,41 +1,56 @@
-"""Batched generation with Hugging Face `generate` (KV cache, left padding)."""
+"""Batched generation for evaluation and trace sampling: text in, text out, through `rl.decoding.sample`
+(preallocated KV cache, finished rows dropped), in bf16 where bf16 matmuls are native (`dtype="auto"`)."""
 
 from __future__ import annotations
 
+import copy
 from typing import Callable, Sequence
 
 import torch
 
 
+def decoding_model(model, dtype: str | torch.dtype = "auto"):
+    """`model` itself when its weights are already in `dtype` ("auto": bf16 where bf16 matmuls are native on the
+    model's device, else the model's own dtype), else a copy cast to it (the caller's model is left as is)."""
+    from rl.precision import bf16_native
+
+    current = next(model.parameters()).dtype
+    if dtype == "auto":
+        want = torch.bfloat16 if current == torch.float32 and bf16_native(next(model.parameters()).device) else current
+    else:
+        from rl.modeling import resolve_dtype
+
+        want = resolve_dtype(dtype)
+    if want == current:
+        return model
+    return copy.deepcopy(model).to(want)
+
+
 @torch.no_grad()
 def generate(model, tokenizer, prompts: Sequence[str], *, num_samples: int = 1, temperature: float = 0.0,
              max_new_tokens: int = 64, batch_size: int = 128, seed: int | None = None,
-             on_batch: Callable[[int], None] | None = None) -> list[list[str]]:
-    """`num_samples` completions for each prompt (greedy when temperature == 0).
+             on_batch: Callable[[int], None] | None = None, dtype: str | torch.dtype = "auto") -> list[list[str]]:
+    """`num_samples` completions for each prompt (greedy when temperature == 0), decoded in `dtype` (see
+    `decoding_model`; "float32" reproduces fp32 decoding exactly).
 
     Returns a list (one per prompt) of lists of completion strings, in prompt order. Inputs go to the
     model's device, so a model on CUDA generates there.
     """
+    from rl.decoding import sample
+
     if seed is not None:
         torch.manual_seed(seed)
-    model.eval()
+    model = decoding_model(model, dtype)
     flat = [p for p in prompts for _ in range(num_samples)]
+    eos = tokenizer.eos_token_id
     out: list[str] = []
-    sample = temperature > 0
     for start in range(0, len(flat), batch_size):
         chunk = flat[start:start + batch_size]
-        enc = tokenizer(chunk, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
-        gen = model.generate(
-            **enc,
-            max_new_tokens=max_new_tokens,
-            do_sample=sample,
-            temperature=temperature if sample else None,
-            top_p=None,
-            top_k=0 if sample else None,
-            pad_token_id=tokenizer.pad_token_id,
-            eos_token_id=tokenizer.eos_token_id,
-        )
-        out.extend(tokenizer.batch_decode(gen[:, enc["input_ids"].shape[1]:], skip_special_tokens=True))
+        ids = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in chunk]
+        done, _ = sample(model, ids, max_new_tokens=max_new_tokens, eos_token_ids=[eos] if eos is not None else [],
+                         pad_token_id=tokenizer.pad_token_id, temperature=temperature or 1.0,
+                         greedy=temperature <= 0, logprobs=False)
+        out.extend(tokenizer.batch_decode(done, skip_special_tokens=True))
         if on_batch:
             on_batch(len(chunk))
     return [out[i * num_samples:(i + 1) * num_samples] for i in range(len(prompts))]

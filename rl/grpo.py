@@ -8,11 +8,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
+import torch
+
 from rl.lora import LoraParams
 from rl.vllm_engine import VLLMParams
 
 
 LOSS_TYPES = ("grpo", "dapo", "dr_grpo", "bnpo", "cispo", "sapo", "luspo", "vespo")  # TRL 1.16's
+DECODERS = ("rayzero", "generate")
 
 
 @dataclass(frozen=True)
@@ -58,9 +61,32 @@ class GRPOParams:
     # below bf16's resolution and would round away; use bf16=true for bf16 compute over fp32 weights.
     dtype: str = "float32"
     attn_implementation: str = "auto"  # rl.params.ATTN_IMPLEMENTATIONS
+    # The fast path (docs/perf.md). precision: "bf16" = the learner holds bf16 weights (forward, backward and
+    # in-learner generation in bf16, no autocast) and, with master_weights, AdamW updates fp32 copies of them;
+    # "fp32" = the weights in `dtype`, with autocast when `bf16`; "auto" = bf16 where bf16 matmuls are native
+    # (AVX512-BF16/AMX CPUs, bf16-capable GPUs) unless `bf16`, `dtype` or LoRA was set explicitly, else fp32.
+    # The trained policy is handed back in fp32 (the master weights) either way.
+    precision: str = "auto"
+    master_weights: bool = True  # bf16 precision: fp32 master weights in the optimizer (false = pure bf16)
+    # In-learner generation: "rayzero" = rl.decoding.sample (preallocated KV cache, finished rows dropped;
+    # the same sampling distribution), "generate" = TRL's model.generate.
+    decoder: str = "rayzero"
+    # The loss's log-probs through rl.lean_loss: only completion positions projected, bf16 gradient matmuls,
+    # rows in `length_buckets` length-sorted groups each trimmed of shared padding (false = TRL's own).
+    lean_logps: bool = True
+    length_buckets: int = 4
     # r > 0: train a LoRA adapter (TRL peft_config); with beta > 0 the reference is the adapter-free base.
     lora: LoraParams = LoraParams()
     vllm: VLLMParams = VLLMParams()  # rollout engines when rollout_engine=vllm (rl.vllm_engine)
+
+    def learner_precision(self, device: str | None = None, *, deepspeed: bool = False) -> str:
+        """"fp32" or "bf16": what `precision` means for a learner on `device` (None = CPU)."""
+        from rl.precision import resolve_precision
+
+        explicit = self.bf16 or self.dtype != "float32" or self.lora.enabled or deepspeed
+        if self.precision == "auto" and explicit:
+            return "fp32"
+        return resolve_precision(self.precision, device)
 
     def per_rank_batch(self, num_workers: int = 1) -> int:
         return self.prompts_per_step * self.num_generations // num_workers
@@ -100,6 +126,17 @@ class GRPOParams:
             v.fail("importance_sampling_level", self.importance_sampling_level,
                    f"must be {needs!r} with loss_type={self.loss_type!r}")
         v.model_loading(self.dtype, self.attn_implementation, self.bf16)
+        from rl.precision import PRECISIONS
+
+        v.choice("precision", self.precision, PRECISIONS)
+        v.choice("decoder", self.decoder, DECODERS)
+        v.positive_int("length_buckets", self.length_buckets)
+        if self.precision == "bf16" and (self.bf16 or self.dtype not in ("float32", "bfloat16")):
+            v.fail("precision", self.precision, f"holds bf16 weights itself: leave bf16=false and dtype=float32 "
+                   f"(got bf16={self.bf16}, dtype={self.dtype!r})")
+        if self.precision == "bf16" and self.lora.enabled:
+            v.fail("precision", self.precision, "is not supported with LoRA (lora.r > 0); use precision=fp32 with "
+                   "bf16=true (autocast)")
         v.positive_int("num_workers", num_workers)
         total = self.prompts_per_step * self.num_generations
         if total % num_workers:
@@ -129,6 +166,9 @@ def grpo_config(out_dir: Path, p: GRPOParams, *, seed: int = 0, report_to: str =
     from rl.modeling import default_use_cpu
 
     p.validate(num_workers=world_size)
+    use_cpu = default_use_cpu() if use_cpu is None else use_cpu
+    # bf16 weights need no autocast; autocast only on the fp32 path when asked for
+    autocast = p.bf16 and p.learner_precision(None if use_cpu else "cuda", deepspeed=deepspeed is not None) == "fp32"
     micro, accumulation, per_generation = p.batch_layout(world_size)
     return GRPOConfig(
         output_dir=str(out_dir),
@@ -163,8 +203,8 @@ def grpo_config(out_dir: Path, p: GRPOParams, *, seed: int = 0, report_to: str =
         report_to=report_to,
         seed=seed,
         data_seed=seed,
-        use_cpu=default_use_cpu() if use_cpu is None else use_cpu,
-        bf16=p.bf16,
+        use_cpu=use_cpu,
+        bf16=autocast,
         activation_checkpointing=p.gradient_checkpointing,  # TRL's gradient_checkpointing, new name
         disable_tqdm=True,
         dataloader_num_workers=0,
@@ -188,13 +228,36 @@ def make_grpo_trainer(model, tokenizer, rows: Sequence[dict], reward_funcs: list
     from rl import trl_compat as compat
     from rl.callbacks import quiet
 
+    precision = params.learner_precision(None if args.use_cpu else "cuda", deepspeed=args.deepspeed is not None)
+    if precision == "bf16" and args.deepspeed is not None:
+        raise ValueError("grpo.precision='bf16' is not supported with DeepSpeed ZeRO; use precision=auto (fp32 "
+                         "weights, bf16=true for autocast)")
+    fp32_weights = None
+    if precision == "bf16" and next(model.parameters()).dtype != torch.bfloat16:
+        # The exact fp32 weights become the optimizer's master copies; the model computes in bf16.
+        fp32_weights = {id(p): p.detach().float().clone() for p in model.parameters()}
+        model.to(torch.bfloat16)
     trainer = _trainer_class()(
         model=model, reward_funcs=list(reward_funcs), args=args, train_dataset=Dataset.from_list(list(rows)),
         processing_class=tokenizer, callbacks=list(callbacks), rollout_func=rollout_func,
         peft_config=params.lora.peft_config(),
-        dynamic_sampling=params.dynamic_sampling, max_resample_rounds=params.max_resample_rounds)
+        dynamic_sampling=params.dynamic_sampling, max_resample_rounds=params.max_resample_rounds,
+        rayzero_fast=FastPath(precision=precision, master_weights=params.master_weights, decoder=params.decoder,
+                              lean_logps=params.lean_logps, length_buckets=params.length_buckets),
+        fp32_weights=fp32_weights)
     compat.check(trainer, compat.GRPO_HOOKS)
     return quiet(trainer)
+
+
+@dataclass(frozen=True)
+class FastPath:
+    """What the trainer does differently from plain TRL for speed (GRPOParams' fast-path fields, resolved)."""
+
+    precision: str = "fp32"
+    master_weights: bool = True
+    decoder: str = "generate"
+    lean_logps: bool = False
+    length_buckets: int = 1
 
 
 def _trainer_class():
@@ -203,6 +266,7 @@ def _trainer_class():
 
     from rl import dynamic_sampling as ds
     from rl import trl_compat as compat
+    from rl.precision import MasterWeightAdamW
 
     class RayzeroGRPOTrainer(compat.grpo_trainer_base()):
         """TRL's GRPOTrainer (its losses, its generation and reward scoring) plus two things TRL lacks:
@@ -216,11 +280,53 @@ def _trainer_class():
           step trains, and the rollout log-probs become the PPO "old" log-probs so the clipped
           importance ratio corrects the one-step lag."""
 
-        def __init__(self, *args, dynamic_sampling: bool = False, max_resample_rounds: int = 2, **kwargs):
+        def __init__(self, *args, dynamic_sampling: bool = False, max_resample_rounds: int = 2,
+                     rayzero_fast: FastPath = FastPath(), fp32_weights: dict | None = None, **kwargs):
             super().__init__(*args, **kwargs)
             self.dynamic_sampling, self.max_resample_rounds = dynamic_sampling, max_resample_rounds
             self.rayzero_rollout = kwargs.get("rollout_func")
             self.resample_rng = random.Random(self.args.seed * 7919 + self.accelerator.process_index)
+            self.fast = rayzero_fast
+            self.fp32_weights = fp32_weights  # id(param) -> exact fp32 value, for the master weights
+            self.lean_ready = False
+            if self.fast.lean_logps:
+                from rl import lean_loss
+
+                self.lean_ready = lean_loss.install(self.model)
+                if self.ref_model is not None:  # the KL reference's log-probs take the same path when it can
+                    lean_loss.install(self.ref_model)
+
+        # --- bf16 learner with fp32 master weights ---------------------------------------------------
+        @property
+        def uses_master_weights(self) -> bool:
+            return self.fast.precision == "bf16" and self.fast.master_weights
+
+        def create_optimizer(self, *args, **kwargs):
+            optimizer = super().create_optimizer(*args, **kwargs)
+            if self.uses_master_weights and not isinstance(self.optimizer, MasterWeightAdamW):
+                from rl.precision import master_adamw_like
+
+                self.optimizer = master_adamw_like(self.optimizer, self.fp32_weights or {})
+                return self.optimizer
+            return optimizer
+
+        def restore_fp32(self) -> None:
+            """Hands the policy back in fp32: the master weights where there are some, else the weights."""
+            if self.fast.precision != "bf16":
+                return
+            model = self.accelerator.unwrap_model(self.model)
+            exact = {}
+            opt = self.optimizer
+            opt = getattr(opt, "optimizer", opt)  # accelerate's wrapper
+            if isinstance(opt, MasterWeightAdamW):
+                exact = {id(p): m for p, m in zip(opt.model_params, opt.masters)}
+            params = list(model.parameters())
+            model.float()
+            with torch.no_grad():
+                for p in params:
+                    if id(p) in exact:
+                        p.copy_(exact[id(p)])
+            self.fp32_weights = None
 
         def train(self, *args, **kwargs):
             try:
@@ -228,6 +334,39 @@ def _trainer_class():
             finally:
                 if hasattr(self.rayzero_rollout, "close"):
                     self.rayzero_rollout.close()
+                self.restore_fp32()
+
+        # --- lean log-probs -----------------------------------------------------------------------------
+        def _get_per_token_logps_and_entropies(self, model, input_ids, attention_mask, logits_to_keep,
+                                               batch_size=None, compute_entropy=False, compute_aux_loss=False,
+                                               **multimodal):
+            from rl import lean_loss
+
+            if not self.lean_ready or compute_aux_loss or any(v is not None for v in multimodal.values()) \
+                    or not lean_loss.installed(model):
+                return super()._get_per_token_logps_and_entropies(
+                    model, input_ids, attention_mask, logits_to_keep, batch_size=batch_size,
+                    compute_entropy=compute_entropy, compute_aux_loss=compute_aux_loss, **multimodal)
+
+            rows = input_ids.size(0)
+            buckets = max(self.fast.length_buckets, -(-rows // batch_size) if batch_size else 1)
+            logps, entropy = lean_loss.token_logps(
+                model, input_ids, attention_mask, logits_to_keep, temperature=compat.loss_temperature(self),
+                entropy_grad=compat.entropy_needs_grad(self), buckets=buckets, autocast=self.accelerator.autocast)
+            return logps, (entropy if compute_entropy else None), None
+
+        # --- in-learner generation ----------------------------------------------------------------------
+        def _generate_single_turn(self, prompt_ids, images, multimodal_fields, num_generations,
+                                  has_tool_images=False):
+            settings = compat.plain_sampling(self)
+            if self.fast.decoder != "rayzero" or images is not None or multimodal_fields or has_tool_images \
+                    or settings is None:
+                return super()._generate_single_turn(prompt_ids, images, multimodal_fields, num_generations,
+                                                     has_tool_images)
+            from rl.decoding import sample
+
+            with compat.model_for_generation(self) as model:
+                return sample(model, prompt_ids, pad_token_id=compat.tokenizer(self).pad_token_id, **settings)
 
         @property
         def overlap(self) -> bool:

@@ -95,12 +95,14 @@ def default_use_cpu() -> bool:
 
 
 def resolve_dtype(dtype: str | torch.dtype, device: str | torch.device | None = None) -> torch.dtype:
-    """A torch dtype from a name in `rl.params.DTYPES` (or a dtype); "auto" = bf16 on CUDA, else fp32."""
+    """A torch dtype from a name in `rl.params.DTYPES` (or a dtype); "auto" = bf16 where bf16 matmuls are
+    native on `device` (None = CPU: AVX512-BF16/AMX; CUDA with bf16 support), else fp32."""
     if isinstance(dtype, torch.dtype):
         return dtype
     if dtype == "auto":
-        on_cuda = device is not None and torch.device(device).type == "cuda"
-        return torch.bfloat16 if on_cuda and torch.cuda.is_bf16_supported() else torch.float32
+        from rl.precision import bf16_native
+
+        return torch.bfloat16 if bf16_native(device) else torch.float32
     return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
 
 

@@ -9,8 +9,8 @@ from __future__ import annotations
 import math
 from typing import Iterable
 
-# Weight dtypes a policy can be loaded in. "auto": bf16 on a CUDA device, fp32 elsewhere (for engines and
-# evaluation; learners default to fp32 weights, see GRPOParams.dtype).
+# Weight dtypes a policy can be loaded in. "auto": bf16 where bf16 matmuls are native (a CUDA device with bf16,
+# a CPU with AVX512-BF16/AMX), fp32 elsewhere (for engines and evaluation; learners: GRPOParams.precision).
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 # "auto": FlashAttention-2 where it is installed and the weights are 16-bit on CUDA, else PyTorch SDPA.
 ATTN_IMPLEMENTATIONS = ("auto", "eager", "sdpa", "flash_attention_2", "flash_attention_3", "flex_attention")

@@ -5,7 +5,9 @@ An engine turns token-id prompts into sampled completions plus the log-probabili
 token under the sampling distribution (logits / temperature, after top-k/top-p), which TRL uses as
 the behaviour policy's log-probs. Engines:
 
-- `hf`: Hugging Face `generate` with a KV cache, left-padded batches, always available.
+- `hf`: a Hugging Face model in-process, always available: `rl.decoding.sample` (preallocated KV cache,
+  finished rows dropped) by default, or `model.generate` (`decoder="generate"`); weights in bf16 where bf16
+  matmuls are native (`dtype="auto"`).
 - `vllm`: vLLM's `LLM.generate` through its public API (`rl.vllm_engine`), when vLLM is importable (GPU
   machines); asking for it elsewhere fails with a one-line message that says so.
 """
@@ -23,6 +25,7 @@ from rl.lora import is_peft, merged_state_dict
 from rl.vllm_engine import VLLMEngine, VLLMParams, require_vllm
 
 ENGINES = ("hf", "vllm")
+DECODERS = ("rayzero", "generate")  # the hf engine's decode loop
 
 
 @dataclass(frozen=True)
@@ -42,11 +45,16 @@ def check_engine(name: str) -> None:
 
 
 class HFEngine:
-    """Batched sampling with `model.generate` (KV cache on)."""
+    """Batched sampling from a Hugging Face causal LM: `decoder="rayzero"` (rl.decoding.sample) or
+    `"generate"` (`model.generate` with the same logits processing); both record the sampled tokens' log-probs
+    under the processed distribution."""
 
-    def __init__(self, model, pad_token_id: int, eos_token_ids: list[int], batch_size: int = 256):
+    def __init__(self, model, pad_token_id: int, eos_token_ids: list[int], batch_size: int = 256,
+                 decoder: str = "rayzero"):
+        if decoder not in DECODERS:
+            raise ValueError(f"decoder={decoder!r} is not one of {list(DECODERS)}")
         self.model = model.eval()
-        self.pad, self.eos, self.batch_size = pad_token_id, list(eos_token_ids), batch_size
+        self.pad, self.eos, self.batch_size, self.decoder = pad_token_id, list(eos_token_ids), batch_size, decoder
 
     @property
     def device(self) -> torch.device:
@@ -73,6 +81,11 @@ class HFEngine:
         return ids, lps
 
     def _batch(self, prompts: list[list[int]], sp: SamplingParams):
+        if self.decoder == "rayzero":
+            from rl.decoding import sample
+
+            return sample(self.model, prompts, max_new_tokens=sp.max_new_tokens, eos_token_ids=self.eos,
+                          pad_token_id=self.pad, temperature=sp.temperature, top_k=sp.top_k, top_p=sp.top_p)
         from transformers import LogitsProcessorList, TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
 
         width = max(len(p) for p in prompts)
@@ -127,33 +140,35 @@ class _SampledLogprobs:
 
 
 def hf_engine_factory(model_dir: str, use_gpu: bool = False, batch_size: int = 256, *, dtype: str = "auto",
-                      attn_implementation: str = "auto"):
+                      attn_implementation: str = "auto", decoder: str = "rayzero"):
     """A picklable zero-argument factory that builds an `HFEngine` inside a rollout actor: weights in
-    `dtype` ("auto" = bf16 on GPU, fp32 on CPU) on the actor's GPU when `use_gpu`."""
-    return functools.partial(_build_hf_engine, str(model_dir), use_gpu, batch_size, dtype, attn_implementation)
+    `dtype` ("auto" = bf16 where bf16 matmuls are native, else fp32) on the actor's GPU when `use_gpu`."""
+    return functools.partial(_build_hf_engine, str(model_dir), use_gpu, batch_size, dtype, attn_implementation, decoder)
 
 
 def _build_hf_engine(model_dir: str, use_gpu: bool, batch_size: int, dtype: str = "auto",
-                     attn_implementation: str = "auto") -> "HFEngine":
+                     attn_implementation: str = "auto", decoder: str = "rayzero") -> "HFEngine":
     from rl.modeling import load_policy
 
     model, tok = load_policy(model_dir, dtype, attn_implementation=attn_implementation,
                              device="cuda" if use_gpu else None)
     eos = model.generation_config.eos_token_id
     eos = eos if isinstance(eos, list) else [eos if eos is not None else tok.eos_token_id]
-    return HFEngine(model, tok.pad_token_id, eos, batch_size=batch_size)
+    return HFEngine(model, tok.pad_token_id, eos, batch_size=batch_size, decoder=decoder)
 
 
 def engine_factory(name: str, model_dir: str, use_gpu: bool = False, batch_size: int = 256, *, dtype: str = "auto",
-                   attn_implementation: str = "auto", vllm: VLLMParams = VLLMParams(), seed: int = 0):
+                   attn_implementation: str = "auto", vllm: VLLMParams = VLLMParams(), seed: int = 0,
+                   decoder: str = "rayzero"):
     """A picklable zero-argument factory for engine `name` (`ENGINES`) serving the HF folder `model_dir`:
-    `hf` takes dtype / attn_implementation / batch_size, `vllm` its `VLLMParams` (GPU only)."""
+    `hf` takes dtype / attn_implementation / batch_size / decoder, `vllm` its `VLLMParams` (GPU only)."""
     check_engine(name)
     if name == "vllm":
         if not use_gpu:
             raise ValueError("rollout.engine=vllm needs GPUs (use_gpu=true); use rollout.engine=hf on CPU")
         return functools.partial(VLLMEngine, str(model_dir), vllm, seed)
-    return hf_engine_factory(model_dir, use_gpu, batch_size, dtype=dtype, attn_implementation=attn_implementation)
+    return hf_engine_factory(model_dir, use_gpu, batch_size, dtype=dtype, attn_implementation=attn_implementation,
+                             decoder=decoder)
 
 
 def engine_dtype(dtype: str, use_gpu: bool) -> torch.dtype:

@@ -29,6 +29,7 @@ class Hook:
     used_by: str  # what breaks without it, for the error message
     params: tuple[str, ...] | None = None  # a method: the parameters rayzero passes (after self)
     check: Callable[[Any], bool] | None = None  # an instance attribute: what its value must look like
+    prefix: bool = False  # a method: `params` need only be its first parameters (rayzero passes the rest as given)
 
 
 def _is_metric_store(v) -> bool:
@@ -40,6 +41,8 @@ def _is_rollout_log(v) -> bool:
 
 
 GENERATE_AND_SCORE = "_generate_and_score_completions"
+LOGPS = "_get_per_token_logps_and_entropies"
+GENERATE_SINGLE_TURN = "_generate_single_turn"
 
 GRPO_HOOKS = (
     Hook(GENERATE_AND_SCORE, "rl.grpo (DAPO dynamic sampling, overlapped rollouts): one generation + scoring round",
@@ -52,6 +55,20 @@ GRPO_HOOKS = (
          check=_is_rollout_log),
     Hook("_tokenizer", "rl.grpo dynamic sampling: the pad id used to stitch rounds together",
          check=lambda v: hasattr(v, "pad_token_id")),
+    Hook(LOGPS, "rl.grpo lean log-probs (rl.lean_loss): the loss's per-token log-probs and entropies",
+         params=("model", "input_ids", "attention_mask", "logits_to_keep", "batch_size", "compute_entropy",
+                 "compute_aux_loss"), prefix=True),
+    Hook(GENERATE_SINGLE_TURN, "rl.grpo in-learner generation with rl.decoding (grpo.decoder=rayzero)",
+         params=("prompt_ids", "images", "multimodal_fields", "num_generations", "has_tool_images")),
+    Hook("eos_token_ids", "rl.grpo in-learner generation: the ids that end a completion",
+         check=lambda v: isinstance(v, (list, tuple)) and all(isinstance(i, int) for i in v)),
+    Hook("temperature", "rl.grpo: the sampling temperature (generation and the loss's log-probs)",
+         check=lambda v: isinstance(v, (int, float))),
+    Hook("_entropy_bonus_enabled", "rl.lean_loss: whether the loss differentiates the entropy",
+         check=lambda v: isinstance(v, bool)),
+    Hook("top_entropy_quantile", "rl.lean_loss: the entropy mask", check=lambda v: isinstance(v, (int, float))),
+    Hook("use_transformers_continuous_batching", "rl.grpo in-learner generation: TRL's other generation paths",
+         check=lambda v: isinstance(v, bool)),
 )
 
 SFT_HOOKS = (
@@ -74,7 +91,7 @@ def _problem(cls: type, obj: Any, hook: Hook) -> str | None:
             return f"{cls.__name__}.{hook.name}() is missing"
         names = [p.name for p in inspect.signature(fn).parameters.values()
                  if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)][1:]  # drop self
-        if names != list(hook.params):
+        if (names[:len(hook.params)] if hook.prefix else names) != list(hook.params):
             return f"{cls.__name__}.{hook.name}() takes ({', '.join(names)}), rayzero calls it with ({', '.join(hook.params)})"
         return None
     if obj is None:
@@ -142,6 +159,51 @@ def tokenizer(trainer):
 def trained_tokens(trainer) -> int:
     """Tokens an SFT trainer trained on, over all ranks (0 before training)."""
     return int(trainer._total_train_tokens)
+
+
+def loss_temperature(trainer) -> float:
+    """The temperature TRL divides the loss's logits by (the sampling temperature)."""
+    return float(trainer.temperature)
+
+
+def entropy_needs_grad(trainer) -> bool:
+    """Whether TRL's loss differentiates the per-token entropy (an entropy bonus); the entropy mask
+    (`top_entropy_quantile` < 1) only thresholds it."""
+    return bool(trainer._entropy_bonus_enabled)
+
+
+def plain_sampling(trainer) -> dict | None:
+    """rl.decoding.sample's settings for TRL's in-learner generation when it is plain sampling (temperature,
+    top-k, top-p; no vLLM, continuous batching, min-p, repetition penalty, extra generation kwargs, FSDP),
+    else None (TRL's own generation runs)."""
+    a = trainer.args
+    if (getattr(trainer, "use_vllm", False) or trainer.use_transformers_continuous_batching
+            or getattr(trainer, "is_fsdp_enabled", False) or getattr(a, "generation_kwargs", None)
+            or getattr(a, "cache_implementation", None) or getattr(a, "min_p", None) is not None
+            or getattr(a, "repetition_penalty", 1.0) != 1.0):
+        return None
+    return {"max_new_tokens": int(a.max_completion_length), "eos_token_ids": list(trainer.eos_token_ids),
+            "temperature": float(trainer.temperature), "top_k": int(a.top_k or 0),
+            "top_p": float(a.top_p if a.top_p is not None else 1.0)}
+
+
+def model_for_generation(trainer):
+    """Context manager yielding the unwrapped policy ready to generate (DeepSpeed ZeRO-3 weights gathered,
+    gradient checkpointing off), under no_grad, as TRL's own generation uses it."""
+    import contextlib
+
+    import torch
+    from trl.models.utils import unwrap_model_for_generation
+
+    @contextlib.contextmanager
+    def ctx():
+        with unwrap_model_for_generation(trainer.model_wrapped, trainer.accelerator,
+                                         gather_deepspeed3_params=trainer.args.ds3_gather_for_generation,
+                                         gradient_checkpointing_kwargs=trainer.args.gradient_checkpointing_kwargs) as m, \
+                torch.no_grad():
+            yield m
+
+    return ctx()
 
 
 @cache

@@ -1,4 +1,4 @@
-"""Generation helpers on a tiny real model: the HF rollout engine's log-probs are those of the distribution
+"""Generation helpers on a tiny real model: the HF rollout engine's log-probs (both decoders) are those of the distribution
 it samples from (temperature, top-k, top-p), stay right for completions in the thousands of tokens (kept
 one step at a time, not as full-vocabulary scores), and inputs follow the model's device."""
 
@@ -29,12 +29,13 @@ def _reference(model, prompt, completion, sp, eos_banned=None):
     return logits.log_softmax(-1).gather(-1, torch.tensor(completion).unsqueeze(-1)).squeeze(-1)
 
 
+@pytest.mark.parametrize("decoder", ["rayzero", "generate"])
 @pytest.mark.parametrize("sp", [SamplingParams(max_new_tokens=6, temperature=0.7, top_k=5),
                                 SamplingParams(max_new_tokens=6, temperature=1.3)])
-def test_logprobs_are_those_of_the_processed_distribution(tok, sp):
+def test_logprobs_are_those_of_the_processed_distribution(tok, sp, decoder):
     model = build_tiny_model(tok, hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64,
                              max_position=64, seed=0)
-    engine = HFEngine(model, tok.pad_token_id, [tok.eos_token_id])
+    engine = HFEngine(model, tok.pad_token_id, [tok.eos_token_id], decoder=decoder)
     prompts = [tok(f"{i} plus {i + 1} is", add_special_tokens=False)["input_ids"] for i in range(5)]
     ids, lps = engine.generate(prompts, sp, seed=1)
     for p, c, lp in zip(prompts, ids, lps):
@@ -42,16 +43,20 @@ def test_logprobs_are_those_of_the_processed_distribution(tok, sp):
         torch.testing.assert_close(torch.tensor(lp), _reference(model, p, c, sp), atol=1e-4, rtol=1e-4)
 
 
-def test_completions_in_the_thousands(tok):
+@pytest.mark.parametrize("decoder", ["rayzero", "generate"])
+def test_completions_in_the_thousands(tok, decoder):
     model = build_tiny_model(tok, hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64,
                              max_position=1400, seed=0)
-    model.generation_config.min_new_tokens = 1200  # EOS banned until then: every row runs the full length
-    engine = HFEngine(model, tok.pad_token_id, [tok.eos_token_id])
+    if decoder == "generate":
+        model.generation_config.min_new_tokens = 1200  # EOS banned until then: every row runs the full length
+        engine, banned = HFEngine(model, tok.pad_token_id, [tok.eos_token_id], decoder="generate"), tok.eos_token_id
+    else:  # rl.decoding follows only the SamplingParams: no stop token, so every row runs the full length
+        engine, banned = HFEngine(model, tok.pad_token_id, []), None
     sp = SamplingParams(max_new_tokens=1200, temperature=1.0)
     prompts = [tok("3 plus 4 is", add_special_tokens=False)["input_ids"]] * 2
     ids, lps = engine.generate(prompts, sp, seed=0)
     assert [len(c) for c in ids] == [1200, 1200] and [len(lp) for lp in lps] == [1200, 1200]
-    torch.testing.assert_close(torch.tensor(lps[0]), _reference(model, prompts[0], ids[0], sp, tok.eos_token_id),
+    torch.testing.assert_close(torch.tensor(lps[0]), _reference(model, prompts[0], ids[0], sp, banned),
                                atol=1e-3, rtol=1e-3)
 
 
@@ -62,8 +67,11 @@ def test_load_policy_dtype_and_attention(tok, tmp_path):
     tok.save_pretrained(tmp_path)
     m, _ = load_policy(tmp_path, "bfloat16", attn_implementation="eager")
     assert m.dtype == torch.bfloat16 and m.config._attn_implementation == "eager"
-    m, _ = load_policy(tmp_path, "auto")  # CPU: fp32, SDPA
-    assert m.dtype == torch.float32 and m.config._attn_implementation == "sdpa"
+    from rl.precision import bf16_native
+
+    m, _ = load_policy(tmp_path, "auto")  # CPU: bf16 where its matmuls are native, else fp32; SDPA
+    assert m.dtype == (torch.bfloat16 if bf16_native() else torch.float32)
+    assert m.config._attn_implementation == "sdpa"
 
 
 def test_dynamic_sampling_pads_a_round_to_whole_micro_batches():

@@ -1,0 +1,195 @@
+"""A lean batched sampler for causal LMs: the decode loop `generate` would run, without its per-step overhead.
+
+`sample(model, prompts, ...)` draws completions token by token from exactly the distribution Hugging Face's
+`generate(do_sample=True)` draws from with the same settings (logits / temperature, then top-k, then top-p,
+then softmax and `torch.multinomial`; `greedy=True` takes the argmax), and records the log-probability of
+each drawn token under that processed distribution (what GRPO uses as the behaviour policy). What it does
+differently, all of it outside the distribution:
+
+- the KV cache is allocated once for the whole generation (`PreallocatedCache`: prompt + `max_new_tokens`
+  positions per row, written in place; `DynamicCache` re-concatenates every layer's cache at every step);
+- rows that have produced an end-of-sequence token leave the batch (`drop_finished`): the cache, mask and
+  positions of the rows still running are compacted once enough rows finished, so later steps compute
+  only live rows; the loop stops when every row is done;
+- only the last position's logits are computed (`logits_to_keep=1`), one (rows, vocab) step at a time.
+
+Sampled tokens differ from `generate`'s for the same seed once rows leave the batch (fewer random numbers
+are drawn per step), but each step's distribution is the same; tests/test_rl_decoding.py checks the
+recorded log-probs against teacher forcing and the sample frequencies against the exact distribution.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+
+
+class _PreallocatedLayer:
+    """One attention layer's K/V for every row: (rows, kv_heads, capacity, head_dim), filled left to right."""
+
+    is_sliding = False
+    is_compileable = False
+
+    def __init__(self, capacity: int):
+        self.capacity, self.length = capacity, 0
+        self.keys = self.values = None
+        self.is_initialized = False
+
+    # --- transformers' CacheLayerMixin interface (the parts attention and mask creation use) ---
+    def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
+        b, h, _, d = key_states.shape
+        self.dtype, self.device = key_states.dtype, key_states.device
+        self.keys = key_states.new_empty((b, h, self.capacity, d))
+        self.values = value_states.new_empty((b, h, self.capacity, value_states.shape[-1]))
+        self.is_initialized = True
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
+        if not self.is_initialized:
+            self.lazy_initialization(key_states, value_states)
+        n = key_states.shape[-2]
+        end = self.length + n
+        if end > self.capacity:
+            raise RuntimeError(f"PreallocatedCache holds {self.capacity} positions, asked for {end}")
+        self.keys[:, :, self.length:end] = key_states
+        self.values[:, :, self.length:end] = value_states
+        self.length = end
+        return self.keys[:, :, :end], self.values[:, :, :end]
+
+    def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
+        return self.length + query_length, 0
+
+    def get_seq_length(self) -> int:
+        return self.length
+
+    def get_max_length(self) -> int:
+        return self.capacity
+
+    def batch_select_indices(self, indices: torch.Tensor) -> None:
+        if self.is_initialized:
+            # Only the filled positions are copied; the rest of the new buffer stays unwritten.
+            keys = self.keys.new_empty((len(indices), *self.keys.shape[1:]))
+            values = self.values.new_empty((len(indices), *self.values.shape[1:]))
+            keys[:, :, :self.length] = self.keys[indices, :, :self.length]
+            values[:, :, :self.length] = self.values[indices, :, :self.length]
+            self.keys, self.values = keys, values
+
+
+def make_cache(model, capacity: int):
+    """A cache allocated once for `capacity` positions per row, or None (= the model's default cache) for
+    models whose layers are not all plain full attention (sliding windows, linear attention, ...)."""
+    from transformers.cache_utils import Cache, CacheLayerMixin
+
+    config = model.config.get_text_config(decoder=True)
+    layer_types = getattr(config, "layer_types", None) or ["full_attention"] * config.num_hidden_layers
+    if any(t != "full_attention" for t in layer_types) or getattr(config, "sliding_window", None):
+        return None
+
+    class _Layer(_PreallocatedLayer, CacheLayerMixin):
+        pass
+
+    return Cache(layers=[_Layer(capacity) for _ in layer_types])
+
+
+def process_logits(logits: torch.Tensor, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0) -> torch.Tensor:
+    """(rows, vocab) float32 scores as `generate`'s warpers leave them: / temperature, top-k, then top-p
+    (transformers' TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper, min_tokens_to_keep=1)."""
+    if temperature != 1.0:
+        logits = logits / temperature
+    if top_k and top_k < logits.shape[-1]:
+        kth = torch.topk(logits, top_k, dim=-1).values[..., -1:]
+        logits = logits.masked_fill(logits < kth, -float("inf"))
+    if top_p < 1.0:
+        sorted_logits, sorted_idx = torch.sort(logits, descending=False)
+        cumulative = sorted_logits.softmax(dim=-1).cumsum(dim=-1)
+        remove_sorted = cumulative <= (1 - top_p)
+        remove_sorted[..., -1:] = False  # keep at least one token
+        remove = remove_sorted.scatter(1, sorted_idx, remove_sorted)
+        logits = logits.masked_fill(remove, -float("inf"))
+    return logits
+
+
+@torch.no_grad()
+def sample(model, prompts: Sequence[Sequence[int]], *, max_new_tokens: int, eos_token_ids: Sequence[int],
+           pad_token_id: int, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, greedy: bool = False,
+           drop_finished: bool = True, compact_fraction: float = 0.25, logprobs: bool = True,
+           generator: torch.Generator | None = None) -> tuple[list[list[int]], list[list[float]] | None]:
+    """Completions for token-id `prompts` (one batch, all rows at once).
+
+    Returns (completion_ids, logprobs): per prompt, the sampled ids up to and including the first EOS (or
+    `max_new_tokens` ids), and the log-prob of each under the processed distribution (None when
+    `logprobs=False`; under greedy decoding they are the log-probs of the argmax tokens). Finished rows are
+    compacted out once at least `compact_fraction` of the running rows are done."""
+    device = next(model.parameters()).device
+    n = len(prompts)
+    if n == 0:
+        return [], ([] if logprobs else None)
+    width = max(len(p) for p in prompts)
+    ids = torch.full((n, width), pad_token_id, dtype=torch.long)
+    mask = torch.zeros((n, width + max_new_tokens), dtype=torch.long)
+    for j, p in enumerate(prompts):  # left padding: every prompt ends where generation starts
+        ids[j, width - len(p):] = torch.tensor(list(p), dtype=torch.long)
+        mask[j, width - len(p):width] = 1
+    ids, mask = ids.to(device), mask.to(device)
+    positions = (mask[:, :width].cumsum(-1) - 1).clamp(min=0)
+    eos = torch.tensor(sorted(set(eos_token_ids)), dtype=torch.long, device=device)
+    cache = make_cache(model, width + max_new_tokens)
+
+    out_tokens = torch.full((n, max_new_tokens), pad_token_id, dtype=torch.long, device=device)
+    out_lps = torch.zeros((n, max_new_tokens), dtype=torch.float32, device=device)
+    lengths = torch.full((n,), max_new_tokens, dtype=torch.long, device=device)
+    rows = torch.arange(n, device=device)  # original index of each running row
+    done = torch.zeros(n, dtype=torch.bool, device=device)  # per running row
+    was_training = model.training
+    model.eval()
+    try:
+        out = model(input_ids=ids, attention_mask=mask[:, :width], position_ids=positions, past_key_values=cache,
+                    use_cache=True, logits_to_keep=1)
+        cache = out.past_key_values
+        next_pos = positions[:, -1] + 1
+        for t in range(max_new_tokens):
+            scores = out.logits[:, -1].float()
+            if greedy:
+                tokens = scores.argmax(-1)
+                lp_all = scores.log_softmax(-1) if logprobs else None
+            else:
+                scores = process_logits(scores, temperature, top_k, top_p)
+                probs = scores.softmax(-1)
+                tokens = torch.multinomial(probs, 1, generator=generator).squeeze(1)
+                lp_all = scores.log_softmax(-1) if logprobs else None
+            live = ~done
+            out_tokens[rows[live], t] = tokens[live]
+            if lp_all is not None:
+                out_lps[rows[live], t] = lp_all.gather(-1, tokens[:, None]).squeeze(1)[live]
+            finished_now = live & torch.isin(tokens, eos)
+            lengths[rows[finished_now]] = t + 1
+            done |= finished_now
+            if t + 1 == max_new_tokens or bool(done.all()):
+                break
+            if drop_finished and int(done.sum()) >= max(1, int(compact_fraction * len(rows))):
+                keep = (~done).nonzero().squeeze(1)
+                cache.batch_select_indices(keep)
+                rows, mask, next_pos, tokens = rows[keep], mask[keep], next_pos[keep], tokens[keep]
+                done = done[keep]
+            mask[:, width + t] = 1
+            out = model(input_ids=tokens[:, None], attention_mask=mask[:, :width + t + 1],
+                        position_ids=next_pos[:, None], past_key_values=cache, use_cache=True)
+            next_pos = next_pos + 1
+    finally:
+        model.train(was_training)
+    lengths, out_tokens, out_lps = lengths.tolist(), out_tokens.cpu(), out_lps.cpu()
+    completions = [out_tokens[i, :lengths[i]].tolist() for i in range(n)]
+    lps = [out_lps[i, :lengths[i]].tolist() for i in range(n)] if logprobs else None
+    return completions, lps
+
+
+def generate_batched(model, prompts: Sequence[Sequence[int]], *, batch_size: int, **kw):
+    """`sample` over `prompts` in batches of `batch_size` rows."""
+    ids: list[list[int]] = []
+    lps: list[list[float]] | None = [] if kw.get("logprobs", True) else None
+    for i in range(0, len(prompts), batch_size):
+        c, lp = sample(model, prompts[i:i + batch_size], **kw)
+        ids += c
+        if lps is not None:
+            lps += lp
+    return ids, lps
