@@ -70,7 +70,7 @@ def evaluate_model(model, tokenizer, rows: list[dict], cfg: "EvalSection", desc:
         **{k: v for k, v in summarize(scores).items() if k != "n"},
         "num_examples": len(rows),
         "mean_completion_tokens": sum(lengths) / max(1, len(lengths)),
-        "samples": [{"prompt": r["prompt"], "completion": c, "answer": r.get("answer", r.get("tests")), "score": s}
+        "samples": [{"prompt": r["prompt"], "completion": c, "answer": _gold_text(r), "score": s}
                     for r, c, s in list(zip(rows, completions, scores))[:8]],
         "correct": [s == 1.0 for s in scores],  # per row, so a subset's accuracy needs no second pass
         "tokens": lengths,
@@ -97,7 +97,7 @@ def evaluate_benchmarks(model, tokenizer, benchmarks: Mapping[str, dict], cfg: "
         scores = row_scores(comps, rows, scorer)
         res: dict[str, Any] = summarize(scores)
         res["mean_completion_tokens"] = mean([len(tokenizer(c, add_special_tokens=False)["input_ids"]) for c in comps])
-        res["samples"] = [{"prompt": r["prompt"], "completion": c, "answer": r.get("answer"), "score": s}
+        res["samples"] = [{"prompt": r["prompt"], "completion": c, "answer": _gold_text(r), "score": s}
                           for r, c, s in list(zip(rows, comps, scores))[:4]]
         if cfg.samples > 0:
             n, sub = cfg.samples, rows[: cfg.num_problems or None]
@@ -117,6 +117,14 @@ def evaluate_benchmarks(model, tokenizer, benchmarks: Mapping[str, dict], cfg: "
             res["samples_per_problem"] = n
         out[name] = res
     return out
+
+
+def _gold_text(row: dict) -> str:
+    """What a sample is checked against, as text (tables want one type per column): the answer, else the tests."""
+    if row.get("answer") not in (None, ""):
+        return str(row["answer"])
+    tests = row.get("tests")
+    return "\n".join(map(str, tests)) if isinstance(tests, list) else str(tests)
 
 
 def _vote(completion: str):
