@@ -23,6 +23,7 @@ from pipelines.data import prepare_data
 from pipelines.run_folder import (RunFolder, RunLock, check_writable, read_manifest, remove_partial, why_not_finished,
                                   write_manifest)
 from pipelines.stages import STAGES, Stage, StageContext
+from pipelines.stages.base import quiet_libraries
 
 
 class RunInterrupted(Exception):
@@ -63,6 +64,7 @@ def _run(cfg: PipelineConfig, folder: RunFolder, say: Callable[[str], None]) -> 
     from cluster.runtime import check_resources, connect
     from pipelines.report.tracking import wandb_env
 
+    quiet_libraries()
     sizes, data_digest = prepare_data(cfg, say)  # before Ray starts: bad data fails fast
     say("data: " + ", ".join(f"{k}={v}" for k, v in sizes.items()))
     _note_config_changes(cfg, folder, say)

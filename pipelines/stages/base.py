@@ -82,12 +82,19 @@ class Stage:
 
 def start_task(cpus: float) -> None:
     """First thing in every stage's Ray task or worker: size torch's thread pool to the CPUs the task
-    holds and silence library progress bars (each stage reports its own progress)."""
-    import datasets
+    holds, and keep library chatter out of the run's output."""
     import torch
-    import transformers
 
     torch.set_num_threads(max(1, int(cpus)))
+    quiet_libraries()
+
+
+def quiet_libraries() -> None:
+    """No library progress bars or advisory warnings: each stage reports its own progress in whole lines
+    (the driver runs some stage work itself, e.g. writing distillation traces)."""
+    import datasets
+    import transformers
+
     transformers.utils.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
     datasets.disable_progress_bars()

@@ -14,8 +14,8 @@ import pytest
 from pipelines.config import load_config
 from pipelines.report.plots import write_plots
 from pipelines.report.tracking import resolved_mode
-from tests.micro_run import micro_run
-from tests.wandb_records import read_runs
+from tests.e2e.micro_run import micro_run
+from tests.e2e.wandb_records import read_runs
 
 STAGES = ("sft", "grpo", "distill")
 PNG = b"\x89PNG\r\n\x1a\n"

@@ -20,7 +20,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from pipelines.report.model_card import build_card
 from pipelines.report.publish import PublishError, parse_target, publish
 from tests.conftest import ROOT
-from tests.micro_run import micro_run
+from tests.e2e.micro_run import micro_run
 
 QUESTION = "Mia has 3 pens. She buys 2 more. How many pens does Mia have now?"
 
@@ -81,7 +81,7 @@ def test_publish_a_stage_to_a_directory_and_reload_it(run, tmp_path):
     # the GRPO stage folder's weights, unchanged
     ref, pub = load_file(run.run_dir / "grpo" / "model.safetensors"), load_file(dest / "model.safetensors")
     assert ref.keys() == pub.keys() and all(ref[k].equal(pub[k]) for k in ref)
-    with pytest.raises(PublishError, match="not empty; pass --overwrite"):
+    with pytest.raises(PublishError, match="holds an earlier published model; pass --overwrite"):
         publish(run.run_dir / "grpo", str(dest), say=lambda _: None)
     publish(run.run_dir / "sft", str(dest), overwrite=True, say=lambda _: None)
     assert ModelCard.load(dest / "README.md").data.model_name == "micro-sft"

@@ -15,7 +15,7 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from tests.test_grpo_cluster import _start_and_wait_for_checkpoint
+from tests.e2e.test_grpo_cluster import _start_and_wait_for_checkpoint
 
 ZERO3 = ["run.num_cpus=2", "grpo.num_workers=2", "grpo.cpus=1", "grpo.zero_stage=3",
          "grpo.max_steps=3", "grpo.save_steps=1", "grpo.log_rollouts_every=1"]

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import ray
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 # The learner's work runs in a non-daemon thread, as a Ray Train worker's training loop does: it outlives
 # the worker's core when the raylet goes, which is why such a learner kept writing checkpoints before.

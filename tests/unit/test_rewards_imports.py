@@ -6,7 +6,7 @@ Imports inside functions count too: a cycle through a lazy import still couples 
 import ast
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 REWARDS = ROOT / "rewards"
 
 

@@ -5,7 +5,7 @@ directly or through others (imports inside functions count; `if TYPE_CHECKING:` 
 import ast
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 PACKAGES = ("pipelines", "rl", "rewards", "cluster")
 FORBIDDEN = {"cluster": {"pipelines", "rl", "rewards"}, "rl": {"pipelines", "rewards", "cluster"},
              "rewards": {"pipelines", "rl", "cluster"}}
