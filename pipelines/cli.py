@@ -3,7 +3,7 @@
     rayzero run [RECIPE] [section.field=value ...]   run a recipe (default: tiny)
     rayzero recipes                                  list shipped recipes
     rayzero config [RECIPE] [overrides ...]          print the resolved config
-    rayzero eval CHECKPOINT [TASK] [overrides ...]   held-out accuracy with test-time scaling (eval_cli.py)
+    rayzero eval CHECKPOINT [TASK] [overrides ...] [--benchmark NAME] [--out F]   any checkpoint (eval_cli.py)
     rayzero publish STAGE_DIR --to DIR|hf://ORG/NAME[@REV] [--overwrite]   (report/publish.py)
     rayzero submit / jobs / cluster render           remote Ray clusters (remote/jobs_cli.py)
 
@@ -40,10 +40,10 @@ def _parser() -> argparse.ArgumentParser:
     p_cfg.add_argument("args", nargs="*", metavar="[RECIPE] [section.field=value]")
     jobs_cli.add_parsers(sub)
     publish.add_parser(sub)
-    p_eval = sub.add_parser("eval", help="evaluate a checkpoint: pass@1/pass@k/maj@k and test-time scaling")
-    p_eval.add_argument("checkpoint")
-    p_eval.add_argument("args", nargs="*", metavar="[TASK] [section.field=value]")
-    p_eval.add_argument("--out", default="", help="also write the results as JSON here")
+    from pipelines import eval_cli
+
+    eval_cli.add_arguments(sub.add_parser("eval", help="evaluate a checkpoint: pass@1/pass@k/maj@k, test-time "
+                                                       "scaling, benchmarks"))
     return parser
 
 
@@ -56,7 +56,12 @@ def main(argv: list[str] | None = None) -> int:
     from pipelines.stages import StageError
     from pipelines.tasks import TaskDataError
 
-    ns = _parser().parse_args(argv)
+    args = sys.argv[1:] if argv is None else argv
+    if args[:1] == ["eval"]:  # options and overrides in any order: its own (intermixed) parser
+        from pipelines.eval_cli import main as eval_main
+
+        return eval_main(args[1:])
+    ns = _parser().parse_args(args)
     try:
         if ns.cmd in jobs_cli.COMMANDS:
             return jobs_cli.run(ns, argv)
@@ -67,10 +72,6 @@ def main(argv: list[str] | None = None) -> int:
         if ns.cmd == "recipes":
             print("\n".join(list_recipes()))
             return 0
-        if ns.cmd == "eval":
-            from pipelines.eval_cli import eval_command
-
-            return eval_command(ns.checkpoint, ns.args, ns.out)
         recipe, overrides = _split(ns.args)
         cfg = load_config(recipe, overrides)
         if ns.cmd == "config":

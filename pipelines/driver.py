@@ -20,6 +20,7 @@ import yaml
 
 from pipelines.config.schema import PipelineConfig, to_dict
 from pipelines.data import prepare_data
+from pipelines.models import base_model_dir
 from pipelines.run_folder import (RunFolder, RunLock, check_writable, read_manifest, remove_partial, why_not_finished,
                                   write_manifest)
 from pipelines.stages import STAGES, Stage, StageContext
@@ -39,11 +40,7 @@ def start_checkpoint(cfg: PipelineConfig, stage: Stage) -> Path | None:
     before = [s for s in STAGES[:STAGES.index(stage)] if s.trains_policy and s.enabled(cfg)]
     if before:
         return RunFolder(cfg.run_dir).stage(before[-1].name)
-    if cfg.model.kind == "hf":
-        return Path(cfg.model.path)
-    if cfg.model.kind == "gguf":
-        return RunFolder(cfg.run_dir).base
-    return None  # a fresh tiny model (SFT builds it)
+    return base_model_dir(cfg)  # the resolved hf model / converted gguf; None: a fresh tiny model (SFT builds it)
 
 
 def run_pipeline(cfg: PipelineConfig, say: Callable[[str], None] = print) -> dict:

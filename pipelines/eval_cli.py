@@ -49,6 +49,9 @@ def _checkpoint(checkpoint: str) -> Path:
 
 def eval_command(checkpoint: str, args: Sequence[str], out: str = "", say: Callable[[str], None] = print,
                  benchmarks: Sequence[str] = ()) -> int:
+    from pipelines.stages.base import quiet_libraries
+
+    quiet_libraries()
     path = _checkpoint(checkpoint)
     if out and not Path(out).resolve().parent.is_dir():
         raise ConfigError(f"--out {out}: folder {Path(out).resolve().parent} does not exist")

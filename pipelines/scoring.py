@@ -17,7 +17,7 @@ from rl.callbacks import make_bar
 from rl.generation import generate
 
 if TYPE_CHECKING:
-    from pipelines.config.schema import EvalSection
+    from pipelines.config.schema import EvalSection, PipelineConfig
 
 CODE_COLUMNS = ("tests", "entry_point", "test_setup_code", "test_imports")
 
@@ -78,6 +78,17 @@ def evaluate_model(model, tokenizer, rows: list[dict], cfg: "EvalSection", desc:
     if benchmarks:
         result["benchmarks"] = evaluate_benchmarks(model, tokenizer, benchmarks, cfg, seed=seed, desc=desc)
     return result
+
+
+def evaluate_stage(model, tokenizer, cfg: "PipelineConfig", desc: str, benchmarks: bool = True) -> dict:
+    """What every training stage measures of its model: greedy pass@1 on the run's held-out split and, with
+    `benchmarks`, on the run's prepared `eval.benchmarks` (results under "benchmarks")."""
+    from pipelines.data import benchmark_data
+    from pipelines.run_folder import RunFolder, read_jsonl
+
+    rows = read_jsonl(RunFolder(cfg.run_dir).data("heldout"))
+    bench = benchmark_data(cfg.run_dir, cfg.eval) if benchmarks and cfg.eval.benchmarks else None
+    return evaluate_model(model, tokenizer, rows, cfg.eval, desc=desc, benchmarks=bench, seed=cfg.run.seed)
 
 
 def evaluate_benchmarks(model, tokenizer, benchmarks: Mapping[str, dict], cfg: "EvalSection", seed: int = 0,
@@ -159,7 +170,7 @@ def scorer_for(cfg: "EvalSection"):
 
 
 def evaluate_checkpoint(path: str | Path, rows: list[dict], cfg: "EvalSection", seed: int = 0, desc: str = "eval",
-                        benchmarks: Mapping[str, dict] | None = None) -> dict:
+                        benchmarks: Mapping[str, dict] | None = None, device: str | None = None) -> dict:
     """Greedy pass@1 of the checkpoint at `path`, plus test-time scaling when `cfg.samples > 0`;
     also its parameter count and accuracy per billion parameters ("knowledge density"). Benchmarks:
     `benchmarks` if given, else those of `cfg.benchmarks` the checkpoint's run folder has prepared
@@ -172,7 +183,8 @@ def evaluate_checkpoint(path: str | Path, rows: list[dict], cfg: "EvalSection", 
         from pipelines.data import benchmark_data
 
         benchmarks = benchmark_data(Path(path).parent, cfg)
-    model, tok = load_policy(path)
+    # bf16 weights where the device computes in bf16 ("auto"), fp32 on CPUs without it
+    model, tok = load_policy(path, "auto" if device else "float32", device=device)
     params = count_params(model)
     greedy = evaluate_model(model, tok, rows, cfg, desc=f"{desc}: greedy")
     out = {"accuracy": greedy["accuracy"], "params": params, "accuracy_per_billion_params": greedy["accuracy"] / (params / 1e9),

@@ -24,7 +24,7 @@ POSITIVE = {
     "grpo": ("max_steps", "learning_rate", "prompts_per_step", "temperature", "max_completion_length",
              "num_workers", "sync_every", "logging_steps", "num_iterations", "epsilon"),
     "distill": ("samples_per_prompt", "num_prompts", "temperature", "max_new_tokens", "keep_per_prompt",
-                "rollout_workers", "rollout_cpus", "epochs", "learning_rate", "batch_size", "cpus"),
+                "rollout_workers", "rollout_cpus", "epochs", "learning_rate", "batch_size", "max_length", "cpus"),
     "eval": ("max_new_tokens", "batch_size", "cpus"),
     "task": ("num_heldout",),
 }

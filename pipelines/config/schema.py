@@ -198,6 +198,7 @@ class DistillSection:
     epochs: float = 2.0
     learning_rate: float = 1e-3
     batch_size: int = 32
+    max_length: int = 256  # longest training sequence (prompt + trace) in tokens; raise it for long CoT
     bf16: bool = False  # bf16 autocast for the students' training (rl.sft.SFTParams.bf16)
     cpus: float = 1.0  # the students' training task
     gpus: float = 0.0

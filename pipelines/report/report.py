@@ -10,8 +10,9 @@ from pipelines.config.schema import PipelineConfig, to_dict
 from rl.metrics import generate_flops, train_flops
 
 KEEP = ("accuracy", "accuracy_before", "params", "wall_time_s", "train_time_s", "steps", "traces",
-        "teacher_params", "num_workers", "reward_first", "reward_last", "students", "num_tokens")
-FROM_EVAL = ("pass@k", "maj@k", "tts", "accuracy_per_billion_params", "mean_completion_tokens")
+        "teacher_params", "num_workers", "reward_first", "reward_last", "students", "num_tokens", "benchmarks",
+        "unparsed_gold")
+FROM_EVAL = ("pass@k", "maj@k", "tts", "accuracy_per_billion_params", "mean_completion_tokens", "benchmarks")
 
 
 def stage_flops(name: str, m: dict) -> float | None:
@@ -72,12 +73,13 @@ def _density(x: float) -> str:
 
 def _tables(report: dict) -> list[tuple[str, list[tuple[str, ...]]]]:
     """The report's tables as (title, rows with a header row first)."""
-    rows = [("stage", "params", "held-out acc", "acc / B params", "FLOPs", "wall time")]
+    bench = _benchmark_columns(report)
+    rows = [("stage", "params", "held-out acc", *(title for title, _ in bench), "acc / B params", "FLOPs", "wall time")]
     for name, m in report["stages"].items():
         density = m["accuracy"] / (m["params"] / 1e9) if m.get("params") else 0.0
         flops = f"{m['flops']:.2e}" if m.get("flops") else "-"
-        rows.append((name, f"{m['params']:,}", f"{100 * m['accuracy']:.1f} %", _density(density), flops,
-                     f"{m.get('wall_time_s', 0):.0f} s"))
+        rows.append((name, f"{m['params']:,}", f"{100 * m['accuracy']:.1f} %", *(cell(m) for _, cell in bench),
+                     _density(density), flops, f"{m.get('wall_time_s', 0):.0f} s"))
     out = [("", rows)]
     students = report["stages"].get("distill", {}).get("students")
     if students:
@@ -96,6 +98,43 @@ def _tables(report: dict) -> list[tuple[str, list[tuple[str, ...]]]]:
     return out
 
 
+def _benchmark_columns(report: dict) -> list[tuple[str, Callable[[dict], str]]]:
+    """One column per benchmark measured by any stage (greedy accuracy), plus `<name> maj@K` at the largest
+    K when sampled; "-" where a stage did not measure it."""
+    cols: dict[str, int] = {}
+    for m in report["stages"].values():
+        for name, b in (m.get("benchmarks") or {}).items():
+            ks = [int(k) for k in (b.get("maj@k") or {})]
+            cols[name] = max([cols.get(name, 0), *ks])
+
+    def greedy(name: str) -> Callable[[dict], str]:
+        return lambda m: f"{100 * m['benchmarks'][name]['accuracy']:.1f} %" if name in (m.get("benchmarks") or {}) else "-"
+
+    def maj(name: str, k: int) -> Callable[[dict], str]:
+        def cell(m: dict) -> str:
+            v = ((m.get("benchmarks") or {}).get(name, {}).get("maj@k") or {}).get(str(k))
+            return f"{100 * v:.1f} %" if v is not None else "-"
+        return cell
+
+    out: list[tuple[str, Callable[[dict], str]]] = []
+    for name, k in cols.items():
+        out.append((name, greedy(name)))
+        if k:
+            out.append((f"{name} maj@{k}", maj(name, k)))
+    return out
+
+
+def _unparsed_notes(report: dict) -> list[str]:
+    """Gold answers the verifier could not read are left out of accuracy, never scored 0 or 1: say so."""
+    notes = []
+    for stage, m in report["stages"].items():
+        for name, b in [("held-out", m), *(m.get("benchmarks") or {}).items()]:
+            if b.get("unparsed_gold"):
+                notes.append(f"note: {stage} {name}: {b['unparsed_gold']} gold answer(s) could not be parsed; "
+                             f"left out of the accuracy")
+    return notes
+
+
 def print_table(report: dict, say: Callable[[str], None] = print) -> None:
     for title, rows in _tables(report):
         if title:
@@ -103,6 +142,8 @@ def print_table(report: dict, say: Callable[[str], None] = print) -> None:
         _table(rows, say)
     for k, v in report["summary"].items():
         say(f"{k}: {v:.3f}" if isinstance(v, float) else f"{k}: {v}")
+    for note in _unparsed_notes(report):
+        say(note)
 
 
 def write_markdown(run_dir: Path, report: dict, plots: list[Path]) -> Path:

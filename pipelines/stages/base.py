@@ -89,6 +89,11 @@ def start_task(cpus: float) -> None:
     quiet_libraries()
 
 
+def device_for(gpus: float) -> str | None:
+    """Where a stage task that holds `gpus` GPUs computes: its GPU (Ray sets CUDA_VISIBLE_DEVICES), else the CPU."""
+    return "cuda" if gpus > 0 else None
+
+
 def quiet_libraries() -> None:
     """No library progress bars or advisory warnings: each stage reports its own progress in whole lines
     (the driver runs some stage work itself, e.g. writing distillation traces)."""

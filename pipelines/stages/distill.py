@@ -26,8 +26,8 @@ from pipelines.config.schema import ConfigError
 from pipelines.models import load_tokenizer, new_model, save_checkpoint
 from pipelines.report import tracking
 from pipelines.run_folder import RunFolder, read_jsonl, write_jsonl
-from pipelines.scoring import evaluate_model, row_scores
-from pipelines.stages.base import Actor, Resources, Stage, StageContext, start_task
+from pipelines.scoring import evaluate_stage, row_scores
+from pipelines.stages.base import Actor, Resources, Stage, StageContext, device_for, start_task
 from rewards.registry import get_reward
 from rl.callbacks import MetricHistory, Progress, make_bar
 from rl.metrics import generate_flops, train_flops
@@ -79,7 +79,9 @@ def teacher_path(cfg: "PipelineConfig", name: str) -> Path:
 
 def _accept(cfg, completions: list[str], rows: list[dict]) -> list[bool]:
     correct = row_scores(completions, rows)  # the same verifier as held-out evaluation
-    formatted = get_reward("strict_format")(completions) if cfg.distill.require_format else [1.0] * len(rows)
+    # The prompts go along: a template that pre-fills <think> leaves it out of the completion.
+    formatted = (get_reward("strict_format")(completions, prompts=[r["prompt"] for r in rows])
+                 if cfg.distill.require_format else [1.0] * len(rows))
     return [c == 1.0 and f == 1.0 for c, f in zip(correct, formatted)]
 
 
@@ -205,14 +207,15 @@ def train_students(cfg: "PipelineConfig", ctx: StageContext) -> dict:
     d, out = cfg.distill, ctx.out_dir
     start_task(d.cpus)
     tok = load_tokenizer(cfg)
-    heldout = read_jsonl(RunFolder(cfg.run_dir).data("heldout"))
+    device = device_for(d.gpus)
     run = tracking.start_stage_run(cfg, "distill")
-    params = SFTParams(epochs=d.epochs, learning_rate=d.learning_rate, batch_size=d.batch_size, bf16=d.bf16)
+    params = SFTParams(epochs=d.epochs, learning_rate=d.learning_rate, batch_size=d.batch_size, bf16=d.bf16,
+                       max_length=d.max_length)
     students, flops, teachers = [], 0.0, {}
     for si, (sname, scfg) in enumerate(d.students.items()):
         for mi, mname in enumerate(d.mixes):
             traces = read_jsonl(out / "mixes" / f"{mname}.jsonl")
-            model = _student(cfg, scfg, tok)
+            model = _student(cfg, scfg, tok).to(device or "cpu")
             dest = out if si == mi == 0 else out / "students" / f"{sname}-{mname}"
             start = time.monotonic()
             if d.method == "logit":
@@ -220,22 +223,25 @@ def train_students(cfg: "PipelineConfig", ctx: StageContext) -> dict:
 
                 name = max(d.mixes[mname].teachers.items(), key=lambda kv: kv[1])[0]
                 if name not in teachers:  # one load per teacher, not per (student, mix)
-                    teachers[name] = load_policy(teacher_path(cfg, name))[0]
+                    teachers[name] = load_policy(teacher_path(cfg, name), device=device)[0]
                 m = logit_distill(model, teachers[name], tok, traces, dest / "trainer", params,
                                   beta=d.logit_beta, lmbda=d.logit_lmbda, seed=cfg.run.seed,
-                                  max_new_tokens=d.max_new_tokens, report_to=tracking.report_to(cfg))
+                                  max_new_tokens=d.max_new_tokens, report_to=tracking.report_to(cfg),
+                                  use_cpu=not d.gpus)
             else:
                 m = sft_train(model, tok, traces, dest / "trainer", params, seed=cfg.run.seed, use_cpu=not d.gpus,
                               report_to=tracking.report_to(cfg), callbacks=[Progress(f"distill: {sname} on {mname}"),
                                                                    MetricHistory(dest / "history.jsonl")])
             train_time = time.monotonic() - start
             save_checkpoint(model, tok, dest)
-            ev = evaluate_model(model, tok, heldout, cfg.eval, desc=f"distill: eval {sname} on {mname}")
+            # The stage's checkpoint (first student, first mix) is also measured on eval.benchmarks.
+            ev = evaluate_stage(model, tok, cfg, f"distill: eval {sname} on {mname}", benchmarks=si == mi == 0)
             n = count_params(model)
             flops += train_flops(n, m.get("num_tokens", 0))
             students.append({"student": sname, "mix": mname, "params": n, "accuracy": ev["accuracy"],
                              "train_time_s": train_time, "steps": m["steps"], "num_tokens": m.get("num_tokens", 0),
-                             "traces": len(traces), "path": str(dest.relative_to(out)), "samples": ev["samples"]})
+                             "traces": len(traces), "path": str(dest.relative_to(out)), "samples": ev["samples"],
+                             "benchmarks": ev.get("benchmarks", {})})
             if run is not None:
                 run.log({f"students/{sname}/{mname}/accuracy": ev["accuracy"]})
     main = students[0]
@@ -243,4 +249,4 @@ def train_students(cfg: "PipelineConfig", ctx: StageContext) -> dict:
                     checkpoint=out)
     return {"accuracy": main["accuracy"], "params": main["params"], "steps": main["steps"],
             "train_time_s": sum(s["train_time_s"] for s in students), "students": students, "flops": flops,
-            "samples": main["samples"]}
+            "samples": main["samples"], "benchmarks": main["benchmarks"]}

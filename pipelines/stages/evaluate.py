@@ -10,7 +10,7 @@ from cluster.runtime import run_task
 from pipelines.report import tracking
 from pipelines.run_folder import RunFolder, read_jsonl, write_json
 from pipelines.scoring import evaluate_checkpoint
-from pipelines.stages.base import Resources, Stage, StageContext, StageError, start_task
+from pipelines.stages.base import Resources, Stage, StageContext, StageError, device_for, start_task
 
 if TYPE_CHECKING:
     from pipelines.config.schema import PipelineConfig
@@ -37,7 +37,8 @@ def _measure(cfg: "PipelineConfig", ctx: StageContext, checkpoints: dict[str, st
     start_task(cfg.eval.cpus)
     rows = read_jsonl(RunFolder(cfg.run_dir).data("heldout"))
     run = tracking.start_stage_run(cfg, "eval")
-    results = {stage: evaluate_checkpoint(path, rows, cfg.eval, seed=cfg.run.seed, desc=f"eval {stage}")
+    device = device_for(cfg.eval.gpus)
+    results = {stage: evaluate_checkpoint(path, rows, cfg.eval, seed=cfg.run.seed, desc=f"eval {stage}", device=device)
                for stage, path in checkpoints.items()}
     write_json(ctx.out_dir / "results.json", results)
     last = list(results)[-1]

@@ -21,7 +21,7 @@ from cluster import placement
 from cluster.runtime import run_worker_group, worker_context
 from pipelines.report import tracking
 from pipelines.run_folder import RunFolder, read_json_or_none, read_jsonl, write_json
-from pipelines.scoring import evaluate_model
+from pipelines.scoring import evaluate_stage
 from pipelines.stages.base import Actor, Resources, Stage, StageContext, StageError, start_task
 from rewards.registry import build_rewards
 from rl.callbacks import Progress, TimeBudget
@@ -204,8 +204,9 @@ def _train_loop(config: dict) -> None:
         unset_hf_deepspeed_config()
     # The whole curve, including what a resumed run restored from its checkpoint.
     tracking.write_history(out / "history.jsonl", trainer.state.log_history)
-    model, _ = load_policy(out)  # the consolidated weights, whatever the learner's sharding was
-    after = evaluate_model(model.cpu(), tok, read_jsonl(folder.data("heldout")), cfg.eval, desc="grpo: eval")
+    # The consolidated weights, whatever the learner's sharding was, on this worker's device.
+    model, _ = load_policy(out, "auto" if g.use_gpu else "float32", device=f"cuda:{local_rank}" if g.use_gpu else None)
+    after = evaluate_stage(model, tok, cfg, "grpo: eval")
     history = [h for h in trainer.state.log_history if "reward" in h]
     metrics = {
         "accuracy": after["accuracy"], "params": count_params(model), "train_time_s": train_time,
@@ -214,7 +215,8 @@ def _train_loop(config: dict) -> None:
         "rollout_workers": g.rollout_workers, "resumed_from": str(resume) if resume else None,
         "reward_first": history[0]["reward"] if history else None,
         "reward_last": history[-1]["reward"] if history else None,
-        "samples": after["samples"],
+        "samples": after["samples"], "benchmarks": after.get("benchmarks", {}),
+        "unparsed_gold": after.get("unparsed_gold", 0),
         # The logged curve, compact: on-policy reward, dynamic sampling and rollout timings.
         "log": [{k: round(h[k], 4) for k in _LOGGED if k in h} | {"step": h["step"]} for h in history],
     }

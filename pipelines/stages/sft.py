@@ -11,7 +11,7 @@ from cluster.runtime import run_task
 from pipelines.models import load_tokenizer, new_model, save_checkpoint
 from pipelines.report import tracking
 from pipelines.run_folder import RunFolder, read_jsonl
-from pipelines.scoring import evaluate_model
+from pipelines.scoring import evaluate_stage
 from pipelines.stages.base import Resources, Stage, StageContext, start_task
 from rl.callbacks import MetricHistory, Progress
 from rl.modeling import count_params
@@ -57,10 +57,9 @@ def train(cfg: "PipelineConfig", ctx: StageContext, stage: str, time_budget_s: f
     model = new_model(cfg.model, tok, cfg.run.seed, base_dir=folder.base)
     if cfg.sft.gpus:
         model = model.to("cuda")
-    heldout = read_jsonl(folder.data("heldout"))
     cold = read_jsonl(folder.data("cold_start"))
     run = tracking.start_stage_run(cfg, stage)
-    before = evaluate_model(model, tok, heldout, cfg.eval, desc=f"{stage}: eval before")
+    before = evaluate_stage(model, tok, cfg, f"{stage}: eval before", benchmarks=False)
     params = cfg.sft if max_steps < 0 else dataclasses.replace(cfg.sft, epochs=1e6, max_steps=max_steps)
     start = time.monotonic()
     metrics = sft_train(model, tok, cold, out / "trainer", params, seed=cfg.run.seed, use_cpu=not cfg.sft.gpus,
@@ -68,11 +67,12 @@ def train(cfg: "PipelineConfig", ctx: StageContext, stage: str, time_budget_s: f
                         callbacks=[Progress(f"{stage}: train"), MetricHistory(out / "history.jsonl")])
     train_time = time.monotonic() - start
     save_checkpoint(model, tok, out)
-    after = evaluate_model(model, tok, heldout, cfg.eval, desc=f"{stage}: eval")
+    after = evaluate_stage(model, tok, cfg, f"{stage}: eval")
     result = {
         "accuracy": after["accuracy"], "accuracy_before": before["accuracy"], "params": count_params(model),
         "train_time_s": train_time, "steps": metrics["steps"], "train_loss": metrics["train_loss"],
         "num_tokens": metrics["num_tokens"], "num_examples": len(cold), "samples": after["samples"],
+        "benchmarks": after.get("benchmarks", {}), "unparsed_gold": after.get("unparsed_gold", 0),
     }
     tracking.finish(run, {"eval/accuracy": after["accuracy"], "eval/accuracy_before": before["accuracy"],
                           "params": result["params"]}, eval_samples=after["samples"], checkpoint=out)
