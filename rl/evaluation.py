@@ -34,7 +34,7 @@ class TTSParams:
     prm_path: str = ""  # a learned process reward model (sequence classifier) instead of `scorer`
     beam_widths: tuple[int, ...] = ()  # step-level beam search at these widths (needs a scorer)
     beam_expansions: int = 2
-    max_steps: int = 8
+    beam_max_rounds: int = 8  # beam search: rounds (steps) before an unfinished solution is cut off
     max_step_tokens: int = 16
     step_delimiters: tuple[str, ...] = (".",)
     stages: tuple[str, ...] = ("sft", "grpo", "distill")  # checkpoints the eval stage measures
@@ -48,7 +48,7 @@ class TTSParams:
 
         for name in ("samples", "num_problems"):
             v.positive_int(name, getattr(self, name), minimum=0)
-        for name in ("beam_expansions", "max_steps", "max_step_tokens"):
+        for name in ("beam_expansions", "beam_max_rounds", "max_step_tokens"):
             v.positive_int(name, getattr(self, name))
         if self.samples or self.beam_widths:
             v.finite("temperature", self.temperature, low=0, low_open=True)
@@ -118,7 +118,7 @@ def tts_evaluate(model, tokenizer, rows: Sequence[dict], p: TTSParams, judge: Ju
         prompts = [r["prompt"] for r in rows]
         for w in p.beam_widths:
             found = beam_search(prompts, extend, scorer, BeamParams(width=w, expansions=p.beam_expansions,
-                                                                    max_steps=p.max_steps))
+                                                                    max_rounds=p.beam_max_rounds))
             right = judge.correct([b.completion for b in found], rows)
             curves.setdefault("beam", []).append({"k": w, "tokens": mean([b.tokens for b in found]),
                                                   "accuracy": mean([float(x) for x in right])})

@@ -30,7 +30,7 @@ Score = Callable[[list[str], list[str]], list[float]]
 class BeamParams:
     width: int = 4  # partial solutions kept per problem
     expansions: int = 2  # sampled next steps per kept partial solution
-    max_steps: int = 8  # rounds; unfinished solutions are cut off after this many steps
+    max_rounds: int = 8  # unfinished solutions are cut off after this many steps
 
 
 @dataclass
@@ -43,12 +43,12 @@ class BeamResult:
 
 def beam_search(prompts: Sequence[str], extend: Extend, score: Score, params: BeamParams) -> list[BeamResult]:
     """Step-level beam search for every prompt at once (one batched `extend` call per round)."""
-    if params.width < 1 or params.expansions < 1 or params.max_steps < 1:
-        raise ValueError(f"beam search: width, expansions and max_steps must be >= 1, got {params}")
+    if params.width < 1 or params.expansions < 1 or params.max_rounds < 1:
+        raise ValueError(f"beam search: width, expansions and max_rounds must be >= 1, got {params}")
     # beams[i]: list of (partial, score, finished) for problem i; start from the empty solution.
     beams: list[list[tuple[str, float, bool]]] = [[("", 0.0, False)] for _ in prompts]
     tokens = [0] * len(prompts)
-    for _ in range(params.max_steps):
+    for _ in range(params.max_rounds):
         todo = [(i, partial) for i, bs in enumerate(beams) for partial, _, done in bs if not done]
         if not todo:
             break

@@ -67,11 +67,11 @@ def _toy_score(prompts, partials):
 
 
 def test_beam_search_on_toy_scorer_keeps_the_best_and_counts_every_token():
-    [res] = beam_search(["q|"], _toy_extend, _toy_score, BeamParams(width=2, expansions=2, max_steps=5))
+    [res] = beam_search(["q|"], _toy_extend, _toy_score, BeamParams(width=2, expansions=2, max_rounds=5))
     assert (res.completion, res.score, res.finished) == ("aaa", 3.0, True)
     # round 1: 1 beam x 2, round 2: 2 x 2, round 3: 2 x 2 -> 10 tokens, pruned candidates included
     assert res.tokens == 10
-    [greedy] = beam_search(["q|"], _toy_extend, _toy_score, BeamParams(width=1, expansions=2, max_steps=5))
+    [greedy] = beam_search(["q|"], _toy_extend, _toy_score, BeamParams(width=1, expansions=2, max_rounds=5))
     assert greedy.completion == "aaa" and greedy.tokens == 6
 
 
@@ -88,8 +88,8 @@ def test_beam_search_needs_width_to_escape_a_trap():
     def score(prompts, partials):
         return [{"a": 0.6, "b": 0.5}.get(p, 1.0 if p.startswith("bc") else 0.0) for p in partials]
 
-    [narrow] = beam_search(["q|"], extend, score, BeamParams(width=1, expansions=2, max_steps=4))
-    [wide] = beam_search(["q|"], extend, score, BeamParams(width=2, expansions=2, max_steps=4))
+    [narrow] = beam_search(["q|"], extend, score, BeamParams(width=1, expansions=2, max_rounds=4))
+    [wide] = beam_search(["q|"], extend, score, BeamParams(width=2, expansions=2, max_rounds=4))
     assert narrow.completion == "ax" and narrow.score == 0.0
     assert wide.completion == "bcc" and wide.score == 1.0
 
@@ -115,7 +115,7 @@ def test_beam_search_with_a_real_tiny_model(tmp_path):
     extend = hf_step_extender(model, tok, step_delimiters=["."], max_step_tokens=6, temperature=1.0)
     prompts = ["Mia has 7 pens. She buys 5 more.\n", "Tom has 3 pens. He buys 1 more.\n"]
     out = beam_search(prompts, extend, lambda ps, xs: [float(len(x)) for x in xs],
-                      BeamParams(width=2, expansions=2, max_steps=3))
+                      BeamParams(width=2, expansions=2, max_rounds=3))
     assert len(out) == 2
     for r in out:
         # At most 1x2 + 2x2 + 2x2 step samples of <= 6 tokens each (+1 for an EOS).
