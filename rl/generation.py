@@ -37,17 +37,19 @@ def generate(model, tokenizer, prompts: Sequence[str], *, num_samples: int = 1, 
     model's device, so a model on CUDA generates there.
     """
     from rl.decoding import sample
+    from rl.modeling import eos_token_ids
 
     if seed is not None:
         torch.manual_seed(seed)
     model = decoding_model(model, dtype)
     flat = [p for p in prompts for _ in range(num_samples)]
-    eos = tokenizer.eos_token_id
+    eos = eos_token_ids(model, tokenizer)
     out: list[str] = []
     for start in range(0, len(flat), batch_size):
         chunk = flat[start:start + batch_size]
-        ids = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in chunk]
-        done, _ = sample(model, ids, max_new_tokens=max_new_tokens, eos_token_ids=[eos] if eos is not None else [],
+        # Tokenized as TRL tokenizes prompts for training: with the tokenizer's special tokens (e.g. a BOS it adds).
+        ids = [tokenizer(p)["input_ids"] for p in chunk]
+        done, _ = sample(model, ids, max_new_tokens=max_new_tokens, eos_token_ids=eos,
                          pad_token_id=tokenizer.pad_token_id, temperature=temperature or 1.0,
                          greedy=temperature <= 0, logprobs=False)
         out.extend(tokenizer.batch_decode(done, skip_special_tokens=True))

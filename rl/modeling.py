@@ -120,22 +120,33 @@ def resolve_attn_implementation(name: str, dtype: torch.dtype, device: str | tor
     return "sdpa"
 
 
+def eos_token_ids(model, tokenizer) -> list[int]:
+    """Every id that ends a completion: the model's generation config may name several (chat models end a
+    turn with e.g. <|im_end|> as well as <|endoftext|>), plus the tokenizer's own EOS."""
+    ids = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    ids = [] if ids is None else [ids] if isinstance(ids, int) else list(ids)
+    if tokenizer.eos_token_id is not None and tokenizer.eos_token_id not in ids:
+        ids = [tokenizer.eos_token_id, *ids]
+    return ids
+
+
 def load_policy(path: str | Path, dtype: str | torch.dtype = torch.float32, *, attn_implementation: str = "auto",
-                device: str | torch.device | None = None):
+                device: str | torch.device | None = None, trust_remote_code: bool = False):
     """(model, tokenizer) from a Hugging Face folder, tokenizer padded on the left for generation.
 
     The weights are loaded in `dtype` (a torch dtype or a name of `rl.params.DTYPES`) straight onto
     `device` (None = CPU), with `attn_implementation` resolved by `resolve_attn_implementation`."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(path)
+    tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
     tokenizer.padding_side = "left"
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     dt = resolve_dtype(dtype, device)
     kwargs = {"device_map": {"": str(torch.device(device))}} if device is not None else {}
     model = AutoModelForCausalLM.from_pretrained(
-        path, dtype=dt, attn_implementation=resolve_attn_implementation(attn_implementation, dt, device), **kwargs)
+        path, dtype=dt, attn_implementation=resolve_attn_implementation(attn_implementation, dt, device),
+        trust_remote_code=trust_remote_code, **kwargs)
     return model, tokenizer
 
 

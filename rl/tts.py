@@ -83,7 +83,9 @@ def hf_step_extender(model, tokenizer, *, step_delimiters: Sequence[str], max_st
     """`extend` for beam search with Hugging Face `generate`: sample up to the first step delimiter
     (stop strings), EOS, or `max_step_tokens`. A continuation is finished when it ended with EOS rather
     than a delimiter (or produced no text)."""
-    eos = tokenizer.eos_token_id
+    from rl.modeling import eos_token_ids
+
+    eos = eos_token_ids(model, tokenizer)
 
     @torch.no_grad()
     def extend(texts: list[str], n: int) -> list[list[tuple[str, int, bool]]]:
@@ -92,7 +94,7 @@ def hf_step_extender(model, tokenizer, *, step_delimiters: Sequence[str], max_st
         out: list[tuple[str, int, bool]] = []
         for start in range(0, len(flat), batch_size):
             chunk = flat[start:start + batch_size]
-            enc = tokenizer(chunk, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
+            enc = tokenizer(chunk, return_tensors="pt", padding=True).to(model.device)
             gen = model.generate(**enc, max_new_tokens=max_step_tokens, do_sample=temperature > 0,
                                  temperature=temperature if temperature > 0 else None, top_p=None,
                                  top_k=0 if temperature > 0 else None, stop_strings=list(step_delimiters),
@@ -100,7 +102,7 @@ def hf_step_extender(model, tokenizer, *, step_delimiters: Sequence[str], max_st
             new = gen[:, enc["input_ids"].shape[1]:]
             for row in new:
                 ids = row.tolist()
-                stops = [j for j, t in enumerate(ids) if t in (eos, tokenizer.pad_token_id)]
+                stops = [j for j, t in enumerate(ids) if t in eos or t == tokenizer.pad_token_id]
                 ids = ids[: stops[0]] if stops else ids
                 text = tokenizer.decode(ids, skip_special_tokens=True)
                 # Finished pads with the pad token, which may be EOS itself: a step that ends in a
