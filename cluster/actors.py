@@ -15,7 +15,11 @@ latest weights), and the work is retried on the fresh actor. The three call shap
   the replacement (up to `max_retries` times, then the error is raised).
 - `call_all`: the same call on every actor (broadcast), retried once on a replacement.
 
-A pool is driven by one thread at a time. It pickles (e.g. into a Ray Train worker): the copy keeps the
+A group whose members depend on each other (the learner ranks of `cluster.learners`, joined in one
+torch.distributed group) is not retried call by call: `submit_each` hands out one call per actor without
+retries and `restart` replaces every actor at once.
+
+A pool is driven by one thread at a time. It pickles (e.g. into a learner worker): the copy keeps the
 same actors and can replace them; replacements it makes belong to the process that made them.
 """
 
@@ -43,8 +47,7 @@ def split_evenly(n: int, parts: int) -> list[slice]:
     return out
 
 
-@ray.remote
-class Host:
+class _Host:
     """The Ray actor behind every pool slot: builds `factory()` and runs its methods."""
 
     def __init__(self, factory: Callable[[], Any]) -> None:
@@ -71,6 +74,22 @@ class Host:
         self.close()
 
 
+_HOSTS: dict[str, Any] = {}
+
+
+def host_class(kind: str = "Host"):
+    """The Ray actor class of a pool's actors, named `kind`: its processes are titled `ray::<kind>` (so a
+    learner process can be told from a rollout one in `ps`), otherwise every kind is the same `_Host`."""
+    if kind not in _HOSTS:
+        if not kind.isidentifier():
+            raise ValueError(f"actor kind {kind!r} must be an identifier")
+        _HOSTS[kind] = ray.remote(type(kind, (_Host,), {"__module__": __name__, "__qualname__": kind}))
+    return _HOSTS[kind]
+
+
+Host = host_class("Host")
+
+
 class ActorPool:
     """`num_actors` actors, each reserving `num_cpus` CPUs and `num_gpus` GPUs (fractions allowed) and
     hosting `factory()`.
@@ -78,25 +97,28 @@ class ActorPool:
     `placement_group`, when given, pins actor i to bundle `bundle_offset + i`; with
     `release_placement_group=True` the pool owns it and `shutdown` removes it, so the reserved CPUs/GPUs
     go back to the stages that follow. `on_replace(actor)` runs on every replacement actor before it is
-    given the failed work (the rest of the pool is reachable through `actors`). The constructor returns
-    once every actor has built its object, so a factory that fails, fails here."""
+    given the failed work (the rest of the pool is reachable through `actors`). `kind` names the actors'
+    class (`host_class`). The constructor returns once every actor has built its object, so a factory
+    that fails, fails here; with `start_timeout_s`, actors not started by then (Ray could not place them)
+    raise `ray.exceptions.GetTimeoutError`."""
 
     def __init__(self, factory: Callable[[], Any], *, num_actors: int = 1, num_cpus: float = 1.0,
                  num_gpus: float = 0.0, placement_group=None, bundle_offset: int = 0,
                  release_placement_group: bool = False,
-                 on_replace: Callable[[ActorHandle], None] | None = None) -> None:
+                 on_replace: Callable[[ActorHandle], None] | None = None, kind: str = "Host",
+                 start_timeout_s: float | None = None) -> None:
         if num_actors < 1:
             raise ValueError("an actor pool needs num_actors >= 1")
-        self.factory, self.num_cpus, self.num_gpus = factory, num_cpus, num_gpus
+        self.factory, self.num_cpus, self.num_gpus, self.kind = factory, num_cpus, num_gpus, kind
         self.placement_group, self.bundle_offset = placement_group, bundle_offset
         self.release_placement_group = release_placement_group
         self.on_replace = on_replace
-        self.replacements = 0
+        self.replacements = self.restarts = 0
         self.closed = False
         self.actors: list[ActorHandle] = []
         try:
             self.actors = [self._new_actor(slot) for slot in range(num_actors)]
-            ray.get([a.pid.remote() for a in self.actors])
+            ray.get([a.pid.remote() for a in self.actors], timeout=start_timeout_s)
         except BaseException:
             self.shutdown()
             raise
@@ -109,7 +131,7 @@ class ActorPool:
 
             opts["scheduling_strategy"] = PlacementGroupSchedulingStrategy(
                 placement_group=self.placement_group, placement_group_bundle_index=self.bundle_offset + slot)
-        return Host.options(**opts).remote(self.factory)
+        return host_class(self.kind).options(**opts).remote(self.factory)
 
     def _check_open(self) -> None:
         if self.closed:
@@ -208,13 +230,37 @@ class ActorPool:
                 out.append(ray.get(self._replace(slot, actor).call.remote(method, *args)))
         return out
 
+    def submit_each(self, method: str, args: Sequence[tuple]) -> list[ray.ObjectRef]:
+        """Start `method(*args[i])` on actor i, one call per actor, and return the refs: no retries (a dead
+        actor's ref raises); for groups whose members cannot be replaced one by one (see `restart`)."""
+        self._check_open()
+        if len(args) != len(self.actors):
+            raise ValueError(f"submit_each needs one argument tuple per actor ({len(self.actors)}), got {len(args)}")
+        return [a.call.remote(method, *item) for a, item in zip(self.actors, args)]
+
+    def restart(self) -> None:
+        """Kill every actor and start a fresh one in each slot (same resources, same bundle), as when a
+        member of a torch.distributed group died and the whole group must start again. `on_replace` runs on
+        each new actor; returns once all of them have built their objects."""
+        self._check_open()
+        for a in self.actors:
+            ray.kill(a)
+        self.actors = [self._new_actor(slot) for slot in range(len(self.actors))]
+        ray.get([a.pid.remote() for a in self.actors])
+        self.restarts += 1
+        if self.on_replace is not None:
+            for a in self.actors:
+                self.on_replace(a)
+
     def shutdown(self, timeout_s: float = 10.0) -> None:
-        """Close every hosted object (`close()`, after the call an actor is running; up to `timeout_s`),
-        kill the actors, and remove the placement group if the pool owns it. Safe to call twice."""
+        """Close every hosted object (`close()`, after the call an actor is running; up to `timeout_s`;
+        0: kill at once), kill the actors, and remove the placement group if the pool owns it. Safe to call
+        twice."""
         self.closed = True
         if self.actors:
-            refs = [a.close.remote() for a in self.actors]
-            ray.wait(refs, num_returns=len(refs), timeout=timeout_s)
+            if timeout_s > 0:
+                refs = [a.close.remote() for a in self.actors]
+                ray.wait(refs, num_returns=len(refs), timeout=timeout_s)
             for a in self.actors:  # killed, not terminated: the placement group goes next, now
                 ray.kill(a)
             self.actors = []

@@ -1,27 +1,35 @@
-"""Where GRPO's learner and rollout workers run: resource plans and Ray placement groups.
+"""Where GRPO's learner and rollout workers run: resource plans and the Ray placement groups that hold them.
 
 Two modes, as in verl/OpenRLHF:
 
-- `colocated`: one rollout engine per learner worker, on the same device. On GPUs each side asks for
-  half a GPU so Ray packs them together (the engine must fit beside the learner: HF engines do, vLLM
-  needs `gpu_memory_utilization` set low). On CPUs the engine borrows the learner's cores: generation
-  and training alternate, so they do not compete unless overlap is on.
-- `disaggregated`: rollout workers get their own devices (whole GPUs, or their own CPUs), in their own
-  placement group, so generation never waits for the learner's memory.
+- `colocated`: one rollout engine per learner worker, on the same device. Learner i and rollout worker i
+  share bundle i of the learners' placement group ({CPU: the learner's CPUs, GPU: 1}); each asks for half
+  of the bundle's GPU, and Ray gives both actors of a bundle the bundle's GPU: same node, same GPU, and no
+  other learner or engine on it (the engine must fit beside the learner: HF engines do, vLLM needs
+  `gpu_memory_utilization` set low). On CPUs the engine borrows the learner's cores (0 CPUs of its own):
+  generation and training alternate, so they do not compete unless overlap is on.
+- `disaggregated`: rollout workers get their own devices (whole GPUs, as many as an engine's tensor
+  parallelism; or their own CPUs) in a placement group of their own, packed onto as few nodes as
+  possible, so generation never waits for the learner's memory. Learners are packed the same way.
 
-The plan is computed before anything starts and checked against the cluster, so a cluster that is too
-small fails with one line that says what is missing.
+The plan is computed before anything starts (`plan`) and checked against the cluster (`check`: totals, and
+every bundle must fit on one node), so a cluster that is too small fails with one line that says what is
+missing; `reserve` then creates the placement groups, and the learner group (`cluster.learners`) and the
+rollout pool (`cluster.rollout`) are started inside them. `rayzero cluster plan` runs the same functions on
+a simulated cluster (`cluster.simulate`).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any, Sequence
 
 import ray
 
 from cluster.runtime import ClusterError
 
 MODES = ("colocated", "disaggregated")
+MIN_BUNDLE_CPU = 0.001  # Ray refuses an empty bundle; a 0-CPU actor still fits in this one
 
 
 class PlacementError(ClusterError):
@@ -30,8 +38,8 @@ class PlacementError(ClusterError):
 
 @dataclass(frozen=True)
 class Plan:
-    learner: dict  # resources of one learner worker (Ray Train's resources_per_worker)
-    rollout: dict  # resources of one rollout worker
+    learner: dict  # resources of one learner actor
+    rollout: dict  # resources of one rollout actor
     num_learners: int
     num_rollout: int
     mode: str
@@ -44,40 +52,147 @@ class Plan:
                 out[k] = out.get(k, 0) + v * n
         return out
 
+    @property
+    def learner_bundle(self) -> dict:
+        """Bundle i of the learners' placement group: learner i, and rollout worker i when colocated."""
+        parts = (self.learner, self.rollout) if self.mode == "colocated" else (self.learner,)
+        return _bundle(parts)
+
+    @property
+    def rollout_bundle(self) -> dict:
+        """One bundle of the disaggregated rollout workers' own placement group."""
+        return _bundle((self.rollout,))
+
+    def bundles(self) -> list[dict]:
+        """Every bundle the plan reserves: the learners' then (disaggregated) the rollout workers'."""
+        rollout = [self.rollout_bundle] * self.num_rollout if self.mode == "disaggregated" else []
+        return [self.learner_bundle] * self.num_learners + rollout
+
+
+def _bundle(parts: Sequence[dict]) -> dict:
+    out: dict = {}
+    for res in parts:
+        for k, v in res.items():
+            out[k] = out.get(k, 0) + v
+    out = {k: v for k, v in out.items() if v}
+    return out if out.get("CPU") else {**out, "CPU": MIN_BUNDLE_CPU}
+
 
 def plan(mode: str, *, num_learners: int, learner_cpus: float, num_rollout: int, rollout_cpus: float,
-         use_gpu: bool) -> Plan:
+         use_gpu: bool, rollout_gpus: int = 1) -> Plan:
+    """Resources of each learner and rollout actor. `rollout_gpus`: GPUs one rollout engine spans (its
+    tensor-parallel size) on GPUs; a colocated engine has exactly its learner's one GPU."""
     if mode not in MODES:
         raise PlacementError(f"grpo.placement={mode!r} is not one of {list(MODES)}")
+    if rollout_gpus < 1 or rollout_gpus != int(rollout_gpus):
+        raise PlacementError(f"grpo.vllm.tensor_parallel_size={rollout_gpus!r}: must be a whole number >= 1")
     if mode == "colocated":
         if num_rollout != num_learners:
             raise PlacementError(f"colocated placement puts one rollout worker beside each learner worker: "
                                  f"rollout_workers={num_rollout} must equal num_workers={num_learners}")
+        if use_gpu and rollout_gpus > 1:
+            raise PlacementError(f"grpo.vllm.tensor_parallel_size={rollout_gpus} is larger than the 1 GPU of a "
+                                 f"colocated bundle (learner i and its engine share one GPU); use "
+                                 f"grpo.placement=disaggregated or tensor_parallel_size=1")
         gpu = {"GPU": 0.5} if use_gpu else {}
         return Plan({"CPU": learner_cpus, **gpu}, {"CPU": 0, **gpu}, num_learners, num_rollout, mode)
     gpu = {"GPU": 1} if use_gpu else {}
-    return Plan({"CPU": learner_cpus, **gpu}, {"CPU": rollout_cpus, **gpu}, num_learners, num_rollout, mode)
+    rgpu = {"GPU": int(rollout_gpus)} if use_gpu else {}
+    return Plan({"CPU": learner_cpus, **gpu}, {"CPU": rollout_cpus, **rgpu}, num_learners, num_rollout, mode)
 
 
-def check(p: Plan, available: dict | None = None) -> None:
-    """Raises PlacementError naming every resource the cluster lacks for plan `p`."""
+def cluster_nodes() -> list[dict]:
+    """Total resources of each live node of the connected cluster."""
+    return [dict(n["Resources"]) for n in ray.nodes() if n.get("Alive")]
+
+
+def check(p: Plan, available: dict | None = None, nodes: Sequence[dict] | None = None) -> None:
+    """Raises PlacementError naming what the cluster lacks for plan `p`: a resource in total, or a node
+    big enough for one bundle (a bundle never spans nodes). `available`: the cluster's totals (default:
+    the connected cluster's); `nodes`: each node's resources (checked only when given)."""
     have = ray.cluster_resources() if available is None else available
-    short = [f"{k} {v:g} (cluster has {have.get(k, 0):g})" for k, v in p.total.items() if have.get(k, 0) < v]
+    short = [f"{k} {v:g} (cluster has {have.get(k, 0):g})" for k, v in p.total.items() if have.get(k, 0) < v - 1e-9]
     if short:
         raise PlacementError(f"GRPO {p.mode} placement of {p.num_learners} learner + {p.num_rollout} rollout "
                              f"workers needs {', '.join(short)}; lower grpo.num_workers/rollout_workers or "
                              f"their CPUs, or add nodes")
+    if nodes is None:
+        return
+    for what, bundle in (("learner", p.learner_bundle), ("rollout", p.rollout_bundle)):
+        if what == "rollout" and (p.mode == "colocated" or not p.num_rollout):
+            continue
+        if not any(all(n.get(k, 0) >= v - 1e-9 for k, v in bundle.items()) for n in nodes):
+            biggest = max(nodes, key=lambda n: (n.get("GPU", 0), n.get("CPU", 0)), default={})
+            fields = "grpo.cpus" if what == "learner" else "grpo.rollout_cpus or grpo.vllm.tensor_parallel_size"
+            raise PlacementError(f"one GRPO {what} bundle needs {_fmt(bundle)} on a single node, but the largest "
+                                 f"node has {_fmt({k: biggest.get(k, 0) for k in bundle})}; lower {fields}, "
+                                 f"or add bigger nodes")
 
 
-def rollout_group(p: Plan, timeout_s: float = 60.0):
-    """A placement group with one bundle per rollout worker (PACK: same node where possible)."""
+def _fmt(res: dict) -> str:
+    return ", ".join(f"{k} {v:g}" for k, v in res.items())
+
+
+def reserve_bundles(bundles: list[dict], what: str, timeout_s: float = 120.0, strategy: str = "PACK"):
+    """A placement group of `bundles` (PACK: as few nodes as possible), once Ray has scheduled it; a group
+    not scheduled within `timeout_s` is removed and reported in one line."""
     from ray.util.placement_group import placement_group, remove_placement_group
 
-    bundles = [{k: v for k, v in p.rollout.items() if v} or {"CPU": 0.001} for _ in range(p.num_rollout)]
-    pg = placement_group(bundles, strategy="PACK")
+    pg = placement_group(bundles, strategy=strategy)
     ready, _ = ray.wait([pg.ready()], timeout=timeout_s)
     if not ready:
         remove_placement_group(pg)
-        raise PlacementError(f"rollout placement group {bundles} was not scheduled within {timeout_s:g}s "
-                             f"(cluster resources now: {ray.available_resources()})")
+        raise PlacementError(f"{what}: {len(bundles)} bundle(s) of {_fmt(bundles[0])} could not be placed within "
+                             f"{timeout_s:g}s (free now: {_fmt(_rounded(ray.available_resources()))}); "
+                             f"the cluster is too small or too fragmented for them")
     return pg
+
+
+def _rounded(res: dict) -> dict:
+    return {k: round(v, 3) for k, v in sorted(res.items()) if k in ("CPU", "GPU")}
+
+
+@dataclass
+class Reservation:
+    """The placement groups one GRPO stage holds (`reserve`): `learners` (bundle i = learner i, plus
+    rollout worker i when colocated) and, disaggregated, `rollouts` (one bundle per rollout worker)."""
+
+    plan: Plan
+    learners: Any
+    rollouts: Any = None
+
+    def learner_args(self) -> dict:
+        """Keyword arguments of `cluster.learners.run_worker_group` / `LearnerGroup` for the learners."""
+        return {"placement_group": self.learners, "bundle_offset": 0}
+
+    def rollout_args(self) -> dict:
+        """Keyword arguments of `cluster.rollout.RolloutPool` for the rollout workers: rollout worker i in
+        bundle i of the learners' group (colocated) or of its own group (disaggregated)."""
+        pg = self.learners if self.plan.mode == "colocated" else self.rollouts
+        return {"placement_group": pg, "bundle_offset": 0, "own_placement_group": False,
+                "cpus_per_worker": self.plan.rollout.get("CPU", 0), "gpus_per_worker": self.plan.rollout.get("GPU", 0)}
+
+    def release(self) -> None:
+        """Remove the placement groups (the actors in them are killed by Ray); safe to call twice."""
+        from ray.util.placement_group import remove_placement_group
+
+        for name in ("learners", "rollouts"):
+            pg = getattr(self, name)
+            if pg is not None:
+                remove_placement_group(pg)
+                setattr(self, name, None)
+
+
+def reserve(p: Plan, timeout_s: float = 120.0) -> Reservation:
+    """Create and wait for the placement groups of plan `p` (see `Reservation`)."""
+    learners = reserve_bundles([p.learner_bundle] * p.num_learners,
+                               f"GRPO {p.mode} learners ({p.num_learners} workers)", timeout_s)
+    out = Reservation(p, learners)
+    if p.mode == "disaggregated" and p.num_rollout:
+        try:
+            out.rollouts = reserve_bundles([p.rollout_bundle] * p.num_rollout,
+                                           f"GRPO disaggregated rollout workers ({p.num_rollout})", timeout_s)
+        except BaseException:
+            out.release()
+            raise
+    return out

@@ -1,23 +1,22 @@
-"""Ray plumbing: connect to (or start) Ray, run a function as a Ray task with explicit resources,
-and run a training loop in a Ray Train worker group (gloo on CPU, NCCL on GPU).
+"""Ray plumbing: connect to (or start) Ray, check that the cluster holds what a stage needs, and run a
+function as a Ray task with explicit resources. (The learner's worker group is `cluster.learners`.)
 
 Logs: workers' output reaches the driver (`log_to_driver`) with Ray's default deduplication (the same
 line from several workers within 5 s is printed once, then "[repeated Nx across cluster]"); workers
 report progress as whole lines (`rl.progress`). Two worker settings keep that readable:
 - tqdm is off in workers (`TQDM_DISABLE=1`): a bar redraws with carriage returns, which reach the driver
   as one line holding every frame (transformers' weight loading, datasets' map);
-- Ray Train's print patch is off (`RAY_TRAIN_ENABLE_PRINT_PATCH=0`): it routes every `print` in a Train
-  worker through `logging`, so text a library prints into a captured `sys.stdout` leaked into the logs
-  (dill's global-name scan runs `dis.dis` into one whenever `datasets` fingerprints a table: a bytecode
-  listing per `Dataset.from_list` in the GRPO learner), and prints to wrapped streams appeared twice.
+- Ray Train's print patch is off (`RAY_TRAIN_ENABLE_PRINT_PATCH=0`), for any Ray Train worker a user
+  starts: it routes every `print` through `logging`, so text a library prints into a captured
+  `sys.stdout` leaked into the logs (dill's `dis.dis` whenever `datasets` fingerprints a table).
 """
 
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
-import threading
 from pathlib import Path
 from typing import Any, Callable
 
@@ -73,15 +72,29 @@ def tie_to_this_process(session_dir: str) -> None:
                    stderr=subprocess.DEVNULL)
 
 
-def check_resources(need_cpus: float, need_gpus: float = 0, what: str = "") -> None:
-    have = ray.cluster_resources()
+# What sizes a stage's GPUs / CPUs in the recipe, by config section (a stage is named after its section).
+FIELDS = {
+    "sft": ("sft.gpus", "sft.cpus"), "baseline": ("sft.gpus", "sft.cpus"),
+    "grpo": ("grpo.gpus, grpo.num_workers or grpo.rollout_workers", "grpo.cpus, grpo.rollout_cpus or the worker counts"),
+    "distill": ("distill.gpus, distill.rollout_gpus or distill.rollout_workers", "distill.cpus, distill.rollout_cpus or "
+                "distill.rollout_workers"),
+    "eval": ("eval.gpus", "eval.cpus"),
+}
+
+
+def check_resources(need_cpus: float, need_gpus: float = 0, what: str = "", have: dict | None = None) -> None:
+    """Raises ClusterError, in one line naming the recipe fields to lower, when the cluster (`have`, default:
+    the connected one's totals) has fewer CPUs or GPUs than `what` needs."""
+    have = ray.cluster_resources() if have is None else have
     cpus, gpus = have.get("CPU", 0), have.get("GPU", 0)
-    if need_gpus and gpus < need_gpus:
-        raise ClusterError(f"{what} needs {need_gpus:g} GPU(s) but the Ray cluster has {gpus:g}; "
-                           f"set use_gpu=false to run on CPU")
-    if cpus < need_cpus:
-        raise ClusterError(f"{what} needs {need_cpus:g} CPU(s) but the Ray cluster has {cpus:g}; "
-                           f"lower the workers/cpus in the recipe or add nodes")
+    m = re.match(r"stage (\w+)", what)
+    gpu_fields, cpu_fields = FIELDS.get(m.group(1) if m else "", ("its gpus", "its workers/cpus"))
+    if need_gpus and gpus < need_gpus - 1e-9:
+        raise ClusterError(f"{what} needs {need_gpus:g} GPU(s) but the Ray cluster has {gpus:g}; lower {gpu_fields} "
+                           f"in the recipe (0 GPUs runs on CPU), or add GPUs")
+    if cpus < need_cpus - 1e-9:
+        raise ClusterError(f"{what} needs {need_cpus:g} CPU(s) but the Ray cluster has {cpus:g}; lower {cpu_fields} "
+                           f"in the recipe, or add nodes")
 
 
 def run_task(fn: Callable, *args, num_cpus: float = 1, num_gpus: float = 0, name: str = "", **kwargs) -> Any:
@@ -90,57 +103,3 @@ def run_task(fn: Callable, *args, num_cpus: float = 1, num_gpus: float = 0, name
     remote = ray.remote(fn).options(num_cpus=num_cpus, num_gpus=num_gpus, name=name or fn.__name__,
                                     max_retries=0)
     return ray.get(remote.remote(*args, **kwargs))
-
-
-def run_worker_group(train_fn: Callable[[dict], None], config: dict, *, num_workers: int,
-                     resources_per_worker: dict[str, float], use_gpu: bool, storage_path: Path, name: str,
-                     max_failures: int = 0):
-    """Run `train_fn(config)` on `num_workers` Ray Train workers with torch.distributed set up.
-    `max_failures` restarts of the whole group are allowed (the loop resumes from its checkpoints)."""
-    from ray.train import FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchConfig, TorchTrainer
-
-    res = dict(resources_per_worker)
-    check_resources(num_workers * res.get("CPU", 1), num_workers * res.get("GPU", 0) if use_gpu else 0,
-                    f"{name} ({num_workers} workers)")
-    trainer = TorchTrainer(
-        train_fn,
-        train_loop_config=config,
-        torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
-        scaling_config=ScalingConfig(num_workers=num_workers, use_gpu=use_gpu, resources_per_worker=res),
-        run_config=RunConfig(name=name, storage_path=str(Path(storage_path).resolve()),
-                             failure_config=FailureConfig(max_failures=max_failures)),
-    )
-    return _fit_interruptibly(trainer)
-
-
-def _fit_interruptibly(trainer) -> Any:
-    """`trainer.fit()`, with Ctrl-C reaching the caller as KeyboardInterrupt.
-
-    On the main thread, Ray Train's `fit` installs its own SIGINT handler, which aborts the run and ends
-    the process (status 1, no word of where to resume) and is never removed. Off the main thread it
-    installs none, so `fit` runs on a helper thread while the main thread waits and keeps Python's own
-    handler; the learner group stops with this process's Ray (the watchdog, or Ray's job cleanup)."""
-    outcome: dict[str, Any] = {}
-
-    def fit() -> None:
-        try:
-            outcome["result"] = trainer.fit()
-        except BaseException as e:  # re-raised on the caller's thread
-            outcome["error"] = e
-
-    thread = threading.Thread(target=fit, name="ray-train-fit", daemon=True)
-    thread.start()
-    while thread.is_alive():
-        thread.join(0.5)
-    if "error" in outcome:
-        raise outcome["error"]
-    return outcome["result"]
-
-
-def worker_context() -> tuple[int, int, int]:
-    """(world rank, world size, local rank) of the calling Ray Train worker."""
-    import ray.train
-
-    ctx = ray.train.get_context()
-    return ctx.get_world_rank(), ctx.get_world_size(), ctx.get_local_rank()

@@ -1,6 +1,8 @@
-"""GRPO: TRL's GRPOTrainer, started from the previous stage's checkpoint, run inside a Ray Train worker
-group (gloo on CPU, NCCL on GPU; optionally DeepSpeed ZeRO), rewarded by functions from `rewards/`
-chosen by name, with rollouts generated in the learner (TRL) or on a Ray rollout pool.
+"""GRPO: TRL's GRPOTrainer, started from the previous stage's checkpoint, run inside a learner worker
+group (`cluster.learners`: gloo on CPU, NCCL on GPU; optionally DeepSpeed ZeRO) placed in rayzero's own
+placement groups (`cluster.placement`: colocated rollout worker i shares learner i's bundle, node and GPU),
+rewarded by functions from `rewards/` chosen by name, with rollouts generated in the learner (TRL) or on a
+Ray rollout pool.
 
 Checkpoints (`grpo.save_steps`) go to `runs/<run>/grpo.checkpoints/`, outside the stage's scratch
 folder, so a crashed or killed run started again resumes GRPO from its latest checkpoint, with its
@@ -18,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from cluster import placement
-from cluster.runtime import run_worker_group, worker_context
+from cluster.learners import run_worker_group, worker_context
 from pipelines.report import tracking
 from pipelines.run_folder import RunFolder, read_json_or_none, read_jsonl, write_json
 from pipelines.scoring import evaluate_stage
@@ -34,7 +36,7 @@ if TYPE_CHECKING:
 
 _LOGGED = ("reward", "reward_std", "frac_reward_zero_std", "completions/mean_length", "step_time",
            "dynamic_sampling/kept_fraction", "dynamic_sampling/rounds", "dynamic_sampling/batch_rows",
-           "rollout/generate_s", "rollout/sync_s", "rollout/policy_lag")
+           "rollout/generate_s", "rollout/sync_s", "rollout/sync_mb", "rollout/policy_lag")
 
 
 def checkpoint_dir(run_dir: Path) -> Path:
@@ -43,8 +45,9 @@ def checkpoint_dir(run_dir: Path) -> Path:
 
 def plan(cfg: "PipelineConfig") -> placement.Plan:
     g = cfg.grpo
+    tp = g.vllm.tensor_parallel_size if g.rollout_engine == "vllm" else 1  # GPUs one rollout engine spans
     return placement.plan(g.placement, num_learners=g.num_workers, learner_cpus=g.cpus, num_rollout=g.rollout_workers,
-                          rollout_cpus=g.rollout_cpus, use_gpu=g.use_gpu)
+                          rollout_cpus=g.rollout_cpus, use_gpu=g.use_gpu, rollout_gpus=tp)
 
 
 POOL_KEYS = ("workers", "cpus")  # code_accuracy parameters that size its Ray scoring pool (not the sandbox)
@@ -74,16 +77,20 @@ class GRPOStage(Stage):
         ckpts = checkpoint_dir(cfg.run_dir)
         _claim_checkpoints(ckpts, dict(ctx.inputs), RunFolder(cfg.run_dir))
         p = plan(cfg)
-        pools = {"rollout": _start_rollout_pool(cfg, p, ctx.init) if g.rollout_workers else None,
-                 "reward": _start_reward_pool(cfg)}
+        placement.check(p, nodes=placement.cluster_nodes())
+        placed = placement.reserve(p)  # bundle i: learner i (+ rollout worker i when colocated)
+        pools: dict = {}
         try:
+            pools["rollout"] = _start_rollout_pool(cfg, placed, ctx.init) if g.rollout_workers else None
+            pools["reward"] = _start_reward_pool(cfg)
             run_worker_group(_train_loop, {"cfg": cfg, "ctx": ctx, **pools}, num_workers=g.num_workers,
-                             resources_per_worker=p.learner, use_gpu=g.use_gpu, storage_path=cfg.run_dir / "ray_train",
-                             name=f"{cfg.run.name}-grpo", max_failures=g.max_failures)
+                             resources_per_worker=p.learner, use_gpu=g.use_gpu, name=f"{cfg.run.name}-grpo",
+                             max_failures=g.max_failures, **placed.learner_args())
         finally:
             for pool in pools.values():
                 if pool is not None:
                     pool.shutdown()
+            placed.release()
         metrics = json.loads((ctx.out_dir / "metrics.json").read_text())
         if not metrics["steps"]:
             raise StageError("grpo: the learner finished after 0 optimizer steps; check task.num_train, "
@@ -101,18 +108,18 @@ def _claim_checkpoints(ckpts: Path, inputs: dict, folder: RunFolder) -> None:
         write_json(marker, inputs)
 
 
-def _start_rollout_pool(cfg: "PipelineConfig", p: placement.Plan, init: Path | None):
+def _start_rollout_pool(cfg: "PipelineConfig", placed: placement.Reservation, init: Path | None):
     from cluster.rollout import RolloutPool
     from rl.rollout import engine_factory
 
     g = cfg.grpo
-    pg = placement.rollout_group(p) if p.mode == "disaggregated" else None
-    backend = "object_store" if g.sync_backend == "object_store" else ("nccl" if g.use_gpu else "gloo")
+    # A collective sync is NCCL between GPUs, except colocated: rollout worker 0 shares learner rank 0's GPU and
+    # NCCL refuses two ranks on one device, so colocated engines take gloo (buckets staged through host memory).
+    nccl = g.use_gpu and g.placement != "colocated"
+    backend = "object_store" if g.sync_backend == "object_store" else ("nccl" if nccl else "gloo")
     factory = engine_factory(g.rollout_engine, str(init), use_gpu=g.use_gpu, vllm=g.vllm, seed=cfg.run.seed,
                              attn_implementation=g.attn_implementation)
-    return RolloutPool(factory, num_workers=g.rollout_workers,
-                       cpus_per_worker=p.rollout.get("CPU", 0), gpus_per_worker=p.rollout.get("GPU", 0),
-                       placement_group=pg, sync_backend=backend)
+    return RolloutPool(factory, num_workers=g.rollout_workers, sync_backend=backend, **placed.rollout_args())
 
 
 def _start_reward_pool(cfg: "PipelineConfig"):
@@ -144,7 +151,7 @@ def _latest_checkpoint(path: Path) -> Path | None:
 
 
 def _train_loop(config: dict) -> None:
-    """One Ray Train worker: every rank trains (data parallel over the group's prompts); rank 0 saves,
+    """One learner rank: every rank trains (data parallel over the group's prompts); rank 0 saves,
     evaluates and logs."""
     rank, world, local_rank = worker_context()
     cfg: PipelineConfig = config["cfg"]

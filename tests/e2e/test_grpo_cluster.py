@@ -1,5 +1,7 @@
-"""GRPO at cluster scale on a real local Ray, micro recipe: rollout pool, DeepSpeed ZeRO-2/3 learners
-with 2 CPU workers, and resuming after the driver is killed with SIGKILL. Marked slow; CI runs it."""
+"""GRPO at cluster scale on a real local Ray, micro recipe: rollout pool (disaggregated and colocated in
+the learners' bundles), DDP and DeepSpeed ZeRO-2/3 learners with 2 CPU workers in rayzero's learner group
+(cluster/learners.py), a killed learner restarted and resumed, the ZeRO-3 learner syncing to the pool.
+Marked slow; CI runs it."""
 
 import json
 import os
@@ -72,6 +74,7 @@ def test_placement_plans_and_clear_errors():
     assert p.total == {"CPU": 8, "GPU": 5}
     c = placement.plan("colocated", num_learners=2, learner_cpus=1, num_rollout=2, rollout_cpus=2, use_gpu=True)
     assert c.total == {"CPU": 2, "GPU": 2.0}  # half a GPU each side, one engine per learner device
+    assert c.bundles() == [{"CPU": 1, "GPU": 1.0}] * 2  # learner i and rollout worker i: one bundle, one GPU
     with pytest.raises(placement.PlacementError, match="must equal num_workers=2"):
         placement.plan("colocated", num_learners=2, learner_cpus=1, num_rollout=1, rollout_cpus=1, use_gpu=False)
     with pytest.raises(placement.PlacementError, match=r"GPU 5 \(cluster has 1\)"):
@@ -97,12 +100,13 @@ def test_too_small_cluster_fails_before_any_work(sft_run):
     run = _from_sft(sft_run, "small")
     proc = _rayzero(run.parent, "small", *GRPO_ONLY, "grpo.rollout_workers=4", "grpo.rollout_cpus=2")
     assert proc.returncode == 2
-    assert "needs CPU 9 (cluster has 2)" in proc.stderr.strip().splitlines()[-1]
+    last = proc.stderr.strip().splitlines()[-1]
+    assert "stage grpo needs 9 CPU(s) but the Ray cluster has 2" in last and "grpo.rollout_cpus" in last, last
     assert (run / "sft" / "manifest.json").exists() and not (run / "grpo").exists()
 
 
-@pytest.mark.parametrize("stage", [2, 3])
-def test_deepspeed_zero_learner_with_two_cpu_workers(sft_run, stage):
+@pytest.mark.parametrize("stage", [0, 2, 3])  # 0: plain DDP
+def test_ddp_and_deepspeed_zero_learners_with_two_cpu_workers(sft_run, stage):
     run = _from_sft(sft_run, f"zero{stage}")
     proc = _rayzero(run.parent, f"zero{stage}", *GRPO_ONLY, "grpo.num_workers=2", "grpo.cpus=1",
                     f"grpo.zero_stage={stage}")
@@ -114,7 +118,20 @@ def test_deepspeed_zero_learner_with_two_cpu_workers(sft_run, stage):
     sft = AutoModelForCausalLM.from_pretrained(run / "sft")
     assert sum(p.numel() for p in model.parameters()) == m["params"]
     moved = [n for (n, p), (_, q) in zip(model.named_parameters(), sft.named_parameters()) if not p.equal(q)]
-    assert moved, "GRPO under ZeRO should have changed the weights"
+    assert moved, "GRPO under DDP/ZeRO should have changed the weights"
+
+
+def test_colocated_rollout_workers_in_the_learners_bundles(sft_run):
+    """Colocated on CPUs: rollout worker i starts in learner i's bundle (0 CPUs of its own), the pool syncs
+    from the 2-rank learner every step, in bf16 buckets."""
+    run = _from_sft(sft_run, "coloc")
+    proc = _rayzero(run.parent, "coloc", *GRPO_ONLY, "grpo.num_workers=2", "grpo.cpus=0.75", "grpo.rollout_workers=2",
+                    "grpo.placement=colocated")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    m = _grpo_metrics(run)
+    assert m["steps"] == 3 and m["num_workers"] == 2 and m["rollout_workers"] == 2
+    synced = [h for h in m["log"] if h.get("rollout/sync_s", 0) > 0]
+    assert len(synced) == 2 and all(h["rollout/sync_mb"] > 0 for h in synced)
 
 
 def test_a_killed_learner_worker_is_restarted_and_resumes_from_its_checkpoint(sft_run):
@@ -125,7 +142,7 @@ def test_a_killed_learner_worker_is_restarted_and_resumes_from_its_checkpoint(sf
         proc = _start_and_wait_for_checkpoint(run, args, 2, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                                               text=True, env={**ENV, "RAY_TMPDIR": ray_tmp})
         pids = _learners_of(ray_tmp)
-        assert pids, "no Ray Train worker process of this run found"
+        assert pids, "no learner process of this run found"
         for pid in pids:
             os.kill(pid, signal.SIGKILL)  # the learner dies mid-run, as on a node failure
         _, err = proc.communicate(timeout=600)
@@ -137,11 +154,12 @@ def test_a_killed_learner_worker_is_restarted_and_resumes_from_its_checkpoint(sf
 
 
 def _learners_of(ray_tmp: str) -> list[int]:
-    """Ray Train worker processes of the Ray session living under `ray_tmp` (they keep its log files open)."""
+    """Learner processes (`ray::Learner`, cluster/learners.py) of the Ray session living under `ray_tmp`
+    (they keep its log files open)."""
     real, found = os.path.realpath(ray_tmp), []
     for pid in (int(p) for p in os.listdir("/proc") if p.isdigit()):
         try:
-            if not Path(f"/proc/{pid}/cmdline").read_bytes().startswith(b"ray::RayTrainWorker"):
+            if not Path(f"/proc/{pid}/cmdline").read_bytes().startswith(b"ray::Learner"):
                 continue
             links = [os.readlink(f"/proc/{pid}/fd/{fd}") for fd in os.listdir(f"/proc/{pid}/fd")]
         except OSError:
