@@ -3,14 +3,19 @@ receiving the learner's weights after optimizer steps.
 
 The engine is built inside the actor by a picklable factory the caller passes (`rl.rollout` provides
 them), so this module stays free of model code. An engine has `generate(prompts, sampling, seed) ->
-(completion_ids, logprobs)`, `load_state_dict(state)` and `state_dict()`.
+(completion_ids, logprobs)` and either `state_dict()` (its live tensors, which a sync writes into: the HF
+engine) or `load_state_dict(partial_state)` plus, for a collective sync, `join_weight_group` /
+`receive_weights(meta, bucket_bytes)` / `collective_ranks` (the vLLM engine, whose tensors are fused and
+sharded under other names).
 
 `RolloutPool.generate` shards a batch of token-id prompts contiguously across the workers and returns
 the completions in the prompts' order. A worker that dies mid-call (node lost, OOM, `ray.kill`) is
 replaced by the actor pool, given the latest weights (`_on_replace`), and its shard is generated again
-with the same seed; the pool counts replacements. Weight sync (`sync_backend`) goes through the Ray
-object store (one `ray.put` of the state dict; every worker loads the same object, zero-copy on a node)
-or a torch collective (`cluster.weight_sync`: NCCL device-to-device on GPUs, gloo on CPUs).
+with the same seed; the pool counts replacements. Weight sync (`sync_backend`) sends the weights in the
+engines' dtype, in buckets of at most `bucket_bytes` (`cluster.weight_sync`): through the Ray object store
+(one `ray.put` per bucket; every worker loads the buckets one by one) or a torch collective (one broadcast
+per bucket: NCCL device-to-device on GPUs, gloo on CPUs). `last_sync` holds the seconds, bytes and buckets
+of the latest sync.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ import ray
 from cluster.actors import DEAD, ActorPool
 
 SYNC_BACKENDS = ("object_store", "gloo", "nccl")
+KIND = "Rollout"  # the actors' class name: their processes are titled ray::Rollout
 
 
 class RolloutWorker:
@@ -43,25 +49,55 @@ class RolloutWorker:
         ids, lps = self.engine.generate(prompts, sampling, seed=seed)
         return [(i, lp, self.version) for i, lp in zip(ids, lps)]
 
-    def load_weights(self, state: dict, version: int) -> int:
-        self.engine.load_state_dict(state)
+    def load_weights(self, buckets: list | dict, version: int) -> int:
+        """Object-store sync: `buckets` are refs to small state dicts (or one whole state dict), loaded one
+        at a time; together they must cover every tensor of the engine."""
+        parts = buckets if isinstance(buckets, list) else [buckets]
+        live = self.engine.state_dict() if hasattr(self.engine, "state_dict") else None
+        seen: set[str] = set()
+        for part in parts:
+            bucket = ray.get(part) if isinstance(part, ray.ObjectRef) else part
+            if live is None:
+                self.engine.load_state_dict(bucket)  # its own loader takes any subset (vLLM)
+            else:
+                _copy_into(live, bucket)
+            seen.update(bucket)
+            del bucket
+        if live is not None and seen != set(live):
+            missing, extra = sorted(set(live) - seen), sorted(seen - set(live))
+            raise ValueError(f"weight sync does not match the engine: missing {missing[:5]}, unexpected {extra[:5]}")
         self.version = version
         return version
 
     def join_group(self, host: str, port: int, rank: int, world: int, backend: str) -> None:
+        self.close()
+        if hasattr(self.engine, "join_weight_group"):  # vLLM: each tensor-parallel worker joins itself
+            self.engine.join_weight_group(host, port, rank, world, backend)
+            return
         from cluster.weight_sync import CollectiveGroup
 
-        self.close()
         self.group = CollectiveGroup(host, port, rank, world, backend)
 
-    def receive_weights(self, version: int) -> int:
-        """Receive a broadcast from the learner straight into the engine's parameters."""
-        self.group.broadcast_state(self.engine.state_dict())
+    def receive_weights(self, version: int, meta: list | None = None, bucket_bytes: int = 0) -> int:
+        """Receive a broadcast from the learner, bucket by bucket, straight into the engine's parameters
+        (vLLM: told the names, shapes and dtypes `meta`, its loader takes each bucket)."""
+        if hasattr(self.engine, "receive_weights"):
+            self.engine.receive_weights(meta, bucket_bytes)
+        else:
+            import torch
+
+            sent = None if meta is None else [(n, tuple(shape), getattr(torch, d)) for n, shape, d in meta]
+            self.group.broadcast_state(self.engine.state_dict(), bucket_bytes, sent=sent)
         self.version = version
         return version
 
+    def weights(self) -> dict:
+        """A CPU copy of the engine's weights (tests compare it with the learner's)."""
+        return {k: v.detach().cpu().clone() for k, v in self.engine.state_dict().items()}
+
     def info(self) -> dict:
-        return {"pid": os.getpid(), "version": self.version}
+        return {"pid": os.getpid(), "version": self.version,
+                "collective_ranks": int(getattr(self.engine, "collective_ranks", 1))}
 
     def close(self) -> None:
         if self.group is not None:
@@ -69,30 +105,47 @@ class RolloutWorker:
             self.group = None
 
 
+def _copy_into(live: dict, bucket: dict) -> None:
+    import torch
+
+    with torch.no_grad():
+        for name, tensor in bucket.items():
+            if name not in live:
+                raise ValueError(f"weight sync sent {name!r}, which the engine does not have")
+            live[name].copy_(tensor)
+
+
 class RolloutPool:
     """`num_workers` rollout actors, each reserving `cpus_per_worker` CPUs and `gpus_per_worker` GPUs
     (fractional when colocated with the learner).
 
     `placement_group`, when given, pins worker i to bundle `bundle_offset + i` (see
-    `cluster.placement`); the pool takes ownership of it: `shutdown` removes it, giving its CPUs/GPUs
-    back to the stages that follow."""
+    `cluster.placement.Reservation.rollout_args`); with `own_placement_group` (the default) the pool takes
+    ownership of it: `shutdown` removes it, giving its CPUs/GPUs back to the stages that follow; a lent one
+    (colocated workers in the learners' bundles) stays with its lender. `bucket_bytes` bounds one sync
+    bucket."""
 
     def __init__(self, engine_factory: Callable[[], Any], *, num_workers: int = 1, cpus_per_worker: float = 1,
                  gpus_per_worker: float = 0, placement_group=None, bundle_offset: int = 0,
-                 sync_backend: str = "object_store") -> None:
+                 own_placement_group: bool = True, sync_backend: str = "object_store",
+                 bucket_bytes: int | None = None) -> None:
+        from cluster.weight_sync import BUCKET_BYTES
+
         if num_workers < 1:
             raise ValueError("rollout.num_workers must be >= 1")
         if sync_backend not in SYNC_BACKENDS:
             raise ValueError(f"sync_backend={sync_backend!r} is not one of {list(SYNC_BACKENDS)}")
         self.sync_backend = sync_backend
+        self.bucket_bytes = BUCKET_BYTES if bucket_bytes is None else int(bucket_bytes)
         self.version = 0
-        self._weights_ref = None  # latest object-store weights, for replacement workers
-        self._last_state = None  # latest collective weights, resent after a regroup
+        self.last_sync: dict = {}  # {"seconds", "bytes", "buckets"} of the latest sync
+        self._weights_refs = None  # latest object-store buckets, for replacement workers
+        self._last_state = None  # latest collective weights (and their dtype), resent after a regroup
         self._group = None  # the learner's end of the collective (made on first sync, in the learner process)
         factory = functools.partial(RolloutWorker, engine_factory, max(1, int(cpus_per_worker)))
         self.pool = ActorPool(factory, num_actors=num_workers, num_cpus=cpus_per_worker, num_gpus=gpus_per_worker,
                               placement_group=placement_group, bundle_offset=bundle_offset,
-                              release_placement_group=True, on_replace=self._on_replace)
+                              release_placement_group=own_placement_group, on_replace=self._on_replace, kind=KIND)
 
     @property
     def workers(self) -> list:
@@ -110,37 +163,53 @@ class RolloutPool:
     def __getstate__(self):  # the collective's sockets stay in the process that made them
         return {**self.__dict__, "_group": None}
 
-    def sync_weights(self, state: dict, version: int) -> float:
-        """Push a state dict (CPU tensors; GPU tensors with nccl) to every worker; returns the seconds."""
+    def sync_weights(self, state: dict, version: int, dtype=None) -> float:
+        """Push the learner's weights to every worker, floating tensors cast to `dtype` (the engines'; None:
+        as they are), in buckets of at most `bucket_bytes`; returns the seconds (`last_sync` has the bytes
+        and buckets too). `state` may hold GPU tensors: each bucket is cast on their device, then moved to
+        the CPU (object store, gloo) or kept on the GPU (nccl)."""
+        from cluster.weight_sync import state_buckets
+
         start = time.perf_counter()
         self.version = version
         if self.sync_backend == "object_store":
-            self._weights_ref = ray.put(state)
-            self.pool.call_all("load_weights", self._weights_ref, version)
+            refs, moved = [], 0
+            for bucket in state_buckets(state, dtype, self.bucket_bytes):
+                moved += sum(t.numel() * t.element_size() for t in bucket.values())
+                refs.append(ray.put(bucket))
+                del bucket
+            self._weights_refs = refs  # (the previous version's buckets are freed here)
+            self.pool.call_all("load_weights", refs, version)
+            stats = {"bytes": moved, "buckets": len(refs)}
         else:
-            self._last_state = state
-            self._broadcast(state, version)
-        return time.perf_counter() - start
+            self._last_state = (state, dtype)
+            stats = self._broadcast(state, dtype, version)
+        self.last_sync = {"seconds": time.perf_counter() - start, **stats}
+        return self.last_sync["seconds"]
 
-    def _broadcast(self, state: dict, version: int) -> None:
-        from cluster.weight_sync import CollectiveGroup, free_port, node_ip
+    def _broadcast(self, state: dict, dtype, version: int) -> dict:
+        from cluster.weight_sync import CollectiveGroup, entries, free_port, node_ip
 
         workers = self.pool.actors
         if self._group is None:
-            host, port, world = node_ip(), free_port(), len(workers) + 1
-            joins = [w.call.remote("join_group", host, port, i + 1, world, self.sync_backend)
+            ranks = [info["collective_ranks"] for info in ray.get([w.call.remote("info") for w in workers])]
+            host, port, world = node_ip(), free_port(), sum(ranks) + 1
+            first = [1 + sum(ranks[:i]) for i in range(len(workers))]
+            joins = [w.call.remote("join_group", host, port, first[i], world, self.sync_backend)
                      for i, w in enumerate(workers)]
             self._group = CollectiveGroup(host, port, 0, world, self.sync_backend)
             ray.get(joins)
-        refs = [w.call.remote("receive_weights", version) for w in workers]
-        self._group.broadcast_state(state)
+        meta = [(n, shape, str(d).removeprefix("torch.")) for n, shape, d in entries(state, dtype)]
+        refs = [w.call.remote("receive_weights", version, meta, self.bucket_bytes) for w in workers]
+        stats = self._group.broadcast_state(state, self.bucket_bytes, dtype)
         ray.get(refs)
+        return stats
 
     def _on_replace(self, actor) -> None:
         """A replacement worker gets the latest weights before it regenerates the dead worker's shard."""
         if self.sync_backend == "object_store":
-            if self._weights_ref is not None:
-                ray.get(actor.call.remote("load_weights", self._weights_ref, self.version))
+            if self._weights_refs is not None:
+                ray.get(actor.call.remote("load_weights", self._weights_refs, self.version))
             return
         if self._group is None:
             return
@@ -153,7 +222,7 @@ class RolloutPool:
                 pass
         self._group.close()
         self._group = None
-        self._broadcast(self._last_state, self.version)
+        self._broadcast(*self._last_state, self.version)
 
     def generate(self, prompts: list[list[int]], sampling: Any, seed: int | None = None) -> dict:
         """Returns {"completion_ids", "logprobs", "versions"} in the order of `prompts`; `sampling` is passed

@@ -1,24 +1,37 @@
-"""Learner -> rollout weight sync over a torch collective: NCCL between GPUs, gloo between CPU processes.
+"""Learner -> rollout weight sync: the bucket layout both sync paths share, and the torch collective path
+(NCCL between GPUs, gloo between CPU processes).
 
-The group is separate from the learner's own data-parallel group (Ray Train's): rank 0 is the
-learner's rank 0, ranks 1..n are the rollout workers, joined through a TCPStore on the learner's node.
-Tensors are flattened into one buffer per dtype, in sorted-name order, and broadcast from rank 0, so
-a sync is one collective per dtype however many tensors the model has. Both sides must hold the same
-parameter names and shapes (the rollout engine's model is built from the learner's checkpoint).
+Buckets: the learner never materialises a second copy of its whole state dict. Tensors are taken in sorted
+name order, grouped by the dtype they are sent in (the engines' dtype: bf16 on GPU; integer buffers keep
+theirs), dtypes in the order they first appear, and each group is cut into buckets of at most
+`bucket_bytes` (a single larger tensor is a bucket of its own; `bucket_bytes` <= 0: one bucket per dtype).
+A bucket is cast (and moved) only when it is sent, and receivers load it before the next one arrives, so a
+sync holds at most one bucket of extra memory on either side:
+- object store (`cluster.rollout.RolloutPool`): each bucket is one `ray.put` of a small state dict; every
+  worker loads the buckets one by one (zero-copy reads on a node);
+- collective (`CollectiveGroup.broadcast_state`): one broadcast per bucket from rank 0 (the learner's rank
+  0; ranks 1..n are the rollout workers, joined through a TCPStore on the learner's node), received in
+  place into the engine's own tensors.
+On GPUs the object store would copy every weight GPU -> host -> store -> host -> GPU; NCCL moves them device
+to device.
 
-Why a second path next to the object store (`RolloutPool.sync_weights`): on GPUs the object store
-would copy every weight GPU -> host -> store -> host -> GPU; NCCL moves them device to device.
+`rl.weight_wire` (the vLLM receiving end, which may not import cluster/) computes the same layout from
+(name, shape, dtype) triples; tests check the two agree.
 """
 
 from __future__ import annotations
 
 import socket
 from datetime import timedelta
+from typing import Iterator, Mapping
 
 import torch
 import torch.distributed as dist
 
 TIMEOUT = timedelta(seconds=120)
+BUCKET_BYTES = 256 * 2**20  # default bucket size: 256 MiB
+
+Entry = tuple[str, tuple[int, ...], torch.dtype]  # (name, shape, dtype as sent)
 
 
 def free_port() -> int:
@@ -31,6 +44,53 @@ def node_ip() -> str:
     import ray
 
     return ray.util.get_node_ip_address()
+
+
+def sent_dtype(t: torch.Tensor, dtype: torch.dtype | None) -> torch.dtype:
+    """The dtype `t` is sent in: `dtype` for floating-point tensors when given, else its own."""
+    return dtype if dtype is not None and t.is_floating_point() else t.dtype
+
+
+def entries(state: Mapping[str, torch.Tensor], dtype: torch.dtype | None = None) -> list[Entry]:
+    """(name, shape, dtype as sent) of every tensor, in name order (what receivers must be told or hold)."""
+    return [(n, tuple(state[n].shape), sent_dtype(state[n], dtype)) for n in sorted(state)]
+
+
+def layout(items: list[Entry], bucket_bytes: int = 0) -> list[tuple[torch.dtype, list[tuple[str, tuple[int, ...]]]]]:
+    """The buckets, in sending order: [(dtype, [(name, shape), ...]), ...] (rules in the module docstring)."""
+    groups: dict[torch.dtype, list[tuple[str, tuple[int, ...]]]] = {}
+    for name, shape, dtype in sorted(items, key=lambda e: e[0]):
+        groups.setdefault(dtype, []).append((name, tuple(shape)))
+    out = []
+    for dtype, members in groups.items():
+        bucket: list[tuple[str, tuple[int, ...]]] = []
+        size = 0
+        for name, shape in members:
+            nbytes = torch.Size(shape).numel() * dtype.itemsize
+            if bucket and bucket_bytes > 0 and size + nbytes > bucket_bytes:
+                out.append((dtype, bucket))
+                bucket, size = [], 0
+            bucket.append((name, shape))
+            size += nbytes
+        if bucket:
+            out.append((dtype, bucket))
+    return out
+
+
+def bucket_bytes_of(bucket: list[tuple[str, tuple[int, ...]]], dtype: torch.dtype) -> int:
+    return sum(torch.Size(shape).numel() for _, shape in bucket) * dtype.itemsize
+
+
+def state_buckets(state: Mapping[str, torch.Tensor], dtype: torch.dtype | None = None, bucket_bytes: int = 0,
+                  device: str | torch.device = "cpu") -> Iterator[dict[str, torch.Tensor]]:
+    """The object-store path: `state` as small state dicts, one per bucket, cast to the sent dtype and on
+    `device`, made one at a time as the caller asks for them."""
+    for _, bucket in layout(entries(state, dtype), bucket_bytes):
+        yield {name: _outgoing(state[name], dtype, device) for name, _ in bucket}
+
+
+def _outgoing(t: torch.Tensor, dtype: torch.dtype | None, device) -> torch.Tensor:
+    return t.detach().to(device=device, dtype=sent_dtype(t, dtype)).contiguous()
 
 
 class CollectiveGroup:
@@ -50,30 +110,41 @@ class CollectiveGroup:
             raise ValueError(f"weight sync backend {backend!r} is not one of ['nccl', 'gloo']")
         self.rank = rank
 
-    def broadcast_state(self, state: dict[str, torch.Tensor]) -> None:
-        """Rank 0 sends `state`; other ranks receive into `state`'s tensors in place."""
-        for dtype, names in _by_dtype(state).items():
-            tensors = [state[n] for n in names]
-            flat = torch.cat([t.detach().reshape(-1).to(self.device) for t in tensors])
-            opts = dist.BroadcastOptions()
-            opts.rootRank = 0
+    def broadcast_state(self, state: Mapping[str, torch.Tensor], bucket_bytes: int = 0,
+                        dtype: torch.dtype | None = None, sent: list[Entry] | None = None) -> dict:
+        """Rank 0 sends `state` (floating tensors cast to `dtype` when given), bucket by bucket; other ranks
+        receive into `state`'s tensors in place, converting to their dtype. A receiver is told what was
+        sent (`sent`: the sender's `entries`) or assumes its own tensors' dtypes. Returns {"bytes",
+        "buckets"} moved."""
+        if self.rank == 0:
+            items = entries(state, dtype)
+        else:
+            items = sent if sent is not None else entries(state)
+            names = [n for n, _, _ in items]
+            if sorted(names) != sorted(state):
+                missing, extra = sorted(set(state) - set(names)), sorted(set(names) - set(state))
+                raise ValueError(f"weight sync does not match the engine: missing {missing[:5]}, unexpected {extra[:5]}")
+        moved = buckets = 0
+        opts = dist.BroadcastOptions()
+        opts.rootRank = 0
+        for bucket_dtype, bucket in layout(items, bucket_bytes):
+            names = [n for n, _ in bucket]
+            sizes = [torch.Size(shape).numel() for _, shape in bucket]
+            if self.rank == 0:
+                flat = torch.cat([_outgoing(state[n], dtype, self.device).reshape(-1) for n in names])
+            else:
+                flat = torch.empty(sum(sizes), dtype=bucket_dtype, device=self.device)
             self.pg.broadcast([flat], opts).wait()
             if self.rank != 0:
-                offset = 0
                 with torch.no_grad():
-                    for t in tensors:
-                        n = t.numel()
-                        t.copy_(flat[offset:offset + n].view_as(t))
-                        offset += n
+                    for n, piece in zip(names, flat.split(sizes)):
+                        state[n].copy_(piece.view_as(state[n]))
+            moved += flat.numel() * flat.element_size()
+            buckets += 1
+            del flat
+        return {"bytes": moved, "buckets": buckets}
 
     def close(self) -> None:
-        if hasattr(self.pg, "shutdown"):
+        if getattr(self, "pg", None) is not None and hasattr(self.pg, "shutdown"):
             self.pg.shutdown()
         self.pg = self.store = None
-
-
-def _by_dtype(state: dict[str, torch.Tensor]) -> dict[torch.dtype, list[str]]:
-    out: dict[torch.dtype, list[str]] = {}
-    for name in sorted(state):
-        out.setdefault(state[name].dtype, []).append(name)
-    return out

@@ -198,14 +198,15 @@ class PoolRollouts:
     trainer uses the rollout log-probs as the PPO "old" policy so TRL's clipped ratio corrects for it.
 
     Logs `rollout/generate_s` (time the learner waited for samples; with overlap also
-    `rollout/prefetch_wait_s`, waiting for the in-flight batch before a sync), `rollout/sync_s`,
-    `rollout/policy_version` and `rollout/policy_lag` (optimizer steps between the weights that sampled
-    and the learner's)."""
+    `rollout/prefetch_wait_s`, waiting for the in-flight batch before a sync), `rollout/sync_s` with
+    `rollout/sync_mb` and `rollout/sync_buckets` (what the sync moved, in `weight_dtype`, bucketed by the
+    pool), `rollout/policy_version` and `rollout/policy_lag` (optimizer steps between the weights that
+    sampled and the learner's)."""
 
     def __init__(self, pool, sync_every: int = 1, seed: int = 0, overlap: bool = False,
                  weight_dtype: torch.dtype | None = None):
         self.pool, self.sync_every, self.seed, self.overlap = pool, sync_every, seed, overlap
-        self.weight_dtype = weight_dtype  # cast floating weights to the engines' dtype before sending
+        self.weight_dtype = weight_dtype  # floating weights are sent in the engines' dtype
         self.synced_step, self.calls = 0, 0
         self._pending: list = []  # (prompts, prompt_ids, future) generated ahead of time, oldest first
         self._executor = None
@@ -222,17 +223,16 @@ class PoolRollouts:
             engine = trainer.model_wrapped if getattr(trainer, "is_deepspeed_enabled", False) else trainer.model
             state = acc.get_state_dict(engine)
         if acc.is_main_process:
-            keep_device = getattr(self.pool, "sync_backend", "") == "nccl"  # NCCL sends GPU tensors directly
-            compat.log_metric(trainer, "rollout/sync_s", self.pool.sync_weights(
-                {k: self._outgoing(v, keep_device) for k, v in state.items()}, step))
+            # The pool casts floating weights to the engines' dtype and sends them in bounded buckets, each
+            # cast only when it is sent (never a second full copy of the weights, never fp32 to bf16 engines).
+            seconds = self.pool.sync_weights(state, step, dtype=self.weight_dtype)
+            compat.log_metric(trainer, "rollout/sync_s", seconds)
+            stats = getattr(self.pool, "last_sync", None) or {}
+            if "bytes" in stats:
+                compat.log_metric(trainer, "rollout/sync_mb", stats["bytes"] / 2**20)
+                compat.log_metric(trainer, "rollout/sync_buckets", stats["buckets"])
         acc.wait_for_everyone()
         self.synced_step = step
-
-    def _outgoing(self, t: torch.Tensor, keep_device: bool) -> torch.Tensor:
-        t = t.detach()
-        if self.weight_dtype is not None and t.is_floating_point():
-            t = t.to(self.weight_dtype)
-        return t if keep_device else t.cpu()
 
     def _launch(self, prompts: list, trainer):
         prompt_ids = compat.tokenize_prompts(trainer, prompts)

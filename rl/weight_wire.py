@@ -1,8 +1,9 @@
 """The receiving end of a collective weight sync that needs no state dict.
 
 The learner (`cluster.weight_sync.CollectiveGroup.broadcast_state`) broadcasts from rank 0 one flat buffer
-per dtype, the tensors concatenated in sorted-name order, dtypes in the order they first appear among the
-sorted names. A receiver that holds matching tensors (the HF engine) receives straight into them. A vLLM
+per bucket: the tensors in sorted-name order, grouped by dtype (dtypes in the order they first appear among
+the sorted names), each group cut into buckets of at most `bucket_bytes` (a larger tensor alone; 0: one
+bucket per dtype). A receiver that holds matching tensors (the HF engine) receives straight into them. A vLLM
 worker holds none: its parameters are fused (qkv_proj, gate_up_proj) and sharded over tensor-parallel
 ranks under other names. It is given the names, shapes and dtypes instead (`describe`, a few KB sent
 ahead by RPC), allocates the buffers, receives, and hands (HF name, tensor) pairs to vLLM's own loader.
@@ -28,12 +29,24 @@ def describe(state: dict[str, torch.Tensor]) -> Meta:
     return [(name, tuple(state[name].shape), str(state[name].dtype).removeprefix("torch.")) for name in sorted(state)]
 
 
-def layout(meta: Meta) -> list[tuple[torch.dtype, list[tuple[str, tuple[int, ...]]]]]:
-    """The broadcast order: one (dtype, [(name, shape), ...]) bucket per dtype, as the sender flattens."""
-    buckets: dict[torch.dtype, list[tuple[str, tuple[int, ...]]]] = {}
+def layout(meta: Meta, bucket_bytes: int = 0) -> list[tuple[torch.dtype, list[tuple[str, tuple[int, ...]]]]]:
+    """The broadcast order: (dtype, [(name, shape), ...]) buckets, as the sender flattens them."""
+    groups: dict[torch.dtype, list[tuple[str, tuple[int, ...]]]] = {}
     for name, shape, dtype in sorted(meta):
-        buckets.setdefault(getattr(torch, dtype), []).append((name, tuple(shape)))
-    return list(buckets.items())
+        groups.setdefault(getattr(torch, dtype), []).append((name, tuple(shape)))
+    out = []
+    for dtype, members in groups.items():
+        bucket, size = [], 0
+        for name, shape in members:
+            nbytes = int(torch.Size(shape).numel()) * dtype.itemsize
+            if bucket and bucket_bytes > 0 and size + nbytes > bucket_bytes:
+                out.append((dtype, bucket))
+                bucket, size = [], 0
+            bucket.append((name, shape))
+            size += nbytes
+        if bucket:
+            out.append((dtype, bucket))
+    return out
 
 
 def join_group(host: str, port: int, rank: int, world: int, backend: str):
@@ -46,16 +59,20 @@ def join_group(host: str, port: int, rank: int, world: int, backend: str):
     raise ValueError(f"weight sync backend {backend!r} is not one of ['nccl', 'gloo']")
 
 
-def receive(pg, meta: Meta, device: torch.device) -> list[tuple[str, torch.Tensor]]:
-    """Takes one broadcast from rank 0; returns (name, tensor) views into freshly allocated buffers, one
-    buffer per dtype (freed once the caller drops the views)."""
-    out: list[tuple[str, torch.Tensor]] = []
-    for dtype, entries in layout(meta):
+def receive_buckets(pg, meta: Meta, device: torch.device, bucket_bytes: int = 0):
+    """Takes one broadcast from rank 0, yielding each bucket as soon as it arrived: a list of (name, tensor)
+    views into that bucket's freshly allocated buffer (freed once the caller drops the views), so a caller
+    that loads a bucket before asking for the next holds one bucket at a time."""
+    for dtype, entries in layout(meta, bucket_bytes):
         sizes = [int(torch.Size(shape).numel()) for _, shape in entries]
         flat = torch.empty(sum(sizes), dtype=dtype, device=device)
         opts = dist.BroadcastOptions()
         opts.rootRank = 0
         pg.broadcast([flat], opts).wait()
-        for (name, shape), piece in zip(entries, flat.split(sizes)):
-            out.append((name, piece.view(shape)))
-    return out
+        yield [(name, piece.view(shape)) for (name, shape), piece in zip(entries, flat.split(sizes))]
+        del flat
+
+
+def receive(pg, meta: Meta, device: torch.device, bucket_bytes: int = 0) -> list[tuple[str, torch.Tensor]]:
+    """Takes one broadcast from rank 0; returns every (name, tensor) at once (all buckets held)."""
+    return [pair for bucket in receive_buckets(pg, meta, device, bucket_bytes) for pair in bucket]
