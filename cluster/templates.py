@@ -20,11 +20,15 @@ KINDS = {"k8s": "rayjob.yaml", "slurm": "slurm.sbatch", "ray-up": "ray-up.yaml"}
 _PLACEHOLDER = re.compile(r"\{\{\s*([A-Za-z_][A-Za-z0-9_]*)\s*\}\}")
 
 
-def ray_image(python: str) -> str:
-    """The official Ray image matching the installed Ray (`python`: e.g. "py311")."""
+def ray_version() -> str:
     import ray
 
-    return f"rayproject/ray:{ray.__version__}-{python}"
+    return ray.__version__
+
+
+def ray_image(python: str) -> str:
+    """The official Ray image matching the installed Ray (`python`: e.g. "py311")."""
+    return f"rayproject/ray:{ray_version()}-{python}"
 
 
 def template_path(kind: str) -> Path:

@@ -1,9 +1,11 @@
-"""`rayzero submit`, `rayzero jobs ...` and `rayzero cluster render`: run recipes on a remote Ray cluster
-through its job server, and fill cluster templates (KubeRay / Slurm / `ray up`) from a recipe.
+"""`rayzero submit`, `rayzero jobs ...`, `rayzero cluster render` and `rayzero cluster plan`: run recipes on
+a remote Ray cluster through its job server, fill cluster templates (KubeRay / Slurm / `ray up`) from a
+recipe, and show where a recipe's actors land on a cluster shape (simulated, `pipelines/remote/plan.py`).
 
     rayzero submit [RECIPE] [section.field=value ...] --address http://HEAD:8265 [--no-pip] [--follow] [--id ID]
     rayzero jobs status|logs|stop ID [--follow] --address ...      rayzero jobs list --address ...
     rayzero cluster render k8s|slurm|ray-up [overrides] --recipe R --gpus N --nodes M [-o FILE]
+    rayzero cluster plan RECIPE [overrides] --nodes M --gpus-per-node N [--cpus-per-node C] [--json]
 
 The recipe and overrides are checked locally (load_config) before anything is sent. The address can come
 from RAYZERO_ADDRESS or an http(s) RAY_ADDRESS. The Ray plumbing is in cluster/jobs.py; what this module
@@ -88,12 +90,23 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--time", default="24:00:00", help="slurm: time limit")
     r.add_argument("-o", "--output", default="", help="write here instead of stdout")
 
+    pl = csub.add_parser("plan", help="where each stage's actors land on M nodes x N GPUs (simulated Ray cluster)")
+    pl.__class__ = _Intermixed
+    pl.add_argument("args", nargs="*", metavar="RECIPE [section.field=value]")
+    pl.add_argument("--nodes", type=int, default=1, help="worker nodes")
+    pl.add_argument("--gpus-per-node", type=int, default=0, help="GPUs per node")
+    pl.add_argument("--cpus-per-node", type=float, default=None,
+                    help="CPUs per node (default: enough for any one stage on one node)")
+    pl.add_argument("--json", action="store_true", help='print {"stages": {stage: [{"actor", "node", "gpu"}]}}')
+
 
 def run(ns: argparse.Namespace, argv: list[str] | None = None) -> int:
     if ns.cmd == "submit":
         return _submit(ns)
     if ns.cmd == "jobs":
         return _jobs(ns)
+    if ns.cluster_cmd == "plan":
+        return _plan(ns)
     return _render(ns, argv)
 
 
@@ -218,4 +231,19 @@ def _render(ns: argparse.Namespace, argv: list[str] | None) -> int:
         print(f"rayzero: wrote {ns.output}", file=sys.stderr)
     else:
         print(text, end="")
+    return 0
+
+
+def _plan(ns: argparse.Namespace) -> int:
+    import json
+
+    from pipelines.remote import plan
+
+    recipe, overrides = _split(ns.args)
+    result = plan.plan(recipe, overrides, nodes=ns.nodes, gpus_per_node=ns.gpus_per_node, cpus_per_node=ns.cpus_per_node)
+    if ns.json:
+        print(json.dumps({"stages": result["stages"]}))
+    else:
+        labels = {s.name: s.label for s in plan.stages(load_config(recipe, overrides))}
+        print(plan.render_text(recipe, result, labels), end="")
     return 0

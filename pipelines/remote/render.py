@@ -115,7 +115,7 @@ def values(kind: str, recipe: str, overrides: list[str], *, nodes: int, gpus: in
            command: str = "") -> dict[str, Any]:
     """Placeholder values of template `kind` for `recipe` + `overrides` on `nodes` x `gpus`."""
     from cluster.jobs import pinned_requirements
-    from cluster.templates import ray_image
+    from cluster.templates import ray_image, ray_version
 
     cfg = load_config(recipe, overrides)
     per_node_cpus, mem_gib = node_shape(cfg, nodes, gpus, cpus)
@@ -136,7 +136,7 @@ def values(kind: str, recipe: str, overrides: list[str], *, nodes: int, gpus: in
     if kind == "k8s":
         return {**common, "entrypoint_yaml": json.dumps(ep), "recipe_label": _dns_name(Path(recipe).stem, 63),
                 "image": image or (base_image + ("-gpu" if gpus else "")), "head_image": image or base_image,
-                "ray_version": ray.__version__, "head_cpus": 2, "head_memory": "8Gi", "memory": f"{mem_gib}Gi",
+                "ray_version": ray_version(), "head_cpus": 2, "head_memory": "8Gi", "memory": f"{mem_gib}Gi",
                 "wandb_project": cfg.run.wandb_project, "runs_mount": K8S_RUNS,
                 "runtime_env_working_dir": (f"    working_dir: {json.dumps(working_dir_uri)}" if working_dir_uri else
                                             '    working_dir: "https://example.com/REPLACE-WITH/rayzero.zip"  '
@@ -147,7 +147,7 @@ def values(kind: str, recipe: str, overrides: list[str], *, nodes: int, gpus: in
         return {**common, "memory_slurm": f"{mem_gib}G", "time": time_limit, "port": 6379, "dashboard_port": 8265,
                 "sbatch_gpus": f"#SBATCH --gpus-per-node={gpus}" if gpus else "# (no GPUs requested: --gpus 0)"}
     if kind == "ray-up":
-        return {**common, "image": image or (base_image + ("-gpu" if gpus else "")), "ray_version": ray.__version__,
+        return {**common, "image": image or (base_image + ("-gpu" if gpus else "")), "ray_version": ray_version(),
                 "memory": f"{mem_gib} GiB", "repo_dir": str(REPO),
                 "recipe_and_overrides": shlex.join([cluster_recipe(recipe), *overrides])}
     raise ClusterError(f"unknown template kind '{kind}'; choose one of: k8s, slurm, ray-up")

@@ -104,9 +104,9 @@ def test_render_shipped_recipes(kind, recipe, tmp_path):
 
 
 def test_needs_follow_the_recipe():
-    n = render.needs(load_config("micro", ["grpo.gpus=1", "grpo.num_workers=3", "grpo.rollout_workers=2",
+    n = render.needs(load_config("micro", ["grpo.gpus=1", "grpo.num_workers=4", "grpo.rollout_workers=2",
                                            "sft.cpus=2"]))
-    assert n.stages["grpo"] == {"CPU": 5.0, "GPU": 5.0}  # disaggregated: every worker its own CPU + GPU
+    assert n.stages["grpo"] == {"CPU": 6.0, "GPU": 6.0}  # disaggregated: every worker its own CPU + GPU
     assert n.stages["sft"] == {"CPU": 2.0} and n.largest == {"CPU": 2.0, "GPU": 1.0}
     colocated = render.needs(load_config("micro", ["grpo.gpus=1", "grpo.num_workers=2", "grpo.rollout_workers=2",
                                                    "grpo.placement=colocated"]))

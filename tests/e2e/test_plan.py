@@ -1,0 +1,159 @@
+"""`rayzero cluster plan` on simulated clusters of 1 x 8 and 2 x 8 fake GPUs (ray.cluster_utils.Cluster: the
+real placement code, no CUDA): the shipped GPU recipes place every actor they declare, no GPU holds more
+than its capacity, colocated learners share node and GPU with exactly one rollout engine each (also across
+two nodes), disaggregated pools are packed per node; the CLI's --json and text output, and its one-line
+refusal of what does not fit."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections import defaultdict
+from pathlib import Path
+
+import pytest
+
+from cluster import simulate
+from pipelines.config import load_config
+from pipelines.remote import plan as plan_cmd
+
+ROOT = Path(__file__).resolve().parents[2]
+GPU_RECIPES = ["qwen2.5-0.5b-gsm8k", "qwen2.5-coder-1.5b-mbpp", "qwen2.5-math-1.5b-r1zero"]
+CPUS = 64  # per node: enough for any stage of these recipes, so GPUs decide the placement
+COLOCATED = ["grpo.num_workers=8", "grpo.rollout_workers=8", "grpo.placement=colocated"]
+
+
+@pytest.fixture(scope="module", params=[(1, 8), (2, 8)], ids=["1x8", "2x8"])
+def fake(request):
+    """A simulated cluster of `nodes` x 8 GPUs: (nodes, gpus per node, worker node ids)."""
+    nodes, gpus = request.param
+    tmp = tempfile.mkdtemp(prefix="rzpl-", dir="/tmp")
+    old = os.environ.get("RAY_TMPDIR")
+    os.environ["RAY_TMPDIR"] = tmp  # this cluster's own session folder
+    try:
+        with simulate.fake_cluster(nodes, gpus, CPUS) as ids:
+            yield nodes, gpus, ids
+    finally:
+        if old is None:
+            os.environ.pop("RAY_TMPDIR", None)
+        else:
+            os.environ["RAY_TMPDIR"] = old
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _place(recipe: str, overrides: list[str], fake) -> dict[str, list[dict]]:
+    nodes, gpus, ids = fake
+    cfg = load_config(recipe, overrides)
+    plans = plan_cmd.stages(cfg)
+    plan_cmd.check_fit(cfg, plans, nodes, gpus, CPUS)
+    placed = plan_cmd.place_on(cfg, plans, ids)
+    # Every declared actor, once, in declaration order.
+    for s in plans:
+        assert [r["actor"] for r in placed[s.name]] == [a.name for phase in s.phases for a in phase]
+    return placed
+
+
+def _check_capacity(stage_rows: list[dict], declared: dict[str, float], nodes: int, gpus: int) -> None:
+    load = defaultdict(float)
+    for r in stage_rows:
+        assert r["node"] in range(nodes), r
+        if declared[r["actor"]]:
+            assert r["gpu"] in range(gpus), r
+            load[(r["node"], r["gpu"])] += declared[r["actor"]]
+        else:
+            assert r["gpu"] is None, r
+    assert all(v <= 1.0 + 1e-9 for v in load.values()), dict(load)
+
+
+@pytest.mark.parametrize("recipe", GPU_RECIPES)
+def test_shipped_gpu_recipes_place_every_actor_within_capacity(fake, recipe):
+    nodes, gpus, _ = fake
+    cfg = load_config(recipe)
+    placed = _place(recipe, [], fake)
+    for s in plan_cmd.stages(cfg):
+        for phase in s.phases:  # actors of one phase hold their GPUs at the same time
+            names = {a.name for a in phase}
+            _check_capacity([r for r in placed[s.name] if r["actor"] in names], {a.name: a.gpus for a in phase},
+                            nodes, gpus)
+    if cfg.grpo.rollout_workers and cfg.grpo.placement == "disaggregated":
+        grpo = placed["grpo"]
+        learners = {(r["node"], r["gpu"]) for r in grpo if r["actor"].startswith("learner-")}
+        rollouts = {(r["node"], r["gpu"]) for r in grpo if r["actor"].startswith("rollout-")}
+        assert not learners & rollouts  # generation never shares a learner's GPU
+        # Each pool is packed: it fits on one node here, so it is on one node.
+        assert len({n for n, _ in learners}) == 1 and len({n for n, _ in rollouts}) == 1
+
+
+def _colocation(rows: list[dict]) -> None:
+    learners = {r["actor"].split("-")[1]: (r["node"], r["gpu"]) for r in rows if r["actor"].startswith("learner-")}
+    rollouts = {r["actor"].split("-")[1]: (r["node"], r["gpu"]) for r in rows if r["actor"].startswith("rollout-")}
+    assert learners == rollouts  # learner i and rollout worker i: same node, same GPU
+    assert len(set(learners.values())) == len(learners)  # one learner (and one engine) per GPU
+
+
+def test_colocated_learners_share_node_and_gpu_with_exactly_one_engine(fake):
+    nodes, gpus, _ = fake
+    rows = _place("qwen2.5-math-1.5b-r1zero", COLOCATED, fake)["grpo"]
+    _colocation(rows)
+    assert {r["node"] for r in rows} == {rows[0]["node"]}  # 8 bundles of one GPU: packed onto one node
+    if nodes == 2:  # 16 pairs need both nodes: colocation holds across them
+        rows = _place("qwen2.5-math-1.5b-r1zero", ["grpo.num_workers=16", "grpo.rollout_workers=16",
+                                                   "grpo.placement=colocated"], fake)["grpo"]
+        _colocation(rows)
+        assert {r["node"] for r in rows} == {0, 1} and len(rows) == 32
+
+
+def test_disaggregated_pools_fill_both_nodes_when_they_must(fake):
+    nodes, _, _ = fake
+    if nodes == 1:
+        pytest.skip("needs two nodes")
+    rows = _place("qwen2.5-math-1.5b-r1zero", ["grpo.num_workers=8", "grpo.rollout_workers=8"], fake)["grpo"]
+    per_node = defaultdict(set)
+    for r in rows:
+        per_node[r["node"]].add(r["actor"].split("-")[0])
+    # 8 + 8 whole GPUs on 2 x 8: each pool packed onto a node of its own.
+    assert sorted(map(sorted, per_node.values())) == [["learner"], ["rollout"]]
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    tmp = tempfile.mkdtemp(prefix="rzpc-", dir="/tmp")
+    try:
+        env = {**os.environ, "PYTHONPATH": str(ROOT), "RAY_TMPDIR": tmp, "RAY_AUTH_MODE": "disabled"}
+        return subprocess.run([sys.executable, "-m", "pipelines.cli", "cluster", "plan", *args], cwd=ROOT, env=env,
+                              capture_output=True, text=True, timeout=600)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def test_cli_json_at_2x8_and_one_line_refusals():
+    proc = _cli("qwen2.5-math-1.5b-r1zero", *COLOCATED, "--nodes", "2", "--gpus-per-node", "8", "--json")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    out = json.loads(proc.stdout)
+    assert list(out) == ["stages"] and list(out["stages"]) == ["grpo", "distill", "eval"]
+    for rows in out["stages"].values():
+        assert all(set(r) == {"actor", "node", "gpu"} for r in rows)
+    _colocation(out["stages"]["grpo"])
+    # More GPUs than the cluster has: one line naming the fields, before Ray starts (seconds).
+    proc = _cli("qwen2.5-math-1.5b-r1zero", "grpo.num_workers=8", "grpo.rollout_workers=8", "--nodes", "1",
+                "--gpus-per-node", "8")
+    assert proc.returncode == 2 and proc.stdout == ""
+    (line,) = proc.stderr.strip().splitlines()
+    assert line.startswith("rayzero: error: stage grpo needs 16 GPU(s) but the Ray cluster has 8; lower grpo.gpus"), line
+    # A micro-batch that does not divide the batch: the config's own one line (no cluster involved).
+    proc = _cli("qwen2.5-math-1.5b-r1zero", "grpo.micro_batch_size=7", "--nodes", "1", "--gpus-per-node", "8")
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1
+    assert "grpo.micro_batch_size=7" in proc.stderr
+
+
+def test_text_output_names_every_actor_with_its_node_and_gpu():
+    result = {"stages": {"grpo": [{"actor": "learner-0", "node": 0, "gpu": 3}, {"actor": "reward-0", "node": 1,
+                                                                                  "gpu": None}]},
+              "cluster": {"nodes": 2, "gpus_per_node": 8, "cpus_per_node": 64.0}}
+    text = plan_cmd.render_text("r", result, {"grpo": "grpo (colocated)"})
+    assert text.splitlines() == ["rayzero cluster plan r: 2 node(s) x 8 GPU(s), 64 CPU(s) each (simulated; Ray's "
+                                 "own placement)", "grpo (colocated)", "  learner-0  node 0  gpu 3",
+                                 "  reward-0   node 1  gpu -"]
