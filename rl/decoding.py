@@ -11,7 +11,9 @@ differently, all of it outside the distribution:
 - rows that have produced an end-of-sequence token leave the batch (`drop_finished`): the cache, mask and
   positions of the rows still running are compacted once enough rows finished, so later steps compute
   only live rows; the loop stops when every row is done;
-- only the last position's logits are computed (`logits_to_keep=1`), one (rows, vocab) step at a time.
+- only the last position's logits are computed (`logits_to_keep=1`), one (rows, vocab) step at a time;
+- single-token steps of SDPA models use `_decode_attention` (two small matmuls over the cache, grouped
+  query heads sharing their K/V) instead of PyTorch's CPU flash-attention kernel.
 
 Sampled tokens differ from `generate`'s for the same seed once rows leave the batch (fewer random numbers
 are drawn per step), but each step's distribution is the same; tests/test_rl_decoding.py checks the
@@ -20,6 +22,8 @@ recorded log-probs against teacher forcing and the sample frequencies against th
 
 from __future__ import annotations
 
+import contextlib
+import functools
 from typing import Sequence
 
 import torch
@@ -75,6 +79,58 @@ class _PreallocatedLayer:
             self.keys, self.values = keys, values
 
 
+DECODE_ATTENTION = "rayzero_decode"
+
+
+def _decode_attention(module, query, key, value, attention_mask, dropout: float = 0.0, scaling=None, **kwargs):
+    """Attention for one new token per row: grouped-query attention as two small batched matmuls over the
+    cache's (rows, kv_heads, length, head_dim) views, without repeating K/V per query head. PyTorch's CPU
+    flash-attention kernel spends most of a bf16 decode step on this shape (docs/perf.md). Prompts
+    (several query positions) go to SDPA."""
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    b, heads, q, d = query.shape
+    if q != 1 or dropout or kwargs.get("softcap") is not None or kwargs.get("sliding_window") is not None:
+        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
+                                      **kwargs)
+    kv_heads = key.shape[1]
+    scale = scaling if scaling is not None else d ** -0.5
+    grouped = query.reshape(b, kv_heads, heads // kv_heads, d)  # query head h attends with kv head h // groups
+    scores = torch.matmul(grouped, key.transpose(-1, -2)).float().mul_(scale)  # (b, kv_heads, groups, length)
+    if attention_mask is not None:
+        if attention_mask.dtype == torch.bool:
+            scores.masked_fill_(~attention_mask[:, :, -1:, :scores.shape[-1]], float("-inf"))
+        else:
+            scores.add_(attention_mask[:, :, -1:, :scores.shape[-1]])
+    probs = scores.softmax(-1).to(value.dtype)
+    out = torch.matmul(probs, value)  # (b, kv_heads, groups, d)
+    return out.reshape(b, 1, heads, d), None
+
+
+@functools.cache
+def _register_decode_attention() -> None:
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+    AttentionInterface.register(DECODE_ATTENTION, _decode_attention)
+    AttentionMaskInterface.register(DECODE_ATTENTION, sdpa_mask)
+
+
+@contextlib.contextmanager
+def decode_attention(model):
+    """Within: a model running PyTorch SDPA attention uses `_decode_attention` for single-token steps."""
+    config = model.config
+    if getattr(config, "_attn_implementation", None) != "sdpa":
+        yield
+        return
+    _register_decode_attention()
+    config._attn_implementation = DECODE_ATTENTION
+    try:
+        yield
+    finally:
+        config._attn_implementation = "sdpa"
+
+
 def make_cache(model, capacity: int):
     """A cache allocated once for `capacity` positions per row, or None (= the model's default cache) for
     models whose layers are not all plain full attention (sliding windows, linear attention, ...)."""
@@ -113,13 +169,14 @@ def process_logits(logits: torch.Tensor, temperature: float = 1.0, top_k: int = 
 def sample(model, prompts: Sequence[Sequence[int]], *, max_new_tokens: int, eos_token_ids: Sequence[int],
            pad_token_id: int, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, greedy: bool = False,
            drop_finished: bool = True, compact_fraction: float = 0.25, logprobs: bool = True,
-           generator: torch.Generator | None = None) -> tuple[list[list[int]], list[list[float]] | None]:
+           fast_attention: bool = True, generator: torch.Generator | None = None) -> tuple[list[list[int]], list[list[float]] | None]:
     """Completions for token-id `prompts` (one batch, all rows at once).
 
     Returns (completion_ids, logprobs): per prompt, the sampled ids up to and including the first EOS (or
     `max_new_tokens` ids), and the log-prob of each under the processed distribution (None when
     `logprobs=False`; under greedy decoding they are the log-probs of the argmax tokens). Finished rows are
-    compacted out once at least `compact_fraction` of the running rows are done."""
+    compacted out once at least `compact_fraction` of the running rows are done. `fast_attention`: single-token
+    steps of an SDPA model use `_decode_attention`."""
     device = next(model.parameters()).device
     n = len(prompts)
     if n == 0:
@@ -142,7 +199,9 @@ def sample(model, prompts: Sequence[Sequence[int]], *, max_new_tokens: int, eos_
     done = torch.zeros(n, dtype=torch.bool, device=device)  # per running row
     was_training = model.training
     model.eval()
+    attention = decode_attention(model) if fast_attention else contextlib.nullcontext()
     try:
+        attention.__enter__()
         out = model(input_ids=ids, attention_mask=mask[:, :width], position_ids=positions, past_key_values=cache,
                     use_cache=True, logits_to_keep=1)
         cache = out.past_key_values
@@ -176,6 +235,7 @@ def sample(model, prompts: Sequence[Sequence[int]], *, max_new_tokens: int, eos_
                         position_ids=next_pos[:, None], past_key_values=cache, use_cache=True)
             next_pos = next_pos + 1
     finally:
+        attention.__exit__(None, None, None)
         model.train(was_training)
     lengths, out_tokens, out_lps = lengths.tolist(), out_tokens.cpu(), out_lps.cpu()
     completions = [out_tokens[i, :lengths[i]].tolist() for i in range(n)]

@@ -62,9 +62,10 @@ class GRPOParams:
     dtype: str = "float32"
     attn_implementation: str = "auto"  # rl.params.ATTN_IMPLEMENTATIONS
     # The fast path (docs/perf.md). precision: "bf16" = the learner holds bf16 weights (forward, backward and
-    # in-learner generation in bf16, no autocast) and, with master_weights, AdamW updates fp32 copies of them;
-    # "fp32" = the weights in `dtype`, with autocast when `bf16`; "auto" = bf16 where bf16 matmuls are native
-    # (AVX512-BF16/AMX CPUs, bf16-capable GPUs) unless `bf16`, `dtype` or LoRA was set explicitly, else fp32.
+    # in-learner generation in bf16, no autocast) and, with master_weights, AdamW updates fp32 copies of them
+    # (what `bf16` autocast with fp32 weights computes, without the per-call casts); "fp32" = the weights in
+    # `dtype`, under autocast when `bf16`; "auto" = bf16 where bf16 matmuls are native (AVX512-BF16/AMX CPUs,
+    # bf16-capable GPUs) unless `dtype` is not float32, LoRA is on or DeepSpeed runs the learner, else fp32.
     # The trained policy is handed back in fp32 (the master weights) either way.
     precision: str = "auto"
     master_weights: bool = True  # bf16 precision: fp32 master weights in the optimizer (false = pure bf16)
@@ -83,7 +84,7 @@ class GRPOParams:
         """"fp32" or "bf16": what `precision` means for a learner on `device` (None = CPU)."""
         from rl.precision import resolve_precision
 
-        explicit = self.bf16 or self.dtype != "float32" or self.lora.enabled or deepspeed
+        explicit = self.dtype != "float32" or self.lora.enabled or deepspeed
         if self.precision == "auto" and explicit:
             return "fp32"
         return resolve_precision(self.precision, device)
@@ -131,9 +132,9 @@ class GRPOParams:
         v.choice("precision", self.precision, PRECISIONS)
         v.choice("decoder", self.decoder, DECODERS)
         v.positive_int("length_buckets", self.length_buckets)
-        if self.precision == "bf16" and (self.bf16 or self.dtype not in ("float32", "bfloat16")):
-            v.fail("precision", self.precision, f"holds bf16 weights itself: leave bf16=false and dtype=float32 "
-                   f"(got bf16={self.bf16}, dtype={self.dtype!r})")
+        if self.precision == "bf16" and self.dtype not in ("float32", "bfloat16"):
+            v.fail("precision", self.precision, f"holds bf16 weights itself: load them as dtype=float32 "
+                   f"(exact fp32 master weights) or bfloat16, not {self.dtype!r}")
         if self.precision == "bf16" and self.lora.enabled:
             v.fail("precision", self.precision, "is not supported with LoRA (lora.r > 0); use precision=fp32 with "
                    "bf16=true (autocast)")

@@ -17,7 +17,9 @@ the completion tokens under logits / temperature, and their entropy) but:
   a varlen attention kernel, which CPUs do not have);
 - positions come from the attention mask (as in generation), so left padding does not shift RoPE;
 - the entropy is computed without gradient unless asked for (TRL needs its gradient only for an
-  entropy bonus).
+  entropy bonus);
+- bf16 weights on a CPU use eager attention while its saved probabilities stay small: PyTorch's CPU
+  flash-attention backward is several times slower in bf16 than bf16 matmuls (measured in docs/perf.md).
 
 The model is called through its own (possibly DDP/PEFT-wrapped) forward with `rayzero_lean=...`, which
 `install(model)` adds to the unwrapped model's forward, so wrappers' hooks still run.
@@ -157,10 +159,33 @@ def install(model) -> bool:
     return True
 
 
+def _eager_is_faster(model, rows: int, width: int) -> bool:
+    """PyTorch's CPU flash-attention backward is several times slower in bf16 than in fp32 (and than the
+    bf16 matmuls of eager attention); eager attention keeps (rows, heads, width, width) probabilities per
+    layer for backward, so it is used only while those fit in `EAGER_BUDGET` bytes."""
+    config = model.config
+    weight = model.get_output_embeddings().weight
+    if config._attn_implementation != "sdpa" or weight.device.type != "cpu" or weight.dtype != torch.bfloat16:
+        return False
+    heads = getattr(config, "num_attention_heads", 1)
+    return rows * heads * width * width * 6 * config.num_hidden_layers <= EAGER_BUDGET
+
+
+EAGER_BUDGET = 2 << 30
+
+
 def _lean_forward(model, req: LeanRequest, *, input_ids, attention_mask, position_ids=None, **kwargs):
+    kwargs = {k: v for k, v in kwargs.items()
+              if v is not None and k not in ("labels", "return_dict", "output_attentions", "output_hidden_states")}
     kwargs["use_cache"] = False
-    hidden = model.base_model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                              **kwargs).last_hidden_state
+    attn = model.config._attn_implementation
+    if _eager_is_faster(model, *input_ids.shape):
+        model.config._attn_implementation = "eager"
+    try:
+        hidden = model.base_model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                                  **kwargs).last_hidden_state
+    finally:
+        model.config._attn_implementation = attn
     k = req.keep
     # The hidden state at position t predicts token t+1: completion token j (column L-k+j) comes from L-k+j-1.
     h = hidden[:, -k - 1:-1]
@@ -175,6 +200,21 @@ def _lean_forward(model, req: LeanRequest, *, input_ids, attention_mask, positio
     return out_lp, out_ent
 
 
+def pick_buckets(sorted_lengths: list[int], most: int, cost_per_bucket: float = 0.05) -> int:
+    """How many length-sorted groups (1..`most`) to run: the fewest whose padded area (rows x widest row,
+    summed over groups) is within `cost_per_bucket` per extra group of the best. Splitting a batch whose
+    rows are about as long as each other only makes the matmuls smaller."""
+    n = len(sorted_lengths)
+    most = max(1, min(most, n))
+
+    def area(k: int) -> int:
+        bounds = [round(i * n / k) for i in range(k + 1)]
+        return sum((hi - lo) * sorted_lengths[hi - 1] for lo, hi in zip(bounds, bounds[1:]) if hi > lo)
+
+    costs = {k: area(k) * (1 + cost_per_bucket * (k - 1)) for k in range(1, most + 1)}
+    return min(costs, key=lambda k: (costs[k], k))
+
+
 def token_logps(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, logits_to_keep: int, *,
                 temperature: float = 1.0, entropy_grad: bool = False, buckets: int = 1,
                 autocast=None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -182,8 +222,8 @@ def token_logps(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, lo
     (prompt left-padded, completion right-padded, as TRL lays them out); 0 at padding.
 
     `model` is what TRL calls (possibly wrapped); its unwrapped model must have been `install`ed.
-    `buckets` > 1 splits the rows, sorted by length, into that many groups, each trimmed of the columns
-    that are padding for all its rows. `autocast` is a context manager factory (TRL's accelerator.autocast)."""
+    `buckets` > 1 splits the rows, sorted by length, into up to that many groups (`pick_buckets`), each
+    trimmed of the columns that are padding for all its rows. `autocast` is a context manager factory (TRL's accelerator.autocast)."""
     import contextlib
 
     b, width = input_ids.shape
@@ -192,8 +232,10 @@ def token_logps(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, lo
     starts = torch.where(mask.any(1), mask.int().argmax(1), torch.full_like(mask[:, 0], width, dtype=torch.long))
     ends = width - mask.flip(1).int().argmax(1)  # one past the last real token
     ends = torch.where(mask.any(1), ends, torch.full_like(ends, prompt_width))
-    buckets = max(1, min(buckets, b))
-    order = torch.argsort(ends - starts, stable=True) if buckets > 1 else torch.arange(b, device=input_ids.device)
+    order = torch.argsort(ends - starts, stable=True)
+    buckets = pick_buckets((ends - starts)[order].tolist(), buckets)
+    if buckets == 1:
+        order = torch.arange(b, device=input_ids.device)
     pieces_lp, pieces_ent = [], []
     ctx = autocast or contextlib.nullcontext
     for chunk in torch.tensor_split(order, buckets):

@@ -43,9 +43,11 @@ def test_variant_trains_a_step(variant, tmp_path):
         assert any("kl" in h for h in trainer.state.log_history)
 
 
-def test_bf16_autocast_keeps_fp32_master_weights(tmp_path):
-    """grpo.bf16: TRL's loss and its in-learner generation run under bf16 autocast (accelerate patches the
-    forward), the optimizer updates fp32 weights."""
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_bf16_autocast_keeps_fp32_master_weights(tmp_path, precision):
+    """grpo.bf16: the loss and the in-learner generation compute in bf16, the optimizer updates fp32
+    weights: under autocast over fp32 weights (precision=fp32, accelerate patches the forward) or on bf16
+    weights with fp32 master copies in the optimizer (precision=bf16); the policy comes back in fp32."""
     import torch
 
     tok = train_tokenizer([r["prompt"] + " " + r["answer"] for r in ROWS] * 4, 300)
@@ -56,8 +58,9 @@ def test_bf16_autocast_keeps_fp32_master_weights(tmp_path):
     model.model.layers[-1].mlp.down_proj.register_forward_hook(lambda m, i, o: seen.append((torch.is_grad_enabled(), o.dtype)))
     before = {k: v.clone() for k, v in model.state_dict().items()}
     p = GRPOParams(max_steps=2, learning_rate=1e-2, num_generations=4, prompts_per_step=2,
-                   max_completion_length=6, logging_steps=1, bf16=True)
+                   max_completion_length=6, logging_steps=1, bf16=True, precision=precision)
     trainer = make_grpo_trainer(model, tok, ROWS, [_reward], [1.0], tmp_path, p)
+    assert trainer.args.bf16 == (precision == "fp32")  # autocast only over fp32 weights
     trainer.train()
     assert {dtype for _, dtype in seen} == {torch.bfloat16}, seen  # generation and loss forwards
     assert any(grad for grad, _ in seen) and not all(grad for grad, _ in seen)
