@@ -9,12 +9,13 @@ Two modes, as in verl/OpenRLHF:
   `gpu_memory_utilization` set low). On CPUs the engine borrows the learner's cores (0 CPUs of its own):
   generation and training alternate, so they do not compete unless overlap is on.
 - `disaggregated`: rollout workers get their own devices (whole GPUs, as many as an engine's tensor
-  parallelism; or their own CPUs) in a placement group of their own, packed onto as few nodes as
-  possible, so generation never waits for the learner's memory. Learners are packed the same way.
+  parallelism; or their own CPUs), so generation never waits for the learner's memory. Their bundles
+  follow the learners' in the same placement group (PACK): the whole stage on one node when it fits there
+  (weight sync stays on the node), else on as few nodes as possible.
 
 The plan is computed before anything starts (`plan`) and checked against the cluster (`check`: totals, and
 every bundle must fit on one node), so a cluster that is too small fails with one line that says what is
-missing; `reserve` then creates the placement groups, and the learner group (`cluster.learners`) and the
+missing; `reserve` then creates the placement group, and the learner group (`cluster.learners`) and the
 rollout pool (`cluster.rollout`) are started inside them. `rayzero cluster plan` runs the same functions on
 a simulated cluster (`cluster.simulate`).
 """
@@ -142,10 +143,19 @@ def reserve_bundles(bundles: list[dict], what: str, timeout_s: float = 120.0, st
     ready, _ = ray.wait([pg.ready()], timeout=timeout_s)
     if not ready:
         remove_placement_group(pg)
-        raise PlacementError(f"{what}: {len(bundles)} bundle(s) of {_fmt(bundles[0])} could not be placed within "
+        shapes = ", ".join(f"{bundles.count(b)} x {{{_fmt(b)}}}" for b in _unique(bundles))
+        raise PlacementError(f"{what}: bundles {shapes} could not be placed within "
                              f"{timeout_s:g}s (free now: {_fmt(_rounded(ray.available_resources()))}); "
                              f"the cluster is too small or too fragmented for them")
     return pg
+
+
+def _unique(bundles: list[dict]) -> list[dict]:
+    out: list[dict] = []
+    for b in bundles:
+        if b not in out:
+            out.append(b)
+    return out
 
 
 def _rounded(res: dict) -> dict:
@@ -154,12 +164,11 @@ def _rounded(res: dict) -> dict:
 
 @dataclass
 class Reservation:
-    """The placement groups one GRPO stage holds (`reserve`): `learners` (bundle i = learner i, plus
-    rollout worker i when colocated) and, disaggregated, `rollouts` (one bundle per rollout worker)."""
+    """The placement group one GRPO stage holds (`reserve`): bundle i = learner i, plus rollout worker i
+    when colocated; disaggregated, rollout worker j has bundle `num_learners + j` of the same group."""
 
     plan: Plan
     learners: Any
-    rollouts: Any = None
 
     def learner_args(self) -> dict:
         """Keyword arguments of `cluster.learners.run_worker_group` / `LearnerGroup` for the learners."""
@@ -167,32 +176,21 @@ class Reservation:
 
     def rollout_args(self) -> dict:
         """Keyword arguments of `cluster.rollout.RolloutPool` for the rollout workers: rollout worker i in
-        bundle i of the learners' group (colocated) or of its own group (disaggregated)."""
-        pg = self.learners if self.plan.mode == "colocated" else self.rollouts
-        return {"placement_group": pg, "bundle_offset": 0, "own_placement_group": False,
+        bundle i (colocated: learner i's bundle) or `num_learners + i` (disaggregated: its own)."""
+        offset = 0 if self.plan.mode == "colocated" else self.plan.num_learners
+        return {"placement_group": self.learners, "bundle_offset": offset, "own_placement_group": False,
                 "cpus_per_worker": self.plan.rollout.get("CPU", 0), "gpus_per_worker": self.plan.rollout.get("GPU", 0)}
 
     def release(self) -> None:
-        """Remove the placement groups (the actors in them are killed by Ray); safe to call twice."""
+        """Remove the placement group (the actors in it are killed by Ray); safe to call twice."""
         from ray.util.placement_group import remove_placement_group
 
-        for name in ("learners", "rollouts"):
-            pg = getattr(self, name)
-            if pg is not None:
-                remove_placement_group(pg)
-                setattr(self, name, None)
+        if self.learners is not None:
+            remove_placement_group(self.learners)
+            self.learners = None
 
 
 def reserve(p: Plan, timeout_s: float = 120.0) -> Reservation:
-    """Create and wait for the placement groups of plan `p` (see `Reservation`)."""
-    learners = reserve_bundles([p.learner_bundle] * p.num_learners,
-                               f"GRPO {p.mode} learners ({p.num_learners} workers)", timeout_s)
-    out = Reservation(p, learners)
-    if p.mode == "disaggregated" and p.num_rollout:
-        try:
-            out.rollouts = reserve_bundles([p.rollout_bundle] * p.num_rollout,
-                                           f"GRPO disaggregated rollout workers ({p.num_rollout})", timeout_s)
-        except BaseException:
-            out.release()
-            raise
-    return out
+    """Create and wait for the placement group of plan `p` (see `Reservation`)."""
+    what = f"GRPO {p.mode} placement ({p.num_learners} learner + {p.num_rollout} rollout workers)"
+    return Reservation(p, reserve_bundles(p.bundles(), what, timeout_s))

@@ -85,3 +85,14 @@ def test_a_stage_whose_actors_take_turns_is_placed_in_phases():
     assert [[a.name for a in phase] for phase in plans["distill"].phases] == [
         [f"rollout-{i}" for i in range(8)], ["distill-0"]]
     assert len(plans["grpo"].phases) == 1 and plans["grpo"].label == "grpo (disaggregated)"
+
+
+def test_rollout_workers_take_their_learners_bundles_or_the_ones_after_them():
+    coloc = placement.plan("colocated", num_learners=3, learner_cpus=1, num_rollout=3, rollout_cpus=1, use_gpu=True)
+    args = placement.Reservation(coloc, learners="pg").rollout_args()
+    assert (args["placement_group"], args["bundle_offset"], args["gpus_per_worker"]) == ("pg", 0, 0.5)
+    assert args["own_placement_group"] is False  # the stage's reservation removes it, after the learners
+    dis = placement.plan("disaggregated", num_learners=3, learner_cpus=1, num_rollout=2, rollout_cpus=1, use_gpu=True)
+    args = placement.Reservation(dis, learners="pg").rollout_args()
+    assert (args["bundle_offset"], args["cpus_per_worker"], args["gpus_per_worker"]) == (3, 1, 1)
+    assert dis.bundles()[3:] == [{"CPU": 1, "GPU": 1}] * 2
