@@ -1,7 +1,7 @@
 """What a driver started through `cluster.runtime.connect()` prints from its workers: their lines once each,
 no tqdm redraws (a bar's frames would arrive as one carriage-return line), and no bytecode listing from a
-Ray Train worker that builds a `datasets.Dataset` (dill disassembles into a captured stdout, which Ray
-Train's print patch used to forward to the logs)."""
+learner (cluster/learners.py) that builds a `datasets.Dataset` (dill disassembles into a captured stdout,
+which Ray Train's print patch used to forward to the logs when the learner was a Ray Train worker)."""
 
 from __future__ import annotations
 
@@ -20,7 +20,8 @@ ROOT = Path(__file__).resolve().parents[2]
 DRIVER = textwrap.dedent("""
     import sys, time
     import ray
-    from cluster.runtime import connect, run_worker_group
+    from cluster.learners import run_worker_group
+    from cluster.runtime import connect
 
     connect(num_cpus=2)
 
@@ -38,8 +39,7 @@ DRIVER = textwrap.dedent("""
         Dataset.from_list([{"a": 1}, {"a": 2}])  # fingerprinting pickles the table with dill
         print("learner done", flush=True)
 
-    run_worker_group(train, {}, num_workers=1, resources_per_worker={"CPU": 0.5}, use_gpu=False,
-                     storage_path=sys.argv[1], name="logs")
+    run_worker_group(train, {}, num_workers=1, resources_per_worker={"CPU": 0.5}, use_gpu=False, name="logs")
     time.sleep(2)  # let the last worker lines reach the driver
 """)
 
@@ -49,7 +49,7 @@ def driver_output() -> str:
     tmp = tempfile.mkdtemp(prefix="rz-", dir="/tmp")  # short: Ray's socket paths must fit in 107 bytes
     env = {**os.environ, "RAY_TMPDIR": tmp, "RAY_AUTH_MODE": "disabled", "PYTHONPATH": str(ROOT)}
     try:
-        done = subprocess.run([sys.executable, "-c", DRIVER, str(Path(tmp) / "train")], env=env, cwd=ROOT,
+        done = subprocess.run([sys.executable, "-c", DRIVER], env=env, cwd=ROOT,
                               capture_output=True, text=True, timeout=300)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
