@@ -5,7 +5,7 @@
     rayzero config [RECIPE] [overrides ...]          print the resolved config
     rayzero eval CHECKPOINT [TASK] [overrides ...] [--benchmark NAME] [--out F]   any checkpoint (eval_cli.py)
     rayzero publish STAGE_DIR --to DIR|hf://ORG/NAME[@REV] [--overwrite]   (report/publish.py)
-    rayzero submit / jobs / cluster render           remote Ray clusters (remote/jobs_cli.py)
+    rayzero submit / jobs / cluster render|plan      remote Ray clusters, and where a recipe's actors land (remote/)
 
 Every expected failure (a bad recipe, bad data, a busy run folder, a cluster that is too small) ends with
 one line `rayzero: error: ...` and exit status 2, before any work where it can be known in advance.

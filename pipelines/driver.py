@@ -58,7 +58,7 @@ def run_pipeline(cfg: PipelineConfig, say: Callable[[str], None] = print) -> dic
 
 
 def _run(cfg: PipelineConfig, folder: RunFolder, say: Callable[[str], None]) -> dict:
-    from cluster.runtime import check_resources, connect
+    from cluster.runtime import connect
     from pipelines.report.tracking import wandb_env
 
     quiet_libraries()
@@ -70,8 +70,7 @@ def _run(cfg: PipelineConfig, folder: RunFolder, say: Callable[[str], None]) -> 
     say(f"ray: {resources.get('CPU', 0):g} CPU, {resources.get('GPU', 0):g} GPU")
     stages = enabled_stages(cfg)
     for stage in stages:  # every stage must fit before the first one starts
-        need = stage.resources(cfg)
-        check_resources(need.cpus, need.gpus, f"stage {stage.name}")
+        stage.check_cluster(cfg)
 
     results: dict[str, dict] = {}
     digests: dict[str, str] = {}

@@ -22,7 +22,7 @@ RUN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 POSITIVE = {
     "sft": ("epochs", "learning_rate", "batch_size", "cpus"),
     "grpo": ("max_steps", "learning_rate", "prompts_per_step", "temperature", "max_completion_length",
-             "num_workers", "sync_every", "logging_steps", "num_iterations", "epsilon"),
+             "num_workers", "sync_every", "sync_bucket_mb", "logging_steps", "num_iterations", "epsilon"),
     "distill": ("samples_per_prompt", "num_prompts", "temperature", "max_new_tokens", "keep_per_prompt",
                 "rollout_workers", "rollout_cpus", "epochs", "learning_rate", "batch_size", "max_length", "cpus"),
     "eval": ("max_new_tokens", "batch_size", "cpus"),

@@ -149,6 +149,7 @@ class GRPOSection(GRPOParams):
     placement: str = "disaggregated"  # colocated | disaggregated (cluster/placement.py)
     sync_every: int = 1  # push learner weights to the rollout workers every N optimizer steps
     sync_backend: str = "object_store"  # object_store | collective (NCCL on GPU, gloo on CPU)
+    sync_bucket_mb: int = 256  # weights travel in the engines' dtype, in buckets of at most this many MiB
     overlap: bool = False  # generate step t+1 while training step t (one-step off-policy; needs rollout_workers)
     log_rollouts_every: int = 10  # wandb table + grpo/rollouts.jsonl of sample rollouts every N steps (0 = off)
 

@@ -75,6 +75,14 @@ class Stage:
     def resources(self, cfg: "PipelineConfig") -> Resources:
         raise NotImplementedError
 
+    def check_cluster(self, cfg: "PipelineConfig") -> None:
+        """Raise ClusterError (one line) when the connected cluster cannot hold this stage. The driver calls
+        it for every enabled stage before the first one runs; the default checks the declared totals."""
+        from cluster.runtime import check_resources
+
+        need = self.resources(cfg)
+        check_resources(need.cpus, need.gpus, f"stage {self.name}")
+
     def run(self, cfg: "PipelineConfig", ctx: StageContext) -> dict:
         """Do the stage's work into `ctx.out_dir`; returns its metrics (at least `accuracy` and `params`)."""
         raise NotImplementedError

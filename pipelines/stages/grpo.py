@@ -71,13 +71,16 @@ class GRPOStage(Stage):
         actors += [Actor(f"reward-{i}", cpus) for i in range(n)]
         return Resources(cpus=p.total.get("CPU", 0.0) + n * cpus, gpus=p.total.get("GPU", 0.0), actors=tuple(actors))
 
+    def check_cluster(self, cfg: "PipelineConfig") -> None:
+        super().check_cluster(cfg)
+        placement.check(plan(cfg), nodes=placement.cluster_nodes())  # every bundle fits on one node
+
     def run(self, cfg: "PipelineConfig", ctx: StageContext) -> dict:
         """Driver side: place the rollout pool (if any), launch the learner group, collect rank 0's metrics."""
         g = cfg.grpo
         ckpts = checkpoint_dir(cfg.run_dir)
         _claim_checkpoints(ckpts, dict(ctx.inputs), RunFolder(cfg.run_dir))
         p = plan(cfg)
-        placement.check(p, nodes=placement.cluster_nodes())
         placed = placement.reserve(p)  # bundle i: learner i (+ rollout worker i when colocated)
         pools: dict = {}
         try:
@@ -119,7 +122,8 @@ def _start_rollout_pool(cfg: "PipelineConfig", placed: placement.Reservation, in
     backend = "object_store" if g.sync_backend == "object_store" else ("nccl" if nccl else "gloo")
     factory = engine_factory(g.rollout_engine, str(init), use_gpu=g.use_gpu, vllm=g.vllm, seed=cfg.run.seed,
                              attn_implementation=g.attn_implementation)
-    return RolloutPool(factory, num_workers=g.rollout_workers, sync_backend=backend, **placed.rollout_args())
+    return RolloutPool(factory, num_workers=g.rollout_workers, sync_backend=backend, bucket_bytes=g.sync_bucket_mb << 20,
+                       **placed.rollout_args())
 
 
 def _start_reward_pool(cfg: "PipelineConfig"):

@@ -59,7 +59,7 @@ def test_vllm_engine_where_missing_fails_clearly():
 
 def test_pool_returns_completions_in_prompt_order_with_sampling_logprobs(ray_local, policy_dir):
     model, tok = load_policy(policy_dir)
-    pool = RolloutPool(engine_factory("hf", policy_dir), num_workers=2, cpus_per_worker=0.5)
+    pool = RolloutPool(engine_factory("hf", policy_dir, dtype="float32"), num_workers=2, cpus_per_worker=0.5)
     prompts = _prompts(tok)
     out = pool.generate(prompts, GREEDY)
     expect, _ = _local(model, tok).generate(prompts, GREEDY)
@@ -76,7 +76,7 @@ def test_pool_returns_completions_in_prompt_order_with_sampling_logprobs(ray_loc
 
 def test_weight_sync_changes_what_workers_generate_and_survives_a_killed_worker(ray_local, policy_dir):
     model, tok = load_policy(policy_dir)
-    pool = RolloutPool(engine_factory("hf", policy_dir), num_workers=2, cpus_per_worker=0.5)
+    pool = RolloutPool(engine_factory("hf", policy_dir, dtype="float32"), num_workers=2, cpus_per_worker=0.5)
     prompts = _prompts(tok)
     before = pool.generate(prompts, GREEDY)["completion_ids"]
     # A different policy, as after some optimizer steps.
@@ -116,7 +116,7 @@ def _train_through(pool, policy_dir, out, *, steps: int, rows: int, overlap: boo
 
 
 def test_trl_grpo_trains_through_the_pool_with_weights_synced_each_step(ray_local, policy_dir, tmp_path):
-    pool = RolloutPool(engine_factory("hf", policy_dir), num_workers=2, cpus_per_worker=0.5)
+    pool = RolloutPool(engine_factory("hf", policy_dir, dtype="float32"), num_workers=2, cpus_per_worker=0.5)
     trainer = _train_through(pool, policy_dir, tmp_path, steps=3, rows=8)
     assert trainer.state.global_step == 3
     assert pool.version == 2  # synced before generating steps 2 and 3
@@ -130,7 +130,7 @@ def test_trl_grpo_trains_through_the_pool_with_weights_synced_each_step(ray_loca
 
 
 def test_overlap_generates_one_step_ahead_with_lag_never_above_one(ray_local, policy_dir, tmp_path):
-    pool = RolloutPool(engine_factory("hf", policy_dir), num_workers=1, cpus_per_worker=0.5)
+    pool = RolloutPool(engine_factory("hf", policy_dir, dtype="float32"), num_workers=1, cpus_per_worker=0.5)
     trainer = _train_through(pool, policy_dir, tmp_path, steps=4, rows=16, overlap=True)
     logs = [h for h in trainer.state.log_history if "rollout/policy_lag" in h]
     lags = [h["rollout/policy_lag"] for h in logs]
@@ -143,7 +143,7 @@ def test_overlap_generates_one_step_ahead_with_lag_never_above_one(ray_local, po
 
 def test_collective_weight_sync_over_gloo_and_regroup_after_a_killed_worker(ray_local, policy_dir):
     model, tok = load_policy(policy_dir)
-    pool = RolloutPool(engine_factory("hf", policy_dir), num_workers=2, cpus_per_worker=0.5, sync_backend="gloo")
+    pool = RolloutPool(engine_factory("hf", policy_dir, dtype="float32"), num_workers=2, cpus_per_worker=0.5, sync_backend="gloo")
     prompts = _prompts(tok)
     torch.manual_seed(2)
     with torch.no_grad():
