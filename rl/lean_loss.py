@@ -215,6 +215,19 @@ def pick_buckets(sorted_lengths: list[int], most: int, cost_per_bucket: float = 
     return min(costs, key=lambda k: (costs[k], k))
 
 
+def _same_on_every_rank(buckets: int, rows: int, device: torch.device) -> int:
+    """Data-parallel ranks must run the same number of forwards (DDP syncs buffers and gradients per
+    forward/backward, ZeRO-3 gathers weights): the most buckets any rank wants, but never more than the
+    fewest rows any rank has (no rank may get an empty group). Alone, `buckets` as it is."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return buckets
+    agreed = torch.tensor([buckets, -rows], device=device)
+    dist.all_reduce(agreed, op=dist.ReduceOp.MAX)
+    return max(1, min(int(agreed[0]), -int(agreed[1])))
+
+
 def token_logps(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, logits_to_keep: int, *,
                 temperature: float = 1.0, entropy_grad: bool = False, buckets: int = 1,
                 autocast=None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -233,7 +246,7 @@ def token_logps(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, lo
     ends = width - mask.flip(1).int().argmax(1)  # one past the last real token
     ends = torch.where(mask.any(1), ends, torch.full_like(ends, prompt_width))
     order = torch.argsort(ends - starts, stable=True)
-    buckets = pick_buckets((ends - starts)[order].tolist(), buckets)
+    buckets = _same_on_every_rank(pick_buckets((ends - starts)[order].tolist(), buckets), b, input_ids.device)
     if buckets == 1:
         order = torch.arange(b, device=input_ids.device)
     pieces_lp, pieces_ent = [], []
