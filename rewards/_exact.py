@@ -9,7 +9,7 @@
   and every known math-verify quirk, → None.
 
 None always means "ask math-verify", so a verdict from here never differs from math-verify's own
-(tests/test_rewards_math.py, tests/test_rewards_fuzz.py and benchmarks/rewards.py check this).
+(tests/unit/test_rewards_math.py, tests/unit/test_rewards_fuzz.py and benchmarks/rewards.py check this).
 """
 
 from __future__ import annotations

@@ -14,7 +14,7 @@ Pipeline per completion:
    numbers (integer, decimal, `a/b`, `\\frac{a}{b}`) and a small LaTeX grammar evaluated exactly
    (`\\sqrt`, `\\pi`, letters, `\\frac`, intervals, sets, `x = value`): equal → 1, clearly different (far beyond
    math-verify's float rounding) → 0. Near-misses and math-verify's known quirks go to math-verify, so the
-   fast path never changes math-verify's verdict (tests/test_rewards_math.py, tests/test_rewards_fuzz.py
+   fast path never changes math-verify's verdict (tests/unit/test_rewards_math.py, tests/unit/test_rewards_fuzz.py
    and benchmarks/rewards.py check this). Verdicts of the slow path are memoised per (gold, answer):
    completions in a GRPO group often repeat an answer string; normalisation, number parsing and gold
    checks are cached per short string, so plain-number answers (the built-in arithmetic task) score at

@@ -1,6 +1,6 @@
 """Run untrusted model-written programs against tests, in a bubblewrap sandbox with a fork-server.
 
-How a run is confined (each layer is exercised by one adversarial test in tests/test_sandbox.py):
+How a run is confined (each layer is exercised by one adversarial test in tests/unit/test_sandbox.py):
 
 * **Namespaces** (`bwrap --unshare-all --disable-userns`): own network namespace with only a down
   loopback (no sockets reach the host or the internet), own PID namespace (a run sees only its sandbox),

@@ -16,7 +16,7 @@ differently, all of it outside the distribution:
   query heads sharing their K/V) instead of PyTorch's CPU flash-attention kernel.
 
 Sampled tokens differ from `generate`'s for the same seed once rows leave the batch (fewer random numbers
-are drawn per step), but each step's distribution is the same; tests/test_rl_decoding.py checks the
+are drawn per step), but each step's distribution is the same; tests/unit/test_rl_decoding.py checks the
 recorded log-probs against teacher forcing and the sample frequencies against the exact distribution.
 """
 

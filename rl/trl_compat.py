@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from functools import cache
 from typing import Any, Callable
 
-# The TRL release these hooks were read from; pyproject.toml pins the same (tests/test_rl_trl_compat.py).
+# The TRL release these hooks were read from; pyproject.toml pins the same (tests/unit/test_rl_trl_compat.py).
 SUPPORTED_TRL = "1.16.0"
 
 

@@ -10,7 +10,7 @@ ahead by RPC), allocates the buffers, receives, and hands (HF name, tensor) pair
 
 This module must keep that layout and the group handshake (a TCPStore on the learner's host, rank 0 its
 master, then a NCCL or gloo process group) identical to `cluster.weight_sync`; rl/ may not import cluster,
-so tests/test_rl_vllm.py checks the two against each other.
+so tests/unit/test_rl_vllm.py checks the two against each other.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""One micro pipeline run shared by tests/test_tracking.py and tests/test_publish.py (started once per
+"""One micro pipeline run shared by tests/e2e/test_tracking.py and tests/e2e/test_publish.py (started once per
 pytest session, through the real CLI): the micro recipe with its GRPO learner on DeepSpeed ZeRO-3 over 2
 CPU workers saving every step, a rollout table every step, and the recipe's `publish` section on.
 

@@ -67,7 +67,7 @@ def test_distill_grid_and_eval_stage_on_micro(tmp_path):
         "distill.students={a: {kind: tiny, hidden_size: 16, num_layers: 1, num_heads: 2, intermediate_size: 32},"
         " b: {kind: tiny, hidden_size: 24, num_layers: 1, num_heads: 2, intermediate_size: 48}}",
         "eval.samples=4", "eval.ks=[1,2,4]", "eval.scorer=arithmetic_process", "eval.beam_widths=[1,2]",
-        "eval.max_steps=3", "eval.max_step_tokens=8", "eval.stages=[sft,grpo,distill]",
+        "eval.beam_max_rounds=3", "eval.max_step_tokens=8", "eval.stages=[sft,grpo,distill]",
         # a micro teacher is weak: accept any answer-tagged trace so every pool fills (the filter is tested above)
         "distill.require_format=false",
     ]

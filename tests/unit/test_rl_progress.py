@@ -7,7 +7,7 @@ from pathlib import Path
 
 from rl.progress import ProgressLine
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 class Clock:

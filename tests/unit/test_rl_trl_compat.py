@@ -11,7 +11,7 @@ ROWS = [{"prompt": f"{i} plus {i} is", "answer": str(2 * i)} for i in range(4)]
 
 
 def test_supported_version_is_the_pinned_one():
-    pyproject = (Path(__file__).resolve().parents[1] / "pyproject.toml").read_text()
+    pyproject = (Path(__file__).resolve().parents[2] / "pyproject.toml").read_text()
     assert re.search(r'"trl==([^"]+)"', pyproject).group(1) == compat.SUPPORTED_TRL
 
 
