@@ -5,7 +5,7 @@ The engine is built inside the actor by a picklable factory the caller passes (`
 them), so this module stays free of model code. An engine has `generate(prompts, sampling, seed) ->
 (completion_ids, logprobs)` and either `state_dict()` (its live tensors, which a sync writes into: the HF
 engine) or `load_state_dict(partial_state)` plus, for a collective sync, `join_weight_group` /
-`receive_weights(meta, bucket_bytes)` / `collective_ranks` (the vLLM engine, whose tensors are fused and
+`receive_weights(sent)` / `collective_ranks` (the vLLM engine, whose tensors are fused and
 sharded under other names).
 
 `RolloutPool.generate` shards a batch of token-id prompts contiguously across the workers and returns
@@ -78,16 +78,13 @@ class RolloutWorker:
 
         self.group = CollectiveGroup(host, port, rank, world, backend)
 
-    def receive_weights(self, version: int, meta: list | None = None, bucket_bytes: int = 0) -> int:
-        """Receive a broadcast from the learner, bucket by bucket, straight into the engine's parameters
-        (vLLM: told the names, shapes and dtypes `meta`, its loader takes each bucket)."""
+    def receive_weights(self, version: int, sent: list) -> int:
+        """Receive a broadcast from the learner, bucket by bucket as `sent` (`cluster.weight_sync.plan`)
+        lays it out: straight into the engine's parameters, or (vLLM) through its own loader."""
         if hasattr(self.engine, "receive_weights"):
-            self.engine.receive_weights(meta, bucket_bytes)
+            self.engine.receive_weights(sent)
         else:
-            import torch
-
-            sent = None if meta is None else [(n, tuple(shape), getattr(torch, d)) for n, shape, d in meta]
-            self.group.broadcast_state(self.engine.state_dict(), bucket_bytes, sent=sent)
+            self.group.broadcast_state(self.engine.state_dict(), sent)
         self.version = version
         return version
 
@@ -188,7 +185,7 @@ class RolloutPool:
         return self.last_sync["seconds"]
 
     def _broadcast(self, state: dict, dtype, version: int) -> dict:
-        from cluster.weight_sync import CollectiveGroup, entries, free_port, node_ip
+        from cluster.weight_sync import CollectiveGroup, free_port, node_ip, plan
 
         workers = self.pool.actors
         if self._group is None:
@@ -199,9 +196,9 @@ class RolloutPool:
                      for i, w in enumerate(workers)]
             self._group = CollectiveGroup(host, port, 0, world, self.sync_backend)
             ray.get(joins)
-        meta = [(n, shape, str(d).removeprefix("torch.")) for n, shape, d in entries(state, dtype)]
-        refs = [w.call.remote("receive_weights", version, meta, self.bucket_bytes) for w in workers]
-        stats = self._group.broadcast_state(state, self.bucket_bytes, dtype)
+        sent = plan(state, dtype, self.bucket_bytes)
+        refs = [w.call.remote("receive_weights", version, sent) for w in workers]
+        stats = self._group.broadcast_state(state, sent)
         ray.get(refs)
         return stats
 

@@ -15,8 +15,9 @@ sync holds at most one bucket of extra memory on either side:
 On GPUs the object store would copy every weight GPU -> host -> store -> host -> GPU; NCCL moves them device
 to device.
 
-`rl.weight_wire` (the vLLM receiving end, which may not import cluster/) computes the same layout from
-(name, shape, dtype) triples; tests check the two agree.
+The sender decides the layout once (`plan`) and every receiver is handed that plan (a few KB of names,
+shapes and dtype names sent ahead by RPC), so no receiver recomputes it: the HF engine receives into its own
+tensors, `rl.weight_wire` (the vLLM receiving end) allocates buffers from it.
 """
 
 from __future__ import annotations
@@ -32,6 +33,8 @@ TIMEOUT = timedelta(seconds=120)
 BUCKET_BYTES = 256 * 2**20  # default bucket size: 256 MiB
 
 Entry = tuple[str, tuple[int, ...], torch.dtype]  # (name, shape, dtype as sent)
+# What one sync sends, in order: [(dtype name, [(tensor name, shape), ...]), ...], one entry per bucket.
+Plan = list[tuple[str, list[tuple[str, tuple[int, ...]]]]]
 
 
 def free_port() -> int:
@@ -77,6 +80,12 @@ def layout(items: list[Entry], bucket_bytes: int = 0) -> list[tuple[torch.dtype,
     return out
 
 
+def plan(state: Mapping[str, torch.Tensor], dtype: torch.dtype | None = None, bucket_bytes: int = 0) -> Plan:
+    """The buckets one sync of `state` sends (floating tensors as `dtype` when given), as plain data a
+    receiver is handed."""
+    return [(str(d).removeprefix("torch."), bucket) for d, bucket in layout(entries(state, dtype), bucket_bytes)]
+
+
 def bucket_bytes_of(bucket: list[tuple[str, tuple[int, ...]]], dtype: torch.dtype) -> int:
     return sum(torch.Size(shape).numel() for _, shape in bucket) * dtype.itemsize
 
@@ -85,12 +94,12 @@ def state_buckets(state: Mapping[str, torch.Tensor], dtype: torch.dtype | None =
                   device: str | torch.device = "cpu") -> Iterator[dict[str, torch.Tensor]]:
     """The object-store path: `state` as small state dicts, one per bucket, cast to the sent dtype and on
     `device`, made one at a time as the caller asks for them."""
-    for _, bucket in layout(entries(state, dtype), bucket_bytes):
-        yield {name: _outgoing(state[name], dtype, device) for name, _ in bucket}
+    for dtype_name, bucket in plan(state, dtype, bucket_bytes):
+        yield {name: _outgoing(state[name], getattr(torch, dtype_name), device) for name, _ in bucket}
 
 
-def _outgoing(t: torch.Tensor, dtype: torch.dtype | None, device) -> torch.Tensor:
-    return t.detach().to(device=device, dtype=sent_dtype(t, dtype)).contiguous()
+def _outgoing(t: torch.Tensor, dtype: torch.dtype, device) -> torch.Tensor:
+    return t.detach().to(device=device, dtype=dtype).contiguous()
 
 
 class CollectiveGroup:
@@ -110,39 +119,33 @@ class CollectiveGroup:
             raise ValueError(f"weight sync backend {backend!r} is not one of ['nccl', 'gloo']")
         self.rank = rank
 
-    def broadcast_state(self, state: Mapping[str, torch.Tensor], bucket_bytes: int = 0,
-                        dtype: torch.dtype | None = None, sent: list[Entry] | None = None) -> dict:
-        """Rank 0 sends `state` (floating tensors cast to `dtype` when given), bucket by bucket; other ranks
-        receive into `state`'s tensors in place, converting to their dtype. A receiver is told what was
-        sent (`sent`: the sender's `entries`) or assumes its own tensors' dtypes. Returns {"bytes",
-        "buckets"} moved."""
-        if self.rank == 0:
-            items = entries(state, dtype)
-        else:
-            items = sent if sent is not None else entries(state)
-            names = [n for n, _, _ in items]
-            if sorted(names) != sorted(state):
-                missing, extra = sorted(set(state) - set(names)), sorted(set(names) - set(state))
-                raise ValueError(f"weight sync does not match the engine: missing {missing[:5]}, unexpected {extra[:5]}")
-        moved = buckets = 0
+    def broadcast_state(self, state: Mapping[str, torch.Tensor], sent: Plan) -> dict:
+        """Rank 0 sends `state` as `sent` says (`plan(state, dtype, bucket_bytes)`), bucket by bucket; other
+        ranks, handed the same plan, receive into `state`'s tensors in place, converting to their dtype.
+        Returns {"bytes", "buckets"} moved."""
+        names = [n for _, bucket in sent for n, _ in bucket]
+        if sorted(names) != sorted(state):
+            missing, extra = sorted(set(state) - set(names)), sorted(set(names) - set(state))
+            raise ValueError(f"weight sync does not match the engine: missing {missing[:5]}, unexpected {extra[:5]}")
+        moved = 0
         opts = dist.BroadcastOptions()
         opts.rootRank = 0
-        for bucket_dtype, bucket in layout(items, bucket_bytes):
+        for dtype_name, bucket in sent:
+            dtype = getattr(torch, dtype_name)
             names = [n for n, _ in bucket]
             sizes = [torch.Size(shape).numel() for _, shape in bucket]
             if self.rank == 0:
                 flat = torch.cat([_outgoing(state[n], dtype, self.device).reshape(-1) for n in names])
             else:
-                flat = torch.empty(sum(sizes), dtype=bucket_dtype, device=self.device)
+                flat = torch.empty(sum(sizes), dtype=dtype, device=self.device)
             self.pg.broadcast([flat], opts).wait()
             if self.rank != 0:
                 with torch.no_grad():
                     for n, piece in zip(names, flat.split(sizes)):
                         state[n].copy_(piece.view_as(state[n]))
             moved += flat.numel() * flat.element_size()
-            buckets += 1
             del flat
-        return {"bytes": moved, "buckets": buckets}
+        return {"bytes": moved, "buckets": len(sent)}
 
     def close(self) -> None:
         if getattr(self, "pg", None) is not None and hasattr(self.pg, "shutdown"):

@@ -128,11 +128,11 @@ class VLLMEngine:
         (blocks until the whole group has joined)."""
         return self.llm.collective_rpc("rayzero_join_group", args=(host, port, first_rank, world, backend))
 
-    def receive_weights(self, meta, bucket_bytes: int = 0) -> None:
-        """Takes one broadcast of the learner's weights described by `rl.weight_wire.describe(state)`, sent in
-        buckets of at most `bucket_bytes` (0: one per dtype); each bucket is loaded as it arrives."""
+    def receive_weights(self, sent) -> None:
+        """Takes one broadcast of the learner's weights, bucket by bucket as the sender's plan `sent` lays it
+        out (`rl.weight_wire`); each bucket is loaded as it arrives."""
         self._wake("weights")
-        self.llm.collective_rpc("rayzero_receive", args=(meta, bucket_bytes))
+        self.llm.collective_rpc("rayzero_receive", args=(sent,))
         self._updated()
 
     # --- generation -----------------------------------------------------------------------------------
@@ -178,11 +178,11 @@ class WeightSyncExtension:
         self.rayzero_group, self.rayzero_device = weight_wire.join_group(host, port, rank, world, backend)
         return rank
 
-    def rayzero_receive(self, meta, bucket_bytes: int = 0) -> int:
+    def rayzero_receive(self, sent) -> int:
         from rl import weight_wire
 
         loaded = 0
-        for named in weight_wire.receive_buckets(self.rayzero_group, meta, self.rayzero_device, bucket_bytes):
+        for named in weight_wire.receive_buckets(self.rayzero_group, sent, self.rayzero_device):
             self.model_runner.model.load_weights(weights=named)  # any subset: vLLM fuses and shards per name
             loaded += len(named)
         return loaded

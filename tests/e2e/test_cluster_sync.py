@@ -1,7 +1,7 @@
 """Bucketed learner -> rollout weight sync (cluster.weight_sync, cluster.rollout) on a real local Ray, CPU:
 an fp32 learner's weights arrive in bf16 engines exactly as the learner's weights cast to bf16, in several
 buckets (a small bucket size forces them), through the object store and through gloo; a replacement
-worker gets every bucket; the bucket layout equals the one the vLLM receiving end computes (rl.weight_wire)."""
+worker gets every bucket; a plan is bounded by the bucket size and covers every tensor once."""
 
 from __future__ import annotations
 
@@ -15,7 +15,6 @@ import torch
 
 from cluster import weight_sync
 from cluster.rollout import RolloutPool
-from rl import weight_wire
 from rl.modeling import build_tiny_model, load_policy, save_tokenizer, train_tokenizer
 from rl.rollout import engine_factory
 
@@ -67,7 +66,7 @@ def test_bucketed_bf16_sync_equals_the_learners_weights(ray_local, policy_dir, b
                        sync_backend=backend, bucket_bytes=BUCKET)
     try:
         state = _learner(policy_dir, 1)
-        expected_buckets = len(weight_sync.layout(weight_sync.entries(state, torch.bfloat16), BUCKET))
+        expected_buckets = len(weight_sync.plan(state, torch.bfloat16, BUCKET))
         assert expected_buckets > 3
         seconds = pool.sync_weights(state, version=1, dtype=torch.bfloat16)
         assert seconds > 0 and pool.last_sync["buckets"] == expected_buckets
@@ -97,28 +96,26 @@ def test_a_sync_that_does_not_cover_the_engine_fails_clearly(ray_local, policy_d
         pool.shutdown()
 
 
-def test_bucket_layout_matches_the_vllm_receivers():
+def test_bucket_plan_is_bounded_and_covers_every_tensor_once():
     rng = random.Random(0)
     dtypes = [torch.float32, torch.bfloat16, torch.int64]
     for trial in range(50):
-        items = [(f"t{rng.randrange(10**6)}", tuple(rng.randint(1, 40) for _ in range(rng.randint(0, 3))),
-                  rng.choice(dtypes)) for _ in range(rng.randint(1, 30))]
-        items = list({n: (n, s, d) for n, s, d in items}.values())
-        meta = [(n, s, str(d).removeprefix("torch.")) for n, s, d in items]
+        state = {f"t{rng.randrange(10**6)}": torch.zeros(*[rng.randint(1, 40) for _ in range(rng.randint(0, 3))],
+                                                           dtype=rng.choice(dtypes)) for _ in range(rng.randint(1, 30))}
         for bucket_bytes in (0, 1, 64, 1000, 10**9):
-            ours = weight_sync.layout(items, bucket_bytes)
-            assert ours == weight_wire.layout(meta, bucket_bytes), (trial, bucket_bytes)
-            for dtype, bucket in ours:  # bounded, except a tensor larger than a bucket travels alone
-                assert len(bucket) == 1 or bucket_bytes <= 0 or weight_sync.bucket_bytes_of(bucket, dtype) <= bucket_bytes
-            assert sorted(n for _, b in ours for n, _ in b) == sorted(n for n, _, _ in items)
+            sent = weight_sync.plan(state, None, bucket_bytes)
+            for dtype, bucket in sent:  # bounded, except a tensor larger than a bucket travels alone
+                size = weight_sync.bucket_bytes_of(bucket, getattr(torch, dtype))
+                assert len(bucket) == 1 or bucket_bytes <= 0 or size <= bucket_bytes, (trial, bucket_bytes)
+                assert {str(state[n].dtype) for n, _ in bucket} == {f"torch.{dtype}"}
+            assert sorted(n for _, b in sent for n, _ in b) == sorted(state)
 
 
 def test_one_bucket_per_dtype_when_unbounded_as_before():
     state = {"b": torch.zeros(2, dtype=torch.bfloat16), "a": torch.zeros(3), "c": torch.zeros(1)}
-    assert weight_sync.layout(weight_sync.entries(state), 0) == [
-        (torch.float32, [("a", (3,)), ("c", (1,))]), (torch.bfloat16, [("b", (2,))])]
+    assert weight_sync.plan(state) == [("float32", [("a", (3,)), ("c", (1,))]), ("bfloat16", [("b", (2,))])]
     # Sent as bf16, every floating tensor joins one dtype; an integer buffer would keep its own.
-    assert [d for d, _ in weight_sync.layout(weight_sync.entries(state, torch.bfloat16), 0)] == [torch.bfloat16]
+    assert [d for d, _ in weight_sync.plan(state, torch.bfloat16)] == ["bfloat16"]
 
 
 def test_gloo_sync_of_fp32_weights_into_bf16_engines_converts_instead_of_breaking(ray_local, policy_dir):

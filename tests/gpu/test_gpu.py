@@ -62,13 +62,13 @@ def test_hf_engine_generates_on_cuda_in_bf16():
 
 
 def test_nccl_group_broadcasts_bf16_buckets_on_the_device():
-    from cluster.weight_sync import CollectiveGroup, free_port
+    from cluster.weight_sync import CollectiveGroup, free_port, plan
 
     # A one-member group broadcasts to itself: NCCL group creation and the bucketed cast/flatten path on CUDA.
     group = CollectiveGroup("127.0.0.1", free_port(), 0, 1, "nccl")
     state = {"a.w": torch.arange(6.0, device="cuda").view(2, 3), "b.w": torch.ones(1000, device="cuda"),
              "step": torch.tensor([3], device="cuda")}
-    stats = group.broadcast_state(state, bucket_bytes=64, dtype=torch.bfloat16)
+    stats = group.broadcast_state(state, plan(state, torch.bfloat16, bucket_bytes=64))
     assert stats["buckets"] >= 3 and stats["bytes"] == (6 + 1000) * 2 + 8
     assert state["a.w"].sum().item() == 15.0
     group.close()
@@ -77,13 +77,13 @@ def test_nccl_group_broadcasts_bf16_buckets_on_the_device():
 def _nccl_receiver(port: int, q) -> None:
     import torch
 
-    from cluster.weight_sync import CollectiveGroup
+    from cluster.weight_sync import CollectiveGroup, plan
 
     torch.cuda.set_device(1)
     state = {"w": torch.zeros(4096, dtype=torch.bfloat16, device="cuda"), "v": torch.zeros(7, dtype=torch.bfloat16,
                                                                                             device="cuda")}
     group = CollectiveGroup("127.0.0.1", port, 1, 2, "nccl")
-    group.broadcast_state(state, bucket_bytes=1024)
+    group.broadcast_state(state, plan(state, bucket_bytes=1024))  # the sender's plan: it sends bf16 too
     q.put((state["w"].float().sum().item(), state["v"].float().sum().item()))
     group.close()
 
@@ -92,7 +92,7 @@ def _nccl_receiver(port: int, q) -> None:
 def test_nccl_bucketed_sync_between_two_gpus():
     import torch.multiprocessing as mp
 
-    from cluster.weight_sync import CollectiveGroup, free_port
+    from cluster.weight_sync import CollectiveGroup, free_port, plan
 
     ctx = mp.get_context("spawn")
     port, q = free_port(), ctx.Queue()
@@ -101,7 +101,7 @@ def test_nccl_bucketed_sync_between_two_gpus():
     torch.cuda.set_device(0)
     state = {"w": torch.full((4096,), 0.5, device="cuda"), "v": torch.arange(7.0, device="cuda")}
     group = CollectiveGroup("127.0.0.1", port, 0, 2, "nccl")
-    stats = group.broadcast_state(state, bucket_bytes=1024, dtype=torch.bfloat16)
+    stats = group.broadcast_state(state, plan(state, torch.bfloat16, bucket_bytes=1024))
     assert q.get(timeout=120) == (2048.0, 21.0) and stats["buckets"] >= 8
     proc.join(timeout=60)
     group.close()

@@ -13,7 +13,6 @@ import torch
 from rl.modeling import build_tiny_model, train_tokenizer
 from rl.rollout import SamplingParams, check_engine, engine_factory
 from rl.vllm_engine import VLLMParams, WeightSyncExtension
-from rl import weight_wire
 
 HAVE_VLLM = importlib.util.find_spec("vllm") is not None
 
@@ -50,7 +49,7 @@ def _tok():
 
 
 def test_extension_receives_a_cluster_broadcast_without_a_state_dict():
-    from cluster.weight_sync import CollectiveGroup, free_port
+    from cluster.weight_sync import CollectiveGroup, free_port, plan
 
     tok = _tok()
     learner = build_tiny_model(tok, hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64,
@@ -76,7 +75,7 @@ def test_extension_receives_a_cluster_broadcast_without_a_state_dict():
     def learner_side():
         try:
             group = CollectiveGroup("127.0.0.1", port, 0, 2, "gloo")
-            group.broadcast_state(state)
+            group.broadcast_state(state, plan(state, bucket_bytes=256))
             group.close()
         except Exception as e:  # noqa: BLE001 - reported below
             errors.append(e)
@@ -84,7 +83,7 @@ def test_extension_receives_a_cluster_broadcast_without_a_state_dict():
     sender = threading.Thread(target=learner_side)
     sender.start()
     assert worker.rayzero_join_group("127.0.0.1", port, 1, 2, "gloo") == 1
-    assert worker.rayzero_receive(weight_wire.describe(state)) == len(state)
+    assert worker.rayzero_receive(plan(state, bucket_bytes=256)) == len(state)
     sender.join(timeout=60)
     assert not errors, errors
     got = dict(loaded)
@@ -93,13 +92,6 @@ def test_extension_receives_a_cluster_broadcast_without_a_state_dict():
         assert got[name].dtype == tensor.dtype and torch.equal(got[name], tensor), name
     for name, tensor in rollout.state_dict().items():  # the stand-in model now holds the learner's weights
         torch.testing.assert_close(tensor, state[name].float())
-
-
-def test_describe_and_layout_follow_the_senders_order():
-    state = {"b": torch.zeros(2, dtype=torch.bfloat16), "a": torch.zeros(3), "c": torch.zeros(1)}
-    meta = weight_wire.describe(state)
-    assert meta == [("a", (3,), "float32"), ("b", (2,), "bfloat16"), ("c", (1,), "float32")]
-    assert weight_wire.layout(meta) == [(torch.float32, [("a", (3,)), ("c", (1,))]), (torch.bfloat16, [("b", (2,))])]
 
 
 needs_vllm_gpu = pytest.mark.skipif(not (HAVE_VLLM and torch.cuda.is_available()),
