@@ -181,6 +181,11 @@ def _grpo(cfg: PipelineConfig) -> None:
                  "scoring pool)" if pool_keys else ""))
     _params_rules("grpo", g, num_workers=g.num_workers)  # rl.GRPOParams: TRL's choices, sizes, divisibility
     _choice("grpo.zero_stage", g.zero_stage, ZERO_STAGES)
+    if g.offload_optimizer and not g.zero_stage:
+        fail("grpo.offload_optimizer", g.offload_optimizer, "needs DeepSpeed: set grpo.zero_stage to 1, 2 or 3")
+    if g.offload_params and g.zero_stage != 3:
+        fail("grpo.offload_params", g.offload_params, f"needs grpo.zero_stage=3 (got {g.zero_stage}): only ZeRO-3 "
+             "partitions the parameters; stages 1-2 offload the optimizer alone (grpo.offload_optimizer)")
     _choice("grpo.sync_backend", g.sync_backend, SYNC_BACKENDS)
     _choice("grpo.rollout_engine", g.rollout_engine, ENGINES)
     _choice("grpo.placement", g.placement, MODES)

@@ -140,6 +140,10 @@ class GRPOSection(GRPOParams):
     cpus: float = 1.0  # per learner worker
     gpus: float = 0.0  # per learner worker (1 = one GPU each; NCCL between them)
     zero_stage: int = 0  # 0 = plain DDP; 1, 2, 3 = DeepSpeed ZeRO stage (config generated, rl/zero.py)
+    # DeepSpeed ZeRO-Offload (rl/zero.py): optimizer states + fp32 master weights in CPU memory, stepped there
+    # (zero_stage >= 1); offload_params also parks the parameters on the CPU between uses (zero_stage = 3).
+    offload_optimizer: bool = False
+    offload_params: bool = False
     save_steps: int = 0  # checkpoint every N steps; a rerun after a crash resumes from the latest
     max_failures: int = 0  # learner worker-group restarts, each resuming from the latest checkpoint
     # Rollouts: 0 workers = TRL generates inside the learner; N = a Ray rollout pool (cluster/rollout.py).

@@ -168,7 +168,8 @@ def _train_loop(config: dict) -> None:
 
         if g.zero_stage == 3:
             init_distributed_for_zero3(g.use_gpu)
-        ds_config = deepspeed_config(g.zero_stage, use_gpu=g.use_gpu)
+        ds_config = deepspeed_config(g.zero_stage, use_gpu=g.use_gpu, offload_optimizer=g.offload_optimizer,
+                                     offload_params=g.offload_params)
     ckpts = checkpoint_dir(cfg.run_dir)
     resume = _latest_checkpoint(ckpts) if g.save_steps else None
     finished = resume is not None and int(resume.name.rsplit("-", 1)[1]) >= g.max_steps

@@ -36,6 +36,9 @@ REFUSED = [
      "unknown parameter(s) ['max_len']"),
     (["grpo.reward_params={strict_format: {x: 2}}"], "takes no parameters"),
     (["grpo.lora.r=8", "grpo.zero_stage=3"], "grpo.lora.r=8"),
+    (["grpo.offload_optimizer=true"], "grpo.offload_optimizer=True: needs DeepSpeed"),
+    (["grpo.offload_params=true", "grpo.zero_stage=2"], "grpo.offload_params=True: needs grpo.zero_stage=3"),
+    (["grpo.offload_params=true", "grpo.offload_optimizer=true"], "grpo.offload_optimizer=True"),
     (["grpo.micro_batch_size=3"], "grpo.micro_batch_size=3"),
     (["sft.max_length=0"], "sft.max_length=0"),
     (["sft.num_cpus=2"], "use sft.cpus"),
@@ -61,7 +64,9 @@ def test_directory_or_missing_file_as_task_path(tmp_path):
 def test_shipped_recipes_and_sane_variants_load():
     for overrides in ([], ["grpo.num_workers=2"], ["grpo.rollout_workers=1", "grpo.overlap=true"],
                       ["grpo.placement=colocated", "grpo.rollout_workers=1"], ["task.num_train=2"],
-                      ["run.name=my-run_2.b"], ["grpo.enabled=false", "distill.mixes={m: {long_short: 0.0}}"]):
+                      ["run.name=my-run_2.b"], ["grpo.enabled=false", "distill.mixes={m: {long_short: 0.0}}"],
+                      ["grpo.zero_stage=1", "grpo.offload_optimizer=true"],
+                      ["grpo.zero_stage=3", "grpo.offload_optimizer=true", "grpo.offload_params=true"]):
         load_config("micro", overrides)
 
 
