@@ -11,7 +11,7 @@ from typing import Callable, Sequence
 import torch
 
 from rl.lora import LoraParams
-from rl.vllm_engine import VLLMParams
+from rl.trl_vllm import GRPOVLLMParams
 
 
 LOSS_TYPES = ("grpo", "dapo", "dr_grpo", "bnpo", "cispo", "sapo", "luspo", "vespo")  # TRL 1.16's
@@ -78,7 +78,9 @@ class GRPOParams:
     length_buckets: int = 4
     # r > 0: train a LoRA adapter (TRL peft_config); with beta > 0 the reference is the adapter-free base.
     lora: LoraParams = LoraParams()
-    vllm: VLLMParams = VLLMParams()  # rollout engines when rollout_engine=vllm (rl.vllm_engine)
+    # vLLM when rollout_engine=vllm: the rollout workers' engines (rl.vllm_engine), or TRL's own in-learner vLLM
+    # without rollout workers (rl.trl_vllm: grpo_config(use_vllm=True))
+    vllm: GRPOVLLMParams = GRPOVLLMParams()
 
     def learner_precision(self, device: str | None = None, *, deepspeed: bool = False) -> str:
         """"fp32" or "bf16": what `precision` means for a learner on `device` (None = CPU)."""
@@ -159,14 +161,18 @@ class GRPOParams:
 
 
 def grpo_config(out_dir: Path, p: GRPOParams, *, seed: int = 0, report_to: str = "none", use_cpu: bool | None = None,
-                world_size: int = 1, deepspeed: dict | None = None, save_steps: int = 0):
+                world_size: int = 1, deepspeed: dict | None = None, save_steps: int = 0, use_vllm: bool = False):
     """TRL's `GRPOConfig` for `p` on `world_size` data-parallel workers (`p.validate` runs first).
-    `use_cpu` None = CPU only where no CUDA device is visible."""
+    `use_cpu` None = CPU only where no CUDA device is visible. `use_vllm`: TRL generates with its own vLLM
+    (`p.vllm.mode` colocate or server, rl.trl_vllm) instead of in-learner `generate` / rl.decoding."""
     from trl import GRPOConfig
 
+    from rl import trl_vllm
     from rl.modeling import default_use_cpu
 
     p.validate(num_workers=world_size)
+    if use_vllm:
+        trl_vllm.check_in_learner(p.vllm, world_size)
     use_cpu = default_use_cpu() if use_cpu is None else use_cpu
     # bf16 weights need no autocast; autocast only on the fp32 path when asked for
     autocast = p.bf16 and p.learner_precision(None if use_cpu else "cuda", deepspeed=deepspeed is not None) == "fp32"
@@ -211,13 +217,14 @@ def grpo_config(out_dir: Path, p: GRPOParams, *, seed: int = 0, report_to: str =
         dataloader_num_workers=0,
         shuffle_dataset=True,
         log_completions=False,
+        **(trl_vllm.grpo_config_args(p.vllm) if use_vllm else {}),
     )
 
 
 def make_grpo_trainer(model, tokenizer, rows: Sequence[dict], reward_funcs: list[Callable], reward_weights: list[float],
                       out_dir: Path, params: GRPOParams, callbacks=(), rollout_func=None, **run_args):
     """A `GRPOTrainer` over rows {prompt, answer, ...}; every column reaches the reward functions.
-    `run_args` (seed, report_to, use_cpu, world_size) go to `grpo_config`."""
+    `run_args` (seed, report_to, use_cpu, world_size, deepspeed, save_steps, use_vllm) go to `grpo_config`."""
     from datasets import Dataset
     from trl import GRPOTrainer
 
@@ -226,6 +233,12 @@ def make_grpo_trainer(model, tokenizer, rows: Sequence[dict], reward_funcs: list
                          "model from the policy's path (with LoRA the reference is the base without adapter)")
     args = grpo_config(out_dir, params, **run_args)
     args.reward_weights = list(reward_weights)
+    if args.use_vllm:
+        from rl.trl_vllm import check_runtime
+
+        if rollout_func is not None:  # TRL would take the rollout_func and leave its vLLM idle
+            raise ValueError("grpo: TRL's in-learner vLLM (use_vllm) and a rollout pool (rollout_func) exclude each other")
+        check_runtime(args.use_cpu)  # one line here, not TRL's error from inside the trainer's constructor
     from rl import trl_compat as compat
     from rl.callbacks import quiet
 

@@ -189,15 +189,20 @@ def _grpo(cfg: PipelineConfig) -> None:
     _choice("grpo.sync_backend", g.sync_backend, SYNC_BACKENDS)
     _choice("grpo.rollout_engine", g.rollout_engine, ENGINES)
     _choice("grpo.placement", g.placement, MODES)
+    if g.vllm.mode != "colocate" and not g.in_learner_vllm:
+        fail("grpo.vllm.mode", g.vllm.mode, "is for TRL's in-learner vLLM, which needs grpo.rollout_engine=vllm "
+             "with grpo.rollout_workers=0 (rollout workers run their own engines)")
     if g.rollout_engine == "vllm":
-        if not g.rollout_workers:
-            fail("grpo.rollout_engine", g.rollout_engine, "needs grpo.rollout_workers >= 1 (the vLLM engine runs in the rollout pool)")
+        if g.in_learner_vllm:  # the shape first: it is wrong wherever the recipe runs
+            from rl.trl_vllm import check_in_learner
+
+            _params_rules("grpo", g.vllm, check=check_in_learner, num_workers=g.num_workers)
         if importlib.util.find_spec("vllm") is None:
             fail("grpo.rollout_engine", g.rollout_engine, "vLLM is not installed here (pip install 'rayzero[vllm]' on a "
                  "CUDA machine); use grpo.rollout_engine=hf")
         if not g.use_gpu:
             fail("grpo.rollout_engine", g.rollout_engine, "vLLM runs on GPUs: set grpo.gpus >= 1, or use grpo.rollout_engine=hf")
-        if g.vllm.sleep_level == 2 and g.sync_every != 1:
+        if g.vllm.sleep_level == 2 and g.sync_every != 1 and not g.in_learner_vllm:  # TRL syncs every round
             fail("grpo.vllm.sleep_level", 2, "level 2 drops the weights while asleep: needs grpo.sync_every=1")
     if g.placement == "colocated" and (not g.rollout_workers or g.rollout_workers != g.num_workers):
         fail("grpo.rollout_workers", g.rollout_workers, f"colocated placement puts one rollout worker beside each "
@@ -218,11 +223,14 @@ ZERO_STAGES = (0, 1, 2, 3)  # 0 = plain DDP; rl/zero.py generates the DeepSpeed 
 SYNC_BACKENDS = ("object_store", "collective")
 
 
-def _params_rules(section: str, params: Any, **kwargs: Any) -> None:
-    """The learning parameters' own rules: `rl` params dataclasses define `validate()`, raising a
-    ValueError whose message starts with the field name."""
+def _params_rules(section: str, params: Any, check: Any = None, **kwargs: Any) -> None:
+    """The learning parameters' own rules: `rl` params dataclasses define `validate()` (or `check(params)`
+    does), raising a ValueError whose message starts with the field name."""
     try:
-        params.validate(**kwargs)
+        if check is None:
+            params.validate(**kwargs)
+        else:
+            check(params, **kwargs)
     except ValueError as e:
         raise ConfigError(f"{section}.{e}") from None
 

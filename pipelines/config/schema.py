@@ -146,7 +146,8 @@ class GRPOSection(GRPOParams):
     offload_params: bool = False
     save_steps: int = 0  # checkpoint every N steps; a rerun after a crash resumes from the latest
     max_failures: int = 0  # learner worker-group restarts, each resuming from the latest checkpoint
-    # Rollouts: 0 workers = TRL generates inside the learner; N = a Ray rollout pool (cluster/rollout.py).
+    # Rollouts: 0 workers = TRL generates inside the learner (with rollout_engine=vllm: TRL's own vLLM, in
+    # grpo.vllm.mode colocate | server, rl/trl_vllm.py); N = a Ray rollout pool (cluster/rollout.py).
     rollout_workers: int = 0
     rollout_engine: str = "hf"  # hf | vllm
     rollout_cpus: float = 1.0  # per rollout worker
@@ -160,6 +161,11 @@ class GRPOSection(GRPOParams):
     @property
     def use_gpu(self) -> bool:
         return self.gpus > 0
+
+    @property
+    def in_learner_vllm(self) -> bool:
+        """TRL's own vLLM generates inside the learner (no rollout pool to run the vLLM engines)."""
+        return self.rollout_engine == "vllm" and not self.rollout_workers
 
 
 @dataclass(frozen=True)

@@ -192,7 +192,8 @@ def _train_loop(config: dict) -> None:
     trainer = make_grpo_trainer(model, tok, read_jsonl(folder.data("train")), fns, weights, ckpts, g,
                                 callbacks=callbacks, rollout_func=rollout_func, seed=cfg.run.seed,
                                 report_to=tracking.report_to(cfg) if rank == 0 else "none", use_cpu=not g.use_gpu,
-                                world_size=world, deepspeed=ds_config, save_steps=g.save_steps)
+                                world_size=world, deepspeed=ds_config, save_steps=g.save_steps,
+                                use_vllm=g.in_learner_vllm)
     if rank == 0:
         tracking.attach_grpo(trainer, cfg, out)  # history.jsonl, tokens/s, rollout table
     start = time.monotonic()

@@ -7,7 +7,8 @@ skipped, saying so, everywhere else: never faked on CPU.
 - the learner group (cluster/learners.py) on a GPU: NCCL process group, Ray's GPU assignment widened to
   CUDA_VISIBLE_DEVICES, LOCAL_RANK = its device; a colocated learner and rollout engine sharing one GPU;
 - a step of every stage on CUDA in bf16 (the micro recipe through the real CLI), GRPO learners on ZeRO-2
-  and ZeRO-3, with LoRA, and a ZeRO-3 learner syncing to a colocated rollout engine.
+  and ZeRO-3 (ZeRO-3 also with optimizer and parameter offload), with LoRA, a ZeRO-3 learner syncing to a
+  colocated rollout engine, and TRL's own vLLM inside the learner (colocate mode; needs vLLM).
 
 Pipeline tests need the full stack (ray, trl, deepspeed, datasets); each is skipped with the reason when
 a package is missing.
@@ -248,3 +249,23 @@ def test_grpo_with_lora_on_cuda(micro_gpu):
     proc = _cli(run.parent, run.name, *GRPO_ONLY, "grpo.lora.r=8")
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert _metrics(run, "grpo")["steps"] == 3 and (run / "grpo" / "adapter").exists()
+
+
+def test_grpo_zero3_with_cpu_offload_on_cuda(micro_gpu):
+    run = _grpo_from(micro_gpu, "offload")
+    proc = _cli(run.parent, run.name, *GRPO_ONLY, "grpo.zero_stage=3", "grpo.offload_optimizer=true",
+                "grpo.offload_params=true")
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert _metrics(run, "grpo")["steps"] == 3
+
+
+def test_grpo_with_trl_in_learner_vllm_on_cuda(micro_gpu):
+    """grpo.rollout_engine=vllm without rollout workers: TRL's GRPOTrainer(use_vllm=True, vllm_mode=colocate)
+    starts vLLM beside the learner on its GPU and pushes the weights into it every step."""
+    _need("vllm")
+    run = _grpo_from(micro_gpu, "trlvllm")
+    proc = _cli(run.parent, run.name, *GRPO_ONLY, "grpo.rollout_engine=vllm", "grpo.vllm.gpu_memory_utilization=0.3",
+                "grpo.vllm.sleep_level=2")
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    m = _metrics(run, "grpo")
+    assert m["steps"] == 3 and m["rollout_workers"] == 0
