@@ -4,7 +4,7 @@
     rayzero recipes                                  list shipped recipes
     rayzero config [RECIPE] [overrides ...]          print the resolved config
     rayzero eval CHECKPOINT [TASK] [overrides ...] [--benchmark NAME] [--out F]   any checkpoint (eval_cli.py)
-    rayzero publish STAGE_DIR --to DIR|hf://ORG/NAME[@REV] [--overwrite]   (report/publish.py)
+    rayzero publish STAGE_DIR --to DIR|hf://ORG/NAME[@REV] [--overwrite] [--adapter]   (report/publish.py)
     rayzero submit / jobs / cluster render|plan      remote Ray clusters, and where a recipe's actors land (remote/)
 
 Every expected failure (a bad recipe, bad data, a busy run folder, a cluster that is too small) ends with

@@ -288,3 +288,11 @@ def _publish(cfg: PipelineConfig) -> None:
     if p.enabled and not p.to:
         fail("publish.to", p.to, "required when publish.enabled=true: a directory or hf://<org>/<name>[@revision]")
     _choice("publish.stage", p.stage, ("", "sft", "grpo", "distill", "baseline"))
+    if p.enabled and p.adapter:
+        from pipelines.report.publish import published_stage
+
+        stage = published_stage(cfg)
+        owner = {"sft": "sft", "baseline": "sft", "grpo": "grpo"}.get(stage)  # whose lora section; distill has none
+        if owner is None or not getattr(cfg, owner).lora.enabled:
+            fail("publish.adapter", True, f"stage {stage or '(none)'!r} trains no LoRA adapter" + (
+                 f": set {owner}.lora.r > 0," if owner else ",") + " or publish the merged model (publish.adapter=false)")

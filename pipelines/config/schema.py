@@ -253,6 +253,7 @@ class PublishSection:
     overwrite: bool = False
     base_model: str = ""  # Hub id for the card's `base_model` (default: model.path when it is a Hub id)
     datasets: tuple[str, ...] = ()  # Hub ids / names for the card's `datasets` (default: the task's name)
+    adapter: bool = False  # publish the stage's LoRA adapter (<stage>/adapter/) instead of the merged model
 
 
 @dataclass(frozen=True)

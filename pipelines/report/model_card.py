@@ -55,13 +55,21 @@ stage `{{ stage }}`: {{ stage_text }}.
 ## Use
 
 Prompts are plain text (the task's question followed by a newline); the model answers
-`<think>…</think><answer>…</answer>`. The tokenizer's chat template produces that format.
+`<think>…</think><answer>…</answer>`. The tokenizer's chat template produces that format.{% if adapter_base %}
+This repository holds the adapter alone: load the base model, then the adapter on it.{% endif %}
 
 ```python
+{% if adapter_base -%}
+from peft import PeftModel
+{% endif -%}
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 tok = AutoTokenizer.from_pretrained("{{ repo }}")
+{% if adapter_base -%}
+model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained("{{ adapter_base }}"), "{{ repo }}")
+{% else -%}
 model = AutoModelForCausalLM.from_pretrained("{{ repo }}")
+{% endif -%}
 prompt = tok.apply_chat_template([{"role": "user", "content": {{ example | tojson }}}], tokenize=False,
                                  add_generation_prompt=True)
 ids = tok(prompt, return_tensors="pt", add_special_tokens=False)
@@ -138,15 +146,20 @@ def results_table(report: dict, stage: str) -> str:
 
 def build_card(*, repo: str, run: str, stage: str, cfg: dict, report: dict | None, evaluated: bool,
                plots: list[str], recipe: str, note: str = "", base_model: str = "",
-               datasets: tuple[str, ...] = (), example: str = "") -> ModelCard:
-    """The card for checkpoint `stage` of run `run`; `evaluated` = its results are the report's."""
+               datasets: tuple[str, ...] = (), example: str = "", adapter_base: str = "") -> ModelCard:
+    """The card for checkpoint `stage` of run `run`; `evaluated` = its results are the report's.
+    `adapter_base`: the card is for a LoRA adapter of that model (PEFT; its `base_model` when a Hub id)."""
     stage_report = (report or {}).get("stages", {}).get(stage, {}) if evaluated else {}
     results = eval_results(stage_report, cfg) if stage_report else []
-    model_name = f"{run}-{stage}"
+    model_name = f"{run}-{stage}" + ("-lora" if adapter_base else "")
+    # An adapter's base is the exact model it applies to (a Hub id or nothing), not the run's lineage.
+    base = (adapter_base if HUB_ID.match(adapter_base) and not Path(adapter_base).exists() else None) \
+        if adapter_base else base_model_of(cfg, stage, base_model)
     data = ModelCardData(
-        model_name=model_name, base_model=base_model_of(cfg, stage, base_model), datasets=datasets_of(cfg, datasets),
-        tags=["rayzero", "reasoning", "trl", *STAGE_TAGS.get(stage, [])], library_name="transformers",
-        pipeline_tag="text-generation", eval_results=results or None,
+        model_name=model_name, base_model=base, datasets=datasets_of(cfg, datasets),
+        tags=["rayzero", "reasoning", "trl", *STAGE_TAGS.get(stage, []), *(["lora", "peft"] if adapter_base else [])],
+        library_name="peft" if adapter_base else "transformers", pipeline_tag="text-generation",
+        eval_results=results or None,
     )
     if results:
         text = "; ".join(f"{r.metric_name}: {100 * r.metric_value:.1f} %" for r in results)
@@ -157,11 +170,14 @@ def build_card(*, repo: str, run: str, stage: str, cfg: dict, report: dict | Non
         results_text = "No run report was found next to this checkpoint; no results to show."
     description = (f"A {stage_report.get('params', 0):,}-parameter causal language model."
                    if stage_report.get("params") else "A causal language model.")
+    if adapter_base:
+        description = f"A LoRA adapter (PEFT) for `{adapter_base}`" + (
+            f"; the adapted model has {stage_report['params']:,} parameters." if stage_report.get("params") else ".")
     return ModelCard.from_template(
         data, template_str=TEMPLATE, model_name=model_name, description=description, run=run, stage=stage,
         stage_text=STAGE_TEXT.get(stage, stage), note=note, results_text=results_text,
         results_table=results_table(report or {}, stage if evaluated else ""), repo=repo,
-        plots=[(Path(p).stem.replace("_", " "), p) for p in plots], recipe=recipe.strip(),
+        plots=[(Path(p).stem.replace("_", " "), p) for p in plots], recipe=recipe.strip(), adapter_base=adapter_base,
         example=example or "Mia has 3 pens. She buys 2 more. How many pens does Mia have now?\n",
     )
 

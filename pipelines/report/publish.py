@@ -1,9 +1,10 @@
 """`rayzero publish`: turn a stage folder into a self-contained, loadable checkpoint and put it in a
 directory or on the Hugging Face Hub.
 
-    rayzero publish runs/<run>/<stage> --to <dir> | hf://<org>/<name>[@revision] [--overwrite]
+    rayzero publish runs/<run>/<stage> --to <dir> | hf://<org>/<name>[@revision] [--overwrite] [--adapter]
 
-What gets published:
+What gets published (with `--adapter`: the stage's LoRA adapter instead of the weights, see
+pipelines/report/adapter.py; tokenizer, card, plots and recipe as below):
 - the weights as safetensors. A DeepSpeed ZeRO checkpoint (a folder with `latest` / `global_step*/`
   shards, e.g. `grpo.checkpoints/checkpoint-N`) is consolidated with DeepSpeed's `zero_to_fp32` into the
   fp32 master weights; a folder of `checkpoint-N` subfolders publishes its latest one;
@@ -157,32 +158,35 @@ def load_tokenizer(candidates: list[Path]):
 
 
 def build_folder(src: Path, dst: Path, *, repo: str, base_model: str = "", datasets: tuple[str, ...] = (),
-                 say: Callable[[str], None] = print) -> dict:
-    """Write the publishable folder for stage folder `src` into the empty folder `dst`."""
-    from transformers import GenerationConfig
-
+                 adapter: bool = False, say: Callable[[str], None] = print) -> dict:
+    """Write the publishable folder for stage folder `src` into the empty folder `dst` (`adapter`: its LoRA
+    adapter instead of the model's weights)."""
     from pipelines.report import model_card
     from rl.modeling import check_tokenizer_roundtrip
 
-    weights = locate(src)
+    lora = _adapter(src) if adapter else None
+    weights = src if lora else locate(src)
     ctx = run_context(src, weights)
     cfg = yaml.safe_load((ctx.run_dir / "config.yaml").read_text()) if ctx.run_dir and \
         (ctx.run_dir / "config.yaml").exists() else {}
     report = json.loads((ctx.run_dir / "report.json").read_text()) if ctx.run_dir and \
         (ctx.run_dir / "report.json").exists() else None
-    say(f"publish: weights from {weights}" + (" (DeepSpeed ZeRO shards -> fp32)" if is_zero_checkpoint(weights) else ""))
-    model = load_model(weights)
-    tok = load_tokenizer([weights, src] + ([ctx.run_dir / "tokenizer"] if ctx.run_dir else []))
+    tok = load_tokenizer(([lora.folder] if lora else []) + [weights, src]
+                         + ([ctx.run_dir / "tokenizer"] if ctx.run_dir else []))
     if not tok.chat_template:
         tok.chat_template = CHAT_TEMPLATE
-    gen = GenerationConfig.from_pretrained(weights) if (weights / "generation_config.json").exists() \
-        else GenerationConfig.from_model_config(model.config)
-    gen.do_sample = False
-    gen.max_new_tokens = cfg.get("eval", {}).get("max_new_tokens", gen.max_new_tokens or 256)
-    gen.eos_token_id = tok.eos_token_id if gen.eos_token_id is None else gen.eos_token_id
-    gen.pad_token_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-    model.generation_config = gen
-    model.save_pretrained(dst, safe_serialization=True)
+    adapter_base, base_note = "", ""
+    if lora:
+        from pipelines.report.adapter import base_note as note_for, write_adapter
+
+        say(f"publish: LoRA adapter from {lora.folder}")
+        adapter_base = _checked(write_adapter, lora, dst, base_model)
+        base_note = note_for(lora, adapter_base, ctx.run_dir)
+        if base_note:
+            say(f"publish: note: {base_note}")
+    else:
+        say(f"publish: weights from {weights}" + (" (DeepSpeed ZeRO shards -> fp32)" if is_zero_checkpoint(weights) else ""))
+        _write_model(weights, dst, tok, cfg)
     tok.save_pretrained(dst)
     check_tokenizer_roundtrip(dst, tok, PROBE)
     plots = _copy_plots(ctx.run_dir, report, dst)
@@ -191,15 +195,46 @@ def build_folder(src: Path, dst: Path, *, repo: str, base_model: str = "", datas
     note = "" if ctx.evaluated or not ctx.run_dir else (
         f"Intermediate checkpoint{f' (training step {ctx.step})' if ctx.step is not None else ''} of stage "
         f"`{ctx.stage}`: the results below are the run's finished stages, not this checkpoint's.")
+    note = " ".join(n for n in (note, base_note) if n)
     example = ""
     if ctx.run_dir and (ctx.run_dir / "data" / "heldout.jsonl").exists():
         with (ctx.run_dir / "data" / "heldout.jsonl").open() as f:
             example = json.loads(f.readline()).get("prompt", "")
     card = model_card.build_card(repo=repo, run=ctx.run, stage=ctx.stage, cfg=cfg, report=report,
                                  evaluated=ctx.evaluated, plots=plots, recipe=recipe, note=note,
-                                 base_model=base_model, datasets=datasets, example=example)
+                                 base_model=base_model, datasets=datasets, example=example, adapter_base=adapter_base)
     card.save(dst / "README.md")
-    return {"stage": ctx.stage, "run": ctx.run, "evaluated": ctx.evaluated, "weights": str(weights)}
+    return {"stage": ctx.stage, "run": ctx.run, "evaluated": ctx.evaluated, "weights": str(lora.folder if lora else weights),
+            "adapter": bool(lora)}
+
+
+def _write_model(weights: Path, dst: Path, tok, cfg: dict) -> None:
+    """The model as safetensors, with the generation config the report's accuracy was measured with."""
+    from transformers import GenerationConfig
+
+    model = load_model(weights)
+    gen = GenerationConfig.from_pretrained(weights) if (weights / "generation_config.json").exists() \
+        else GenerationConfig.from_model_config(model.config)
+    gen.do_sample = False
+    gen.max_new_tokens = cfg.get("eval", {}).get("max_new_tokens", gen.max_new_tokens or 256)
+    gen.eos_token_id = tok.eos_token_id if gen.eos_token_id is None else gen.eos_token_id
+    gen.pad_token_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    model.generation_config = gen
+    model.save_pretrained(dst, safe_serialization=True)
+
+
+def _checked(fn, *args):
+    """pipelines.report.adapter's one-line ValueErrors as PublishError."""
+    try:
+        return fn(*args)
+    except ValueError as e:
+        raise PublishError(str(e)) from None
+
+
+def _adapter(src: Path):
+    from pipelines.report.adapter import locate_adapter
+
+    return _checked(locate_adapter, src)
 
 
 def _copy_plots(run_dir: Path | None, report: dict | None, dst: Path) -> list[str]:
@@ -276,18 +311,23 @@ def hub_preflight(target: Target, overwrite: bool) -> "object":
 
 
 def publish(stage_dir: str | Path, to: str, *, overwrite: bool = False, base_model: str = "",
-            datasets: tuple[str, ...] = (), say: Callable[[str], None] = print) -> str:
-    """Publish `stage_dir` to `to` (directory or hf://org/name[@rev]); returns where it went."""
+            datasets: tuple[str, ...] = (), adapter: bool = False, say: Callable[[str], None] = print) -> str:
+    """Publish `stage_dir` to `to` (directory or hf://org/name[@rev]); returns where it went. `adapter`:
+    the stage's LoRA adapter instead of the merged model."""
     src = Path(stage_dir).expanduser().resolve()
     target = parse_target(to)
-    locate(src)  # a bad source fails before any Hub call
+    if adapter:  # a bad source fails before any Hub call
+        _adapter(src)
+    else:
+        locate(src)
+    build = dict(base_model=base_model, datasets=datasets, adapter=adapter, say=say)
     if target.is_hub:
         api = hub_preflight(target, overwrite)
         with tempfile.TemporaryDirectory(prefix="rayzero-publish-") as tmp:
-            info = build_folder(src, Path(tmp), repo=target.repo_id, base_model=base_model, datasets=datasets, say=say)
+            info = build_folder(src, Path(tmp), repo=target.repo_id, **build)
             rev = target.revision or "main"
             _hub_call(target.to, api.upload_folder, repo_id=target.repo_id, folder_path=tmp, revision=rev,
-                      commit_message=f"rayzero: {info['run']} stage {info['stage']}",
+                      commit_message=f"rayzero: {info['run']} stage {info['stage']}" + (" (LoRA adapter)" if adapter else ""),
                       delete_patterns="*" if overwrite else None)
         url = f"https://huggingface.co/{target.repo_id}" + (f"/tree/{target.revision}" if target.revision else "")
         say(f"publish: {info['run']}/{info['stage']} -> {url}")
@@ -298,8 +338,9 @@ def publish(stage_dir: str | Path, to: str, *, overwrite: bool = False, base_mod
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir(parents=True)
     try:
-        info = build_folder(src, partial, repo=str(dst), base_model=base_model, datasets=datasets, say=say)
-        (partial / MARKER).write_text(json.dumps({"run": info["run"], "stage": info["stage"], "source": str(src)}))
+        info = build_folder(src, partial, repo=str(dst), **build)
+        (partial / MARKER).write_text(json.dumps({"run": info["run"], "stage": info["stage"], "source": str(src),
+                                                  "adapter": info["adapter"]}))
         _swap_in(partial, dst)
     except BaseException:
         shutil.rmtree(partial, ignore_errors=True)
@@ -349,16 +390,21 @@ def _swap_in(partial: Path, dst: Path) -> None:
     shutil.rmtree(old)
 
 
+def published_stage(cfg) -> str:
+    """The stage the recipe's `publish` section publishes: `publish.stage`, else the last trained one."""
+    trained = [s for s in ("sft", "grpo", "distill") if getattr(cfg, s).enabled]
+    return cfg.publish.stage or (trained[-1] if trained else "")
+
+
 def publish_from_config(cfg, say: Callable[[str], None] = print) -> str:
     """The driver's end-of-run publish (`publish` section of the recipe)."""
     p = cfg.publish
-    trained = [s for s in ("sft", "grpo", "distill") if getattr(cfg, s).enabled]
-    stage = p.stage or (trained[-1] if trained else "")
+    stage = published_stage(cfg)
     if not stage or not (cfg.run_dir / stage / "manifest.json").exists():
         raise PublishError(f"publish.stage={stage or '(last trained)'!r}: no finished stage folder "
                            f"{cfg.run_dir / (stage or '<stage>')}; enable that stage or pick another")
     return publish(cfg.run_dir / stage, p.to, overwrite=p.overwrite, base_model=p.base_model,
-                   datasets=tuple(p.datasets), say=say)
+                   datasets=tuple(p.datasets), adapter=p.adapter, say=say)
 
 
 def add_parser(sub) -> None:
@@ -368,11 +414,14 @@ def add_parser(sub) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty directory / existing revision")
     p.add_argument("--base-model", default="", help="Hub id of the model it was fine-tuned from (card metadata)")
     p.add_argument("--dataset", action="append", default=[], help="Hub id / name for the card's datasets")
+    p.add_argument("--adapter", action="store_true", help="publish the stage's LoRA adapter (adapter/) instead of "
+                   "the merged model; --base-model then names the model it applies to")
 
 
 def main(ns: argparse.Namespace) -> int:
     try:
-        publish(ns.stage_dir, ns.to, overwrite=ns.overwrite, base_model=ns.base_model, datasets=tuple(ns.dataset))
+        publish(ns.stage_dir, ns.to, overwrite=ns.overwrite, base_model=ns.base_model, datasets=tuple(ns.dataset),
+                adapter=ns.adapter)
         return 0
     except PublishError as e:
         print(f"rayzero: error: {e}", file=sys.stderr)

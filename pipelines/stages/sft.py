@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from cluster.runtime import run_task
@@ -67,6 +68,8 @@ def train(cfg: "PipelineConfig", ctx: StageContext, stage: str, time_budget_s: f
                         callbacks=[Progress(f"{stage}: train"), MetricHistory(out / "history.jsonl")])
     train_time = time.monotonic() - start
     save_checkpoint(model, tok, out)
+    if metrics.get("adapter_dir"):  # LoRA: the adapter alone in <stage>/adapter/, as GRPO leaves it (publish --adapter)
+        Path(metrics["adapter_dir"]).replace(out / "adapter")
     after = evaluate_stage(model, tok, cfg, f"{stage}: eval")
     result = {
         "accuracy": after["accuracy"], "accuracy_before": before["accuracy"], "params": count_params(model),

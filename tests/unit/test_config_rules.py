@@ -49,6 +49,8 @@ REFUSED = [
     (["grpo.offload_params=true", "grpo.offload_optimizer=true"], "grpo.offload_optimizer=True"),
     (["grpo.micro_batch_size=3"], "grpo.micro_batch_size=3"),
     (["sft.max_length=0"], "sft.max_length=0"),
+    (["publish.enabled=true", "publish.to=out", "publish.adapter=true"], "publish.adapter=True: stage 'distill' trains no LoRA"),
+    (["publish.enabled=true", "publish.to=out", "publish.adapter=true", "publish.stage=grpo"], "set grpo.lora.r > 0"),
     (["sft.num_cpus=2"], "use sft.cpus"),
     (["grpo.use_gpu=true"], "use grpo.gpus"),
 ]
@@ -74,7 +76,8 @@ def test_shipped_recipes_and_sane_variants_load():
                       ["grpo.placement=colocated", "grpo.rollout_workers=1"], ["task.num_train=2"],
                       ["run.name=my-run_2.b"], ["grpo.enabled=false", "distill.mixes={m: {long_short: 0.0}}"],
                       ["grpo.zero_stage=1", "grpo.offload_optimizer=true"],
-                      ["grpo.zero_stage=3", "grpo.offload_optimizer=true", "grpo.offload_params=true"]):
+                      ["grpo.zero_stage=3", "grpo.offload_optimizer=true", "grpo.offload_params=true"],
+                      ["publish.enabled=true", "publish.to=out", "publish.adapter=true", "publish.stage=grpo", "grpo.lora.r=4"]):
         load_config("micro", overrides)
 
 
