@@ -8,7 +8,8 @@ PEFT recorded as `base_model_name_or_path`: a Hub id, or a local folder (e.g. th
 GRPO trained an adapter on the SFT model). `--base-model` names the published copy of that base instead,
 in adapter_config.json (so `PeftModel.from_pretrained` / `AutoPeftModelForCausalLM` find it) and on the card.
 
-Errors are ValueError with one line; `pipelines.report.publish` turns them into PublishError.
+Errors are ValueError with one line, all raised by `locate_adapter` (before any Hub call or file is
+written); `pipelines.report.publish` turns them into PublishError.
 """
 
 from __future__ import annotations
@@ -27,15 +28,20 @@ class Adapter:
     trained_on: str  # base_model_name_or_path as PEFT recorded it ("" = none recorded)
 
 
-def locate_adapter(src: Path) -> Adapter:
-    """The adapter of stage folder `src` (`src/adapter/`), or `src` itself when it is an adapter folder."""
+def locate_adapter(src: Path, base_model: str = "") -> Adapter:
+    """The adapter of stage folder `src` (`src/adapter/`), or `src` itself when it is an adapter folder; it must
+    name its base (recorded by PEFT, or `base_model`). Checked before any Hub call or file is written."""
     for folder in (src / "adapter", src):
         if (folder / "adapter_config.json").is_file():
             missing = [f for f in ADAPTER_FILES if not (folder / f).is_file()]
             if missing:
                 raise ValueError(f"{folder}: adapter_config.json but no {missing[0]} (an incomplete adapter)")
             config = json.loads((folder / "adapter_config.json").read_text())
-            return Adapter(folder, config.get("base_model_name_or_path") or "")
+            adapter = Adapter(folder, config.get("base_model_name_or_path") or "")
+            if not (base_model or adapter.trained_on):  # e.g. LoRA on a tiny model built in memory
+                raise ValueError(f"{folder}: the adapter does not record its base model; pass --base-model <hub id "
+                                 f"or folder> (the weights the stage started from)")
+            return adapter
     raise ValueError(f"{src}: no LoRA adapter here (no adapter/ folder: the stage trained without LoRA, lora.r=0); "
                      f"publish without --adapter for the full model")
 
@@ -43,9 +49,6 @@ def locate_adapter(src: Path) -> Adapter:
 def write_adapter(adapter: Adapter, dst: Path, base_model: str = "") -> str:
     """Copies the adapter into `dst`, its base renamed to `base_model` when given; returns the base it names."""
     base = base_model or adapter.trained_on
-    if not base:
-        raise ValueError(f"{adapter.folder}: the adapter does not record its base model; pass --base-model <hub id "
-                         f"or folder> (the weights the stage started from)")
     config = json.loads((adapter.folder / "adapter_config.json").read_text())
     config["base_model_name_or_path"] = base
     (dst / "adapter_config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")

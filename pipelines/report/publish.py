@@ -164,7 +164,7 @@ def build_folder(src: Path, dst: Path, *, repo: str, base_model: str = "", datas
     from pipelines.report import model_card
     from rl.modeling import check_tokenizer_roundtrip
 
-    lora = _adapter(src) if adapter else None
+    lora = _adapter(src, base_model) if adapter else None
     weights = src if lora else locate(src)
     ctx = run_context(src, weights)
     cfg = yaml.safe_load((ctx.run_dir / "config.yaml").read_text()) if ctx.run_dir and \
@@ -180,7 +180,7 @@ def build_folder(src: Path, dst: Path, *, repo: str, base_model: str = "", datas
         from pipelines.report.adapter import base_note as note_for, write_adapter
 
         say(f"publish: LoRA adapter from {lora.folder}")
-        adapter_base = _checked(write_adapter, lora, dst, base_model)
+        adapter_base = write_adapter(lora, dst, base_model)
         base_note = note_for(lora, adapter_base, ctx.run_dir)
         if base_note:
             say(f"publish: note: {base_note}")
@@ -223,18 +223,14 @@ def _write_model(weights: Path, dst: Path, tok, cfg: dict) -> None:
     model.save_pretrained(dst, safe_serialization=True)
 
 
-def _checked(fn, *args):
-    """pipelines.report.adapter's one-line ValueErrors as PublishError."""
-    try:
-        return fn(*args)
-    except ValueError as e:
-        raise PublishError(str(e)) from None
-
-
-def _adapter(src: Path):
+def _adapter(src: Path, base_model: str):
+    """The stage's LoRA adapter (pipelines.report.adapter), its one-line ValueError as PublishError."""
     from pipelines.report.adapter import locate_adapter
 
-    return _checked(locate_adapter, src)
+    try:
+        return locate_adapter(src, base_model)
+    except ValueError as e:
+        raise PublishError(str(e)) from None
 
 
 def _copy_plots(run_dir: Path | None, report: dict | None, dst: Path) -> list[str]:
@@ -317,7 +313,7 @@ def publish(stage_dir: str | Path, to: str, *, overwrite: bool = False, base_mod
     src = Path(stage_dir).expanduser().resolve()
     target = parse_target(to)
     if adapter:  # a bad source fails before any Hub call
-        _adapter(src)
+        _adapter(src, base_model)
     else:
         locate(src)
     build = dict(base_model=base_model, datasets=datasets, adapter=adapter, say=say)

@@ -109,3 +109,21 @@ def test_stage_without_adapter_is_refused_in_one_line(run_dir, tmp_path, capsys)
     assert main(parser.parse_args(["publish", str(run_dir / "sft"), "--to", str(out), "--adapter"])) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "no LoRA adapter here" in err[0] and "publish without --adapter" in err[0]
+
+
+def test_adapter_without_a_recorded_base_needs_base_model(run_dir, tmp_path):
+    """LoRA on a model built in memory (a tiny model from scratch): PEFT records no base; refused before any
+    write unless --base-model names it."""
+    stage = tmp_path / "run" / "sft"
+    (stage / "adapter").mkdir(parents=True)
+    for name in ("adapter_model.safetensors", "tokenizer.json", "tokenizer_config.json"):
+        src = run_dir / "grpo" / ("adapter" if name.startswith("adapter") else "") / name
+        (stage / ("adapter" if name.startswith("adapter") else "") / name).write_bytes(src.read_bytes())
+    config = json.loads((run_dir / "grpo" / "adapter" / "adapter_config.json").read_text())
+    (stage / "adapter" / "adapter_config.json").write_text(json.dumps({**config, "base_model_name_or_path": None}))
+    out = tmp_path / "pub"
+    with pytest.raises(PublishError, match="does not record its base model; pass --base-model"):
+        publish(stage, str(out), adapter=True, **QUIET)
+    assert not out.exists()
+    publish(stage, str(out), adapter=True, base_model=str(run_dir / "sft"), **QUIET)
+    assert json.loads((out / "adapter_config.json").read_text())["base_model_name_or_path"] == str(run_dir / "sft")
