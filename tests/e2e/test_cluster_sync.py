@@ -6,8 +6,6 @@ worker gets every bucket; a plan is bounded by the bucket size and covers every 
 from __future__ import annotations
 
 import random
-import shutil
-import tempfile
 
 import pytest
 import ray
@@ -15,8 +13,9 @@ import torch
 
 from cluster import weight_sync
 from cluster.rollout import RolloutPool
-from rl.modeling import build_tiny_model, load_policy, save_tokenizer, train_tokenizer
+from rl.modeling import load_policy
 from rl.rollout import engine_factory
+from tests.e2e.helpers import kill_and_wait, local_ray, save_tiny_policy
 
 TEXTS = [f"{a} plus {b} is {a + b}." for a in range(12) for b in range(12)]
 BUCKET = 4096  # bytes: the tiny model's embeddings alone are ~19 KB in bf16, so a sync takes many buckets
@@ -24,22 +23,12 @@ BUCKET = 4096  # bytes: the tiny model's embeddings alone are ~19 KB in bf16, so
 
 @pytest.fixture(scope="module")
 def ray_local():
-    tmp = tempfile.mkdtemp(prefix="rzsy-", dir="/tmp")
-    ray.init(address="local", num_cpus=2, include_dashboard=False, configure_logging=False, _temp_dir=tmp)
-    yield
-    ray.shutdown()
-    shutil.rmtree(tmp, ignore_errors=True)
+    yield from local_ray()
 
 
 @pytest.fixture(scope="module")
 def policy_dir(tmp_path_factory):
-    d = tmp_path_factory.mktemp("policy")
-    tok = train_tokenizer(TEXTS, 300)
-    model = build_tiny_model(tok, hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64,
-                             max_position=64, seed=0)
-    save_tokenizer(tok, d, TEXTS[0])
-    model.save_pretrained(d)
-    return d
+    return save_tiny_policy(tmp_path_factory.mktemp("policy"), TEXTS, num_layers=2)
 
 
 def _learner(policy_dir, seed: int) -> dict:
@@ -75,7 +64,7 @@ def test_bucketed_bf16_sync_equals_the_learners_weights(ray_local, policy_dir, b
         # A second sync (new weights) and a replacement worker: the new worker gets every bucket too.
         state = _learner(policy_dir, 2)
         pool.sync_weights(state, version=2, dtype=torch.bfloat16)
-        ray.kill(pool.workers[1])
+        kill_and_wait(pool.workers[1])
         pool.pool.call_all("info")  # the dead worker is replaced here and given the latest weights
         assert pool.replacements == 1
         _assert_engines_hold(pool, state)
@@ -100,7 +89,7 @@ def test_bucket_plan_is_bounded_and_covers_every_tensor_once():
     rng = random.Random(0)
     dtypes = [torch.float32, torch.bfloat16, torch.int64]
     for trial in range(50):
-        state = {f"t{rng.randrange(10**6)}": torch.zeros(*[rng.randint(1, 40) for _ in range(rng.randint(0, 3))],
+        state = {f"t{rng.randrange(10**6)}": torch.zeros(tuple(rng.randint(1, 40) for _ in range(rng.randint(0, 3))),
                                                            dtype=rng.choice(dtypes)) for _ in range(rng.randint(1, 30))}
         for bucket_bytes in (0, 1, 64, 1000, 10**9):
             sent = weight_sync.plan(state, None, bucket_bytes)

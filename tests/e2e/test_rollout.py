@@ -6,8 +6,9 @@ import torch
 
 from cluster.actors import split_evenly
 from cluster.rollout import RolloutPool
-from rl.modeling import build_tiny_model, load_policy, save_tokenizer, train_tokenizer
+from rl.modeling import load_policy
 from rl.rollout import HFEngine, SamplingParams, check_engine, engine_factory, make_rollout_func
+from tests.e2e.helpers import kill_and_wait, local_ray, save_tiny_policy
 
 TEXTS = [f"{a} plus {b} is {a + b}." for a in range(12) for b in range(12)]
 GREEDY = SamplingParams(max_new_tokens=6, temperature=1.0, top_k=1)
@@ -15,20 +16,12 @@ GREEDY = SamplingParams(max_new_tokens=6, temperature=1.0, top_k=1)
 
 @pytest.fixture(scope="module")
 def ray_local():
-    ray.init(address="local", num_cpus=2, include_dashboard=False, configure_logging=False)
-    yield
-    ray.shutdown()
+    yield from local_ray()
 
 
 @pytest.fixture(scope="module")
 def policy_dir(tmp_path_factory):
-    d = tmp_path_factory.mktemp("policy")
-    tok = train_tokenizer(TEXTS, 300)
-    model = build_tiny_model(tok, hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64,
-                             max_position=64, seed=0)
-    save_tokenizer(tok, d, TEXTS[0])
-    model.save_pretrained(d)
-    return d
+    return save_tiny_policy(tmp_path_factory.mktemp("policy"), TEXTS, num_layers=1)
 
 
 def _prompts(tok, n=7):
@@ -90,7 +83,7 @@ def test_weight_sync_changes_what_workers_generate_and_survives_a_killed_worker(
     after = pool.generate(prompts, GREEDY)
     assert after["completion_ids"] == expect != before and set(after["versions"]) == {5}
     # Kill a worker: its share is generated again by a replacement that holds the synced weights.
-    ray.kill(pool.workers[1])
+    kill_and_wait(pool.workers[1])
     again = pool.generate(prompts, GREEDY)
     assert again["completion_ids"] == expect and set(again["versions"]) == {5}
     assert pool.replacements == 1
@@ -154,7 +147,7 @@ def test_collective_weight_sync_over_gloo_and_regroup_after_a_killed_worker(ray_
     expect, _ = _local(model, tok).generate(prompts, GREEDY)
     out = pool.generate(prompts, GREEDY)
     assert out["completion_ids"] == expect and set(out["versions"]) == {3}
-    ray.kill(pool.workers[0])
+    kill_and_wait(pool.workers[0])
     again = pool.generate(prompts, GREEDY)  # replacement joins a rebuilt group and gets the weights again
     assert again["completion_ids"] == expect and pool.replacements == 1
     pool.sync_weights(state, version=4)  # the rebuilt group keeps working
