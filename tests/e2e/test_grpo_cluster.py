@@ -105,12 +105,7 @@ def test_too_small_cluster_fails_before_any_work(sft_run):
     assert (run / "sft" / "manifest.json").exists() and not (run / "grpo").exists()
 
 
-@pytest.mark.parametrize("stage", [0, 2, 3])  # 0: plain DDP
-def test_ddp_and_deepspeed_zero_learners_with_two_cpu_workers(sft_run, stage):
-    run = _from_sft(sft_run, f"zero{stage}")
-    proc = _rayzero(run.parent, f"zero{stage}", *GRPO_ONLY, "grpo.num_workers=2", "grpo.cpus=1",
-                    f"grpo.zero_stage={stage}")
-    assert proc.returncode == 0, proc.stderr[-3000:]
+def _assert_consolidated_and_trained(run: Path, stage: int) -> None:
     m = _grpo_metrics(run)
     assert m["steps"] == 3 and m["num_workers"] == 2 and m["zero_stage"] == stage
     # The saved folder is one consolidated checkpoint (ZeRO-3 shards gathered), loadable without DeepSpeed.
@@ -119,6 +114,19 @@ def test_ddp_and_deepspeed_zero_learners_with_two_cpu_workers(sft_run, stage):
     assert sum(p.numel() for p in model.parameters()) == m["params"]
     moved = [n for (n, p), (_, q) in zip(model.named_parameters(), sft.named_parameters()) if not p.equal(q)]
     assert moved, "GRPO under DDP/ZeRO should have changed the weights"
+
+
+def test_deepspeed_zero2_learner_with_two_cpu_workers(sft_run):
+    # Plain DDP over 2 ranks runs in test_colocated_rollout_workers_in_the_learners_bundles, ZeRO-3 in the
+    # session's shared micro run (test_zero3_learner_of_the_shared_micro_run).
+    run = _from_sft(sft_run, "zero2")
+    proc = _rayzero(run.parent, "zero2", *GRPO_ONLY, "grpo.num_workers=2", "grpo.cpus=1", "grpo.zero_stage=2")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    _assert_consolidated_and_trained(run, 2)
+
+
+def test_zero3_learner_of_the_shared_micro_run(micro):
+    _assert_consolidated_and_trained(micro.run_dir, 3)
 
 
 def test_colocated_rollout_workers_in_the_learners_bundles(sft_run):
