@@ -241,6 +241,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=0, help="torch threads (default: all cores)")
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--modes", default="trl,rayzero,rayzero-ds")
+    ap.add_argument("--json", default="", help="also write every repeat's figures to this file")
     args = ap.parse_args()
     args.steps = args.steps or (8 if args.model == "tiny" else 3)
     args.prompts = args.prompts or (64 if args.model == "tiny" else 8)
@@ -264,6 +265,11 @@ def main() -> None:
                       f"(load {os.getloadavg()[0]:.2f})", flush=True)
     rate.append(matmul_rate())
     load.append(os.getloadavg()[0])
+    if args.json:
+        import json
+
+        Path(args.json).write_text(json.dumps({"args": vars(args), "matmul_gflops": rate, "load": load,
+                                               "results": results}, indent=1))
     print(f"\nGRPO throughput, {args.model}, {args.steps} steps x {args.prompts} prompts x {args.gens} samples x <= "
           f"{args.max_new} tokens, {torch.get_num_threads()} threads, {args.repeats} repeats (median; min-max)")
     print(f"bf16 matmul (2048^3): {rate[0]:.0f} GFLOP/s before, {rate[1]:.0f} after; "
