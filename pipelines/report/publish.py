@@ -34,6 +34,9 @@ from typing import Callable
 
 import yaml
 
+from pipelines.report import hub
+from pipelines.report.hub import PublishError
+
 # The rayzero prompt format: the user's text ends with a newline, the model continues with
 # <think>…</think><answer>…</answer>; no role markers (the tiny tokenizer has none).
 CHAT_TEMPLATE = (
@@ -44,10 +47,6 @@ CHAT_TEMPLATE = (
     "{%- endfor -%}"
 )
 PROBE = "Mia has 3 pens. She buys 2 more. How many pens does Mia have now?\n<think>3+2=5.</think><answer>5</answer>"
-
-
-class PublishError(Exception):
-    """A publish that cannot go ahead; the message is one line saying what to do."""
 
 
 @dataclass(frozen=True)
@@ -254,58 +253,6 @@ def _copy_plots(run_dir: Path | None, report: dict | None, dst: Path) -> list[st
 # Targets
 
 
-def _hub_token() -> str:
-    from huggingface_hub import get_token
-
-    token = os.environ.get("HF_TOKEN") or get_token()
-    if not token:
-        raise PublishError("no Hugging Face token: set HF_TOKEN or run `hf auth login`, then publish again")
-    return token
-
-
-def _hub_call(what: str, fn, *args, **kwargs):
-    """A Hub API call whose failure becomes one line: offline mode, no network, HTTP errors."""
-    from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
-
-    try:
-        return fn(*args, **kwargs)
-    except OfflineModeIsEnabled:
-        raise PublishError(f"{what}: HF_HUB_OFFLINE is set; unset it to publish to the Hub") from None
-    except HfHubHTTPError as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise PublishError(f"{what}: the Hub refused ({first})") from None
-    except Exception as e:  # httpx transport errors (DNS, refused, timeout) and OSError
-        if isinstance(e, OSError) or type(e).__module__.split(".")[0].startswith("httpx"):
-            raise PublishError(f"{what}: cannot reach the Hub ({type(e).__name__}: {e}); check the network "
-                               f"or publish to a directory") from None
-        raise
-
-
-def hub_preflight(target: Target, overwrite: bool) -> "object":
-    """Token, network, repo and revision checks, before any work. Returns the HfApi to upload with."""
-    from huggingface_hub import HfApi, constants, get_session
-
-    token = _hub_token()
-    if constants.HF_HUB_OFFLINE:
-        raise PublishError(f"{target.to}: HF_HUB_OFFLINE is set; unset it to publish to the Hub")
-    # huggingface_hub's client has no timeout: a black-holed network would hang. Bound connecting only
-    # (uploads of large files may take long), at HF_HUB_ETAG_TIMEOUT seconds (default 10).
-    session = get_session()
-    session.timeout = type(session.timeout)(None, connect=float(constants.HF_HUB_ETAG_TIMEOUT))
-    api = HfApi(token=token)
-    _hub_call(target.to, api.create_repo, target.repo_id, exist_ok=True)
-    rev = target.revision or "main"
-    refs = _hub_call(target.to, api.list_repo_refs, target.repo_id)
-    if rev not in {b.name for b in refs.branches}:
-        _hub_call(target.to, api.create_branch, target.repo_id, branch=rev)
-    elif not overwrite:
-        files = _hub_call(target.to, api.list_repo_files, target.repo_id, revision=rev)
-        if [f for f in files if f != ".gitattributes"]:
-            raise PublishError(f"{target.to}: revision '{rev}' already has files; pass --overwrite to replace "
-                               f"them or publish to another @revision")
-    return api
-
-
 def publish(stage_dir: str | Path, to: str, *, overwrite: bool = False, base_model: str = "",
             datasets: tuple[str, ...] = (), adapter: bool = False, say: Callable[[str], None] = print) -> str:
     """Publish `stage_dir` to `to` (directory or hf://org/name[@rev]); returns where it went. `adapter`:
@@ -318,13 +265,11 @@ def publish(stage_dir: str | Path, to: str, *, overwrite: bool = False, base_mod
         locate(src)
     build = dict(base_model=base_model, datasets=datasets, adapter=adapter, say=say)
     if target.is_hub:
-        api = hub_preflight(target, overwrite)
+        api = hub.preflight(target, overwrite)
         with tempfile.TemporaryDirectory(prefix="rayzero-publish-") as tmp:
             info = build_folder(src, Path(tmp), repo=target.repo_id, **build)
-            rev = target.revision or "main"
-            _hub_call(target.to, api.upload_folder, repo_id=target.repo_id, folder_path=tmp, revision=rev,
-                      commit_message=f"rayzero: {info['run']} stage {info['stage']}" + (" (LoRA adapter)" if adapter else ""),
-                      delete_patterns="*" if overwrite else None)
+            message = f"rayzero: {info['run']} stage {info['stage']}" + (" (LoRA adapter)" if adapter else "")
+            hub.upload(api, target, Path(tmp), message, overwrite)
         url = f"https://huggingface.co/{target.repo_id}" + (f"/tree/{target.revision}" if target.revision else "")
         say(f"publish: {info['run']}/{info['stage']} -> {url}")
         return url

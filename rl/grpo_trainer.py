@@ -1,0 +1,209 @@
+"""rayzero's GRPO trainer class: TRL's `GRPOTrainer` with its losses and scoring as they are, plus what TRL
+lacks (DAPO dynamic sampling, overlapped rollouts) and the CPU fast path (bf16 weights with fp32 masters,
+lean log-probs, lean decoding; docs/perf.md). `rl.grpo.make_grpo_trainer` builds it from `GRPOParams`."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class FastPath:
+    """What the trainer does differently from plain TRL for speed (GRPOParams' fast-path fields, resolved)."""
+
+    precision: str = "fp32"
+    master_weights: bool = True
+    decoder: str = "generate"
+    lean_logps: bool = False
+    length_buckets: int = 1
+
+
+def trainer_class():
+    """Built lazily so importing rl.grpo does not import TRL."""
+    import torch
+
+    from rl import dynamic_sampling as ds
+    from rl import trl_compat as compat
+    from rl.precision import MasterWeightAdamW
+
+    class RayzeroGRPOTrainer(compat.grpo_trainer_base()):
+        """TRL's GRPOTrainer (its losses, its generation and reward scoring) plus two things TRL lacks:
+
+        - DAPO dynamic sampling: each round is one call of TRL's own generation + scoring round;
+          zero-variance groups are dropped and fresh prompts are drawn from the training set until every
+          worker has a full batch or `max_resample_rounds` extra rounds were spent. All workers run the
+          same number of rounds (TRL gathers rewards across them each round).
+        - overlapped rollouts: when the `rollout_func` can `prefetch` (`rl.rollout.PoolRollouts` with
+          overlap on), prompt batches are read one ahead so the next step's generation starts while this
+          step trains, and the rollout log-probs become the PPO "old" log-probs so the clipped
+          importance ratio corrects the one-step lag."""
+
+        def __init__(self, *args, dynamic_sampling: bool = False, max_resample_rounds: int = 2,
+                     rayzero_fast: FastPath = FastPath(), fp32_weights: dict | None = None, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.dynamic_sampling, self.max_resample_rounds = dynamic_sampling, max_resample_rounds
+            self.rayzero_rollout = kwargs.get("rollout_func")
+            self.resample_rng = random.Random(self.args.seed * 7919 + self.accelerator.process_index)
+            self.fast = rayzero_fast
+            self.fp32_weights = fp32_weights  # id(param) -> exact fp32 value, for the master weights
+            self.lean_ready = False
+            if self.fast.lean_logps:
+                from rl import lean_loss
+
+                self.lean_ready = lean_loss.install(self.model)
+                if self.ref_model is not None:  # the KL reference's log-probs take the same path when it can
+                    lean_loss.install(self.ref_model)
+
+        # --- bf16 learner with fp32 master weights ---------------------------------------------------
+        @property
+        def uses_master_weights(self) -> bool:
+            return self.fast.precision == "bf16" and self.fast.master_weights
+
+        def create_optimizer(self, *args, **kwargs):
+            optimizer = super().create_optimizer(*args, **kwargs)
+            if self.uses_master_weights and not isinstance(self.optimizer, MasterWeightAdamW):
+                from rl.precision import master_adamw_like
+
+                self.optimizer = master_adamw_like(self.optimizer, self.fp32_weights or {})
+                return self.optimizer
+            return optimizer
+
+        def restore_fp32(self) -> None:
+            """Hands the policy back in fp32: the master weights where there are some, else the weights."""
+            if self.fast.precision != "bf16":
+                return
+            model = self.accelerator.unwrap_model(self.model)
+            exact = {}
+            opt = self.optimizer
+            opt = getattr(opt, "optimizer", opt)  # accelerate's wrapper
+            if isinstance(opt, MasterWeightAdamW):
+                exact = {id(p): m for p, m in zip(opt.model_params, opt.masters)}
+            params = list(model.parameters())
+            model.float()
+            with torch.no_grad():
+                for p in params:
+                    if id(p) in exact:
+                        p.copy_(exact[id(p)])
+            self.fp32_weights = None
+
+        def train(self, *args, **kwargs):
+            try:
+                return super().train(*args, **kwargs)
+            finally:
+                if hasattr(self.rayzero_rollout, "close"):
+                    self.rayzero_rollout.close()
+                self.restore_fp32()
+
+        # --- lean log-probs -----------------------------------------------------------------------------
+        def _get_per_token_logps_and_entropies(self, model, input_ids, attention_mask, logits_to_keep,
+                                               batch_size=None, compute_entropy=False, compute_aux_loss=False,
+                                               **multimodal):
+            from rl import lean_loss
+
+            if not self.lean_ready or compute_aux_loss or any(v is not None for v in multimodal.values()) \
+                    or not lean_loss.installed(model):
+                return super()._get_per_token_logps_and_entropies(
+                    model, input_ids, attention_mask, logits_to_keep, batch_size=batch_size,
+                    compute_entropy=compute_entropy, compute_aux_loss=compute_aux_loss, **multimodal)
+
+            rows = input_ids.size(0)
+            buckets = max(self.fast.length_buckets, -(-rows // batch_size) if batch_size else 1)
+            logps, entropy = lean_loss.token_logps(
+                model, input_ids, attention_mask, logits_to_keep, temperature=compat.loss_temperature(self),
+                entropy_grad=compat.entropy_needs_grad(self), buckets=buckets, autocast=self.accelerator.autocast)
+            return logps, (entropy if compute_entropy else None), None
+
+        # --- in-learner generation ----------------------------------------------------------------------
+        def _generate_single_turn(self, prompt_ids, images, multimodal_fields, num_generations,
+                                  has_tool_images=False):
+            settings = compat.plain_sampling(self)
+            if self.fast.decoder != "rayzero" or images is not None or multimodal_fields or has_tool_images \
+                    or settings is None:
+                return super()._generate_single_turn(prompt_ids, images, multimodal_fields, num_generations,
+                                                     has_tool_images)
+            from rl.decoding import sample
+
+            with compat.model_for_generation(self) as model:
+                return sample(model, prompt_ids, pad_token_id=compat.tokenizer(self).pad_token_id, **settings)
+
+        @property
+        def overlap(self) -> bool:
+            return getattr(self.rayzero_rollout, "overlap", False)
+
+        def get_train_dataloader(self):
+            loader = super().get_train_dataloader()
+            return _Lookahead(loader, lambda rows: self.rayzero_rollout.prefetch(rows, self)) if self.overlap else loader
+
+        def fresh_prompts(self, num_prompts: int) -> list[dict]:
+            data = self.train_dataset
+            rows = [data[self.resample_rng.randrange(len(data))] for _ in range(num_prompts)]
+            return [dict(r) for r in rows for _ in range(self.args.num_generations)]
+
+        def generate_and_score(self, inputs):
+            if self.model.training and self.dynamic_sampling:
+                out = self.dynamic_round(inputs)
+            else:
+                out = self.trl_generate_and_score(inputs)
+            if self.overlap and "sampling_per_token_logps" in out:
+                out["old_per_token_logps"] = out["sampling_per_token_logps"]
+            return out
+
+        def dynamic_round(self, inputs):
+            g, target = self.args.num_generations, len(inputs)
+            kept, dropped, rounds, groups = [], 0, 0, 0
+            batch = inputs
+            while True:
+                out = self.trl_generate_and_score(batch)
+                ds.check_supported(out)
+                good, n_dropped = ds.keep_informative(out, g)
+                kept.append(good)
+                dropped, groups = dropped + n_dropped, groups + len(batch) // g
+                have = sum(k["advantages"].numel() for k in kept)
+                fewest = self.accelerator.gather(torch.tensor([have], device=self.accelerator.device)).min()
+                if int(fewest) >= target or rounds >= self.max_resample_rounds:
+                    break
+                rounds += 1
+                batch = self.fresh_prompts(target // g)
+            merged = ds.concat_batches(kept, compat.tokenizer(self).pad_token_id)
+            rows = merged["advantages"].numel()
+            if rows == 0:
+                # Every group agreed: train on one (zero-gradient) group so all workers stay in step.
+                merged = ds.select_rows(out, torch.arange(g, device=out["advantages"].device))
+            elif rows > target:
+                merged = ds.select_rows(merged, torch.arange(target, device=merged["advantages"].device))
+            for name, value in (("dropped_groups", dropped), ("kept_fraction", 1.0 - dropped / groups),
+                                ("rounds", rounds + 1), ("batch_rows", merged["advantages"].numel())):
+                compat.log_metric(self, f"dynamic_sampling/{name}", value)
+            # TRL splits a round into steps_per_generation equal micro-batches: pad with inert rows.
+            merged = ds.pad_rows_to_multiple(merged, out, self.args.steps_per_generation,
+                                             compat.tokenizer(self).pad_token_id)
+            merged["num_items_in_batch"] = self.accelerator.gather(ds.loss_tokens(merged)).sum()
+            return merged
+
+    return RayzeroGRPOTrainer
+
+
+class _Lookahead:
+    """Iterates a dataloader one batch ahead: before handing out batch t it calls `on_next(batch t+1)`."""
+
+    def __init__(self, loader, on_next):
+        self.loader, self.on_next = loader, on_next
+
+    def __len__(self):
+        return len(self.loader)
+
+    def __getattr__(self, name):  # sampler, dataset, set_epoch, ... of the wrapped loader
+        return getattr(self.loader, name)
+
+    def __iter__(self):
+        it = iter(self.loader)
+        try:
+            current = next(it)
+        except StopIteration:
+            return
+        for upcoming in it:
+            self.on_next(upcoming)
+            yield current
+            current = upcoming
+        yield current
