@@ -82,20 +82,6 @@ def test_placement_plans_and_clear_errors():
     placement.check(p, {"CPU": 8, "GPU": 5})
 
 
-def test_grpo_with_a_ray_rollout_pool(sft_run):
-    run = _from_sft(sft_run, "pool")
-    # Distillation runs after it: the rollout pool's placement group must have given its CPUs back.
-    with_distill = [a for a in GRPO_ONLY if a != "distill.enabled=false"]
-    proc = _rayzero(run.parent, "pool", *with_distill, "grpo.rollout_workers=1", "grpo.rollout_cpus=0.5")
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert (run / "distill" / "manifest.json").exists()
-    m = _grpo_metrics(run)
-    assert m["steps"] == 3 and m["rollout_workers"] == 1
-    logged = [h for h in m["log"] if "rollout/generate_s" in h]
-    assert logged and all(h["rollout/policy_lag"] == 0 for h in logged)
-    assert any(h.get("rollout/sync_s", 0) > 0 for h in logged)
-
-
 def test_too_small_cluster_fails_before_any_work(sft_run):
     run = _from_sft(sft_run, "small")
     proc = _rayzero(run.parent, "small", *GRPO_ONLY, "grpo.rollout_workers=4", "grpo.rollout_cpus=2")
@@ -177,12 +163,17 @@ def _learners_of(ray_tmp: str) -> list[int]:
     return found
 
 
-def test_rollout_pool_syncs_from_a_zero3_learner(sft_run):
-    """ZeRO-3 shards the weights across learner ranks: the sync gathers them through the engine."""
+def test_rollout_pool_syncs_from_a_zero3_learner_and_gives_its_cpus_back(sft_run):
+    """A Ray rollout pool fed by a 2-rank ZeRO-3 learner: the shards are gathered for every sync; then
+    distillation runs, so the pool's placement group must have given its CPUs back."""
     run = _from_sft(sft_run, "zero3pool")
-    proc = _rayzero(run.parent, "zero3pool", *GRPO_ONLY, "grpo.num_workers=2", "grpo.cpus=0.75",
+    with_distill = [a for a in GRPO_ONLY if a != "distill.enabled=false"]
+    proc = _rayzero(run.parent, "zero3pool", *with_distill, "grpo.num_workers=2", "grpo.cpus=0.75",
                     "grpo.zero_stage=3", "grpo.rollout_workers=1", "grpo.rollout_cpus=0.5")
     assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (run / "distill" / "manifest.json").exists()
     m = _grpo_metrics(run)
     assert m["steps"] == 3 and m["zero_stage"] == 3 and m["rollout_workers"] == 1
+    logged = [h for h in m["log"] if "rollout/generate_s" in h]
+    assert logged and all(h["rollout/policy_lag"] == 0 for h in logged)
     assert sum(1 for h in m["log"] if h.get("rollout/sync_s", 0) > 0) == 2  # before steps 2 and 3
