@@ -81,16 +81,22 @@ def _step(p: Path) -> int:
 
 
 def locate(folder: Path) -> Path:
-    """The folder holding the weights: `folder` itself, or its latest `checkpoint-N` subfolder."""
+    """The folder holding the weights: `folder` itself, or its latest `checkpoint-N` subfolder; checked
+    to hold weights before any work."""
     if not folder.is_dir():
         raise PublishError(f"{folder}: not a folder; pass a stage folder such as runs/<run>/grpo")
-    if (folder / "config.json").exists():
-        return folder
     ckpts = sorted((p for p in folder.iterdir() if _step(p) >= 0), key=_step)
-    if ckpts:
-        return ckpts[-1]
-    raise PublishError(f"{folder}: no model here (no config.json, no checkpoint-N subfolder); pass a finished "
-                       f"stage folder (runs/<run>/<stage>) or a checkpoint folder")
+    if (folder / "config.json").exists():
+        weights = folder
+    elif ckpts:
+        weights = ckpts[-1]
+    else:
+        raise PublishError(f"{folder}: no model here (no config.json, no checkpoint-N subfolder); pass a finished "
+                           f"stage folder (runs/<run>/<stage>) or a checkpoint folder")
+    if not (is_zero_checkpoint(weights) or any(weights.glob("*.safetensors")) or any(weights.glob("pytorch_model*.bin"))):
+        raise PublishError(f"{weights}: config.json but no weights (*.safetensors, pytorch_model*.bin, or "
+                           f"DeepSpeed global_step*/ shards)")
+    return weights
 
 
 def is_zero_checkpoint(folder: Path) -> bool:
@@ -129,10 +135,7 @@ def load_model(weights: Path):
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    if not is_zero_checkpoint(weights):
-        if not any(weights.glob("*.safetensors")) and not any(weights.glob("pytorch_model*.bin")):
-            raise PublishError(f"{weights}: config.json but no weights (*.safetensors, pytorch_model*.bin, or "
-                               f"DeepSpeed global_step*/ shards)")
+    if not is_zero_checkpoint(weights):  # (`locate` made sure there are weights)
         return AutoModelForCausalLM.from_pretrained(weights, dtype="auto")
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
