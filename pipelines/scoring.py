@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping
 
 from rewards.registry import get_reward
-from rl.callbacks import make_bar
+from rl.progress import ProgressLine
 from rl.generation import generate
 
 if TYPE_CHECKING:
@@ -59,7 +59,7 @@ def evaluate_model(model, tokenizer, rows: list[dict], cfg: "EvalSection", desc:
     """Greedy pass@1 on `rows` {prompt, answer | tests}; returns accuracy and a few samples for inspection.
     With `benchmarks` ({name: {"rows", "scorer", "max_new_tokens"}}, see `pipelines.data.benchmark_data`)
     also `benchmarks`: {name: {accuracy, n, unparsed_gold, pass@k, maj@k}}."""
-    bar = make_bar(desc, len(rows))
+    bar = ProgressLine(desc, len(rows))
     outs = generate(model, tokenizer, [r["prompt"] for r in rows], max_new_tokens=cfg.max_new_tokens,
                     batch_size=cfg.batch_size, on_batch=bar.update)
     bar.close()
@@ -101,7 +101,7 @@ def evaluate_benchmarks(model, tokenizer, benchmarks: Mapping[str, dict], cfg: "
     for name, b in benchmarks.items():
         rows, scorer = b["rows"], b.get("scorer")
         max_new = b.get("max_new_tokens") or cfg.max_new_tokens
-        bar = make_bar(f"{desc}: {name}", len(rows))
+        bar = ProgressLine(f"{desc}: {name}", len(rows))
         comps = [o[0] for o in generate(model, tokenizer, [r["prompt"] for r in rows], max_new_tokens=max_new,
                                         batch_size=cfg.batch_size, on_batch=bar.update)]
         bar.close()
@@ -113,7 +113,7 @@ def evaluate_benchmarks(model, tokenizer, benchmarks: Mapping[str, dict], cfg: "
         if cfg.samples > 0:
             n, sub = cfg.samples, rows[: cfg.num_problems or None]
             ks = [k for k in cfg.ks if k <= n]
-            bar = make_bar(f"{desc}: {name} samples", len(sub) * n)
+            bar = ProgressLine(f"{desc}: {name} samples", len(sub) * n)
             outs = generate(model, tokenizer, [r["prompt"] for r in sub], num_samples=n, temperature=cfg.temperature,
                             max_new_tokens=max_new, batch_size=cfg.batch_size, seed=seed, on_batch=bar.update)
             bar.close()
@@ -196,7 +196,7 @@ def evaluate_checkpoint(path: str | Path, rows: list[dict], cfg: "EvalSection", 
         n = len(sub)
         sub_greedy = {"accuracy": sum(greedy["correct"][:n]) / max(1, n),
                       "mean_completion_tokens": sum(greedy["tokens"][:n]) / max(1, n)}
-        bar = make_bar(f"{desc}: tts samples", n * cfg.samples)
+        bar = ProgressLine(f"{desc}: tts samples", n * cfg.samples)
         tts = tts_evaluate(model, tok, sub, cfg, judge_for(tok), greedy=sub_greedy, scorer=scorer_for(cfg),
                            max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size, seed=seed,
                            on_batch=bar.update)

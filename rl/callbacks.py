@@ -71,7 +71,7 @@ class Progress(TrainerCallback):
 
     def on_train_begin(self, args, state, control, **kw):
         if state.is_world_process_zero:
-            self.bar = make_bar(self.desc, state.max_steps)
+            self.bar = ProgressLine(self.desc, state.max_steps)
             self.bar.done = state.global_step  # resumed from a checkpoint: count from there
 
     def on_log(self, args, state, control, logs=None, **kw):
@@ -85,11 +85,6 @@ class Progress(TrainerCallback):
     def on_train_end(self, args, state, control, **kw):
         if self.bar is not None:
             self.bar.close()
-
-
-def make_bar(desc: str, total: int) -> ProgressLine:
-    """A progress reporter with tqdm's `update(n)` / `close()`, printing whole lines (see rl.progress)."""
-    return ProgressLine(desc, total)
 
 
 class MetricHistory(TrainerCallback):

@@ -29,7 +29,7 @@ from pipelines.run_folder import RunFolder, read_jsonl, write_jsonl
 from pipelines.scoring import evaluate_stage, row_scores
 from pipelines.stages.base import Actor, Resources, Stage, StageContext, device_for, start_task
 from rewards.registry import get_reward
-from rl.callbacks import MetricHistory, Progress, make_bar
+from rl.progress import ProgressLine
 from rl.metrics import generate_flops, train_flops
 from rl.modeling import count_params, load_policy
 from rl.sft import SFTParams, sft_train
@@ -107,7 +107,7 @@ def teacher_pool(cfg, name: str, rows: list[dict]) -> tuple[list[dict], dict]:
     pool = RolloutPool(engine_factory("hf", str(path), use_gpu=d.rollout_gpus > 0), num_workers=d.rollout_workers,
                        cpus_per_worker=d.rollout_cpus, gpus_per_worker=d.rollout_gpus)
     start, ids = time.monotonic(), []
-    bar = make_bar(f"distill: {Path(name).name} traces", len(prompt_ids))
+    bar = ProgressLine(f"distill: {Path(name).name} traces", len(prompt_ids))
     try:
         chunk = 512 * d.rollout_workers
         for i in range(0, len(prompt_ids), chunk):
@@ -204,6 +204,8 @@ def _student(cfg, scfg, tok):
 
 def train_students(cfg: "PipelineConfig", ctx: StageContext) -> dict:
     """Ray task: every student (model section) on every mix, each evaluated on the held-out split."""
+    from rl.callbacks import MetricHistory, Progress  # (transformers' trainer: only where a stage trains)
+
     d, out = cfg.distill, ctx.out_dir
     start_task(d.cpus)
     tok = load_tokenizer(cfg)

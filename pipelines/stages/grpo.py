@@ -26,9 +26,6 @@ from pipelines.run_folder import RunFolder, read_json_or_none, read_jsonl, write
 from pipelines.scoring import evaluate_stage
 from pipelines.stages.base import Actor, Resources, Stage, StageContext, StageError, start_task
 from rewards.registry import build_rewards
-from rl.callbacks import Progress, TimeBudget
-from rl.grpo import make_grpo_trainer
-from rl.lora import save_policy
 from rl.modeling import count_params, load_policy
 
 if TYPE_CHECKING:
@@ -157,6 +154,11 @@ def _latest_checkpoint(path: Path) -> Path | None:
 def _train_loop(config: dict) -> None:
     """One learner rank: every rank trains (data parallel over the group's prompts); rank 0 saves,
     evaluates and logs."""
+    # Imported here, in the learner: the driver imports every stage module and needs none of TRL/PEFT.
+    from rl.callbacks import Progress, TimeBudget
+    from rl.grpo import make_grpo_trainer
+    from rl.lora import save_policy
+
     rank, world, local_rank = worker_context()
     cfg: PipelineConfig = config["cfg"]
     ctx: StageContext = config["ctx"]

@@ -14,9 +14,7 @@ from pipelines.report import tracking
 from pipelines.run_folder import RunFolder, read_jsonl
 from pipelines.scoring import evaluate_stage
 from pipelines.stages.base import Resources, Stage, StageContext, start_task
-from rl.callbacks import MetricHistory, Progress
 from rl.modeling import count_params
-from rl.sft import sft_train
 
 if TYPE_CHECKING:
     from pipelines.config.schema import PipelineConfig
@@ -52,6 +50,9 @@ class BaselineStage(Stage):
 
 def train(cfg: "PipelineConfig", ctx: StageContext, stage: str, time_budget_s: float = 0.0, max_steps: int = -1) -> dict:
     """Ray task: train the policy from `model` on the cold-start split, save it to `ctx.out_dir`."""
+    from rl.callbacks import MetricHistory, Progress  # in the task: the driver needs none of the trainer
+    from rl.sft import sft_train
+
     start_task(cfg.sft.cpus)
     out, folder = ctx.out_dir, RunFolder(cfg.run_dir)
     tok = load_tokenizer(cfg)
