@@ -8,8 +8,7 @@ PEFT recorded as `base_model_name_or_path`: a Hub id, or a local folder (e.g. th
 GRPO trained an adapter on the SFT model). `--base-model` names the published copy of that base instead,
 in adapter_config.json (so `PeftModel.from_pretrained` / `AutoPeftModelForCausalLM` find it) and on the card.
 
-Errors are ValueError with one line, all raised by `locate_adapter` (before any Hub call or file is
-written); `pipelines.report.publish` turns them into PublishError.
+Errors are one-line PublishErrors, all raised by `locate_adapter` (before any Hub call or file is written).
 """
 
 from __future__ import annotations
@@ -18,6 +17,8 @@ import json
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
+
+from pipelines.report.hub import PublishError
 
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
 
@@ -35,14 +36,14 @@ def locate_adapter(src: Path, base_model: str = "") -> Adapter:
         if (folder / "adapter_config.json").is_file():
             missing = [f for f in ADAPTER_FILES if not (folder / f).is_file()]
             if missing:
-                raise ValueError(f"{folder}: adapter_config.json but no {missing[0]} (an incomplete adapter)")
+                raise PublishError(f"{folder}: adapter_config.json but no {missing[0]} (an incomplete adapter)")
             config = json.loads((folder / "adapter_config.json").read_text())
             adapter = Adapter(folder, config.get("base_model_name_or_path") or "")
             if not (base_model or adapter.trained_on):  # e.g. LoRA on a tiny model built in memory
-                raise ValueError(f"{folder}: the adapter does not record its base model; pass --base-model <hub id "
+                raise PublishError(f"{folder}: the adapter does not record its base model; pass --base-model <hub id "
                                  f"or folder> (the weights the stage started from)")
             return adapter
-    raise ValueError(f"{src}: no LoRA adapter here (no adapter/ folder: the stage trained without LoRA, lora.r=0); "
+    raise PublishError(f"{src}: no LoRA adapter here (no adapter/ folder: the stage trained without LoRA, lora.r=0); "
                      f"publish without --adapter for the full model")
 
 

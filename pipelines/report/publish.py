@@ -35,6 +35,7 @@ from typing import Callable
 import yaml
 
 from pipelines.report import hub
+from pipelines.report.adapter import locate_adapter
 from pipelines.report.hub import PublishError
 
 # The rayzero prompt format: the user's text ends with a newline, the model continues with
@@ -166,7 +167,7 @@ def build_folder(src: Path, dst: Path, *, repo: str, base_model: str = "", datas
     from pipelines.report import model_card
     from rl.modeling import check_tokenizer_roundtrip
 
-    lora = _adapter(src, base_model) if adapter else None
+    lora = locate_adapter(src, base_model) if adapter else None
     weights = src if lora else locate(src)
     ctx = run_context(src, weights)
     cfg = yaml.safe_load((ctx.run_dir / "config.yaml").read_text()) if ctx.run_dir and \
@@ -225,16 +226,6 @@ def _write_model(weights: Path, dst: Path, tok, cfg: dict) -> None:
     model.save_pretrained(dst, safe_serialization=True)
 
 
-def _adapter(src: Path, base_model: str):
-    """The stage's LoRA adapter (pipelines.report.adapter), its one-line ValueError as PublishError."""
-    from pipelines.report.adapter import locate_adapter
-
-    try:
-        return locate_adapter(src, base_model)
-    except ValueError as e:
-        raise PublishError(str(e)) from None
-
-
 def _copy_plots(run_dir: Path | None, report: dict | None, dst: Path) -> list[str]:
     if run_dir is None:
         return []
@@ -263,7 +254,7 @@ def publish(stage_dir: str | Path, to: str, *, overwrite: bool = False, base_mod
     src = Path(stage_dir).expanduser().resolve()
     target = parse_target(to)
     if adapter:  # a bad source fails before any Hub call
-        _adapter(src, base_model)
+        locate_adapter(src, base_model)
     else:
         locate(src)
     build = dict(base_model=base_model, datasets=datasets, adapter=adapter, say=say)

@@ -46,3 +46,14 @@ def kill_and_wait(actor, timeout_s: float = 30.0) -> None:
             pass
         time.sleep(0.1)
     raise AssertionError(f"actor {actor} still answers {timeout_s:.0f} s after ray.kill")
+
+
+def run_from_sft(run: Path, name: str) -> Path:
+    """A new run folder `name` beside `run` that starts from `run`'s finished SFT stage (data, tokenizer and
+    sft/ copied), so a test runs GRPO variants without training SFT again."""
+    new = run.parent / name
+    shutil.rmtree(new, ignore_errors=True)
+    new.mkdir()
+    for part in ("data", "tokenizer", "sft"):
+        shutil.copytree(run / part, new / part)
+    return new

@@ -18,6 +18,7 @@ from transformers import AutoModelForCausalLM
 
 from cluster import placement
 from tests.conftest import ROOT
+from tests.e2e.helpers import run_from_sft
 
 pytestmark = pytest.mark.slow
 GRPO_ONLY = ["distill.enabled=false", "run.num_cpus=2", "grpo.max_steps=3", "grpo.prompts_per_step=4"]
@@ -56,15 +57,6 @@ def _start_and_wait_for_checkpoint(run: Path, args: list[str], step: int, **pope
     return proc
 
 
-def _from_sft(sft_run: Path, name: str) -> Path:
-    run = sft_run.parent / name
-    shutil.rmtree(run, ignore_errors=True)
-    run.mkdir()
-    for part in ("data", "tokenizer", "sft"):
-        shutil.copytree(sft_run / part, run / part)
-    return run
-
-
 def _grpo_metrics(run: Path) -> dict:
     return json.loads((run / "grpo" / "manifest.json").read_text())["metrics"]
 
@@ -83,7 +75,7 @@ def test_placement_plans_and_clear_errors():
 
 
 def test_too_small_cluster_fails_before_any_work(sft_run):
-    run = _from_sft(sft_run, "small")
+    run = run_from_sft(sft_run, "small")
     proc = _rayzero(run.parent, "small", *GRPO_ONLY, "grpo.rollout_workers=4", "grpo.rollout_cpus=2")
     assert proc.returncode == 2
     last = proc.stderr.strip().splitlines()[-1]
@@ -105,7 +97,7 @@ def _assert_consolidated_and_trained(run: Path, stage: int) -> None:
 def test_deepspeed_zero2_learner_with_two_cpu_workers(sft_run):
     # Plain DDP over 2 ranks runs in test_colocated_rollout_workers_in_the_learners_bundles, ZeRO-3 in the
     # session's shared micro run (test_zero3_learner_of_the_shared_micro_run).
-    run = _from_sft(sft_run, "zero2")
+    run = run_from_sft(sft_run, "zero2")
     proc = _rayzero(run.parent, "zero2", *GRPO_ONLY, "grpo.num_workers=2", "grpo.cpus=1", "grpo.zero_stage=2")
     assert proc.returncode == 0, proc.stderr[-3000:]
     _assert_consolidated_and_trained(run, 2)
@@ -118,7 +110,7 @@ def test_zero3_learner_of_the_shared_micro_run(micro):
 def test_colocated_rollout_workers_in_the_learners_bundles(sft_run):
     """Colocated on CPUs: rollout worker i starts in learner i's bundle (0 CPUs of its own), the pool syncs
     from the 2-rank learner every step, in bf16 buckets."""
-    run = _from_sft(sft_run, "coloc")
+    run = run_from_sft(sft_run, "coloc")
     proc = _rayzero(run.parent, "coloc", *GRPO_ONLY, "grpo.num_workers=2", "grpo.cpus=0.75", "grpo.rollout_workers=2",
                     "grpo.placement=colocated")
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -129,7 +121,7 @@ def test_colocated_rollout_workers_in_the_learners_bundles(sft_run):
 
 
 def test_a_killed_learner_worker_is_restarted_and_resumes_from_its_checkpoint(sft_run):
-    run = _from_sft(sft_run, "learner")
+    run = run_from_sft(sft_run, "learner")
     args = [*GRPO_ONLY, "grpo.max_steps=8", "grpo.save_steps=2", "grpo.max_failures=1"]
     ray_tmp = tempfile.mkdtemp(prefix="rzl-", dir="/tmp")  # this run's Ray, so we kill only its learner
     try:
@@ -166,7 +158,7 @@ def _learners_of(ray_tmp: str) -> list[int]:
 def test_rollout_pool_syncs_from_a_zero3_learner_and_gives_its_cpus_back(sft_run):
     """A Ray rollout pool fed by a 2-rank ZeRO-3 learner: the shards are gathered for every sync; then
     distillation runs, so the pool's placement group must have given its CPUs back."""
-    run = _from_sft(sft_run, "zero3pool")
+    run = run_from_sft(sft_run, "zero3pool")
     with_distill = [a for a in GRPO_ONLY if a != "distill.enabled=false"]
     proc = _rayzero(run.parent, "zero3pool", *with_distill, "grpo.num_workers=2", "grpo.cpus=0.75",
                     "grpo.zero_stage=3", "grpo.rollout_workers=1", "grpo.rollout_cpus=0.5")

@@ -28,6 +28,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests.e2e.helpers import run_from_sft
+
 ROOT = Path(__file__).resolve().parents[2]
 HAVE_CUDA = torch.cuda.is_available()
 pytestmark = pytest.mark.skipif(not HAVE_CUDA, reason="no CUDA GPU on this machine: GPU rollout/NCCL/ZeRO/LoRA "
@@ -214,21 +216,12 @@ def test_every_stage_runs_a_step_on_cuda_in_bf16(micro_gpu):
     assert _metrics(micro_gpu, "grpo")["steps"] >= 1
 
 
-def _grpo_from(micro_gpu: Path, name: str) -> Path:
-    run = micro_gpu.parent / name
-    shutil.rmtree(run, ignore_errors=True)
-    run.mkdir()
-    for part in ("data", "tokenizer", "sft"):
-        shutil.copytree(micro_gpu / part, run / part)
-    return run
-
-
 GRPO_ONLY = [*GPU_STAGES, "distill.enabled=false", "grpo.max_steps=3", "grpo.prompts_per_step=4"]
 
 
 @pytest.mark.parametrize("stage", [2, 3])
 def test_grpo_zero_learner_on_cuda(micro_gpu, stage):
-    run = _grpo_from(micro_gpu, f"zero{stage}")
+    run = run_from_sft(micro_gpu, f"zero{stage}")
     proc = _cli(run.parent, run.name, *GRPO_ONLY, f"grpo.zero_stage={stage}")
     assert proc.returncode == 0, proc.stderr[-4000:]
     m = _metrics(run, "grpo")
@@ -236,7 +229,7 @@ def test_grpo_zero_learner_on_cuda(micro_gpu, stage):
 
 
 def test_grpo_zero3_learner_syncs_to_a_colocated_engine_on_cuda(micro_gpu):
-    run = _grpo_from(micro_gpu, "zero3pool")
+    run = run_from_sft(micro_gpu, "zero3pool")
     proc = _cli(run.parent, run.name, *GRPO_ONLY, "grpo.zero_stage=3", "grpo.rollout_workers=1",
                 "grpo.placement=colocated", "grpo.sync_backend=collective")
     assert proc.returncode == 0, proc.stderr[-4000:]
@@ -245,14 +238,14 @@ def test_grpo_zero3_learner_syncs_to_a_colocated_engine_on_cuda(micro_gpu):
 
 
 def test_grpo_with_lora_on_cuda(micro_gpu):
-    run = _grpo_from(micro_gpu, "lora")
+    run = run_from_sft(micro_gpu, "lora")
     proc = _cli(run.parent, run.name, *GRPO_ONLY, "grpo.lora.r=8")
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert _metrics(run, "grpo")["steps"] == 3 and (run / "grpo" / "adapter").exists()
 
 
 def test_grpo_zero3_with_cpu_offload_on_cuda(micro_gpu):
-    run = _grpo_from(micro_gpu, "offload")
+    run = run_from_sft(micro_gpu, "offload")
     proc = _cli(run.parent, run.name, *GRPO_ONLY, "grpo.zero_stage=3", "grpo.offload_optimizer=true",
                 "grpo.offload_params=true")
     assert proc.returncode == 0, proc.stderr[-4000:]
@@ -263,7 +256,7 @@ def test_grpo_with_trl_in_learner_vllm_on_cuda(micro_gpu):
     """grpo.rollout_engine=vllm without rollout workers: TRL's GRPOTrainer(use_vllm=True, vllm_mode=colocate)
     starts vLLM beside the learner on its GPU and pushes the weights into it every step."""
     _need("vllm")
-    run = _grpo_from(micro_gpu, "trlvllm")
+    run = run_from_sft(micro_gpu, "trlvllm")
     proc = _cli(run.parent, run.name, *GRPO_ONLY, "grpo.rollout_engine=vllm", "grpo.vllm.gpu_memory_utilization=0.3",
                 "grpo.vllm.sleep_level=2")
     assert proc.returncode == 0, proc.stderr[-4000:]
