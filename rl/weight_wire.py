@@ -46,8 +46,3 @@ def receive_buckets(pg, sent: Plan, device: torch.device):
         pg.broadcast([flat], opts).wait()
         yield [(name, piece.view(shape)) for (name, shape), piece in zip(entries, flat.split(sizes))]
         del flat
-
-
-def receive(pg, sent: Plan, device: torch.device) -> list[tuple[str, torch.Tensor]]:
-    """Takes one broadcast from rank 0; returns every (name, tensor) at once (all buckets held)."""
-    return [pair for bucket in receive_buckets(pg, sent, device) for pair in bucket]
