@@ -1,8 +1,10 @@
-"""Shared by the e2e tests: a local Ray for a module, a tiny saved policy, killing an actor for real."""
+"""Shared by the e2e tests: a local Ray for a module, a tiny saved policy, killing an actor for real, a child
+that takes Ctrl-C as a terminal's foreground process does."""
 
 from __future__ import annotations
 
 import shutil
+import signal
 import tempfile
 import time
 from pathlib import Path
@@ -57,3 +59,10 @@ def run_from_sft(run: Path, name: str) -> Path:
     for part in ("data", "tokenizer", "sft"):
         shutil.copytree(run / part, new / part)
     return new
+
+
+def ctrl_c_as_in_a_terminal() -> None:
+    """`preexec_fn` for a child a test will Ctrl-C: SIGINT back to its default disposition. A suite started in
+    the background (`cmd &`, nohup, some CI runners) inherits SIGINT *ignored*, and Python then installs no
+    KeyboardInterrupt handler, so the child would never see the Ctrl-C a user's terminal delivers."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)

@@ -5,6 +5,7 @@ after that, and Ctrl-C on the driver reaches it as KeyboardInterrupt with the le
 from __future__ import annotations
 
 import os
+import select
 import shutil
 import signal
 import subprocess
@@ -19,6 +20,7 @@ import ray
 from ray import cloudpickle
 
 from cluster.learners import LearnerGroup, rank_envs, run_worker_group, worker_context
+from tests.e2e.helpers import ctrl_c_as_in_a_terminal
 
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
 ROOT = Path(__file__).resolve().parents[2]
@@ -160,7 +162,7 @@ def test_ctrl_c_reaches_the_driver_and_kills_the_learners(tmp_path):
     ray_tmp = tempfile.mkdtemp(prefix="rzlc-", dir="/tmp")
     env = {**os.environ, "RAY_TMPDIR": ray_tmp, "RAY_AUTH_MODE": "disabled", "PYTHONPATH": str(ROOT)}
     proc = subprocess.Popen([sys.executable, "-c", DRIVER, str(tmp_path)], cwd=ROOT, env=env, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, preexec_fn=ctrl_c_as_in_a_terminal)
     try:
         deadline = time.monotonic() + 120
         while len(list(tmp_path.glob("learner-*"))) < 2 and time.monotonic() < deadline:
@@ -168,7 +170,8 @@ def test_ctrl_c_reaches_the_driver_and_kills_the_learners(tmp_path):
         pids = [int(p.name.split("-")[1]) for p in tmp_path.glob("learner-*")]
         assert len(pids) == 2, "the learners did not start"
         proc.send_signal(signal.SIGINT)  # Ctrl-C to the driver only
-        line = proc.stdout.readline()
+        ready, _, _ = select.select([proc.stdout], [], [], 60)  # a lost Ctrl-C fails here instead of hanging
+        line = proc.stdout.readline() if ready else "(nothing within 60 s)"
         assert line.strip() == "interrupted", proc.stderr.read() if proc.poll() is not None else line
         deadline = time.monotonic() + 15
         while any(map(_alive, pids)) and time.monotonic() < deadline:

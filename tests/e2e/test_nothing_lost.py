@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import ROOT
+from tests.e2e.helpers import ctrl_c_as_in_a_terminal
 
 pytestmark = pytest.mark.slow
 QUICK = ["run.num_cpus=2", "distill.enabled=false"]
@@ -73,7 +74,7 @@ def test_busy_folder_refused_ctrl_c_resumes_and_a_changed_checkpoint_is_redone(t
     log = tmp_path / "first.log"
     with log.open("w") as err:  # a file, not a pipe: nobody reads while we wait
         first = subprocess.Popen(_cmd(tmp_path, "c2", *args), cwd=ROOT, env=_env(ray_tmp), stdout=subprocess.DEVNULL,
-                                 stderr=err, start_new_session=True)
+                                 stderr=err, start_new_session=True, preexec_fn=ctrl_c_as_in_a_terminal)
     run = tmp_path / "c2"
     _wait_for(run / "sft.partial", first)  # the first run is at work
     second = subprocess.run(_cmd(tmp_path, "c2", *args), cwd=ROOT, env=_env(ray_tmp), capture_output=True, text=True,
