@@ -1,7 +1,8 @@
 """GRPO at cluster scale on a real local Ray, micro recipe: rollout pool (disaggregated and colocated in
 the learners' bundles), DDP and DeepSpeed ZeRO-2/3 learners with 2 CPU workers in rayzero's learner group
-(cluster/learners.py), a killed learner restarted and resumed, the ZeRO-3 learner syncing to the pool.
-Marked slow; CI runs it."""
+(cluster/learners.py), a killed ZeRO-2 learner group restarted and resumed, the ZeRO-3 learner syncing to a
+pool. Every GRPO variant starts from the SFT stage of the session's shared micro run (tests/e2e/micro_run.py,
+which is itself the ZeRO-3 + rollout pool run). Marked slow; CI runs it."""
 
 import json
 import os
@@ -24,13 +25,10 @@ pytestmark = pytest.mark.slow
 GRPO_ONLY = ["distill.enabled=false", "run.num_cpus=2", "grpo.max_steps=3", "grpo.prompts_per_step=4"]
 
 
-@pytest.fixture(scope="module")
-def sft_run(tmp_path_factory):
-    """One micro SFT checkpoint that every GRPO variant below starts from (copied per test)."""
-    out = tmp_path_factory.mktemp("runs")
-    proc = _rayzero(out, "base", "grpo.enabled=false", "distill.enabled=false", "run.num_cpus=2")
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return out / "base"
+@pytest.fixture
+def sft_run(micro):
+    """The finished micro SFT stage every GRPO variant below starts from (run_from_sft copies it)."""
+    return micro.run_dir
 
 
 def _cmd(out: Path, name: str, overrides) -> list[str]:
@@ -83,9 +81,9 @@ def test_too_small_cluster_fails_before_any_work(sft_run):
     assert (run / "sft" / "manifest.json").exists() and not (run / "grpo").exists()
 
 
-def _assert_consolidated_and_trained(run: Path, stage: int) -> None:
+def _assert_consolidated_and_trained(run: Path, stage: int, steps: int) -> None:
     m = _grpo_metrics(run)
-    assert m["steps"] == 3 and m["num_workers"] == 2 and m["zero_stage"] == stage
+    assert m["steps"] == steps and m["num_workers"] == 2 and m["zero_stage"] == stage
     # The saved folder is one consolidated checkpoint (ZeRO-3 shards gathered), loadable without DeepSpeed.
     model = AutoModelForCausalLM.from_pretrained(run / "grpo")
     sft = AutoModelForCausalLM.from_pretrained(run / "sft")
@@ -94,17 +92,16 @@ def _assert_consolidated_and_trained(run: Path, stage: int) -> None:
     assert moved, "GRPO under DDP/ZeRO should have changed the weights"
 
 
-def test_deepspeed_zero2_learner_with_two_cpu_workers(sft_run):
-    # Plain DDP over 2 ranks runs in test_colocated_rollout_workers_in_the_learners_bundles, ZeRO-3 in the
-    # session's shared micro run (test_zero3_learner_of_the_shared_micro_run).
-    run = run_from_sft(sft_run, "zero2")
-    proc = _rayzero(run.parent, "zero2", *GRPO_ONLY, "grpo.num_workers=2", "grpo.cpus=1", "grpo.zero_stage=2")
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    _assert_consolidated_and_trained(run, 2)
-
-
-def test_zero3_learner_of_the_shared_micro_run(micro):
-    _assert_consolidated_and_trained(micro.run_dir, 3)
+def test_zero3_learner_and_rollout_pool_of_the_shared_micro_run(micro):
+    """The shared micro run: a 2-rank ZeRO-3 learner feeding a disaggregated Ray rollout pool (the shards are
+    gathered for every sync); then distillation ran, so the pool's placement group gave its CPUs back."""
+    _assert_consolidated_and_trained(micro.run_dir, 3, 3)
+    assert (micro.run_dir / "distill" / "manifest.json").exists()
+    m = _grpo_metrics(micro.run_dir)
+    assert m["rollout_workers"] == 1
+    logged = [h for h in m["log"] if "rollout/generate_s" in h]
+    assert logged and all(h["rollout/policy_lag"] == 0 for h in logged)
+    assert sum(1 for h in m["log"] if h.get("rollout/sync_s", 0) > 0) == 2  # before steps 2 and 3
 
 
 def test_colocated_rollout_workers_in_the_learners_bundles(sft_run):
@@ -120,23 +117,26 @@ def test_colocated_rollout_workers_in_the_learners_bundles(sft_run):
     assert len(synced) == 2 and all(h["rollout/sync_mb"] > 0 for h in synced)
 
 
-def test_a_killed_learner_worker_is_restarted_and_resumes_from_its_checkpoint(sft_run):
+def test_a_killed_zero2_learner_group_is_restarted_and_resumes_from_its_checkpoint(sft_run):
+    """DeepSpeed ZeRO-2 over 2 CPU ranks (plain DDP runs in the colocated test above, ZeRO-3 in the shared micro
+    run); both ranks are killed mid-run, as on a node failure: the group restarts and resumes."""
     run = run_from_sft(sft_run, "learner")
-    args = [*GRPO_ONLY, "grpo.max_steps=8", "grpo.save_steps=2", "grpo.max_failures=1"]
-    ray_tmp = tempfile.mkdtemp(prefix="rzl-", dir="/tmp")  # this run's Ray, so we kill only its learner
+    args = [*GRPO_ONLY, "grpo.max_steps=6", "grpo.save_steps=2", "grpo.max_failures=1", "grpo.num_workers=2",
+            "grpo.cpus=1", "grpo.zero_stage=2"]
+    ray_tmp = tempfile.mkdtemp(prefix="rzl-", dir="/tmp")  # this run's Ray, so we kill only its learners
     try:
         proc = _start_and_wait_for_checkpoint(run, args, 2, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                                               text=True, env={**ENV, "RAY_TMPDIR": ray_tmp})
         pids = _learners_of(ray_tmp)
-        assert pids, "no learner process of this run found"
+        assert len(pids) == 2, f"expected this run's 2 learner ranks, found {pids}"
         for pid in pids:
-            os.kill(pid, signal.SIGKILL)  # the learner dies mid-run, as on a node failure
+            os.kill(pid, signal.SIGKILL)
         _, err = proc.communicate(timeout=600)
     finally:
         shutil.rmtree(ray_tmp, ignore_errors=True)
     assert proc.returncode == 0, err[-3000:]
-    m = _grpo_metrics(run)
-    assert m["steps"] == 8 and m["resumed_from"], m.get("resumed_from")
+    assert _grpo_metrics(run)["resumed_from"]
+    _assert_consolidated_and_trained(run, 2, 6)
 
 
 def _learners_of(ray_tmp: str) -> list[int]:
@@ -153,19 +153,3 @@ def _learners_of(ray_tmp: str) -> list[int]:
         if any(link.startswith(real + "/") for link in links):
             found.append(pid)
     return found
-
-
-def test_rollout_pool_syncs_from_a_zero3_learner_and_gives_its_cpus_back(sft_run):
-    """A Ray rollout pool fed by a 2-rank ZeRO-3 learner: the shards are gathered for every sync; then
-    distillation runs, so the pool's placement group must have given its CPUs back."""
-    run = run_from_sft(sft_run, "zero3pool")
-    with_distill = [a for a in GRPO_ONLY if a != "distill.enabled=false"]
-    proc = _rayzero(run.parent, "zero3pool", *with_distill, "grpo.num_workers=2", "grpo.cpus=0.75",
-                    "grpo.zero_stage=3", "grpo.rollout_workers=1", "grpo.rollout_cpus=0.5")
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert (run / "distill" / "manifest.json").exists()
-    m = _grpo_metrics(run)
-    assert m["steps"] == 3 and m["zero_stage"] == 3 and m["rollout_workers"] == 1
-    logged = [h for h in m["log"] if "rollout/generate_s" in h]
-    assert logged and all(h["rollout/policy_lag"] == 0 for h in logged)
-    assert sum(1 for h in m["log"] if h.get("rollout/sync_s", 0) > 0) == 2  # before steps 2 and 3

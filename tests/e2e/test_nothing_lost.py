@@ -1,7 +1,7 @@
-"""Nothing lost, ever (issue 12), through the real CLI on a real local Ray: a second run on a busy run
-folder is refused, Ctrl-C stops a run with one line and it resumes, a kill -9 of the driver leaves no
-learner or Ray behind and the resumed run reports what an uninterrupted one does, a truncated checkpoint
-is noticed and redone (the old one kept), and user mistakes end in one line. Each test's Ray lives in its
+"""Nothing lost, ever (issue 12), through the real CLI on a real local Ray, on one run folder: a second run on
+the busy folder is refused, Ctrl-C stops a run with one line and it resumes, a kill -9 of the resumed run's
+driver leaves no learner or Ray behind and the next resume reports what an uninterrupted run does, a
+truncated checkpoint is noticed and redone (the old one kept); and user mistakes end in one line. Each test's Ray lives in its
 own RAY_TMPDIR, so the processes a test checks (or cleans up) are its own."""
 
 import json
@@ -67,15 +67,17 @@ def _wait_for(path: Path, proc: subprocess.Popen, timeout: float = 300) -> None:
         time.sleep(0.2)
 
 
-def test_busy_folder_refused_ctrl_c_resumes_and_a_changed_checkpoint_is_redone(tmp_path, ray_tmp, cli):
-    """One run folder through its life: a second run refused while the first works, Ctrl-C and a resume
-    with the whole history, then a truncated checkpoint noticed and redone (the old one kept aside)."""
-    args = (*QUICK, "grpo.max_steps=16", "grpo.save_steps=4")
+def test_one_run_folder_through_a_busy_refusal_ctrl_c_kill_9_and_a_changed_checkpoint(tmp_path, ray_tmp, micro, cli):
+    """One run folder through its life: a second run refused while the first works; Ctrl-C, then a resume
+    whose driver is killed with -9 (its learner and local Ray stop with it); the next resume finishes with
+    the whole history and reports what an uninterrupted run does; then a truncated checkpoint is noticed
+    and redone (the old one kept aside)."""
+    args = (*QUICK, "grpo.max_steps=12", "grpo.save_steps=2")
+    run = tmp_path / "c2"
     log = tmp_path / "first.log"
     with log.open("w") as err:  # a file, not a pipe: nobody reads while we wait
         first = subprocess.Popen(_cmd(tmp_path, "c2", *args), cwd=ROOT, env=_env(ray_tmp), stdout=subprocess.DEVNULL,
                                  stderr=err, start_new_session=True, preexec_fn=ctrl_c_as_in_a_terminal)
-    run = tmp_path / "c2"
     _wait_for(run / "sft.partial", first)  # the first run is at work
     second = subprocess.run(_cmd(tmp_path, "c2", *args), cwd=ROOT, env=_env(ray_tmp), capture_output=True, text=True,
                             timeout=120)
@@ -83,7 +85,7 @@ def test_busy_folder_refused_ctrl_c_resumes_and_a_changed_checkpoint_is_redone(t
     lines = second.stderr.strip().splitlines()
     assert len(lines) == 1 and f"is in use by pid {first.pid}" in lines[0], second.stderr
     assert first.poll() is None, "the first run goes on"
-    _wait_for(run / "grpo.checkpoints" / "checkpoint-4", first)
+    _wait_for(run / "grpo.checkpoints" / "checkpoint-2", first)
     os.killpg(first.pid, signal.SIGINT)  # Ctrl-C in the terminal: the whole foreground process group
     first.wait(timeout=120)
     err = log.read_text()
@@ -91,24 +93,35 @@ def test_busy_folder_refused_ctrl_c_resumes_and_a_changed_checkpoint_is_redone(t
     assert "interrupted during stage grpo" in err.strip().splitlines()[-1] and "resume" in err.strip().splitlines()[-1]
     assert not (run / ".rayzero.lock").exists() and (run / "sft" / "manifest.json").exists()
 
+    _resume_and_kill_9(tmp_path, run, args, ray_tmp, at="checkpoint-6")
+
     again = subprocess.run(_cmd(tmp_path, "c2", *args), cwd=ROOT, env=_env(ray_tmp), capture_output=True, text=True,
                            timeout=600)
     assert again.returncode == 0, again.stderr[-3000:]
     assert "sft: already finished, skipped" in again.stdout and "config differs" not in again.stdout
     m = json.loads((run / "grpo" / "manifest.json").read_text())["metrics"]
-    assert m["steps"] == 16 and int(m["resumed_from"].rsplit("-", 1)[1]) >= 4
+    assert m["steps"] == 12 and int(m["resumed_from"].rsplit("-", 1)[1]) >= 6
     steps = [json.loads(line)["step"] for line in (run / "grpo" / "history.jsonl").open() if "reward" in line]
-    assert steps == list(range(1, 17)), "the resumed history holds every step"
+    assert steps == list(range(1, 13)), "the resumed history holds every step"
+    # The twice-resumed report has what an uninterrupted run's has (the session's shared micro run): every
+    # key, the rewards, the FLOPs, the same plots.
+    a = json.loads((run / "report.json").read_text())["stages"]["grpo"]
+    b = micro.report["stages"]["grpo"]
+    assert set(a) == set(b) and a["steps"] == 12
+    for key in ("reward_first", "reward_last", "flops", "num_tokens"):
+        assert a[key] is not None and b[key] is not None, key
+    plots = lambda d: {p.name for p in (d / "plots").glob("*.png")}  # noqa: E731
+    assert plots(run) == plots(micro.run_dir) and "reward.png" in plots(run)
     _truncated_checkpoint_is_redone(tmp_path, run, args, ray_tmp, cli)
 
 
-def test_kill_9_of_the_driver_stops_the_learner_and_the_resumed_report_matches_an_uninterrupted_one(tmp_path, ray_tmp, micro):
-    args = (*QUICK, "grpo.max_steps=12", "grpo.save_steps=2")
-    killed = subprocess.Popen(_cmd(tmp_path, "killed", *args), cwd=ROOT, env=_env(ray_tmp), stdout=subprocess.DEVNULL,
+def _resume_and_kill_9(tmp_path: Path, run: Path, args, ray_tmp: str, at: str) -> None:
+    """Resume the run, and kill -9 its driver (only the driver, as a user's `kill -9 <pid>` does) once GRPO
+    saved `at`: nothing of that run may live on or train on."""
+    killed = subprocess.Popen(_cmd(tmp_path, run.name, *args), cwd=ROOT, env=_env(ray_tmp), stdout=subprocess.DEVNULL,
                               stderr=subprocess.DEVNULL)
-    run = tmp_path / "killed"
-    _wait_for(run / "grpo.checkpoints" / "checkpoint-4", killed)
-    os.kill(killed.pid, signal.SIGKILL)  # the driver only, as a user's `kill -9 <pid>` does
+    _wait_for(run / "grpo.checkpoints" / at, killed)
+    os.kill(killed.pid, signal.SIGKILL)
     killed.wait()
     deadline = time.monotonic() + 60
     while _procs_mentioning(ray_tmp) and time.monotonic() < deadline:
@@ -118,21 +131,6 @@ def test_kill_9_of_the_driver_stops_the_learner_and_the_resumed_report_matches_a
     time.sleep(3)
     assert sorted(p.name for p in (run / "grpo.checkpoints").glob("checkpoint-*")) == saved, "nothing trains on"
     assert "checkpoint-12" not in saved
-
-    resumed = subprocess.run(_cmd(tmp_path, "killed", *args), cwd=ROOT, env=_env(ray_tmp), capture_output=True,
-                             text=True, timeout=600)
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-    # The resumed report has what an uninterrupted run's has (the session's shared micro run): every key,
-    # the rewards, the FLOPs, the whole history, the same plots.
-    a = json.loads((run / "report.json").read_text())["stages"]["grpo"]
-    b = micro.report["stages"]["grpo"]
-    assert set(a) == set(b) and a["steps"] == 12
-    for key in ("reward_first", "reward_last", "flops", "num_tokens"):
-        assert a[key] is not None and b[key] is not None, key
-    history = [json.loads(x)["step"] for x in (run / "grpo" / "history.jsonl").open() if "reward" in x]
-    assert history == list(range(1, 13))
-    plots = lambda d: {p.name for p in (d / "plots").glob("*.png")}  # noqa: E731
-    assert plots(run) == plots(micro.run_dir) and "reward.png" in plots(run)
 
 
 def _truncated_checkpoint_is_redone(tmp_path, run, args, ray_tmp, cli):
