@@ -21,3 +21,13 @@ def rayzero(*args: str, cwd: Path, timeout: float = 600) -> subprocess.Completed
 @pytest.fixture
 def cli():
     return rayzero
+
+
+def pytest_collection_modifyitems(items):
+    """Groups for `pytest -n 2 --dist loadgroup` (the README's test command: two xdist workers, because on 2
+    cores a quarter of the suite is waiting on process and Ray start-ups): a module's tests stay together, so
+    its module fixtures (a local Ray, a simulated cluster) are set up once; and every test that reads the
+    session's shared micro run (tests/e2e/micro_run.py) is in one group, so that run is made once."""
+    for item in items:
+        group = "micro-run" if "micro" in item.fixturenames else item.module.__name__
+        item.add_marker(pytest.mark.xdist_group(group))
