@@ -146,9 +146,12 @@ def reward_functions(cfg: "PipelineConfig", reward_pool=None) -> tuple[list, lis
     return build_rewards(dict(cfg.grpo.rewards), params)
 
 
-def _latest_checkpoint(path: Path) -> Path | None:
-    found = sorted(path.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]))
-    return found[-1] if found else None
+def latest_checkpoint(path: Path) -> Path | None:
+    """The newest checkpoint that was saved to the end. The Trainer writes trainer_state.json last (after the
+    weights, optimizer and RNG states), so a run stopped in the middle of a save (Ctrl-C, kill -9, a lost
+    node) leaves a newer folder without it, or with it cut short: resuming from that one would fail."""
+    found = sorted(path.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]), reverse=True)
+    return next((c for c in found if isinstance(read_json_or_none(c / "trainer_state.json"), dict)), None)
 
 
 def _train_loop(config: dict) -> None:
@@ -173,7 +176,7 @@ def _train_loop(config: dict) -> None:
         ds_config = deepspeed_config(g.zero_stage, use_gpu=g.use_gpu, offload_optimizer=g.offload_optimizer,
                                      offload_params=g.offload_params)
     ckpts = checkpoint_dir(cfg.run_dir)
-    resume = _latest_checkpoint(ckpts) if g.save_steps else None
+    resume = latest_checkpoint(ckpts) if g.save_steps else None
     finished = resume is not None and int(resume.name.rsplit("-", 1)[1]) >= g.max_steps
     # A run killed after its last checkpoint but before the stage was recorded: the weights are final.
     model, tok = load_policy(resume if finished else ctx.init, g.dtype, attn_implementation=g.attn_implementation)

@@ -118,9 +118,14 @@ def test_one_run_folder_through_a_busy_refusal_ctrl_c_kill_9_and_a_changed_check
 def _resume_and_kill_9(tmp_path: Path, run: Path, args, ray_tmp: str, at: str) -> None:
     """Resume the run, and kill -9 its driver (only the driver, as a user's `kill -9 <pid>` does) once GRPO
     saved `at`: nothing of that run may live on or train on."""
-    killed = subprocess.Popen(_cmd(tmp_path, run.name, *args), cwd=ROOT, env=_env(ray_tmp), stdout=subprocess.DEVNULL,
-                              stderr=subprocess.DEVNULL)
-    _wait_for(run / "grpo.checkpoints" / at, killed)
+    log = tmp_path / "killed.log"
+    with log.open("w") as err:
+        killed = subprocess.Popen(_cmd(tmp_path, run.name, *args), cwd=ROOT, env=_env(ray_tmp),
+                                  stdout=subprocess.DEVNULL, stderr=err)
+    try:
+        _wait_for(run / "grpo.checkpoints" / at, killed)
+    except AssertionError as e:
+        raise AssertionError(f"{e}\n{log.read_text()[-3000:]}") from None
     os.kill(killed.pid, signal.SIGKILL)
     killed.wait()
     deadline = time.monotonic() + 60

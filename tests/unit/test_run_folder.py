@@ -108,3 +108,20 @@ def test_data_of_another_task_config_is_rebuilt_and_the_old_kept(tmp_path):
     _, other = prepare_data(load_config("micro", base + ["task.max_value=6"]), say=notes.append)
     assert other != first and any("moved to data.stale-" in n for n in notes)
     assert list(tmp_path.glob("micro/data.stale-*/heldout.jsonl")), "the old splits are kept aside"
+
+
+def test_grpo_resumes_from_the_newest_checkpoint_that_was_saved_to_the_end(tmp_path):
+    from pipelines.stages.grpo import latest_checkpoint
+
+    assert latest_checkpoint(tmp_path) is None
+    for step in (2, 4, 6, 8):
+        (tmp_path / f"checkpoint-{step}").mkdir()
+        (tmp_path / f"checkpoint-{step}" / "model.safetensors").write_bytes(b"w")
+    for step in (2, 4):
+        (tmp_path / f"checkpoint-{step}" / "trainer_state.json").write_text('{"global_step": %d}' % step)
+    (tmp_path / "checkpoint-6" / "trainer_state.json").write_text('{"global_st')  # cut short mid-write
+    # checkpoint-8 stopped before trainer_state.json (the Trainer writes it last); 10 sorts after 8 as a number
+    assert latest_checkpoint(tmp_path) == tmp_path / "checkpoint-4"
+    (tmp_path / "checkpoint-10").mkdir()
+    (tmp_path / "checkpoint-10" / "trainer_state.json").write_text('{"global_step": 10}')
+    assert latest_checkpoint(tmp_path) == tmp_path / "checkpoint-10"

@@ -1,7 +1,8 @@
 """Adversarial tests for rewards/sandbox.py: one per protection, each with a real bwrap sandbox.
 
 Every test checks the attack was contained, the status is the right one, and (via the `sandbox`
-fixture) that no process of the sandbox uid outlives the run or the sandbox.
+fixture) that no process of the sandbox outlives the run or the sandbox: its processes are found by its
+bwrap's pid namespace, not by the shared sandbox uid, which other sandboxes on the machine also run as.
 """
 
 from __future__ import annotations
@@ -20,21 +21,50 @@ pytestmark = pytest.mark.skipif(not Path("/usr/bin/bwrap").exists(), reason="bub
 CFG = SandboxConfig(timeout_s=2.0, cpu_s=1, memory_mb=256, file_mb=1, tmp_mb=8, max_procs=24)
 
 
-def uid_procs() -> set[int]:
-    """Host pids whose real uid is the sandbox uid."""
-    out = set()
+def _processes() -> dict[int, tuple[int, int, str]]:
+    """Every host process: pid -> (parent pid, real uid, pid namespace)."""
+    out = {}
     for p in Path("/proc").iterdir():
         if not p.name.isdigit():
             continue
         try:
-            for line in (p / "status").read_text().splitlines():
-                if line.startswith("Uid:"):
-                    if int(line.split()[1]) == SANDBOX_UID:
-                        out.add(int(p.name))
-                    break
-        except OSError:
+            fields = dict(line.split(":", 1) for line in (p / "status").read_text().splitlines() if ":" in line)
+            out[int(p.name)] = (int(fields["PPid"]), int(fields["Uid"].split()[0]), os.readlink(p / "ns" / "pid"))
+        except (OSError, KeyError, ValueError):
             pass
     return out
+
+
+def _descendants(procs: dict[int, tuple[int, int, str]], root: int) -> set[int]:
+    found, frontier = set(), {root}
+    while frontier:
+        frontier = {pid for pid, (ppid, _, _) in procs.items() if ppid in frontier} - found
+        found |= frontier
+    return found
+
+
+_NAMESPACES: dict[int, set[str]] = {}  # id(sandbox) -> the pid namespaces its bwraps made (a restart makes one)
+
+
+def procs_of(*sandboxes: Sandbox) -> set[int]:
+    """Host pids of these sandboxes: each one's bwrap and every process in the pid namespaces its bwraps made
+    (an escaped, reparented or detached process stays in its namespace). Only these: other sandboxes on the
+    machine (another xdist worker's code rewards run as the same uid) are not this test's to count."""
+    procs, out = _processes(), set()
+    for sb in sandboxes:
+        seen = _NAMESPACES.setdefault(id(sb), set())
+        bwrap = sb._proc.pid if sb._proc is not None and sb._proc.poll() is None else None
+        if bwrap in procs:
+            out.add(bwrap)
+            seen |= {procs[pid][2] for pid in _descendants(procs, bwrap)} - {procs[bwrap][2]}
+        out |= {pid for pid, (_, _, ns) in procs.items() if ns in seen}
+    return out
+
+
+def sandbox_uid_children() -> set[int]:
+    """Sandbox-uid processes started (at any depth) by this test process."""
+    procs = _processes()
+    return {pid for pid in _descendants(procs, os.getpid()) if procs[pid][1] == SANDBOX_UID}
 
 
 def wait_until(pred, timeout=5.0) -> bool:
@@ -51,16 +81,17 @@ def sandbox():
     from rewards.code import close_sandboxes
 
     close_sandboxes()  # the code-reward tests' sandboxes, when run in the same session
-    assert wait_until(lambda: not uid_procs()), "stale sandbox processes from an earlier run"
+    assert wait_until(lambda: not sandbox_uid_children()), "stale sandbox processes from an earlier test"
     sb = Sandbox(CFG)
     yield sb
+    procs_of(sb)  # notes its namespaces while it is up
     sb.close()
-    assert wait_until(lambda: not uid_procs()), f"left behind after close: {uid_procs()}"
+    assert wait_until(lambda: not procs_of(sb)), f"left behind after close: {procs_of(sb)}"
 
 
 def only_server_left(sb: Sandbox) -> bool:
-    # While a sandbox is up, exactly two sandbox-uid processes exist: bwrap and the fork-server.
-    return wait_until(lambda: len(uid_procs()) == 2)
+    # While a sandbox is up, exactly two of its processes exist: bwrap and the fork-server.
+    return wait_until(lambda: len(procs_of(sb)) == 2)
 
 
 def run_io(sb: Sandbox, program: str, expected: str = "", stdin: str = ""):
@@ -239,12 +270,12 @@ def test_missing_bwrap_raises(monkeypatch):
 
 def test_no_leftover_processes_after_close(sandbox):
     assert only_server_left(sandbox)
-    before = uid_procs()  # the module's sandbox
     sb = Sandbox(CFG)
     assert run_io(sb, "import subprocess\nsubprocess.Popen(['sleep', '60'], start_new_session=True)\nprint(1)", "1").status == "passed"
-    assert len(uid_procs() - before) == 2
+    assert len(procs_of(sb)) == 2
     sb.close()
-    assert wait_until(lambda: uid_procs() == before), (uid_procs(), before)
+    assert wait_until(lambda: not procs_of(sb)), procs_of(sb)
+    assert only_server_left(sandbox), "closing one sandbox leaves the other alone"
 
 
 def test_malformed_tests_raise_value_error(sandbox):
