@@ -62,6 +62,14 @@ def connect(address: str = "", num_cpus: int = 0, env: dict[str, str] | None = N
     return ray.cluster_resources()
 
 
+
+def disconnect() -> None:
+    """Leave Ray now (a local one stops with it): for a run being abandoned, so that the driver's last line
+    is its own and not a worker's output still being forwarded (a learner's 'Connection lost')."""
+    if ray.is_initialized():
+        ray.shutdown()
+
+
 def tie_to_this_process(session_dir: str) -> None:
     """Start the watchdog that stops the local Ray session in `session_dir` when this process exits.
     It detaches itself (own session, not our child), so neither Ctrl-C to our process group nor our

@@ -98,6 +98,9 @@ def _run(cfg: PipelineConfig, folder: RunFolder, say: Callable[[str], None]) -> 
         try:
             metrics = stage.run(cfg, ctx)
         except KeyboardInterrupt:
+            from cluster.runtime import disconnect
+
+            disconnect()
             raise RunInterrupted(_resume_hint(cfg, stage.name)) from None
         metrics["wall_time_s"] = time.monotonic() - start
         manifest = write_manifest(partial, {"stage": stage.name, "config": to_dict(cfg), "metrics": metrics,
