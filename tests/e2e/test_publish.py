@@ -1,4 +1,4 @@
-"""`rayzero publish` and the recipe's `publish` section on a real micro run (tests/micro_run.py, shared with
+"""`rayzero publish` and the recipe's `publish` section on a real micro run (tests/e2e/micro_run.py, shared with
 test_tracking.py): published folders reload with AutoModelForCausalLM/AutoTokenizer and generate, the
 model card parses with huggingface_hub and carries the report's results, a raw DeepSpeed ZeRO-3
 checkpoint is consolidated, and Hub targets fail with one line and exit 2 when there is no token or no
@@ -20,14 +20,13 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from pipelines.report.model_card import build_card
 from pipelines.report.publish import PublishError, parse_target, publish
 from tests.conftest import ROOT
-from tests.e2e.micro_run import micro_run
 
 QUESTION = "Mia has 3 pens. She buys 2 more. How many pens does Mia have now?"
 
 
-@pytest.fixture(scope="module")
-def run(tmp_path_factory):
-    return micro_run(tmp_path_factory)
+@pytest.fixture
+def run(micro):
+    return micro
 
 
 def _cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:

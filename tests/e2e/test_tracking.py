@@ -1,4 +1,4 @@
-"""Experiment tracking on a real micro run (tests/micro_run.py, shared with test_publish.py): the offline
+"""Experiment tracking on a real micro run (tests/e2e/micro_run.py, shared with test_publish.py): the offline
 wandb runs are read back from their .wandb files (tests/wandb_records.py) and checked for one run per
 stage, per-reward and policy metrics, the rollout and eval tables and the model artifacts; plus the metric
 history files and PNG plots in the run folder. Marked slow (the shared run: ~1.5 min on 2 cores)."""
@@ -14,16 +14,15 @@ import pytest
 from pipelines.config import load_config
 from pipelines.report.plots import write_plots
 from pipelines.report.tracking import resolved_mode
-from tests.e2e.micro_run import micro_run
 from tests.e2e.wandb_records import read_runs
 
 STAGES = ("sft", "grpo", "distill")
 PNG = b"\x89PNG\r\n\x1a\n"
 
 
-@pytest.fixture(scope="module")
-def run(tmp_path_factory):
-    return micro_run(tmp_path_factory)
+@pytest.fixture
+def run(micro):
+    return micro
 
 
 @pytest.fixture(scope="module")
