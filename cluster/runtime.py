@@ -62,7 +62,6 @@ def connect(address: str = "", num_cpus: int = 0, env: dict[str, str] | None = N
     return ray.cluster_resources()
 
 
-
 def disconnect() -> None:
     """Leave Ray now (a local one stops with it): for a run being abandoned, so that the driver's last line
     is its own and not a worker's output still being forwarded (a learner's 'Connection lost')."""
