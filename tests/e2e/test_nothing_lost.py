@@ -93,14 +93,15 @@ def test_one_run_folder_through_a_busy_refusal_ctrl_c_kill_9_and_a_changed_check
     assert "interrupted during stage grpo" in err.strip().splitlines()[-1] and "resume" in err.strip().splitlines()[-1]
     assert not (run / ".rayzero.lock").exists() and (run / "sft" / "manifest.json").exists()
 
-    _resume_and_kill_9(tmp_path, run, args, ray_tmp, at="checkpoint-6")
+    complete = _resume_and_kill_9(tmp_path, run, args, ray_tmp, at="checkpoint-6")
 
     again = subprocess.run(_cmd(tmp_path, "c2", *args), cwd=ROOT, env=_env(ray_tmp), capture_output=True, text=True,
                            timeout=600)
     assert again.returncode == 0, again.stderr[-3000:]
     assert "sft: already finished, skipped" in again.stdout and "config differs" not in again.stdout
     m = json.loads((run / "grpo" / "manifest.json").read_text())["metrics"]
-    assert m["steps"] == 12 and int(m["resumed_from"].rsplit("-", 1)[1]) >= 6
+    # From the newest checkpoint saved to the end: checkpoint-6 may have been cut short by the kill.
+    assert m["steps"] == 12 and Path(m["resumed_from"]).name == complete.name and int(complete.name.rsplit("-", 1)[1]) >= 4
     steps = [json.loads(line)["step"] for line in (run / "grpo" / "history.jsonl").open() if "reward" in line]
     assert steps == list(range(1, 13)), "the resumed history holds every step"
     # The twice-resumed report has what an uninterrupted run's has (the session's shared micro run): every
@@ -115,9 +116,10 @@ def test_one_run_folder_through_a_busy_refusal_ctrl_c_kill_9_and_a_changed_check
     _truncated_checkpoint_is_redone(tmp_path, run, args, ray_tmp, cli)
 
 
-def _resume_and_kill_9(tmp_path: Path, run: Path, args, ray_tmp: str, at: str) -> None:
+def _resume_and_kill_9(tmp_path: Path, run: Path, args, ray_tmp: str, at: str) -> Path:
     """Resume the run, and kill -9 its driver (only the driver, as a user's `kill -9 <pid>` does) once GRPO
-    saved `at`: nothing of that run may live on or train on."""
+    started saving `at`: nothing of that run may live on or train on. Returns the newest checkpoint that was
+    saved to the end."""
     log = tmp_path / "killed.log"
     with log.open("w") as err:
         killed = subprocess.Popen(_cmd(tmp_path, run.name, *args), cwd=ROOT, env=_env(ray_tmp),
@@ -136,6 +138,9 @@ def _resume_and_kill_9(tmp_path: Path, run: Path, args, ray_tmp: str, at: str) -
     time.sleep(3)
     assert sorted(p.name for p in (run / "grpo.checkpoints").glob("checkpoint-*")) == saved, "nothing trains on"
     assert "checkpoint-12" not in saved
+    from pipelines.stages.grpo import latest_checkpoint
+
+    return latest_checkpoint(run / "grpo.checkpoints")
 
 
 def _truncated_checkpoint_is_redone(tmp_path, run, args, ray_tmp, cli):

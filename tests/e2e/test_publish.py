@@ -24,7 +24,7 @@ from tests.conftest import ROOT
 QUESTION = "Mia has 3 pens. She buys 2 more. How many pens does Mia have now?"
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def run(micro):
     return micro
 

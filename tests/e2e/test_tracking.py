@@ -20,7 +20,7 @@ STAGES = ("sft", "grpo", "distill")
 PNG = b"\x89PNG\r\n\x1a\n"
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def run(micro):
     return micro
 
