@@ -58,7 +58,7 @@ def run_pipeline(cfg: PipelineConfig, say: Callable[[str], None] = print) -> dic
 
 
 def _run(cfg: PipelineConfig, folder: RunFolder, say: Callable[[str], None]) -> dict:
-    from cluster.runtime import connect
+    from cluster.runtime import connect, disconnect
     from pipelines.report.tracking import wandb_env
 
     quiet_libraries()
@@ -98,8 +98,6 @@ def _run(cfg: PipelineConfig, folder: RunFolder, say: Callable[[str], None]) -> 
         try:
             metrics = stage.run(cfg, ctx)
         except KeyboardInterrupt:
-            from cluster.runtime import disconnect
-
             disconnect()
             raise RunInterrupted(_resume_hint(cfg, stage.name)) from None
         metrics["wall_time_s"] = time.monotonic() - start
