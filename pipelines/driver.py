@@ -61,6 +61,9 @@ def _run(cfg: PipelineConfig, folder: RunFolder, say: Callable[[str], None]) -> 
     from cluster.runtime import connect, disconnect
     from pipelines.report.tracking import wandb_env
 
+    from pipelines.memory_plan import check as check_memory
+
+    check_memory(cfg)  # every GPU's estimated memory fits run.gpu_memory_gib (no GPU actors: returns at once)
     quiet_libraries()
     sizes, data_digest = prepare_data(cfg, say)  # before Ray starts: bad data fails fast
     say("data: " + ", ".join(f"{k}={v}" for k, v in sizes.items()))
