@@ -61,7 +61,13 @@ def shape(m: ModelSection, field: str = "model", teacher: mem.ModelShape | None 
         return mem.ModelShape(m.hidden_size, m.num_layers, m.num_heads, m.num_heads, m.hidden_size // m.num_heads,
                               m.intermediate_size, m.vocab_size, tied=True)
     if m.kind == "hf":
-        return mem.ModelShape.from_config(model_config(m.path, m.revision, f"{field}.path"))
+        config = model_config(m.path, m.revision, f"{field}.path")
+        try:
+            return mem.ModelShape.from_config(config)
+        except (KeyError, TypeError, ValueError) as e:
+            raise MemoryPlanError(f"{field}.path={m.path}: its config.json has no usable {e} (the memory plan needs "
+                                  "hidden_size, num_hidden_layers, num_attention_heads, intermediate_size, vocab_size); "
+                                  "run.gpu_memory_gib=0 skips the plan") from None
     if m.kind == "truncate" and teacher is not None:
         return dataclasses.replace(teacher, layers=m.num_layers)
     return None
@@ -70,7 +76,9 @@ def shape(m: ModelSection, field: str = "model", teacher: mem.ModelShape | None 
 def _teacher(cfg: PipelineConfig, name: str, policy: mem.ModelShape | None) -> mem.ModelShape | None:
     if name in ("sft", "grpo", "baseline"):  # a stage of this run: the policy's architecture
         return policy
-    return shape(ModelSection(kind="hf", path=name), f"distill.teachers.{name}") if (Path(name) / "config.json").is_file() else None
+    if not (Path(name) / "config.json").is_file():  # a teacher folder that a run has not written yet
+        return None
+    return shape(ModelSection(kind="hf", path=name), f"distill.teachers.{name}")
 
 
 def _largest(shapes) -> mem.ModelShape | None:
@@ -123,7 +131,8 @@ def _grpo(cfg: PipelineConfig, policy, gpu_gib: float, prompt: int) -> dict[str,
     return out
 
 
-def estimates(cfg: PipelineConfig, gpu_gib: float, prompt_tokens: int = PROMPT_TOKENS) -> dict[str, dict[str, mem.Estimate]]:
+def estimates(cfg: PipelineConfig, gpu_gib: float,
+              prompt_tokens: int = PROMPT_TOKENS) -> dict[str, dict[str, mem.Estimate]]:
     """{stage: {actor: Estimate}} for every actor that holds a GPU (per GPU it spans); an actor whose model
     shape is unknown (gguf) is left out."""
     from pipelines.stages import STAGES
@@ -143,7 +152,8 @@ def estimates(cfg: PipelineConfig, gpu_gib: float, prompt_tokens: int = PROMPT_T
         elif stage == "distill":
             found = _distill(cfg, policy, prompt_tokens)
         elif stage == "eval":
-            s = _largest([policy] + (list(_students(cfg, policy).values()) if cfg.distill.enabled and "distill" in cfg.eval.stages else []))
+            students = cfg.distill.enabled and "distill" in cfg.eval.stages
+            s = _largest([policy, *(_students(cfg, policy).values() if students else ())])
             found = {"eval-0": s and mem.inference(s, weight_bytes=2, rows=cfg.eval.batch_size,
                                                    seq_len=prompt_tokens + cfg.eval.max_new_tokens)}
         out[stage] = {n: found[n] for n in names if found.get(n) is not None}

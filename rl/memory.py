@@ -39,7 +39,7 @@ within); its KV cache is what the weights leave of it. Each other process on a G
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Mapping, Sequence
 
 GIB = float(1 << 30)
@@ -154,7 +154,6 @@ class Estimate:
     parts: Mapping[str, float]
     idle: float
     problem: str = ""  # the actor cannot run at all with these settings (e.g. vLLM weights above its share)
-    notes: tuple[str, ...] = field(default=())
 
     @property
     def total(self) -> float:

@@ -174,4 +174,10 @@ def test_rayzero_run_refuses_before_ray_starts(qwen7b, tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and err[0].startswith("rayzero: error: stage grpo, the GPU of learner-0: needs ~")
     assert not ray.is_initialized()
-    assert not (tmp_path / "qwen2.5-0.5b-gsm8k" / "data").exists()  # before the data was prepared
+    assert not (tmp_path / "qwen2.5-0.5b-gsm8k").exists()  # before anything was written
+
+
+def test_a_config_without_the_needed_numbers_is_one_line(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps({k: v for k, v in QWEN7B.items() if k != "intermediate_size"}))
+    with pytest.raises(mp.MemoryPlanError, match=r"^model.path=.*: its config.json has no usable 'intermediate_size'"):
+        mp.check(load_config("qwen2.5-0.5b-gsm8k", [f"model.path={tmp_path}"]))
