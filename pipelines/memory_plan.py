@@ -88,7 +88,7 @@ def _largest(shapes) -> mem.ModelShape | None:
 
 def _learner(cfg: PipelineConfig, s: mem.ModelShape, gpu_gib: float, prompt: int) -> mem.Estimate:
     g = cfg.grpo
-    micro, accumulation, spg = g.batch_layout(g.num_workers)
+    micro, _, spg = g.batch_layout(g.num_workers)
     if g.zero_stage:  # DeepSpeed's bf16 (from grpo.bf16) casts the model to bf16 over fp32 masters
         wb, masters = (2, g.dtype == "float32") if g.bf16 or g.dtype in HALF else (4, False)
     else:  # GRPOParams.learner_precision on a bf16-capable GPU

@@ -109,6 +109,8 @@ def plan(recipe: str, overrides: list[str], *, nodes: int, gpus_per_node: int, c
     memory_plan.check(cfg, card, prompt_tokens)  # the numbers alone, before the simulated cluster starts
     placed = place_stages(cfg, plans, nodes, gpus_per_node, cpus, timeout_s)
     loads = add_memory(cfg, plans, placed, card, prompt_tokens) if card > 0 else {}
+    for r in (r for rows in placed.values() for r in rows if "memory_gib" not in r):  # no memory plan asked for
+        r["memory_gib"] = None if r["gpu"] is not None else 0.0
     return {"stages": placed, "gpus": loads,
             "cluster": {"nodes": nodes, "gpus_per_node": gpus_per_node, "cpus_per_node": cpus, "gpu_memory_gib": card}}
 
@@ -187,7 +189,7 @@ def render_text(recipe: str, result: dict[str, Any], labels: dict[str, str] | No
         for r in rows:
             gpu = "-" if r["gpu"] is None else ",".join(map(str, r.get("gpus", [r["gpu"]])))
             gib = r.get("memory_gib")
-            memory = "" if r["gpu"] is None or "memory_gib" not in r else (
+            memory = "" if r["gpu"] is None or not c.get("gpu_memory_gib") else (
                 "  ? GiB (model shape unknown)" if gib is None else f"  {gib:.1f} GiB")
             lines.append(f"  {r['actor']:<{width}}  node {r['node']}  gpu {gpu:<3}{memory}".rstrip())
         loads = result.get("gpus", {}).get(stage)

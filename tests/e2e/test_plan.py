@@ -27,6 +27,19 @@ ROOT = Path(__file__).resolve().parents[2]
 GPU_RECIPES = ["qwen2.5-0.5b-gsm8k", "qwen2.5-coder-1.5b-mbpp", "qwen2.5-math-1.5b-r1zero"]
 CPUS = 64  # per node: enough for any stage of these recipes, so GPUs decide the placement
 COLOCATED = ["grpo.num_workers=8", "grpo.rollout_workers=8", "grpo.placement=colocated"]
+# Model folders holding only config.json (all the memory plan reads): Qwen2.5-7B's and Qwen2.5-0.5B's numbers.
+QWEN = {"model_type": "qwen2", "tie_word_embeddings": False}
+QWEN7B = {**QWEN, "hidden_size": 3584, "num_hidden_layers": 28, "num_attention_heads": 28, "num_key_value_heads": 4,
+          "intermediate_size": 18944, "vocab_size": 152064}
+QWEN05B = {**QWEN, "hidden_size": 896, "num_hidden_layers": 24, "num_attention_heads": 14, "num_key_value_heads": 2,
+           "intermediate_size": 4864, "vocab_size": 151936, "tie_word_embeddings": True}
+
+
+def _config_folder(tmp_path: Path, name: str, config: dict) -> str:
+    """A model folder holding only config.json: all the memory plan reads."""
+    (tmp_path / name).mkdir()
+    (tmp_path / name / "config.json").write_text(json.dumps(config))
+    return str(tmp_path / name)
 
 
 @pytest.fixture(scope="module", params=[(1, 8), (2, 8)], ids=["1x8", "2x8"])
@@ -47,9 +60,9 @@ def fake(request):
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _place(recipe: str, overrides: list[str], fake) -> dict[str, list[dict]]:
+def _place(recipe: str, overrides: list[str], fake, cfg=None) -> dict[str, list[dict]]:
     nodes, gpus, ids = fake
-    cfg = load_config(recipe, overrides)
+    cfg = cfg or load_config(recipe, overrides)
     plans = plan_cmd.stages(cfg)
     plan_cmd.check_fit(cfg, plans, nodes, gpus, CPUS)
     placed = plan_cmd.place_on(cfg, plans, ids)
@@ -97,11 +110,24 @@ def _colocation(rows: list[dict]) -> None:
     assert len(set(learners.values())) == len(learners)  # one learner (and one engine) per GPU
 
 
-def test_colocated_learners_share_node_and_gpu_with_exactly_one_engine(fake):
+def test_colocated_learners_share_node_and_gpu_with_exactly_one_engine(fake, tmp_path):
     nodes, gpus, _ = fake
-    rows = _place("qwen2.5-math-1.5b-r1zero", COLOCATED, fake)["grpo"]
+    # Qwen2.5-7B (a folder holding only its config.json), ZeRO-3 over the 8 learners, each beside a vLLM engine
+    # (refused at load where vLLM is missing, as here: the placement and memory plan are functions of the config).
+    q7, q05 = _config_folder(tmp_path, "q7", QWEN7B), _config_folder(tmp_path, "q05", QWEN05B)
+    cfg = load_config("qwen2.5-math-1.5b-r1zero", [*COLOCATED, "grpo.zero_stage=3", f"model.path={q7}",
+                                                   f"distill.students={{s: {{kind: hf, path: {q05}}}}}"])
+    cfg = dataclasses.replace(cfg, grpo=dataclasses.replace(cfg.grpo, rollout_engine="vllm"))
+    placed = _place("", [], fake, cfg)
+    rows = placed["grpo"]
     _colocation(rows)
     assert {r["node"] for r in rows} == {rows[0]["node"]}  # 8 bundles of one GPU: packed onto one node
+    # The memory plan of that placement: every actor has its estimate, every GPU fits 80 GiB.
+    loads = plan_cmd.add_memory(cfg, plan_cmd.stages(cfg), placed, 80.0)
+    assert all(r["memory_gib"] > 0 for rows in placed.values() for r in rows)
+    assert all(r["memory_gib"] == 32.0 for r in rows if r["actor"].startswith("rollout-"))  # 0.4 x 80 GiB
+    assert len(loads["grpo"]) == 8 and all(20 < v <= 80 for v in loads["grpo"].values()), loads
+    assert all(0 < v <= 80 for stage in loads.values() for v in stage.values())
     if nodes == 2:  # 16 pairs need both nodes: colocation holds across them
         rows = _place("qwen2.5-math-1.5b-r1zero", ["grpo.num_workers=16", "grpo.rollout_workers=16",
                                                    "grpo.placement=colocated"], fake)["grpo"]
@@ -116,37 +142,6 @@ def test_disaggregated_stage_fills_both_nodes_when_it_must(fake):
     rows = _place("qwen2.5-math-1.5b-r1zero", ["grpo.num_workers=8", "grpo.rollout_workers=8"], fake)["grpo"]
     # 8 + 8 whole GPUs on 2 x 8: every GPU of both nodes holds exactly one worker.
     assert sorted((r["node"], r["gpu"]) for r in rows) == [(n, g) for n in (0, 1) for g in range(8)]
-
-
-QWEN = {"model_type": "qwen2", "tie_word_embeddings": False}
-QWEN7B = {**QWEN, "hidden_size": 3584, "num_hidden_layers": 28, "num_attention_heads": 28, "num_key_value_heads": 4,
-          "intermediate_size": 18944, "vocab_size": 152064}
-QWEN05B = {**QWEN, "hidden_size": 896, "num_hidden_layers": 24, "num_attention_heads": 14, "num_key_value_heads": 2,
-           "intermediate_size": 4864, "vocab_size": 151936, "tie_word_embeddings": True}
-
-
-def _config_folder(tmp_path: Path, name: str, config: dict) -> str:
-    """A model folder holding only config.json: all the memory plan reads."""
-    (tmp_path / name).mkdir()
-    (tmp_path / name / "config.json").write_text(json.dumps(config))
-    return str(tmp_path / name)
-
-
-def test_memory_plan_7b_zero3_colocated_with_vllm_fits_every_gpu(fake, tmp_path):
-    nodes, gpus, ids = fake
-    cfg = load_config("qwen2.5-math-1.5b-r1zero", [f"model.path={_config_folder(tmp_path, 'q7', QWEN7B)}", *COLOCATED,
-                                                   "grpo.zero_stage=3", "distill.enabled=false"])
-    # vLLM engines (refused at load where vLLM is missing, as here): the plan is a function of the config.
-    cfg = dataclasses.replace(cfg, grpo=dataclasses.replace(cfg.grpo, rollout_engine="vllm"))
-    plans = plan_cmd.stages(cfg)
-    plan_cmd.check_fit(cfg, plans, nodes, gpus, CPUS)
-    placed = plan_cmd.place_on(cfg, plans, ids)
-    loads = plan_cmd.add_memory(cfg, plans, placed, 80.0)
-    rows = placed["grpo"]
-    _colocation(rows)
-    assert all(r["memory_gib"] > 0 for r in rows) and len(rows) == 16
-    assert all(r["memory_gib"] == 32.0 for r in rows if r["actor"].startswith("rollout-"))  # 0.4 x 80 GiB
-    assert len(loads["grpo"]) == 8 and all(20 < v <= 80 for v in loads["grpo"].values()), loads
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess:
@@ -199,3 +194,9 @@ def test_text_output_names_every_actor_with_its_node_and_gpu():
     assert text.splitlines() == ["rayzero cluster plan r: 2 node(s) x 8 GPU(s), 64 CPU(s) each (simulated; Ray's "
                                  "own placement)", "grpo (colocated)", "  learner-0  node 0  gpu 3",
                                  "  reward-0   node 1  gpu -"]
+    # With a memory plan: each GPU actor's estimate and the fullest GPU of the stage.
+    result["stages"]["grpo"][0]["memory_gib"], result["stages"]["grpo"][1]["memory_gib"] = 33.5, 0.0
+    result["cluster"]["gpu_memory_gib"], result["gpus"] = 80.0, {"grpo": {"node 0 GPU 3": 60.0}}
+    assert plan_cmd.render_text("r", result).splitlines()[2:] == [
+        "  learner-0  node 0  gpu 3    33.5 GiB", "  reward-0   node 1  gpu -",
+        "  fullest GPU: node 0 GPU 3, 60.0 of 80 GiB (estimated)"]

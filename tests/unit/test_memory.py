@@ -11,7 +11,7 @@ import json
 import pytest
 
 from pipelines import memory_plan as mp
-from pipelines.config import load_config
+from pipelines.config import ConfigError, load_config
 from rl import memory as mem
 
 QWEN7B = {"architectures": ["Qwen2ForCausalLM"], "model_type": "qwen2", "hidden_size": 3584, "num_hidden_layers": 28,
@@ -123,8 +123,11 @@ def test_7b_full_fine_tune_zero0_on_one_80gb_gpu_is_refused_in_one_line(qwen7b):
     mp.check(load_config("qwen2.5-0.5b-gsm8k", [f"model.path={qwen7b}", "grpo.offload_optimizer=true",
                                                  "grpo.zero_stage=1"]))
     mp.check(load_config("qwen2.5-0.5b-gsm8k", [f"model.path={qwen7b}", "grpo.lora.r=16"]))
-    # A bigger card (or no check) accepts it.
+    # A bigger card (or no check) accepts it; a negative card is a config error at load.
     mp.check(cfg, gpu_gib=0)
+    mp.check(load_config("qwen2.5-0.5b-gsm8k", [f"model.path={qwen7b}", "run.gpu_memory_gib=192"]))
+    with pytest.raises(ConfigError, match=r"^run.gpu_memory_gib=-1.0: must be >= 0$"):
+        load_config("qwen2.5-0.5b-gsm8k", [f"model.path={qwen7b}", "run.gpu_memory_gib=-1"])
     assert mp.check(load_config("qwen2.5-0.5b-gsm8k", [f"model.path={qwen7b}", "run.gpu_memory_gib=0"])) == {}
 
 
