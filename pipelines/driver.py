@@ -47,6 +47,9 @@ def run_pipeline(cfg: PipelineConfig, say: Callable[[str], None] = print) -> dic
     # Ray workers (Ray Train ones especially) run in their own working directories: every path they
     # get must be absolute.
     cfg = dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, output_dir=str(Path(cfg.run.output_dir).resolve())))
+    from pipelines.memory_plan import check as check_memory
+
+    check_memory(cfg)  # each GPU's estimated memory fits run.gpu_memory_gib, before anything is written (CPU: no-op)
     folder = RunFolder(cfg.run_dir)
     check_writable(folder.path)
     with RunLock(folder.path) as lock, _signals_stop_the_run():

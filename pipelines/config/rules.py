@@ -29,7 +29,7 @@ POSITIVE = {
     "task": ("num_heldout",),
 }
 NON_NEGATIVE = {
-    "run": ("num_cpus",),
+    "run": ("num_cpus", "gpu_memory_gib"),
     "task": ("num_cold_start", "num_train"),
     "sft": ("warmup_ratio", "weight_decay", "gpus", "time_budget_s"),
     "grpo": ("beta", "epsilon_high", "cpus", "gpus", "rollout_workers", "rollout_cpus", "save_steps",
