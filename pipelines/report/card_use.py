@@ -5,6 +5,8 @@ once: after `apply_chat_template` the text already holds them)."""
 
 from __future__ import annotations
 
+import re
+
 
 def answer_text(cfg: dict) -> str:
     """What the model was trained to write after a prompt of this run."""
@@ -75,6 +77,10 @@ def use_code(cfg: dict, question: str) -> str:
     task = cfg.get("task", {})
     t = resolve(task.get("prompt_template", "plain"), task.get("system_prompt", ""), task.get("chat_template", False))
     lines = [f"question = {question!r}"]
+    others = sorted(set(re.findall(r"\{(\w+)\}", t.system + t.user)) - {"prompt"})
+    if others:  # e.g. MBPP's {tests}: the run filled them from the row (a list one item per line)
+        lines.append(f"# the template also takes the row's {', '.join('{' + f + '}' for f in others)}: replace them "
+                     f"as the question is replaced below")
     if t.chat:
         user = "question" if t.user == "{prompt}" else f"{t.user!r}.replace('{{prompt}}', question)"
         turns = ([f"{{'role': 'system', 'content': {t.system!r}}}"] if t.system else []) + [f"{{'role': 'user', 'content': {user}}}"]
