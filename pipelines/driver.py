@@ -129,7 +129,18 @@ def _finish(cfg: PipelineConfig, folder: RunFolder, results: dict, say: Callable
         from pipelines.report.publish import publish_from_config
 
         publish_from_config(cfg, say)
+    say(f"run folder: {_size(folder.path)} (wandb {_size(folder.path / 'wandb')}) in {folder.path}")
     return report
+
+
+def _size(path: Path) -> str:
+    """Disk use of a folder's files (checkpoints, data, wandb), as a user reads it."""
+    total = sum(p.stat().st_size for p in path.rglob("*") if p.is_file() and not p.is_symlink()) if path.exists() else 0
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if total < 1024 or unit == "GiB":
+            return f"{total:.0f} {unit}" if unit == "B" else f"{total:.1f} {unit}"
+        total /= 1024
+    return ""
 
 
 def _digest_of(path: Path | None, digests: dict[str, str], folder: RunFolder) -> str | None:

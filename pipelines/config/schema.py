@@ -36,6 +36,7 @@ class RunSection:
     # GiB of one GPU: `rayzero run` refuses a recipe whose estimated memory per GPU exceeds it, before Ray
     # starts (pipelines/memory_plan.py; 0 = no check). Runs without GPUs never check.
     gpu_memory_gib: float = 80.0
+    wandb_checkpoints: str = "reference"  # each stage's final checkpoint as a wandb artifact: reference | copy | none
 
 
 @dataclass(frozen=True)
