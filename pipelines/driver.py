@@ -21,8 +21,8 @@ import yaml
 from pipelines.config.schema import PipelineConfig, to_dict
 from pipelines.data import prepare_data
 from pipelines.models import base_model_dir
-from pipelines.run_folder import (RunFolder, RunLock, check_writable, read_manifest, remove_partial, why_not_finished,
-                                  write_manifest)
+from pipelines.run_folder import (RunFolder, RunLock, check_writable, read_manifest, remove_partial, removed_if_left_empty,
+                                  why_not_finished, write_manifest)
 from pipelines.stages import STAGES, Stage, StageContext
 from pipelines.stages.base import quiet_libraries
 
@@ -48,8 +48,8 @@ def run_pipeline(cfg: PipelineConfig, say: Callable[[str], None] = print) -> dic
     # get must be absolute.
     cfg = dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, output_dir=str(Path(cfg.run.output_dir).resolve())))
     folder = RunFolder(cfg.run_dir)
-    check_writable(folder.path)
-    with RunLock(folder.path) as lock, _signals_stop_the_run():
+    created = check_writable(folder.path)
+    with removed_if_left_empty(created), RunLock(folder.path) as lock, _signals_stop_the_run():
         say(f"rayzero: run '{cfg.run.name}' in {folder.path}")
         if lock.took_over:
             say(f"note: took over the lock of an earlier run that is gone (pid {lock.took_over.get('pid')} "

@@ -31,7 +31,7 @@ POSITIVE = {
 }
 NON_NEGATIVE = {
     "run": ("num_cpus",),
-    "task": ("num_cold_start", "num_train"),
+    "task": ("num_cold_start", "num_train", "max_prompt_chars"),
     "sft": ("warmup_ratio", "weight_decay", "gpus", "time_budget_s"),
     "grpo": ("beta", "epsilon_high", "cpus", "gpus", "rollout_workers", "rollout_cpus", "save_steps",
              "max_failures", "time_budget_s", "max_resample_rounds", "log_rollouts_every"),
@@ -131,6 +131,8 @@ def _task(cfg: PipelineConfig) -> None:
              "(one GRPO step needs that many prompts)")
     if cfg.distill.enabled and t.num_train < 1:
         fail("task.num_train", t.num_train, "must be >= 1 when distill is enabled (teachers sample training prompts)")
+    if not 0.0 <= t.max_bad_fraction <= 1.0:
+        fail("task.max_bad_fraction", t.max_bad_fraction, "must be within [0, 1] (the share of unusable rows to leave out)")
     problem = task_rules(t)
     if problem:
         raise ConfigError(problem)
