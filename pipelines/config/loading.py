@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import collections.abc
 import dataclasses
-import difflib
 import math
 import types
 import typing
@@ -22,6 +21,7 @@ import yaml
 
 from pipelines.config.rules import check
 from pipelines.config.schema import RENAMED, ConfigError, PipelineConfig
+from pipelines.config.suggest import closest
 
 RECIPE_DIR = Path(__file__).resolve().parents[1] / "recipes"
 
@@ -89,12 +89,6 @@ def _number(value: Any) -> float | None:
         except ValueError:
             return None
     return None
-
-
-def closest(name: Any, valid: Any, prefix: str = "") -> str:
-    """' (did you mean <prefix><best>?)' for the valid name closest to a mistyped one, or ''."""
-    best = difflib.get_close_matches(str(name), [str(v) for v in valid], n=1, cutoff=0.6)
-    return f" (did you mean {prefix}{best[0]}?)" if best else ""
 
 
 def build(cls: type, values: Mapping[str, Any], where: str = "") -> Any:

@@ -70,7 +70,7 @@ def check(cfg: PipelineConfig) -> None:
 
 
 def _choice(field: str, value: Any, choices: Iterable[Any]) -> None:
-    from pipelines.config.loading import closest
+    from pipelines.config.suggest import closest
 
     choices = tuple(choices)
     if value not in choices:

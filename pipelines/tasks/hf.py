@@ -384,7 +384,7 @@ def resolve_columns(columns: Mapping[str, str], available: Iterable[str], where:
     out = {}
     for name, col in columns.items():
         if col not in available:
-            from pipelines.config.loading import closest
+            from pipelines.config.suggest import closest
 
             raise TaskError(f"{where}.columns.{name}={col!r}: {dataset} ({split}) has no such column"
                             f"{closest(col, available)}; its columns: {', '.join(available)}")

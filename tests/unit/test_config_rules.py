@@ -137,3 +137,19 @@ def test_recipe_paths_that_are_folders_missing_or_mistyped(tmp_path):
         load_config(str(tmp_path / "nope.yaml"))
     with pytest.raises(ConfigError, match=r"recipe 'mcro' not found \(did you mean micro\?\)"):
         load_config("mcro")
+
+
+def test_a_refused_run_leaves_nothing_behind(cli, tmp_path):
+    """Bad data is refused after the run folder was checked writable: the folders that run created go too."""
+    rows = [{"prompt": f"{i}+1?", "answer": str(i + 1)} for i in range(40)]
+    del rows[4]["answer"]  # 1 of 40 rows: above task.max_bad_fraction
+    data = tmp_path / "mine.jsonl"
+    data.write_text("".join(__import__("json").dumps(r) + "\n" for r in rows))
+    res = cli("run", "micro", "task.name=jsonl", f"task.path={data}", f"run.output_dir={tmp_path / 'runs' / 'deep'}",
+              cwd=tmp_path, timeout=300)
+    assert res.returncode == 2, res.stderr
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and "row 5" in lines[0] and "task.max_bad_fraction" in lines[0], res.stderr
+    assert not (tmp_path / "runs").exists(), "a refused run leaves no (empty) run folder"
+    res = cli("eval", str(tmp_path / "no" / "such" / "checkpoint"), cwd=tmp_path, timeout=300)
+    assert res.returncode == 2 and "checkpoint: does not exist" in res.stderr, res.stderr

@@ -441,3 +441,107 @@ def test_real_recipes_resolve_offline(recipe, tmp_path):
     assert cfg["model"]["kind"] == "hf" and "/" in cfg["model"]["path"] and cfg["task"]["name"] == "hf"
     assert cfg["eval"]["benchmarks"], "each real recipe measures standard benchmarks"
     assert "published" in (ROOT / "pipelines" / "recipes" / f"{recipe}.yaml").read_text().lower()
+
+
+# -- messy files and rows (issue 25): the file and row named; unusable rows counted and left out ----------------
+
+
+def _bad_files(tmp_path: Path) -> dict[str, tuple[Path, str]]:
+    good = [json.dumps(r) for r in gsm8k_rows(20, 1)]
+    latin = list(good)
+    latin[7] = '{"question": "caf\xe9?", "answer": "#### 1"}'
+    broken = list(good)
+    broken[9] = '{"question": "x", "answer": }'
+    files = {"latin": (latin, "row 8: not UTF-8 text (byte"), "broken": (broken, "row 10: not valid JSON"),
+             "empty": ([], ": empty file (no rows)")}
+    out = {}
+    for name, (lines, needle) in files.items():
+        path = tmp_path / f"{name}.jsonl"
+        path.write_bytes("".join(line + "\n" for line in lines).encode("latin-1"))
+        out[name] = (path, needle)
+    return out
+
+
+@pytest.mark.parametrize("name", ["latin", "broken", "empty"])
+def test_bad_json_files_name_the_file_and_row(tmp_path, name):
+    path, needle = _bad_files(tmp_path)[name]
+    files = write_gsm8k(tmp_path)
+    cfg = load_config("micro", hf_overrides({**files, "train": str(path)}))
+    with pytest.raises(TaskDataError) as err:
+        load_task(cfg.task, 0)
+    msg = str(err.value)
+    assert str(path) in msg and needle in msg and "\n" not in msg, msg
+
+
+def _messy(tmp_path: Path, n: int, name: str = "messy.jsonl") -> Path:
+    """GSM8K-format rows with one of each unusable kind: no answer (row 58 of the file), an empty question,
+    a gold without its `####` line, a 5 MB question."""
+    rows = gsm8k_rows(n, 3)
+    for i, r in enumerate(rows):  # distinct questions: no row is a held-out duplicate
+        r["question"] = f"[{i}] " + r["question"]
+    del rows[57]["answer"]
+    rows[10]["question"] = ""
+    rows[20]["answer"] = "no final answer line"
+    rows[30]["question"] = "x" * 5_000_000
+    path = tmp_path / name
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def test_unusable_rows_are_dropped_with_one_line_per_reason_and_recorded(tmp_path):
+    import time
+
+    from pipelines.data import prepare_data
+    from pipelines.report.report import write_report
+
+    path = _messy(tmp_path, 400)
+    said: list[str] = []
+    cfg = load_config("micro", ["task.name=hf", "task.dataset=json", f"task.data_files={path}", "task.answer_format=gsm8k",
+                                "task.columns={prompt: question, answer: answer}", "task.num_cold_start=0",
+                                "task.num_train=400", "task.num_heldout=20", "sft.enabled=false", "grpo.enabled=false",
+                                "distill.enabled=false", f"run.output_dir={tmp_path / 'runs'}"])
+    start = time.monotonic()
+    sizes, _ = prepare_data(cfg, said.append)  # trains the tiny tokenizer: the 5 MB prompt must not reach it
+    assert time.monotonic() - start < 120, "a 5 MB prompt reached tokenizer training"
+    assert sizes["train"] + sizes["heldout"] == 396
+    lines = [s for s in said if "rows dropped" in s]
+    assert len(lines) == 4, said
+    assert any("1 of 400 rows dropped: no answer ('answer' missing or empty) (row 57)" in s for s in lines), lines
+    assert any("no prompt text (row 10)" in s for s in lines) and any("extracts nothing" in s for s in lines), lines
+    assert any("prompt longer than task.max_prompt_chars=20000 (row 30)" in s for s in lines), lines
+    report = write_report(cfg, {})
+    dropped = report["data"]["dropped"]
+    assert sum(d["count"] for d in dropped.values()) == 4 and any(d["rows"] == [57] for d in dropped.values()), dropped
+
+
+def test_the_issue_file_a_200_row_jsonl_with_one_row_lacking_an_answer_is_used(tmp_path):
+    rows = [{"prompt": f"What is {i} + 1?", "answer": str(i + 1)} for i in range(200)]
+    del rows[57]["answer"]  # line 58
+    path = tmp_path / "mine.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    s = load_task(load_config("micro", ["task.name=jsonl", f"task.path={path}", "task.num_cold_start=0",
+                                        "task.num_train=190", "task.num_heldout=10", "sft.enabled=false",
+                                        "grpo.enabled=false", "distill.enabled=false"]).task, 0)
+    assert len(s["train"]) + len(s["heldout"]) == 199
+    assert any(f"{path} (train): 1 of 200 rows dropped: no answer" in n and "(row 58)" in n for n in s["notes"]), s["notes"]
+    assert list(s["dropped"].values()) == [{"count": 1, "rows": [58]}]
+
+
+def test_more_unusable_rows_than_max_bad_fraction_refuse_the_data(tmp_path):
+    path = _messy(tmp_path, 100)  # 4 of 100 rows
+    over = ["task.name=jsonl", f"task.path={path}", "task.columns={prompt: question, answer: answer}",
+            "task.answer_format=gsm8k", "task.num_cold_start=0", "task.num_train=90", "task.num_heldout=10",
+            "sft.enabled=false", "grpo.enabled=false", "distill.enabled=false"]
+    with pytest.raises(TaskDataError) as err:
+        load_task(load_config("micro", over).task, 0)
+    msg = str(err.value)
+    assert str(path) in msg and "4 of 100 rows cannot be used, more than task.max_bad_fraction=0.01" in msg, msg
+    assert "\n" not in msg
+    s = load_task(load_config("micro", over + ["task.max_bad_fraction=0.05"]).task, 0)
+    assert len(s["train"]) + len(s["heldout"]) == 96
+
+
+def test_column_names_get_the_closest_one(tmp_path):
+    cfg = load_config("micro", hf_overrides(write_gsm8k(tmp_path), "task.columns={prompt: questoin, answer: answer}"))
+    with pytest.raises(TaskDataError, match=r"task.columns.prompt='questoin': .* \(did you mean question\?\)"):
+        load_task(cfg.task, 0)
