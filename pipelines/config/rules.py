@@ -309,6 +309,7 @@ def _publish(cfg: PipelineConfig) -> None:
 def _stage_contracts(cfg: PipelineConfig) -> None:
     """What each stage needs from the ones before it (pipelines/stages/): a combination that could only
     fail once Ray is up (or after hours of training) is refused here."""
+    from pipelines.stages import NAMES
     from pipelines.stages.distill import STAGE_TEACHERS
 
     trained = [s for s in ("sft", "grpo", "distill") if getattr(cfg, s).enabled]
@@ -322,6 +323,9 @@ def _stage_contracts(cfg: PipelineConfig) -> None:
     if d.enabled:
         for name, mix in d.mixes.items():
             for teacher in mix.teachers if mix.long_short > 0 else ():
+                if teacher in STAGE_TEACHERS and NAMES.index(teacher) > NAMES.index("distill"):
+                    fail(f"distill.mixes.{name}.teachers", dict(mix.teachers), f"teacher '{teacher}' runs after "
+                         f"distill (stage order: {', '.join(NAMES)}), so it has no checkpoint yet; name sft or grpo")
                 if teacher not in STAGE_TEACHERS and not (Path(teacher).expanduser() / "config.json").is_file():
                     fail(f"distill.mixes.{name}.teachers", dict(mix.teachers), f"teacher '{teacher}' is neither a "
                          f"stage ({', '.join(STAGE_TEACHERS)}) nor a checkpoint folder with config.json")
@@ -332,6 +336,9 @@ def _stage_contracts(cfg: PipelineConfig) -> None:
         for name, student in d.students.items():
             if student.kind == "truncate":
                 src = student.path or "grpo"
+                if src in STAGE_TEACHERS and NAMES.index(src) > NAMES.index("distill"):
+                    fail(f"distill.students.{name}.path", student.path, f"stage '{src}' runs after distill, so it "
+                         "has no checkpoint to truncate yet; use sft or grpo")
                 if src in STAGE_TEACHERS and not getattr(cfg, src).enabled:
                     fail(f"distill.students.{name}.path", student.path, f"truncates stage '{src}', which is not "
                          f"enabled ({src}.enabled=false); enable it or give a checkpoint folder")

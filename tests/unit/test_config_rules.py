@@ -60,6 +60,7 @@ REFUSED = [
     (["distill.mixes={m: {long_short: 0.5}}", "task.name=reasoning_gym", "task.dataset=chain_sum"],
      "distill.mixes.m.long_short=0.5: short traces come from a 'short_completion' column"),
     (["distill.students={s: {kind: truncate, num_layers: 1, path: /no/such}}"], "distill.students.s.path='/no/such'"),
+    (["baseline.enabled=true", "distill.mixes={m: {teachers: {baseline: 1}}}"], "teacher 'baseline' runs after distill"),
     (["eval.samples=2", "eval.ks=[1]", "eval.stages=[baseline]"], "eval.stages=['baseline']: none of these stages is enabled"),
     (["publish.enabled=true", "publish.to=out", "publish.stage=baseline"], "publish.stage='baseline': stage 'baseline' is not enabled"),
     (["publish.enabled=true", "publish.to=out", "sft.enabled=false", "grpo.enabled=false", "distill.enabled=false"],
