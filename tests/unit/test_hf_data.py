@@ -545,3 +545,19 @@ def test_column_names_get_the_closest_one(tmp_path):
     cfg = load_config("micro", hf_overrides(write_gsm8k(tmp_path), "task.columns={prompt: questoin, answer: answer}"))
     with pytest.raises(TaskDataError, match=r"task.columns.prompt='questoin': .* \(did you mean question\?\)"):
         load_task(cfg.task, 0)
+
+
+def test_row_problems_carry_their_reason():
+    from pipelines.tasks.hf import RowProblem, RowSpec, to_row
+
+    spec = RowSpec(columns={"prompt": "q", "answer": "a"}, answer_format="gsm8k", max_prompt_chars=10)
+    for src, reason in [({"q": 5, "a": "#### 1"}, "a prompt that is not text (int)"),
+                        ({"q": "  ", "a": "#### 1"}, "no prompt text"),
+                        ({"q": "x" * 11, "a": "#### 1"}, "prompt longer than task.max_prompt_chars=10"),
+                        ({"q": "1+1?", "a": ["2"]}, "an answer that is not text or a number"),
+                        ({"q": "1+1?", "a": "2"}, "answer_format 'gsm8k' extracts nothing from the answer"),
+                        ({"q": "1+1?"}, "no answer ('a' missing or empty)")]:
+        with pytest.raises(RowProblem) as err:
+            to_row(src, spec, 3, "train")
+        assert err.value.reason == reason and "train row 3" in str(err.value), (src, str(err.value))
+    assert to_row({"q": "1+1?", "a": 2}, RowSpec(columns={"prompt": "q", "answer": "a"}), 0, "train")["answer"] == "2"
