@@ -37,6 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Mapping
 
+from pipelines.tasks.messy import UnusableRow, Usable, check_text_files, diagnose_json_lines
 from pipelines.tasks.templates import fill, is_messages
 
 if TYPE_CHECKING:
@@ -54,13 +55,10 @@ class TaskError(ValueError):
     """A dataset, split, column or row that cannot be used; the message names the field (and row)."""
 
 
-class RowProblem(TaskError):
+class RowProblem(TaskError, UnusableRow):
     """One row that cannot be used (no prompt, no gold, a gold the format cannot read, a prompt too long):
-    dropped and counted by reason, unless more than `task.max_bad_fraction` of the rows are like it."""
-
-    def __init__(self, reason: str, message: str):
-        super().__init__(message)
-        self.reason = reason
+    left out and counted by reason (pipelines/tasks/messy.py), unless more than `task.max_bad_fraction` of
+    the rows are like it; a TaskError where rows are not counted (benchmarks)."""
 
 
 # -- config-time checks -------------------------------------------------------------------------------------
@@ -222,7 +220,7 @@ def open_dataset(dataset: str, subset: str = "", data_files: Any = "", where: st
         except HumanEvalError as e:
             raise TaskError(f"{where}.dataset=human_eval: {e}") from None
     if dataset in ("json", "csv"):
-        problem = check_text_files(data_files)
+        problem = check_text_files(_paths(data_files))
         if problem:
             raise TaskError(problem)
     import datasets
@@ -247,63 +245,11 @@ def open_dataset(dataset: str, subset: str = "", data_files: Any = "", where: st
         field = f"{where}.subset" if ("config" in msg.lower() or subset) else f"{where}.dataset"
         raise TaskError(f"{field}={subset or dataset!r}: {msg}") from None
     except Exception as e:  # noqa: BLE001 - datasets raises many kinds (DatasetNotFoundError, pyarrow errors, ...)
-        problem = diagnose_json_lines(data_files) if dataset == "json" else None
+        problem = diagnose_json_lines(_paths(data_files)) if dataset == "json" else None
         if problem:
             raise TaskError(problem) from None
         raise TaskError(f"{where}.dataset={dataset!r}: cannot be loaded ({type(e).__name__}: {_reason(e)})") from None
     return {name: Source(name, split) for name, split in loaded.items()}
-
-
-def _local_files(data_files: Any) -> Iterable[Path]:
-    for path in _paths(data_files):
-        p = Path(path).expanduser()
-        if not any(ch in path for ch in "*?[") and p.is_file():
-            yield p
-
-
-def _open_bytes(path: Path):
-    import gzip
-
-    return gzip.open(path, "rb") if path.suffix == ".gz" else path.open("rb")
-
-
-def check_text_files(data_files: Any) -> str | None:
-    """Local json/csv files are UTF-8 and hold rows: pyarrow reads bytes that are not UTF-8 into a string
-    column and fails only when that row is read (a traceback naming no file), and an empty file fails as
-    `StopIteration`. One pass over the bytes, before `datasets` reads them."""
-    for path in _local_files(data_files):
-        rows = 0
-        with _open_bytes(path) as f:
-            for n, raw in enumerate(f, 1):
-                try:
-                    text = raw.decode("utf-8")
-                except UnicodeDecodeError as e:
-                    return f"{path} row {n}: not UTF-8 text (byte {e.start}: {raw[e.start:e.start + 1]!r})"
-                rows += bool(text.strip())
-        if not rows:
-            return f"{path}: empty file (no rows); give one JSON object per line (or CSV rows under a header)"
-    return None
-
-
-def diagnose_json_lines(data_files: Any) -> str | None:
-    """After the json builder failed: the first line of a JSON-lines file that is not a JSON object (file and
-    row), or None (a whole-file JSON document, or another failure)."""
-    import json
-
-    for path in _local_files(data_files):
-        with _open_bytes(path) as f:
-            for n, raw in enumerate(f, 1):
-                if not raw.strip():
-                    continue
-                try:
-                    row = json.loads(raw)
-                except ValueError as e:
-                    if n == 1 and raw.lstrip()[:1] == b"[":
-                        break  # a JSON document (an array of rows), not JSON lines
-                    return f"{path} row {n}: not valid JSON ({getattr(e, 'msg', e)}, column {getattr(e, 'colno', '?')})"
-                if not isinstance(row, dict):
-                    return f"{path} row {n}: expected a JSON object, got {type(row).__name__}"
-    return None
 
 
 def _plain(value: Any) -> Any:
@@ -460,64 +406,12 @@ def to_row(src: Mapping[str, Any], spec: RowSpec, index: int, label: str) -> dic
     return row
 
 
-class Usable:
-    """Dataset rows -> rayzero rows, leaving out the unusable ones (`RowProblem`). Once one is met, every
-    source it came from is scanned whole (only then: nothing to pay on clean data), so the counts are those
-    of the files, not of the rows a split happened to draw: above `max_bad_fraction` of them the data is
-    refused in one line; below, each reason becomes one note (count, first row numbers) and an entry of
-    `dropped` (report.json: data.dropped)."""
-
-    SHOWN = 5  # row numbers a note names
-
-    def __init__(self, max_bad_fraction: float, dataset: str):
-        self.max_bad_fraction, self.dataset = max_bad_fraction, dataset
-        self.sources: dict[int, tuple[Source, RowSpec, str]] = {}
-        self.found = False
-
-    def row(self, src: Source, spec: RowSpec, i: int, label: str) -> dict | None:
-        self.sources.setdefault(id(src), (src, spec, label))
-        try:
-            return to_row(src.row(i), spec, src.number(i), label)
-        except RowProblem:
-            self.found = True
-            return None
-
-    def summary(self) -> tuple[list[str], dict[str, dict]]:
-        """(notes, dropped); TaskError when too many rows cannot be used."""
-        if not self.found:
-            return [], {}
-        by_reason: dict[tuple[str, str], list[tuple[int, str]]] = {}
-        total = 0
-        for src, spec, label in self.sources.values():
-            total += len(src)
-            for i in range(len(src)):
-                try:
-                    to_row(src.row(i), spec, src.number(i), label)
-                except RowProblem as e:
-                    where = label if " (" in label else f"{self.dataset} ({label})"
-                    by_reason.setdefault((where, e.reason), []).append((src.number(i), str(e)))
-        bad = sum(len(v) for v in by_reason.values())
-        if bad > self.max_bad_fraction * total:
-            (where, _), hits = next(iter(by_reason.items()))
-            raise TaskError(f"{where}: {hits[0][1]}; {bad} of {total} rows cannot be used, more than task.max_bad_fraction="
-                            f"{self.max_bad_fraction:g} ({_counts(by_reason)}): fix the data, or raise task.max_bad_fraction "
-                            "to leave them out")
-        notes, dropped = [], {}
-        for (where, reason), hits in by_reason.items():
-            rows = [n for n, _ in hits]
-            more = ", ..." if len(rows) > self.SHOWN else ""
-            notes.append(f"data: {where}: {len(rows)} of {total} rows dropped: {reason} "
-                         f"(row{'s' if len(rows) > 1 else ''} {', '.join(map(str, rows[:self.SHOWN]))}{more})")
-            dropped[f"{where}: {reason}"] = {"count": len(rows), "rows": rows[:20]}
-        return notes, dropped
-
-
-def _counts(by_reason: Mapping[tuple[str, str], list]) -> str:
-    return "; ".join(f"{len(v)} {reason}" for (_, reason), v in by_reason.items())
-
-
 def _rows(usable: Usable, source: Source, indices: Iterable[int], spec: RowSpec, label: str) -> list[dict]:
-    return [r for r in (usable.row(source, spec, i, label) for i in indices) if r is not None]
+    return [r for r in (usable.row(source, _converter(spec), i, label) for i in indices) if r is not None]
+
+
+def _converter(spec: RowSpec):
+    return lambda src, number, label: to_row(src, spec, number, label)
 
 
 def _key(row: dict) -> str:
@@ -581,7 +475,7 @@ def generate_splits(cfg: "TaskSection", seed: int, *, sources: dict[str, Source]
     for i in rest:
         if len(train) >= cfg.num_train:
             break
-        row = usable.row(train_src, spec, i, train_src.name)
+        row = usable.row(train_src, _converter(spec), i, train_src.name)
         if row is None:
             continue
         if _key(row) in held_keys:
@@ -594,7 +488,9 @@ def generate_splits(cfg: "TaskSection", seed: int, *, sources: dict[str, Source]
     if dropped:
         notes.append(f"task: {dropped} train rows dropped: their question is a held-out question")
     assert not used & {id(r) for r in train}
-    bad_notes, bad_rows = usable.summary()
+    refused, bad_notes, bad_rows = usable.summary()
+    if refused:
+        raise TaskError(refused)
     return {"cold_start": cold, "train": train, "heldout": heldout, "notes": bad_notes + notes, "dropped": bad_rows}
 
 
@@ -629,7 +525,7 @@ def _cold_rows(cfg: "TaskSection", seed: int, sources: dict[str, Source], train_
     for i in order:
         if len(out) >= cfg.num_cold_start:
             break
-        row = usable.row(src, cs_spec, i, f"{label} ({split})" if other_data else split)
+        row = usable.row(src, _converter(cs_spec), i, f"{label} ({split})" if other_data else split)
         if row is None or "completion" not in row:
             continue
         if _key(row) in held_keys:
