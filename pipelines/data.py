@@ -139,7 +139,8 @@ def gold_usable(rows: list[dict]) -> list[bool]:
     return ok
 
 
-def _gold_checks(splits: dict[str, list[dict]], say: Callable[[str], None], dropped: dict | None = None) -> dict[str, list[dict]]:
+def _gold_checks(splits: dict[str, list[dict]], say: Callable[[str], None],
+                 dropped: dict | None = None) -> dict[str, list[dict]]:
     out = {}
     for split, rows in splits.items():
         ok = gold_usable(rows)

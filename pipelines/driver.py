@@ -21,8 +21,8 @@ import yaml
 from pipelines.config.schema import PipelineConfig, to_dict
 from pipelines.data import prepare_data
 from pipelines.models import base_model_dir
-from pipelines.run_folder import (RunFolder, RunLock, check_writable, read_manifest, remove_partial, removed_if_left_empty,
-                                  why_not_finished, write_manifest)
+from pipelines.run_folder import (RunFolder, RunLock, check_writable, read_manifest, remove_partial,
+                                  removed_if_left_empty, why_not_finished, write_manifest)
 from pipelines.stages import STAGES, Stage, StageContext
 from pipelines.stages.base import quiet_libraries
 

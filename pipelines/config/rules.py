@@ -353,7 +353,8 @@ def _stage_contracts(cfg: PipelineConfig) -> None:
     if p.enabled:
         stage = p.stage or (trained[-1] if trained else "")
         if not stage:
-            fail("publish.enabled", True, "no stage trains a model (sft, grpo and distill are all disabled): nothing to publish")
+            fail("publish.enabled", True, "no stage trains a model (sft, grpo and distill are all disabled): "
+                 "nothing to publish")
         if not getattr(cfg, stage).enabled:
             fail("publish.stage", stage, f"stage '{stage}' is not enabled in this recipe; publish a stage that runs")
 

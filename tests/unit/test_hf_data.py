@@ -76,6 +76,9 @@ def tiny_chat_model(folder: Path) -> Path:
     return folder
 
 
+NO_STAGES = ("sft.enabled=false", "grpo.enabled=false", "distill.enabled=false")  # data only: no stage contract
+
+
 def hf_overrides(files: dict[str, str], *extra: str) -> list[str]:
     return ["task.name=hf", "task.dataset=json", f"task.data_files={json.dumps(files)}",
             "task.columns={prompt: question, answer: answer}", "task.answer_format=gsm8k",
@@ -140,7 +143,7 @@ def test_a_single_split_is_cut_at_random_with_a_fixed_seed(tmp_path):
     path = tmp_path / "all.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in gsm8k_rows(40, 5)))
     over = ["task.name=hf", "task.dataset=json", f"task.data_files={path}", "task.columns={prompt: question, answer: answer}",
-            "task.answer_format=gsm8k", "task.num_cold_start=0", "task.num_train=20", "task.num_heldout=8", "sft.enabled=false", "grpo.enabled=false", "distill.enabled=false"]
+            "task.answer_format=gsm8k", "task.num_cold_start=0", "task.num_train=20", "task.num_heldout=8", *NO_STAGES]
     a, b = (load_task(load_config("micro", over).task, seed=s) for s in (0, 1))
     assert a["heldout"] == b["heldout"] and len(a["heldout"]) == 8
     assert any("fixed random cut" in n for n in a["notes"])
@@ -199,7 +202,7 @@ def test_prepare_data_writes_rows_as_trained_and_counts_unusable_golds(tmp_path)
         Path(files[split]).write_text("".join(json.dumps(r) + "\n" for r in rows))
     said = []
     cfg = load_config("micro", hf_overrides(files, "task.num_heldout=12", "task.num_train=60", "task.num_cold_start=0",
-                                            "sft.enabled=false", "grpo.enabled=false", "distill.enabled=false", "task.prompt_template=r1_zero",
+                                            *NO_STAGES, "task.prompt_template=r1_zero",
                                             f"run.output_dir={tmp_path / 'runs'}"))
     sizes, _ = prepare_data(cfg, said.append)
     run = tmp_path / "runs" / "micro" / "data"
@@ -218,7 +221,7 @@ def test_completion_is_needed_only_with_sft(tmp_path):
     base = [o for o in hf_overrides(files) if not o.startswith("task.completion_template")]
     with pytest.raises(TaskDataError, match="task.columns.completion: SFT is on"):
         prepare_data(load_config("micro", base + [f"run.output_dir={tmp_path / 'a'}"]), lambda s: None)
-    sizes, _ = prepare_data(load_config("micro", base + ["sft.enabled=false", "grpo.enabled=false", "distill.enabled=false", f"run.output_dir={tmp_path / 'b'}"]),
+    sizes, _ = prepare_data(load_config("micro", base + [*NO_STAGES, f"run.output_dir={tmp_path / 'b'}"]),
                             lambda s: None)
     assert sizes["cold_start"] == 0 and sizes["train"] == 16
 
@@ -285,7 +288,7 @@ def test_jsonl_is_a_shorthand_that_keeps_code_columns(tmp_path):
     path = tmp_path / "code.jsonl"
     rows = [{"prompt": f"write add{i}", "tests": [f"assert add{i}(1, 1) == 2"], "entry_point": f"add{i}"} for i in range(20)]
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    s = load_task(load_config("micro", ["task.name=jsonl", f"task.path={path}", "sft.enabled=false", "grpo.enabled=false", "distill.enabled=false",
+    s = load_task(load_config("micro", ["task.name=jsonl", f"task.path={path}", *NO_STAGES,
                                         "task.num_heldout=5", "grpo.rewards={code_accuracy: 1.0}"]).task, 0)
     assert len(s["heldout"]) == 5 and all(r["tests"] and r["entry_point"] for r in s["heldout"] + s["train"])
 
@@ -531,7 +534,7 @@ def test_more_unusable_rows_than_max_bad_fraction_refuse_the_data(tmp_path):
     path = _messy(tmp_path, 100)  # 4 of 100 rows
     over = ["task.name=jsonl", f"task.path={path}", "task.columns={prompt: question, answer: answer}",
             "task.answer_format=gsm8k", "task.num_cold_start=0", "task.num_train=90", "task.num_heldout=10",
-            "sft.enabled=false", "grpo.enabled=false", "distill.enabled=false"]
+            *NO_STAGES]
     with pytest.raises(TaskDataError) as err:
         load_task(load_config("micro", over).task, 0)
     msg = str(err.value)
