@@ -33,7 +33,8 @@ SPLITS = ("cold_start", "train", "heldout")
 # TaskSection fields added after run folders existed: left out of the data key while at their defaults, so
 # an older run's cached data still matches its config.
 _NEW_TASK_FIELDS = ("data_files", "subset", "train_split", "heldout_split", "columns", "answer_format",
-                    "completion_template", "cold_start", "prompt_template", "system_prompt", "chat_template")
+                    "completion_template", "cold_start", "prompt_template", "system_prompt", "chat_template",
+                    "max_bad_fraction", "max_prompt_chars")
 
 
 def data_key(cfg: PipelineConfig) -> dict:
@@ -138,7 +139,8 @@ def gold_usable(rows: list[dict]) -> list[bool]:
     return ok
 
 
-def _gold_checks(splits: dict[str, list[dict]], say: Callable[[str], None]) -> dict[str, list[dict]]:
+def _gold_checks(splits: dict[str, list[dict]], say: Callable[[str], None],
+                 dropped: dict | None = None) -> dict[str, list[dict]]:
     out = {}
     for split, rows in splits.items():
         ok = gold_usable(rows)
@@ -154,6 +156,8 @@ def _gold_checks(splits: dict[str, list[dict]], say: Callable[[str], None]) -> d
             say(f"data: {split}: {len(bad)} of {len(rows)} rows dropped: their gold cannot be used by the verifier "
                 f"(first: row {bad[0]}, {gold!r})")
             rows = [r for r, good in zip(rows, ok) if good]
+            if dropped is not None:  # report.json: data.dropped (row numbers: positions in the split)
+                dropped[f"{split} split: a gold the verifier cannot use"] = {"count": len(bad), "rows": bad[:20]}
         out[split] = rows
     return out
 
@@ -173,10 +177,11 @@ def prepare_data(cfg: PipelineConfig, say: Callable[[str], None] = print) -> tup
         splits = load_task(cfg.task, cfg.run.seed)  # may raise TaskDataError: nothing written yet
         for note in splits.pop("notes", None) or []:
             say(note)
+        dropped = splits.pop("dropped", None) or {}  # unusable rows left out, by reason (pipelines/tasks/hf.py)
         tokenizer = None if cfg.model.kind == "tiny" else _base_tokenizer(cfg)
         splits = render_splits(cfg.task, splits, tokenizer)
         check_splits(cfg, splits)
-        splits = _gold_checks(splits, say)
+        splits = _gold_checks(splits, say, dropped)
         check_splits(cfg, splits)
         check_rewards(cfg, splits["train"])
         for old in (folder.path / "data", folder.tokenizer):
@@ -185,7 +190,7 @@ def prepare_data(cfg: PipelineConfig, say: Callable[[str], None] = print) -> tup
         for split in SPLITS:
             write_jsonl(folder.data(split), splits[split])
         _write_tokenizer(cfg, folder, tokenizer)
-        manifest = {"key": key, "files": _data_files(folder)}
+        manifest = {"key": key, "files": _data_files(folder), **({"dropped": dropped} if dropped else {})}
         write_json(manifest_path, manifest)
     else:
         check_rewards(cfg, read_jsonl(folder.data("train")))

@@ -21,8 +21,8 @@ import yaml
 from pipelines.config.schema import PipelineConfig, to_dict
 from pipelines.data import prepare_data
 from pipelines.models import base_model_dir
-from pipelines.run_folder import (RunFolder, RunLock, check_writable, read_manifest, remove_partial, why_not_finished,
-                                  write_manifest)
+from pipelines.run_folder import (RunFolder, RunLock, check_writable, read_manifest, remove_partial,
+                                  removed_if_left_empty, why_not_finished, write_manifest)
 from pipelines.stages import STAGES, Stage, StageContext
 from pipelines.stages.base import quiet_libraries
 
@@ -51,8 +51,8 @@ def run_pipeline(cfg: PipelineConfig, say: Callable[[str], None] = print) -> dic
 
     check_memory(cfg)  # each GPU's estimated memory fits run.gpu_memory_gib, before anything is written (CPU: no-op)
     folder = RunFolder(cfg.run_dir)
-    check_writable(folder.path)
-    with RunLock(folder.path) as lock, _signals_stop_the_run():
+    created = check_writable(folder.path)
+    with removed_if_left_empty(created), RunLock(folder.path) as lock, _signals_stop_the_run():
         say(f"rayzero: run '{cfg.run.name}' in {folder.path}")
         if lock.took_over:
             say(f"note: took over the lock of an earlier run that is gone (pid {lock.took_over.get('pid')} "

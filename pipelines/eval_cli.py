@@ -34,6 +34,8 @@ from pipelines.scoring import evaluate_benchmarks, evaluate_checkpoint
 
 def check_checkpoint(path: Path) -> None:
     """A folder that holds a model: config.json and weights (one line otherwise, before any work)."""
+    if not path.exists():
+        raise ConfigError(f"{path}: does not exist (give a checkpoint folder, e.g. runs/<run>/grpo, or a hub id)")
     if not path.is_dir() or not (path / "config.json").exists():
         raise ConfigError(f"{path}: not a checkpoint folder (no config.json)")
     if not any(path.glob("*.safetensors")) and not any(path.glob("pytorch_model*.bin")):

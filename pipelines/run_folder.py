@@ -148,8 +148,10 @@ def _describe(owner: dict | None) -> str:
     return f"pid {owner.get('pid')} on host {owner.get('host')} (since {started}: {owner.get('command', '?')})"
 
 
-def check_writable(path: Path) -> None:
-    """The run folder can be created and written (checked before any work: one line, not a traceback)."""
+def check_writable(path: Path) -> list[Path]:
+    """The run folder can be created and written (checked before any work: one line, not a traceback).
+    Returns the folders it created (outermost first), for `removed_if_left_empty`."""
+    created = [p for p in (path, *path.parents) if not p.exists()][::-1]
     try:
         path.mkdir(parents=True, exist_ok=True)
         probe = path / f".write-test-{os.getpid()}"
@@ -157,6 +159,27 @@ def check_writable(path: Path) -> None:
         probe.unlink()
     except OSError as e:
         raise RunFolderError(f"run.output_dir: cannot write {path} ({e.strerror or type(e).__name__})") from None
+    return created
+
+
+class removed_if_left_empty:
+    """A run refused before it wrote anything (bad data, a busy cluster) leaves no empty run folder behind:
+    on an exception, the folders this run created are removed if they are still empty (never anything else)."""
+
+    def __init__(self, created: list[Path]):
+        self.created = created
+
+    def __enter__(self) -> "removed_if_left_empty":
+        return self
+
+    def __exit__(self, exc_type, *exc: Any) -> None:
+        if exc_type is None:
+            return
+        for folder in reversed(self.created):
+            try:
+                folder.rmdir()  # only ever succeeds on an empty folder
+            except OSError:
+                return
 
 
 # ---------------------------------------------------------------------------------------------

@@ -21,6 +21,7 @@ import yaml
 
 from pipelines.config.rules import check
 from pipelines.config.schema import RENAMED, ConfigError, PipelineConfig
+from pipelines.config.suggest import closest
 
 RECIPE_DIR = Path(__file__).resolve().parents[1] / "recipes"
 
@@ -101,7 +102,8 @@ def build(cls: type, values: Mapping[str, Any], where: str = "") -> Any:
             renamed = RENAMED.get((where.split(".")[-1], key)) if where else None
             if renamed:
                 raise ConfigError(f"'{path}' was renamed: use {renamed}")
-            raise ConfigError(f"unknown field '{path}'; valid fields{' of ' + where if where else ''}: {', '.join(names)}")
+            hint = closest(key, names, f"{where}." if where else "")
+            raise ConfigError(f"unknown field '{path}'{hint}; valid fields{' of ' + where if where else ''}: {', '.join(names)}")
         tp = hints[key]
         if dataclasses.is_dataclass(tp) and isinstance(value, Mapping):
             # Nested sections merge into the default instance, so a recipe can set one field.
@@ -121,12 +123,62 @@ def list_recipes() -> list[str]:
 
 def recipe_path(recipe: str) -> Path:
     path = Path(recipe)
+    if path.is_dir():
+        raise ConfigError(f"recipe {recipe}: is a directory; give a recipe name or a .yaml file")
     if path.suffix in (".yaml", ".yml") and path.is_file():
         return path
-    path = RECIPE_DIR / f"{recipe}.yaml"
-    if not path.exists():
-        raise ConfigError(f"recipe '{recipe}' not found; shipped recipes: {', '.join(list_recipes())} (or pass a path to a .yaml file)")
-    return path
+    shipped = RECIPE_DIR / f"{recipe}.yaml"
+    if not shipped.is_file():
+        if path.suffix in (".yaml", ".yml") or len(path.parts) > 1:
+            raise ConfigError(f"recipe {recipe}: file not found")
+        raise ConfigError(f"recipe '{recipe}' not found{closest(recipe, list_recipes())}; shipped recipes: "
+                          f"{', '.join(list_recipes())} (or pass a path to a .yaml file)")
+    return shipped
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML keeps the last of two equal keys without a word (a second `grpo:` section would silently
+    replace the first): refuse them, naming the file, line and key."""
+
+    source = "<recipe>"
+
+    def construct_mapping(self, node, deep=False):
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            line = key_node.start_mark.line + 1
+            if isinstance(key, collections.abc.Hashable) and key in seen:
+                raise ConfigError(f"{self.source}: line {line}: duplicate key '{key}' (first at line "
+                                  f"{seen[key]}); each key may appear once per section")
+            if isinstance(key, collections.abc.Hashable):
+                seen[key] = line
+        return super().construct_mapping(node, deep)
+
+
+_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _UniqueKeyLoader.construct_mapping)
+
+
+def read_yaml(path: Path) -> Any:
+    """A YAML file's content; ConfigError naming the file (and line, column) when it cannot be read."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {e.start})") from None
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot be read ({e.strerror or type(e).__name__})") from None
+    try:
+        loader = _UniqueKeyLoader(text)
+        loader.source = str(path)
+        try:
+            return loader.get_single_data()
+        finally:
+            loader.dispose()
+    except yaml.MarkedYAMLError as e:
+        mark = e.problem_mark or e.context_mark
+        where = f": line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ConfigError(f"{path}{where}: not valid YAML ({e.problem or e.context or type(e).__name__})") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML ({type(e).__name__})") from None
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
@@ -152,10 +204,9 @@ def _merge(base: dict, over: dict) -> dict:
 
 def _read_recipe(path: Path, seen: tuple[Path, ...]) -> dict:
     """A recipe's sections; `base: <recipe>` starts from another recipe and overrides its fields."""
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except (yaml.YAMLError, UnicodeDecodeError) as e:
-        raise ConfigError(f"{path}: not a valid YAML recipe ({type(e).__name__})") from None
+    raw = read_yaml(path)
+    if raw is None:
+        raise ConfigError(f"{path}: the recipe is empty; give at least one section (e.g. base: tiny)")
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: a recipe must be a mapping of sections")
     base = raw.pop("base", None)

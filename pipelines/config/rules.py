@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib.util
 import re
+from pathlib import Path
 from typing import Any, Iterable
 
 from pipelines.config.schema import ConfigError, ModelSection, PipelineConfig
@@ -30,7 +31,7 @@ POSITIVE = {
 }
 NON_NEGATIVE = {
     "run": ("num_cpus", "gpu_memory_gib"),
-    "task": ("num_cold_start", "num_train"),
+    "task": ("num_cold_start", "num_train", "max_prompt_chars"),
     "sft": ("warmup_ratio", "weight_decay", "gpus", "time_budget_s"),
     "grpo": ("beta", "epsilon_high", "cpus", "gpus", "rollout_workers", "rollout_cpus", "save_steps",
              "max_failures", "time_budget_s", "max_resample_rounds", "log_rollouts_every"),
@@ -65,12 +66,15 @@ def check(cfg: PipelineConfig) -> None:
         _distill(cfg)
     _eval(cfg)
     _publish(cfg)
+    _stage_contracts(cfg)
 
 
 def _choice(field: str, value: Any, choices: Iterable[Any]) -> None:
+    from pipelines.config.suggest import closest
+
     choices = tuple(choices)
     if value not in choices:
-        fail(field, value, f"not one of: {', '.join(map(str, choices))}")
+        fail(field, value, f"not one of: {', '.join(map(str, choices))}{closest(value, choices)}")
 
 
 def _run(cfg: PipelineConfig) -> None:
@@ -128,6 +132,8 @@ def _task(cfg: PipelineConfig) -> None:
              "(one GRPO step needs that many prompts)")
     if cfg.distill.enabled and t.num_train < 1:
         fail("task.num_train", t.num_train, "must be >= 1 when distill is enabled (teachers sample training prompts)")
+    if not 0.0 <= t.max_bad_fraction <= 1.0:
+        fail("task.max_bad_fraction", t.max_bad_fraction, "must be within [0, 1] (the share of unusable rows to leave out)")
     problem = task_rules(t)
     if problem:
         raise ConfigError(problem)
@@ -173,6 +179,8 @@ def _grpo(cfg: PipelineConfig) -> None:
             raise ConfigError(f"grpo.rewards: {problem}")
         if not is_custom(name):
             _choice("grpo.rewards", name, available_rewards())
+    if not any(g.rewards.values()):
+        fail("grpo.rewards", dict(g.rewards), "every weight is 0: GRPO would get no learning signal; give one a weight")
     for name, params in g.reward_params.items():
         if name not in g.rewards:
             fail(f"grpo.reward_params.{name}", dict(params), f"'{name}' is not one of grpo.rewards ({', '.join(g.rewards)})")
@@ -301,3 +309,61 @@ def _publish(cfg: PipelineConfig) -> None:
         if owner is None or not getattr(cfg, owner).lora.enabled:
             fail("publish.adapter", True, f"stage {stage or '(none)'!r} trains no LoRA adapter" + (
                  f": set {owner}.lora.r > 0," if owner else ",") + " or publish the merged model (publish.adapter=false)")
+
+
+def _stage_contracts(cfg: PipelineConfig) -> None:
+    """What each stage needs from the ones before it (pipelines/stages/): a combination that could only
+    fail once Ray is up (or after hours of training) is refused here."""
+    from pipelines.stages import NAMES
+    from pipelines.stages.distill import STAGE_TEACHERS
+
+    trained = [s for s in ("sft", "grpo", "distill") if getattr(cfg, s).enabled]
+    if cfg.model.kind == "tiny" and not cfg.sft.enabled:
+        # A tiny model is built by SFT (driver.start_checkpoint): without it GRPO has no checkpoint to start
+        # from (it would fail inside the learner, looking for a hub model named "None").
+        if cfg.grpo.enabled:
+            fail("sft.enabled", False, "model.kind=tiny is built and trained by SFT; without it GRPO has no "
+                 "checkpoint to start from: enable sft, or start from a model (model.kind=hf or gguf)")
+    d = cfg.distill
+    if d.enabled:
+        for name, mix in d.mixes.items():
+            for teacher in mix.teachers if mix.long_short > 0 else ():
+                if teacher in STAGE_TEACHERS and NAMES.index(teacher) > NAMES.index("distill"):
+                    fail(f"distill.mixes.{name}.teachers", dict(mix.teachers), f"teacher '{teacher}' runs after "
+                         f"distill (stage order: {', '.join(NAMES)}), so it has no checkpoint yet; name sft or grpo")
+                if teacher not in STAGE_TEACHERS and not (Path(teacher).expanduser() / "config.json").is_file():
+                    fail(f"distill.mixes.{name}.teachers", dict(mix.teachers), f"teacher '{teacher}' is neither a "
+                         f"stage ({', '.join(STAGE_TEACHERS)}) nor a checkpoint folder with config.json")
+            if mix.long_short < 1 and not _has_short_completions(cfg):
+                fail(f"distill.mixes.{name}.long_short", mix.long_short, f"short traces come from a "
+                     f"'short_completion' column, which task '{cfg.task.name}' does not have: map "
+                     "task.columns.short_completion, or set long_short=1")
+        for name, student in d.students.items():
+            if student.kind == "truncate":
+                src = student.path or "grpo"
+                if src in STAGE_TEACHERS and NAMES.index(src) > NAMES.index("distill"):
+                    fail(f"distill.students.{name}.path", student.path, f"stage '{src}' runs after distill, so it "
+                         "has no checkpoint to truncate yet; use sft or grpo")
+                if src in STAGE_TEACHERS and not getattr(cfg, src).enabled:
+                    fail(f"distill.students.{name}.path", student.path, f"truncates stage '{src}', which is not "
+                         f"enabled ({src}.enabled=false); enable it or give a checkpoint folder")
+                if src not in STAGE_TEACHERS and not (Path(src).expanduser() / "config.json").is_file():
+                    fail(f"distill.students.{name}.path", student.path, "not a stage (sft, grpo, baseline) nor a "
+                         "checkpoint folder with config.json")
+    e = cfg.eval
+    if e.enabled and not any(getattr(cfg, s).enabled for s in e.stages):
+        fail("eval.stages", list(e.stages), "none of these stages is enabled, so eval.samples > 0 has nothing to "
+             "measure; name an enabled stage, or set eval.samples=0")
+    p = cfg.publish
+    if p.enabled:
+        stage = p.stage or (trained[-1] if trained else "")
+        if not stage:
+            fail("publish.enabled", True, "no stage trains a model (sft, grpo and distill are all disabled): "
+                 "nothing to publish")
+        if not getattr(cfg, stage).enabled:
+            fail("publish.stage", stage, f"stage '{stage}' is not enabled in this recipe; publish a stage that runs")
+
+
+def _has_short_completions(cfg: PipelineConfig) -> bool:
+    t = cfg.task
+    return t.name == "arithmetic" or "short_completion" in t.columns or (t.name == "jsonl" and not t.columns)

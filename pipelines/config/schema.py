@@ -115,6 +115,10 @@ class TaskSection:
     prompt_template: str = "plain"  # plain | r1_zero | boxed | code | a string with {prompt}
     system_prompt: str = ""
     chat_template: bool = False  # render prompts with the tokenizer's chat template (add_generation_prompt)
+    # hf/jsonl rows that cannot be used (no prompt, no answer, a gold the format cannot read, a longer prompt)
+    # are left out and counted; above this fraction of the rows the data is refused at load
+    max_bad_fraction: float = 0.01
+    max_prompt_chars: int = 20000  # longer prompts are unusable rows (a 5 MB one stalls tokenizer training); 0 = off
 
 
 @dataclass(frozen=True)

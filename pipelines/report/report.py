@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Callable
 
 from pipelines.config.schema import PipelineConfig, to_dict
+from pipelines.run_folder import read_json_or_none
 from rl.metrics import generate_flops, train_flops
 
 KEEP = ("accuracy", "accuracy_before", "params", "wall_time_s", "train_time_s", "steps", "traces",
@@ -48,6 +49,9 @@ def write_report(cfg: PipelineConfig, results: dict[str, dict]) -> dict:
             summary["student_accuracy_retained"] = acc["distill"] / teacher["accuracy"] if teacher["accuracy"] else None
     report = {"run": cfg.run.name, "seed": cfg.run.seed, "stages": stages, "summary": summary,
               "config": to_dict(cfg)}
+    dropped = (read_json_or_none(cfg.run_dir / "data" / "manifest.json") or {}).get("dropped")
+    if dropped:  # rows of the task's data left out at load, by reason (pipelines/data.py)
+        report["data"] = {"dropped": dropped}
     if "eval" in results:
         report["eval"] = {"flops": results["eval"].get("flops"), "wall_time_s": results["eval"].get("wall_time_s")}
     (cfg.run_dir / "report.json").write_text(json.dumps(report, indent=2))

@@ -94,8 +94,8 @@ def load_task(cfg: "TaskSection", seed: int) -> dict[str, list[dict]]:
 
         try:
             if cfg.name == "jsonl":  # one local file: the hf adapter over its rows (a single split: a fixed random cut)
-                rows = read_rows(Path(cfg.path))
-                return hf.generate_splits(cfg, seed, sources={cfg.train_split: hf.Source(cfg.train_split, rows)},
+                rows, lines = read_rows(Path(cfg.path), with_lines=True)
+                return hf.generate_splits(cfg, seed, sources={cfg.train_split: hf.Source(cfg.train_split, rows, lines)},
                                           keep_all=not cfg.columns, label=cfg.path)
             return hf.generate_splits(cfg, seed)
         except hf.TaskError as e:
@@ -113,14 +113,15 @@ def load_task(cfg: "TaskSection", seed: int) -> dict[str, list[dict]]:
     raise TaskDataError(f"task.name: unknown task '{cfg.name}'; choose from {', '.join(TASKS)}")
 
 
-def read_rows(path: Path) -> list[dict]:
-    """Rows of a JSONL file, each checked for a non-empty `prompt` and an `answer` (or code `tests`);
-    errors name the row."""
+def read_rows(path: Path, with_lines: bool = False):
+    """Rows of a JSONL file (with their line numbers when `with_lines`); a file that is not UTF-8 JSON
+    lines is refused naming the row. Rows without a prompt or an answer are kept: the hf adapter leaves
+    them out and counts them (pipelines/tasks/hf.py, `task.max_bad_fraction`)."""
     if path.is_dir():
         raise TaskDataError(f"{path}: is a directory; give a .jsonl file")
     if not path.exists():
         raise TaskDataError(f"{path}: file not found")
-    rows = []
+    rows, lines = [], []
     with path.open("rb") as f:
         for i, raw in enumerate(f, 1):
             try:
@@ -135,16 +136,13 @@ def read_rows(path: Path) -> list[dict]:
                 raise TaskDataError(f"{path} row {i}: not valid JSON ({e.msg})") from None
             if not isinstance(row, dict):
                 raise TaskDataError(f"{path} row {i}: expected a JSON object")
-            if row.get("prompt") in (None, ""):
-                raise TaskDataError(f"{path} row {i}: missing 'prompt'")
-            if row.get("answer") in (None, "") and not row.get("tests"):
-                raise TaskDataError(f"{path} row {i}: missing 'answer' (or code 'tests')")
-            if row.get("answer") not in (None, ""):
+            if isinstance(row.get("answer"), (int, float)) and not isinstance(row["answer"], bool):
                 row["answer"] = str(row["answer"])
             rows.append(row)
+            lines.append(i)
     if not rows:
-        raise TaskDataError(f"{path}: no rows")
-    return rows
+        raise TaskDataError(f"{path}: empty file (no rows); give one JSON object per line")
+    return (rows, lines) if with_lines else rows
 
 
 def short_completions(cfg: "TaskSection", rows: list[dict], where: str) -> list[str]:

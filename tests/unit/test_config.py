@@ -75,8 +75,10 @@ def test_cli_config_prints_the_resolved_config(cli, tmp_path):
 
 def test_bad_dataset_row_is_one_line_and_keeps_existing_runs(cli, tmp_path):
     data = tmp_path / "rows.jsonl"
-    data.write_text('{"prompt": "1+1?", "answer": "2", "completion": "<think>1+1=2.</think><answer>2</answer>"}\n'
-                    '{"prompt": "2+2?"}\n')
+    rows = ['{"prompt": "%d+1?", "answer": "%d", "completion": "<think>%d+1=%d.</think><answer>%d</answer>"}\n'
+            % (i, i + 1, i, i + 1, i + 1) for i in range(40)]
+    rows[1] = '{"prompt": "2+2?"}\n'  # 1 of 40 rows without an answer: above task.max_bad_fraction
+    data.write_text("".join(rows))
     earlier = tmp_path / "runs" / "earlier" / "sft"
     earlier.mkdir(parents=True)
     (earlier / "manifest.json").write_text("{}")

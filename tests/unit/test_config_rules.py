@@ -53,6 +53,23 @@ REFUSED = [
     (["publish.enabled=true", "publish.to=out", "publish.adapter=true", "publish.stage=grpo"], "set grpo.lora.r > 0"),
     (["sft.num_cpus=2"], "use sft.cpus"),
     (["grpo.use_gpu=true"], "use grpo.gpus"),
+    # stage contracts (issue 25): combinations that could only fail once Ray is up
+    (["sft.enabled=false"], "sft.enabled=False: model.kind=tiny is built and trained by SFT; without it GRPO has no checkpoint"),
+    (["grpo.rewards={math_accuracy: 0, strict_format: 0.0}"], "every weight is 0"),
+    (["distill.mixes={m: {teachers: {/no/such/teacher: 1}}}"], "teacher '/no/such/teacher' is neither a stage"),
+    (["distill.mixes={m: {long_short: 0.5}}", "task.name=reasoning_gym", "task.dataset=chain_sum"],
+     "distill.mixes.m.long_short=0.5: short traces come from a 'short_completion' column"),
+    (["distill.students={s: {kind: truncate, num_layers: 1, path: /no/such}}"], "distill.students.s.path='/no/such'"),
+    (["baseline.enabled=true", "distill.mixes={m: {teachers: {baseline: 1}}}"], "teacher 'baseline' runs after distill"),
+    (["eval.samples=2", "eval.ks=[1]", "eval.stages=[baseline]"], "eval.stages=['baseline']: none of these stages is enabled"),
+    (["publish.enabled=true", "publish.to=out", "publish.stage=baseline"], "publish.stage='baseline': stage 'baseline' is not enabled"),
+    (["publish.enabled=true", "publish.to=out", "sft.enabled=false", "grpo.enabled=false", "distill.enabled=false"],
+     "publish.enabled=True: no stage trains a model"),
+    # the closest valid name (difflib)
+    (["grpo.learnin_rate=1e-3"], "unknown field 'grpo.learnin_rate' (did you mean grpo.learning_rate?)"),
+    (["grpp.max_steps=1"], "unknown field 'grpp' (did you mean grpo?)"),
+    (["grpo.rewards={math_acuracy: 1}"], "(did you mean math_accuracy?)"),
+    (["task.name=arithmetc"], "(did you mean arithmetic?)"),
 ]
 
 
@@ -86,3 +103,54 @@ def test_cli_config_refuses_in_one_line(cli, tmp_path):
     assert res.returncode == 2
     lines = res.stderr.strip().splitlines()
     assert len(lines) == 1 and "model.num_heads=7" in lines[0], res.stderr
+
+
+def test_model_runs_without_sft_are_accepted():
+    """The stage contract refuses only what cannot work: a model to start from, or no stage that needs one."""
+    load_config("micro", ["sft.enabled=false", "grpo.enabled=false", "distill.mixes={m: {long_short: 0.0}}"])
+
+
+RECIPES = [  # (recipe text, the one line: file, line/column, what)
+    ("base: micro\ngrpo:\n  max_steps: 3\nsft:\n  epochs: 1\ngrpo:\n  learning_rate: 1e-3\n",
+     "r.yaml: line 6: duplicate key 'grpo' (first at line 2)"),
+    ("base: micro\ngrpo:\n  lora: {r: 2, r: 4}\n", "r.yaml: line 3: duplicate key 'r' (first at line 3)"),
+    ("base: micro\ngrpo: {max_steps: 3\nsft: x\n", "r.yaml: line 3, column 4: not valid YAML"),
+    ("", "r.yaml: the recipe is empty"),
+    ("# nothing but a comment\n", "r.yaml: the recipe is empty"),
+    ("base: micro\ngrpo:\n  max_step: 3\n", "unknown field 'grpo.max_step' (did you mean grpo.max_steps?)"),
+]
+
+
+@pytest.mark.parametrize("text,needle", RECIPES, ids=[n for _, n in RECIPES])
+def test_recipe_file_problems_name_the_file_and_line(tmp_path, text, needle):
+    path = tmp_path / "r.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as err:
+        load_config(str(path))
+    msg = str(err.value)
+    assert needle in msg and "\n" not in msg, msg
+
+
+def test_recipe_paths_that_are_folders_missing_or_mistyped(tmp_path):
+    with pytest.raises(ConfigError, match="is a directory"):
+        load_config(str(tmp_path))
+    with pytest.raises(ConfigError, match="nope.yaml: file not found"):
+        load_config(str(tmp_path / "nope.yaml"))
+    with pytest.raises(ConfigError, match=r"recipe 'mcro' not found \(did you mean micro\?\)"):
+        load_config("mcro")
+
+
+def test_a_refused_run_leaves_nothing_behind(cli, tmp_path):
+    """Bad data is refused after the run folder was checked writable: the folders that run created go too."""
+    rows = [{"prompt": f"{i}+1?", "answer": str(i + 1)} for i in range(40)]
+    del rows[4]["answer"]  # 1 of 40 rows: above task.max_bad_fraction
+    data = tmp_path / "mine.jsonl"
+    data.write_text("".join(__import__("json").dumps(r) + "\n" for r in rows))
+    res = cli("run", "micro", "task.name=jsonl", f"task.path={data}", f"run.output_dir={tmp_path / 'runs' / 'deep'}",
+              cwd=tmp_path, timeout=300)
+    assert res.returncode == 2, res.stderr
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and "row 5" in lines[0] and "task.max_bad_fraction" in lines[0], res.stderr
+    assert not (tmp_path / "runs").exists(), "a refused run leaves no (empty) run folder"
+    res = cli("eval", str(tmp_path / "no" / "such" / "checkpoint"), cwd=tmp_path, timeout=300)
+    assert res.returncode == 2 and "checkpoint: does not exist" in res.stderr, res.stderr

@@ -76,6 +76,9 @@ def tiny_chat_model(folder: Path) -> Path:
     return folder
 
 
+NO_STAGES = ("sft.enabled=false", "grpo.enabled=false", "distill.enabled=false")  # data only: no stage contract
+
+
 def hf_overrides(files: dict[str, str], *extra: str) -> list[str]:
     return ["task.name=hf", "task.dataset=json", f"task.data_files={json.dumps(files)}",
             "task.columns={prompt: question, answer: answer}", "task.answer_format=gsm8k",
@@ -140,7 +143,7 @@ def test_a_single_split_is_cut_at_random_with_a_fixed_seed(tmp_path):
     path = tmp_path / "all.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in gsm8k_rows(40, 5)))
     over = ["task.name=hf", "task.dataset=json", f"task.data_files={path}", "task.columns={prompt: question, answer: answer}",
-            "task.answer_format=gsm8k", "task.num_cold_start=0", "task.num_train=20", "task.num_heldout=8", "sft.enabled=false"]
+            "task.answer_format=gsm8k", "task.num_cold_start=0", "task.num_train=20", "task.num_heldout=8", *NO_STAGES]
     a, b = (load_task(load_config("micro", over).task, seed=s) for s in (0, 1))
     assert a["heldout"] == b["heldout"] and len(a["heldout"]) == 8
     assert any("fixed random cut" in n for n in a["notes"])
@@ -199,7 +202,7 @@ def test_prepare_data_writes_rows_as_trained_and_counts_unusable_golds(tmp_path)
         Path(files[split]).write_text("".join(json.dumps(r) + "\n" for r in rows))
     said = []
     cfg = load_config("micro", hf_overrides(files, "task.num_heldout=12", "task.num_train=60", "task.num_cold_start=0",
-                                            "sft.enabled=false", "task.prompt_template=r1_zero",
+                                            *NO_STAGES, "task.prompt_template=r1_zero",
                                             f"run.output_dir={tmp_path / 'runs'}"))
     sizes, _ = prepare_data(cfg, said.append)
     run = tmp_path / "runs" / "micro" / "data"
@@ -218,7 +221,7 @@ def test_completion_is_needed_only_with_sft(tmp_path):
     base = [o for o in hf_overrides(files) if not o.startswith("task.completion_template")]
     with pytest.raises(TaskDataError, match="task.columns.completion: SFT is on"):
         prepare_data(load_config("micro", base + [f"run.output_dir={tmp_path / 'a'}"]), lambda s: None)
-    sizes, _ = prepare_data(load_config("micro", base + ["sft.enabled=false", f"run.output_dir={tmp_path / 'b'}"]),
+    sizes, _ = prepare_data(load_config("micro", base + [*NO_STAGES, f"run.output_dir={tmp_path / 'b'}"]),
                             lambda s: None)
     assert sizes["cold_start"] == 0 and sizes["train"] == 16
 
@@ -285,7 +288,7 @@ def test_jsonl_is_a_shorthand_that_keeps_code_columns(tmp_path):
     path = tmp_path / "code.jsonl"
     rows = [{"prompt": f"write add{i}", "tests": [f"assert add{i}(1, 1) == 2"], "entry_point": f"add{i}"} for i in range(20)]
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    s = load_task(load_config("micro", ["task.name=jsonl", f"task.path={path}", "sft.enabled=false",
+    s = load_task(load_config("micro", ["task.name=jsonl", f"task.path={path}", *NO_STAGES,
                                         "task.num_heldout=5", "grpo.rewards={code_accuracy: 1.0}"]).task, 0)
     assert len(s["heldout"]) == 5 and all(r["tests"] and r["entry_point"] for r in s["heldout"] + s["train"])
 
@@ -441,3 +444,123 @@ def test_real_recipes_resolve_offline(recipe, tmp_path):
     assert cfg["model"]["kind"] == "hf" and "/" in cfg["model"]["path"] and cfg["task"]["name"] == "hf"
     assert cfg["eval"]["benchmarks"], "each real recipe measures standard benchmarks"
     assert "published" in (ROOT / "pipelines" / "recipes" / f"{recipe}.yaml").read_text().lower()
+
+
+# -- messy files and rows (issue 25): the file and row named; unusable rows counted and left out ----------------
+
+
+def _bad_files(tmp_path: Path) -> dict[str, tuple[Path, str]]:
+    good = [json.dumps(r) for r in gsm8k_rows(20, 1)]
+    latin = list(good)
+    latin[7] = '{"question": "caf\xe9?", "answer": "#### 1"}'
+    broken = list(good)
+    broken[9] = '{"question": "x", "answer": }'
+    files = {"latin": (latin, "row 8: not UTF-8 text (byte"), "broken": (broken, "row 10: not valid JSON"),
+             "empty": ([], ": empty file (no rows)")}
+    out = {}
+    for name, (lines, needle) in files.items():
+        path = tmp_path / f"{name}.jsonl"
+        path.write_bytes("".join(line + "\n" for line in lines).encode("latin-1"))
+        out[name] = (path, needle)
+    return out
+
+
+@pytest.mark.parametrize("name", ["latin", "broken", "empty"])
+def test_bad_json_files_name_the_file_and_row(tmp_path, name):
+    path, needle = _bad_files(tmp_path)[name]
+    files = write_gsm8k(tmp_path)
+    cfg = load_config("micro", hf_overrides({**files, "train": str(path)}))
+    with pytest.raises(TaskDataError) as err:
+        load_task(cfg.task, 0)
+    msg = str(err.value)
+    assert str(path) in msg and needle in msg and "\n" not in msg, msg
+
+
+def _messy(tmp_path: Path, n: int, name: str = "messy.jsonl") -> Path:
+    """GSM8K-format rows with one of each unusable kind: no answer (row 58 of the file), an empty question,
+    a gold without its `####` line, a 5 MB question."""
+    rows = gsm8k_rows(n, 3)
+    for i, r in enumerate(rows):  # distinct questions: no row is a held-out duplicate
+        r["question"] = f"[{i}] " + r["question"]
+    del rows[57]["answer"]
+    rows[10]["question"] = ""
+    rows[20]["answer"] = "no final answer line"
+    rows[30]["question"] = "x" * 5_000_000
+    path = tmp_path / name
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def test_unusable_rows_are_dropped_with_one_line_per_reason_and_recorded(tmp_path):
+    import time
+
+    from pipelines.data import prepare_data
+    from pipelines.report.report import write_report
+
+    path = _messy(tmp_path, 400)
+    said: list[str] = []
+    cfg = load_config("micro", ["task.name=hf", "task.dataset=json", f"task.data_files={path}", "task.answer_format=gsm8k",
+                                "task.columns={prompt: question, answer: answer}", "task.num_cold_start=0",
+                                "task.num_train=400", "task.num_heldout=20", "sft.enabled=false", "grpo.enabled=false",
+                                "distill.enabled=false", f"run.output_dir={tmp_path / 'runs'}"])
+    start = time.monotonic()
+    sizes, _ = prepare_data(cfg, said.append)  # trains the tiny tokenizer: the 5 MB prompt must not reach it
+    assert time.monotonic() - start < 120, "a 5 MB prompt reached tokenizer training"
+    assert sizes["train"] + sizes["heldout"] == 396
+    lines = [s for s in said if "rows dropped" in s]
+    assert len(lines) == 4, said
+    assert any("1 of 400 rows dropped: no answer ('answer' missing or empty) (row 57)" in s for s in lines), lines
+    assert any("no prompt text (row 10)" in s for s in lines) and any("extracts nothing" in s for s in lines), lines
+    assert any("prompt longer than task.max_prompt_chars=20000 (row 30)" in s for s in lines), lines
+    report = write_report(cfg, {})
+    dropped = report["data"]["dropped"]
+    assert sum(d["count"] for d in dropped.values()) == 4 and any(d["rows"] == [57] for d in dropped.values()), dropped
+
+
+def test_the_issue_file_a_200_row_jsonl_with_one_row_lacking_an_answer_is_used(tmp_path):
+    rows = [{"prompt": f"What is {i} + 1?", "answer": str(i + 1)} for i in range(200)]
+    del rows[57]["answer"]  # line 58
+    path = tmp_path / "mine.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    s = load_task(load_config("micro", ["task.name=jsonl", f"task.path={path}", "task.num_cold_start=0",
+                                        "task.num_train=190", "task.num_heldout=10", "sft.enabled=false",
+                                        "grpo.enabled=false", "distill.enabled=false"]).task, 0)
+    assert len(s["train"]) + len(s["heldout"]) == 199
+    assert any(f"{path} (train): 1 of 200 rows dropped: no answer" in n and "(row 58)" in n for n in s["notes"]), s["notes"]
+    assert list(s["dropped"].values()) == [{"count": 1, "rows": [58]}]
+
+
+def test_more_unusable_rows_than_max_bad_fraction_refuse_the_data(tmp_path):
+    path = _messy(tmp_path, 100)  # 4 of 100 rows
+    over = ["task.name=jsonl", f"task.path={path}", "task.columns={prompt: question, answer: answer}",
+            "task.answer_format=gsm8k", "task.num_cold_start=0", "task.num_train=90", "task.num_heldout=10",
+            *NO_STAGES]
+    with pytest.raises(TaskDataError) as err:
+        load_task(load_config("micro", over).task, 0)
+    msg = str(err.value)
+    assert str(path) in msg and "4 of 100 rows cannot be used, more than task.max_bad_fraction=0.01" in msg, msg
+    assert "\n" not in msg
+    s = load_task(load_config("micro", over + ["task.max_bad_fraction=0.05"]).task, 0)
+    assert len(s["train"]) + len(s["heldout"]) == 96
+
+
+def test_column_names_get_the_closest_one(tmp_path):
+    cfg = load_config("micro", hf_overrides(write_gsm8k(tmp_path), "task.columns={prompt: questoin, answer: answer}"))
+    with pytest.raises(TaskDataError, match=r"task.columns.prompt='questoin': .* \(did you mean question\?\)"):
+        load_task(cfg.task, 0)
+
+
+def test_row_problems_carry_their_reason():
+    from pipelines.tasks.hf import RowProblem, RowSpec, to_row
+
+    spec = RowSpec(columns={"prompt": "q", "answer": "a"}, answer_format="gsm8k", max_prompt_chars=10)
+    for src, reason in [({"q": 5, "a": "#### 1"}, "a prompt that is not text (int)"),
+                        ({"q": "  ", "a": "#### 1"}, "no prompt text"),
+                        ({"q": "x" * 11, "a": "#### 1"}, "prompt longer than task.max_prompt_chars=10"),
+                        ({"q": "1+1?", "a": ["2"]}, "an answer that is not text or a number"),
+                        ({"q": "1+1?", "a": "2"}, "answer_format 'gsm8k' extracts nothing from the answer"),
+                        ({"q": "1+1?"}, "no answer ('a' missing or empty)")]:
+        with pytest.raises(RowProblem) as err:
+            to_row(src, spec, 3, "train")
+        assert err.value.reason == reason and "train row 3" in str(err.value), (src, str(err.value))
+    assert to_row({"q": "1+1?", "a": 2}, RowSpec(columns={"prompt": "q", "answer": "a"}), 0, "train")["answer"] == "2"

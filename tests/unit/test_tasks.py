@@ -31,9 +31,10 @@ def test_jsonl_row_without_answer_names_file_and_row(tmp_path):
     path = tmp_path / "data.jsonl"
     path.write_text(json.dumps({"prompt": "1+1?", "answer": "2", "completion": "<think>1+1=2.</think><answer>2</answer>"})
                     + "\n" + json.dumps({"prompt": "2+2?"}) + "\n")
-    with pytest.raises(TaskDataError) as err:
-        read_rows(path)
+    with pytest.raises(TaskDataError) as err:  # 1 of 2 rows: above task.max_bad_fraction
+        load_task(TaskSection(name="jsonl", path=str(path), num_cold_start=0, num_train=1, num_heldout=1), seed=0)
     assert str(path) in str(err.value) and "row 2" in str(err.value) and "'answer'" in str(err.value)
+    assert len(read_rows(path)) == 2, "read_rows keeps it: the adapter counts and drops unusable rows"
 
 
 def test_jsonl_task_splits(tmp_path):
