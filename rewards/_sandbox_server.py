@@ -14,6 +14,7 @@ This file is stdlib-only: it runs under /usr/bin/python3, not the project venv.
 
 import ctypes
 import json
+import marshal
 import os
 import resource
 import selectors
@@ -118,24 +119,35 @@ def _cleanup():
     _remove_sysv_ipc()
 
 
-_COMPILED = {}  # statement source -> compiled code or the error compiling it; a GRPO group repeats a row's tests
+_COMPILED = {}  # statement source -> (True, unbound code) or (False, source): a GRPO group repeats a row's tests
 _COMPILED_MAX = 4096
 
 
 def _compiled(src):
-    """A test statement compiled so that its asserts compare plain data, or the error compiling it raised.
-    Compiled here in the server, which never runs untrusted code, so nothing a program does (patching `ast`,
-    builtins) can change how the asserts compare; cached because the same tests come once per sample."""
+    """A test statement compiled (placeholders unbound, so marshal can send it to the run) or, if it does not
+    compile, its source for the run to compile and fail on. Compiled here in the server, which never runs
+    untrusted code, so nothing a program does (patching `ast`, builtins) can change how the asserts
+    compare; cached because the same tests come once per sample."""
     hit = _COMPILED.get(src)
     if hit is None:
         try:
-            hit = compile_test(src)  # noqa: F821  (defined in rewards/_plain_asserts.py, prepended to this source)
-        except Exception as e:
-            hit = e.with_traceback(None)
+            hit = (True, compile_test_unbound(src))  # noqa: F821  (rewards/_plain_asserts.py, prepended to this source)
+        except Exception:
+            hit = (False, src)
         if len(_COMPILED) >= _COMPILED_MAX:
             _COMPILED.clear()
         _COMPILED[src] = hit
     return hit
+
+
+def _bound(ok, code_or_src):
+    """In the run, before the program starts: the test statement ready to exec, or the error compiling it."""
+    if ok:
+        return _bind(code_or_src)  # noqa: F821  (rewards/_plain_asserts.py)
+    try:
+        return compile_test(code_or_src)  # noqa: F821  (raises again: it did not compile in the server)
+    except Exception as e:
+        return e
 
 
 def _preload():
@@ -159,23 +171,42 @@ _PRELOAD = ("typing", "re", "collections", "itertools", "functools", "math", "he
             "copy", "hashlib")
 
 
-def _child(code, stdin_r, stdout_w, stderr_w, result_w, req, statements):
-    """In the forked child: drop to a fresh session and limits, then run the program (never returns)."""
+def _child(stdin_r, stdout_w, stderr_w, result_w, job_r):
+    """In the forked child: fresh session, fds and environment; then wait for the job (the program, the
+    tests, the limits), set the limits and run it (never returns). Everything before the wait runs while
+    the harness is still busy with the previous result, off the critical path."""
     try:
         os.setsid()  # own process group, so the server can kill it as a unit
         os.dup2(stdin_r, 0)
         os.dup2(stdout_w, 1)
         os.dup2(stderr_w, 2)
-        if result_w is not None:
-            os.dup2(result_w, 3)
-        os.closerange(4 if result_w is not None else 3, 65536)
+        os.dup2(result_w, 3)
+        os.dup2(job_r, 4)
+        os.closerange(5, 65536)
         run_dir = "/tmp/run"
         os.mkdir(run_dir, 0o700)
         os.chdir(run_dir)
         os.umask(0o077)
         os.environ.clear()
         os.environ.update(PATH="/usr/bin:/bin", HOME=run_dir, TMPDIR=run_dir, LANG="C.UTF-8")
-        lim = req["limits"]
+        sys.stdin = open(0, "r", closefd=False)
+        sys.stdout = open(1, "w", closefd=False)
+        sys.stderr = open(2, "w", closefd=False, buffering=1)
+        sys.argv = ["solution.py"]
+        chunks = []
+        while True:  # the server writes one job and closes the pipe; EOF alone: no job will come
+            b = os.read(4, 1 << 20)
+            if not b:
+                break
+            chunks.append(b)
+        if not chunks:
+            os._exit(0)
+        os.close(4)
+        job = marshal.loads(b"".join(chunks))
+        code, lim = job["code"], job["limits"]
+        statements = None if job["stmts"] is None else [(_bound(ok, c), is_test) for ok, c, is_test in job["stmts"]]
+        if statements is None:
+            os.close(3)
         for res, val in (
             (resource.RLIMIT_CPU, (lim["cpu_s"], lim["cpu_s"] + 1)),
             (resource.RLIMIT_AS, (lim["memory_bytes"],) * 2),
@@ -186,10 +217,6 @@ def _child(code, stdin_r, stdout_w, stderr_w, result_w, req, statements):
             (resource.RLIMIT_MSGQUEUE, (0, 0)),
         ):
             resource.setrlimit(res, val)
-        sys.stdin = open(0, "r", closefd=False)
-        sys.stdout = open(1, "w", closefd=False)
-        sys.stderr = open(2, "w", closefd=False, buffering=1)
-        sys.argv = ["solution.py"]
         g = {"__name__": "__main__" if statements is None else "__solution__", "__builtins__": __builtins__}
     except BaseException:
         os._exit(120)
@@ -311,26 +338,50 @@ def _classify(wstatus, timed_out, over):
     return "memory" if code == MEMORY_EXIT else ("ok" if code == 0 else "error")
 
 
-def _run_one(code, req, stdin_data, statements):
-    """Fork one child, supervise it, clean up the namespace. Returns (status, buffers)."""
-    in_r, in_w = os.pipe()
-    out_r, out_w = os.pipe()
-    err_r, err_w = os.pipe()
-    res_r, res_w = os.pipe() if statements is not None else (None, None)
+_ZYGOTE = None  # a child forked ahead of the next run, waiting for its job: (pid, stdin_w, out_r, err_r, res_r, job_w)
+
+
+def _spawn():
+    """Fork a run child that prepares itself and then waits for its job on a pipe."""
+    (in_r, in_w), (out_r, out_w), (err_r, err_w), (res_r, res_w), (job_r, job_w) = (os.pipe() for _ in range(5))
     pid = os.fork()
     if pid == 0:
-        os.close(in_w), os.close(out_r), os.close(err_r)
-        if res_r is not None:
-            os.close(res_r)
-        _child(code, in_r, out_w, err_w, res_w, req, statements)
-    for fd in (in_r, out_w, err_w, res_w):
-        if fd is not None:
+        for fd in (in_w, out_r, err_r, res_r, job_w):
             os.close(fd)
+        _child(in_r, out_w, err_w, res_w, job_r)
+    for fd in (in_r, out_w, err_w, res_w, job_r):
+        os.close(fd)
+    return pid, in_w, out_r, err_r, res_r, job_w
+
+
+def prefork():
+    """Fork the next run's child now (after a cleanup, while the harness reads the last answer), so that
+    the fork and the child's setup overlap the harness's work instead of adding to each run. Only ever
+    one, and only while no program runs: it is forked after `_cleanup` and is the next run's child."""
+    global _ZYGOTE
+    if _ZYGOTE is None:
+        _ZYGOTE = _spawn()
+
+
+def _run_one(job, req, stdin_data):
+    """Hand `job` (marshalled program, tests, limits) to the waiting child (or a fresh one), supervise it,
+    clean up the namespace. Returns (status, buffers)."""
+    global _ZYGOTE
+    (pid, in_w, out_r, err_r, res_r, job_w), _ZYGOTE = _ZYGOTE or _spawn(), None
     readers = {"stdout": out_r, "stderr": err_r}
-    if res_r is not None:
+    if req["mode"] == "assert":
         readers["results"] = res_r
+    else:
+        os.close(res_r)
     deadline = time.monotonic() + req["limits"]["timeout_s"]
     try:
+        try:
+            view = memoryview(job)
+            while view:
+                view = view[os.write(job_w, view):]
+        except OSError:  # the child is gone (killed from outside): supervise sees its exit status
+            pass
+        os.close(job_w)
         wstatus, timed_out, over, bufs = _supervise(pid, in_w, stdin_data, readers, deadline, req["limits"]["output_bytes"])
     finally:
         for fd in readers.values():
@@ -351,24 +402,25 @@ def handle(req):
     except (SyntaxError, ValueError, OverflowError, RecursionError, MemoryError) as e:
         return {"status": "error", "tests": [], "stderr": f"{type(e).__name__}: {e}", "duration_s": 0.0}
     tests, stderr = [], ""
+    stmts = None if req["mode"] == "io" else [(*_compiled(src), is_test) for src, is_test in req["statements"]]
+    job = marshal.dumps({"code": code, "stmts": stmts, "limits": req["limits"]})
     if req["mode"] == "io":
         for case in req["cases"]:
-            status, bufs = _run_one(code, req, case["input"].encode(), None)
+            status, bufs = _run_one(job, req, case["input"].encode())
             stderr = bufs["stderr"].decode(errors="replace")[-2000:] or stderr
             if status == "ok":
                 got = bufs["stdout"].decode(errors="replace")
                 status = "passed" if _normalise(got) == _normalise(case["output"]) else "failed"
             tests.append(status)
     else:
-        stmts = [(_compiled(src), is_test) for src, is_test in req["statements"]]
-        status, bufs = _run_one(code, req, b"", stmts)
+        status, bufs = _run_one(job, req, b"")
         stderr = bufs["stderr"].decode(errors="replace")[-2000:]
         reported = {}
         for line in bufs["results"].decode(errors="replace").splitlines():
             parts = line.split()
             if len(parts) >= 2 and parts[0].isdigit():
                 reported[int(parts[0])] = parts[1]
-        for i, (_, is_test) in enumerate(stmts):
+        for i, (_, _, is_test) in enumerate(stmts):
             if is_test:
                 # A test with no report did not finish: it hit the run's fate (timeout, memory, exit).
                 tests.append(reported.get(i, status if status in ("timeout", "memory") else "failed"))
@@ -384,6 +436,7 @@ def main():
     os.dup2(null, 0), os.dup2(null, 1)
     os.set_inheritable(rfd, False), os.set_inheritable(wfd, False)
     _preload()
+    prefork()
     _send(wfd, {"ready": os.getpid()})
     while True:
         req = _recv(rfd)
@@ -397,6 +450,10 @@ def main():
             _send(wfd, {"status": "error", "tests": [], "stderr": f"sandbox server: {type(e).__name__}: {e}", "duration_s": 0.0})
             return
         _send(wfd, resp)
+        try:
+            prefork()
+        except OSError:  # e.g. fork refused: the next run forks (and reports the failure) itself
+            pass
 
 
 if __name__ == "__main__":
