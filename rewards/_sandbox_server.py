@@ -21,16 +21,15 @@ import marshal
 import os
 import resource
 import selectors
-import shutil
 import signal
 import struct
 import sys
 import time
 import traceback
 
-WRITABLE = ("/tmp", "/dev/shm")
 MEMORY_EXIT = 97  # the child's exit code for an uncaught MemoryError (a run faking it only hurts itself)
 _libc = ctypes.CDLL(None, use_errno=True)
+# _cleanup (between runs: kill, reap, wipe) lives in rewards/_sandbox_cleanup.py, prepended to this source.
 
 
 def _send(fd, obj):
@@ -56,70 +55,6 @@ def _read_exact(fd, n):
         chunks.append(b)
         got += len(b)
     return b"".join(chunks)
-
-
-def _wipe(path):
-    def unlock(_func, p, _exc):  # a run may chmod 000 its own dirs; we are the same uid, so undo it
-        try:
-            os.chmod(os.path.dirname(p), 0o700)
-            os.chmod(p, 0o700)
-            if os.path.isdir(p) and not os.path.islink(p):
-                shutil.rmtree(p, onerror=unlock_once)
-            else:
-                os.unlink(p)
-        except OSError:
-            pass
-
-    def unlock_once(_func, p, _exc):
-        try:
-            os.chmod(p, 0o700)
-            shutil.rmtree(p, ignore_errors=True) if os.path.isdir(p) else os.unlink(p)
-        except OSError:
-            pass
-
-    for name in os.listdir(path):
-        p = os.path.join(path, name)
-        if os.path.isdir(p) and not os.path.islink(p):
-            shutil.rmtree(p, onerror=unlock)
-        else:
-            try:
-                os.unlink(p)
-            except OSError:
-                pass
-    if os.listdir(path):  # something resisted deletion: never hand a dirty sandbox to the next run
-        raise RuntimeError(f"could not wipe {path}")
-
-
-def _remove_sysv_ipc():
-    # SysV objects outlive processes; RLIMIT_MSGQUEUE=0 already blocks POSIX queues, /dev/shm is wiped.
-    for kind, fn in (("shm", "shmctl"), ("msg", "msgctl"), ("sem", "semctl")):
-        try:
-            with open(f"/proc/sysvipc/{kind}") as f:
-                rows = f.read().splitlines()[1:]
-        except OSError:
-            continue
-        for row in rows:
-            ident = int(row.split()[1])
-            if kind == "sem":
-                _libc.semctl(ident, 0, 0)  # IPC_RMID == 0
-            else:
-                getattr(_libc, fn)(ident, 0, None)
-
-
-def _cleanup():
-    """Kill every process in the namespace but us, reap them, wipe what runs could write."""
-    try:
-        os.kill(-1, signal.SIGKILL)  # from PID 1: every process in this PID namespace except itself
-    except ProcessLookupError:
-        pass
-    while True:
-        try:
-            os.waitpid(-1, 0)
-        except ChildProcessError:
-            break
-    for path in WRITABLE:
-        _wipe(path)
-    _remove_sysv_ipc()
 
 
 _COMPILED = {}  # statement source -> (True, unbound code) or (False, source): a GRPO group repeats a row's tests
@@ -389,7 +324,7 @@ def _run_one(job, req, stdin_data):
     finally:
         for fd in readers.values():
             os.close(fd)
-        _cleanup()
+        _cleanup()  # noqa: F821  (rewards/_sandbox_cleanup.py)
     return _classify(wstatus, timed_out, over), bufs
 
 

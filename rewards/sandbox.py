@@ -72,8 +72,9 @@ Status = Literal["passed", "failed", "timeout", "memory", "error"]
 SANDBOX_UID = 65534
 MARKER = "rayzero-sandbox"  # in every sandbox command line, so tests and operators can find leftovers
 # The server runs from source inside the sandbox (no project files there): the plain-data assert rewriting
-# it uses (rewards/_plain_asserts.py) is prepended to it.
-_SERVER_SRC = "\n\n".join(Path(__file__).with_name(f).read_text() for f in ("_plain_asserts.py", "_sandbox_server.py"))
+# it uses (rewards/_plain_asserts.py) and its cleanup between runs (rewards/_sandbox_cleanup.py) are prepended.
+_SERVER_SRC = "\n\n".join(Path(__file__).with_name(f).read_text()
+                          for f in ("_plain_asserts.py", "_sandbox_cleanup.py", "_sandbox_server.py"))
 _ETC_FILES = ("ld.so.cache", "ld.so.conf", "localtime", "passwd", "group", "nsswitch.conf")
 
 
