@@ -104,9 +104,9 @@ def _preload():
 
 
 # What HumanEval/MBPP programs and tests import most; each module makes every fork a little slower, so
-# big ones seldom used (decimal, statistics, dataclasses) are left to the runs that need them.
+# big ones seldom used (decimal, statistics, dataclasses, hashlib: +4 MB) are left to the runs that need them.
 _PRELOAD = ("typing", "re", "collections", "itertools", "functools", "math", "heapq", "bisect", "string", "random",
-            "copy", "hashlib")
+            "copy")
 
 
 def _child(stdin_r, stdout_w, stderr_w, result_w, job_r):
