@@ -294,7 +294,8 @@ def _spec_key(spec, task: TaskSection, tokenizer_key: dict) -> str:
 def prepare_benchmarks(cfg: PipelineConfig, say: Callable[[str], None] = print) -> dict[str, int]:
     """`eval.benchmarks` into runs/<run>/benchmarks/<name>.jsonl (templated like the run's data, with its
     tokenizer), each rebuilt only when its spec, the prompt settings or the tokenizer changed; {name: rows}.
-    Not part of the data digest: adding a benchmark does not redo finished stages."""
+    Not part of the data digest: adding a benchmark re-runs the contamination check (it is in the data key),
+    and finished stages are redone only if that drops training rows that copy the benchmark."""
     from pipelines.tasks.benchmarks import parse_benchmarks
 
     specs = parse_benchmarks(cfg.eval.benchmarks, cfg.task)
