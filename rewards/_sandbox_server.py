@@ -92,7 +92,8 @@ def _preload():
     """Import what programs and tests commonly import (HumanEval prompts: `from typing import List`, ~20 ms
     cold, paid again by every forked child otherwise) and freeze the heap so that a child's garbage
     collections do not touch (and copy) the server's pages. A child's changes to these modules stay in
-    the child (fork copies on write), so this shares nothing between runs."""
+    the child (fork copies on write), so this shares nothing between runs; `random` reseeds itself in every
+    forked child (its own os.register_at_fork hook)."""
     import gc
     for name in _PRELOAD:
         try:
@@ -127,9 +128,9 @@ def _child(stdin_r, stdout_w, stderr_w, result_w, job_r):
         os.umask(0o077)
         os.environ.clear()
         os.environ.update(PATH="/usr/bin:/bin", HOME=run_dir, TMPDIR=run_dir, LANG="C.UTF-8")
-        sys.stdin = open(0, "r", closefd=False)
-        sys.stdout = open(1, "w", closefd=False)
-        sys.stderr = open(2, "w", closefd=False, buffering=1)
+        sys.stdin = open(0, "r", encoding="utf-8", closefd=False)  # LANG=C.UTF-8 anyway; skips the locale lookup
+        sys.stdout = open(1, "w", encoding="utf-8", closefd=False)
+        sys.stderr = open(2, "w", encoding="utf-8", closefd=False, buffering=1)
         sys.argv = ["solution.py"]
         chunks = []
         while True:  # the server writes one job and closes the pipe; EOF alone: no job will come
@@ -162,8 +163,6 @@ def _child(stdin_r, stdout_w, stderr_w, result_w, job_r):
     try:
         # Tests are compiled before the program runs, so nothing it does (patching `ast`, builtins) can
         # change how their asserts compare (compile_test: rewards/_plain_asserts.py, prepended to this file).
-        if "random" in sys.modules:
-            sys.modules["random"].seed()  # preloaded by the server: each run gets its own random state
         exec(code, g)
         if statements is not None:
             for i, (test, is_test) in enumerate(statements):

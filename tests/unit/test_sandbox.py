@@ -360,3 +360,12 @@ def test_honest_results_still_compare_as_before(sandbox):
     assert r.tests == ["passed"] * 10, r
     r = sandbox.run(program, "assert box() == box()\nassert p() == (1, 3)\n")  # a non-builtin in a comparison fails
     assert r.tests == ["failed", "failed"], r
+
+
+def test_preloaded_modules_are_fresh_in_every_run(sandbox):
+    # The server imports common modules once before forking: each run still gets its own random state, and
+    # what one run does to a preloaded module is gone in the next.
+    draw = "import random, sys\nsys.stderr.write(str(random.random()))\n"
+    assert len({run_io(sandbox, draw).stderr_tail for _ in range(4)}) == 4
+    assert run_io(sandbox, "import math\nmath.pi = 3\n").status == "passed"
+    assert sandbox.run("import math\ndef f():\n    return math.pi\n", "assert f() > 3.1\n").status == "passed"
