@@ -142,6 +142,7 @@ def _gold_known_ok(gold: str) -> bool:
     return as_number(gold) is not None or exact_value(gold) is not None
 
 
+@cache_short()  # called per completion: a gold is scored once per sample of its group
 def _gold_ok_here(g: str) -> bool:
     """A gold decided without asking math-verify whether it parses: a number or grammar value once its unit
     is off, or a word answer (compared as text)."""
@@ -174,14 +175,16 @@ def _decide(g: str, answers: list[str]) -> float | tuple[str, str] | None:
     pred = answers[0]
     if pred == g:
         return 1.0  # same string, same parse: math-verify's verdict for a parseable gold is equality
-    (g, g_unit, g_text), (pred, p_unit, p_text) = _parts(g), _parts(pred)
-    if g_text is not None and p_text is not None:
-        return 1.0 if g_text == p_text else 0.0  # two word answers (`\text{Monday}`, `(C)`)
-    if g_unit and p_unit and g_unit != p_unit:
-        return 0.0  # `5 cm` is not `5 m`; one side without a unit compares the values
-    if pred == g:
-        return 1.0
     gn, pn = as_number(g), as_number(pred)
+    if gn is None or pn is None:  # two plain numbers (the common case) have no unit or word to take off
+        (g, g_unit, g_text), (pred, p_unit, p_text) = _parts(g), _parts(pred)
+        if g_text is not None and p_text is not None:
+            return 1.0 if g_text == p_text else 0.0  # two word answers (`\text{Monday}`, `(C)`)
+        if g_unit and p_unit and g_unit != p_unit:
+            return 0.0  # `5 cm` is not `5 m`; one side without a unit compares the values
+        if pred == g:
+            return 1.0
+        gn, pn = as_number(g), as_number(pred)
     if gn is not None and pn is not None:
         v = fast_verdict(gn, pn)
         if v is not None:
