@@ -9,7 +9,10 @@ Pipeline per completion:
 2. **Normalisation** (both sides): `$`/spaces trimmed, `\\sqrt(2)` → `\\sqrt{2}` (math-verify parses the
    parenthesised form as nothing, so `4` "equalled" `4\\sqrt(2)`), and `%` is dropped. Percent is a
    *unit* here, not "/100": datasets write a percent gold as `50` or `50\\%`, so `50\\%` = `50`, while
-   `0.5` for `50\\%` is an answer on the wrong scale and scores 0 (math-verify alone accepts it).
+   `0.5` for `50\\%` is an answer on the wrong scale and scores 0 (math-verify alone accepts it). Then the
+   forms of rewards/_forms.py: Unicode math as LaTeX, spaced digit groups joined, a unit (currency, degrees,
+   `\\text{ cm}`, `18 dollars`) taken off the value (two different units score 0), word answers
+   (`\\text{Monday}`, `(C)`) compared as text.
 3. **Fast path** (rewards/_exact.py): identical normalised strings (gold known parseable) → 1; plain
    numbers (integer, decimal, `a/b`, `\\frac{a}{b}`) and a small LaTeX grammar evaluated exactly
    (`\\sqrt`, `\\pi`, letters, `\\frac`, intervals, sets, `x = value`): equal → 1, clearly different (far beyond
@@ -27,7 +30,8 @@ Pipeline per completion:
 
 Scores: 1.0 / 0.0; None when the gold cannot be parsed; `timeout_score` (0.0) when verification ran out
 of time (the completion did not demonstrate equality within budget).
-Known math-verify limits we keep: `\\frac{1}{2004!}` = `\\frac{1}{2006!}` (float rounding).
+Factorials are exact in rewards/_exact.py, so math-verify's `\\frac{1}{2004!}` = `\\frac{1}{2006!}` (float
+rounding) scores 0 here. Recall and false positives on tests/data/math_answer_pairs.jsonl: benchmarks/rewards.py.
 """
 
 from __future__ import annotations
