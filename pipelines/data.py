@@ -45,7 +45,10 @@ def data_key(cfg: PipelineConfig) -> dict:
     tokenizer = {"kind": m.kind, "path": m.path, "vocab_size": m.vocab_size if m.kind == "tiny" else None}
     if m.revision:
         tokenizer["revision"] = m.revision
-    return {"task": task, "seed": cfg.run.seed, "tokenizer": tokenizer}
+    key = {"task": task, "seed": cfg.run.seed, "tokenizer": tokenizer}
+    if cfg.eval.benchmarks:  # training rows identical to a benchmark's are dropped (contamination check)
+        key["benchmarks"] = json.loads(json.dumps(cfg.eval.benchmarks, sort_keys=True, default=str))
+    return key
 
 
 def check_splits(cfg: PipelineConfig, splits: dict[str, list[dict]]) -> None:
@@ -178,6 +181,7 @@ def prepare_data(cfg: PipelineConfig, say: Callable[[str], None] = print) -> tup
         for note in splits.pop("notes", None) or []:
             say(note)
         dropped = splits.pop("dropped", None) or {}  # unusable rows left out, by reason (pipelines/tasks/hf.py)
+        splits, contamination = check_contamination(cfg, splits, say)
         tokenizer = None if cfg.model.kind == "tiny" else _base_tokenizer(cfg)
         splits = render_splits(cfg.task, splits, tokenizer)
         check_splits(cfg, splits)
@@ -189,6 +193,7 @@ def prepare_data(cfg: PipelineConfig, say: Callable[[str], None] = print) -> tup
                 say(f"data: {old.name}/ was written for another task config; moved to {folder.set_aside(old).name}/")
         for split in SPLITS:
             write_jsonl(folder.data(split), splits[split])
+        write_json(folder.path / "data" / CONTAMINATION_FILE, contamination)
         _write_tokenizer(cfg, folder, tokenizer)
         manifest = {"key": key, "files": _data_files(folder), **({"dropped": dropped} if dropped else {})}
         write_json(manifest_path, manifest)
@@ -197,6 +202,28 @@ def prepare_data(cfg: PipelineConfig, say: Callable[[str], None] = print) -> tup
     sizes = {s: sum(1 for _ in folder.data(s).open(encoding="utf-8")) for s in SPLITS}
     prepare_benchmarks(cfg, say)
     return sizes, digest(manifest["files"])
+
+
+CONTAMINATION_FILE = "contamination.json"  # report.json's data.contamination (not part of the data digest)
+
+
+def check_contamination(cfg: PipelineConfig, splits: dict[str, list[dict]],
+                        say: Callable[[str], None]) -> tuple[dict[str, list[dict]], dict]:
+    """Training rows against the held-out split and every `eval.benchmarks` entry (raw questions, before
+    templates): exact duplicates dropped, near-duplicates reported (pipelines/tasks/contamination.py)."""
+    from pipelines.tasks import contamination, hf
+    from pipelines.tasks.benchmarks import load_rows, parse_benchmarks
+
+    refs = {"heldout": [r.get("prompt", "") for r in splits.get("heldout", [])]}
+    for spec in parse_benchmarks(cfg.eval.benchmarks, cfg.task):
+        try:
+            refs[f"benchmark {spec.name}"] = [r.get("prompt", "") for r in load_rows(spec)]
+        except hf.TaskError as e:
+            raise TaskDataError(str(e)) from None
+    splits, found = contamination.check(splits, refs)
+    for line in found.lines():
+        say(line)
+    return splits, found.as_dict()
 
 
 def _data_files(folder: RunFolder) -> dict[str, str]:
@@ -272,7 +299,8 @@ def _spec_key(spec, task: TaskSection, tokenizer_key: dict) -> str:
 def prepare_benchmarks(cfg: PipelineConfig, say: Callable[[str], None] = print) -> dict[str, int]:
     """`eval.benchmarks` into runs/<run>/benchmarks/<name>.jsonl (templated like the run's data, with its
     tokenizer), each rebuilt only when its spec, the prompt settings or the tokenizer changed; {name: rows}.
-    Not part of the data digest: adding a benchmark does not redo finished stages."""
+    Not part of the data digest: adding a benchmark re-runs the contamination check (it is in the data key),
+    and finished stages are redone only if that drops training rows that copy the benchmark."""
     from pipelines.tasks.benchmarks import parse_benchmarks
 
     specs = parse_benchmarks(cfg.eval.benchmarks, cfg.task)

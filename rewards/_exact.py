@@ -82,7 +82,7 @@ def fast_verdict(gold: Fraction, pred: Fraction) -> float | None:
 #   set := \{ element (, element)* \}  (or \left\{ … \right\}) with variable-free elements: expr, decimal, a/b
 # No parentheses, decimals inside expressions (a whole answer or set element may be one: as_number), \sqrt of fractions
 # (math-verify: \sqrt{1/n} ≠ 1/\sqrt{n}), e or i (constants).
-_TOK = re.compile(r"\s*(?:(\\[dt]?frac|\\sqrt|\\pi|\\infty)(?![a-zA-Z])|(\d+)|([abcdfghjkmnpqrstuvwxyz])|([-+^{},()\[\]]))")
+_TOK = re.compile(r"\s*(?:(\\[dt]?frac|\\sqrt|\\pi|\\infty)(?![a-zA-Z])|(\d+)|([abcdfghjkmnpqrstuvwxyz])|([-+^{},()\[\]!]))")
 Key = tuple  # (square-free r, power of π, ((letter, exponent), ...))
 Value = dict  # Key -> Fraction, no zero coefficients
 
@@ -193,8 +193,13 @@ class _Parser:
         empty, lead_int = True, False
         if self.peek() is not None and self.peek().isdigit():
             n = self.uint()
+            if self.peek() == "!":  # exact, unlike math-verify's floats, which make 1/2004! = 1/2006!
+                self.take()
+                if n > 3000:
+                    raise _NotExact
+                n = math.factorial(n)
             e = self.exponent()
-            if n.bit_length() * e > 256:
+            if n.bit_length() * e > 256 and (e > 1 or n.bit_length() > 40000):
                 raise _NotExact
             val, empty, lead_int = {(1, 0, ()): Fraction(n**e)} if n else {}, False, True
         while (tok := self.peek()) is not None and tok not in ("+", "-", "}", ",", ")", "]"):
@@ -367,6 +372,8 @@ def exact_verdict(gold: str, pred: str) -> float | None:
         lonely = any(all(_clearly_unequal(x, y) for y in b) for x in a) or any(all(_clearly_unequal(x, y) for x in a) for y in b)
         return 0.0 if lonely else None
     a, b = g[1], p[1]
+    if a != b and "!" in gold + pred and all(len(v) <= 1 and all(k == (1, 0, ()) for k in v) for v in (a, b)):
+        return 0.0  # two different exact rationals with factorials: math-verify's rounding says equal
     if a == b:
         # a lone letter is compared by its printed form: x ≠ \frac{2x}{2} (kept unevaluated) there
         return None if (_lone_variable(a) or _lone_variable(b)) else 1.0

@@ -123,10 +123,16 @@ def _bind(code):
     return code.replace(co_consts=consts)
 
 
-def compile_test(src):
-    """Compile one top-level statement of test code with its asserts comparing plain data."""
+def compile_test_unbound(src):
+    """One top-level statement of test code compiled with placeholders where the helpers go (marshal-able:
+    the sandbox server compiles once and sends it to a forked run, which binds it with `_bind`)."""
     tree = _Asserts().visit(ast.parse(src, "<test>", "exec"))
     ast.fix_missing_locations(tree)
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # "'str' object is not callable": the placeholders, swapped below
-        return _bind(compile(tree, "<test>", "exec"))
+        warnings.simplefilter("ignore")  # "'str' object is not callable": the placeholders, swapped by _bind
+        return compile(tree, "<test>", "exec")
+
+
+def compile_test(src):
+    """Compile one top-level statement of test code with its asserts comparing plain data."""
+    return _bind(compile_test_unbound(src))

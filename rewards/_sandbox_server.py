@@ -1,10 +1,13 @@
 """Fork-server that runs *inside* the bubblewrap sandbox (see rewards/sandbox.py for the threat model).
 
 It is started as PID 1 of the sandbox's PID namespace (`bwrap --as-pid-1`) with the system Python in
-isolated mode, and talks to the harness over fds 0/1 with length-prefixed JSON. Per request it forks one
+isolated mode, and talks to the harness over fds 0/1 with length-prefixed JSON. Per request it runs one
 child per stdin/stdout case (or one child for a block of assert tests). After every child, no matter how
 it ended, it SIGKILLs every other process in the namespace, reaps them, wipes the writable tmpfs mounts
-and removes SysV IPC objects, so nothing a run starts or leaves behind survives into the next run.
+and removes SysV IPC objects, so nothing a run starts or leaves behind survives into the next run. Then,
+with the namespace clean and while the harness reads the answer, it forks the next run's child, which
+sets itself up and waits for its job (program, compiled tests, limits) on a pipe: the fork is off the
+critical path. Common stdlib modules are imported once here (HumanEval's `typing` costs ~20 ms cold).
 
 Why PID 1: the kernel drops signals sent to a namespace's init from inside the namespace unless init
 installed a handler, so a run cannot kill or stop the server (`os.kill(os.getppid(), 9)` is a no-op).
@@ -14,19 +17,19 @@ This file is stdlib-only: it runs under /usr/bin/python3, not the project venv.
 
 import ctypes
 import json
+import marshal
 import os
 import resource
 import selectors
-import shutil
 import signal
 import struct
 import sys
 import time
 import traceback
 
-WRITABLE = ("/tmp", "/dev/shm")
 MEMORY_EXIT = 97  # the child's exit code for an uncaught MemoryError (a run faking it only hurts itself)
 _libc = ctypes.CDLL(None, use_errno=True)
+# _cleanup (between runs: kill, reap, wipe) lives in rewards/_sandbox_cleanup.py, prepended to this source.
 
 
 def _send(fd, obj):
@@ -54,95 +57,95 @@ def _read_exact(fd, n):
     return b"".join(chunks)
 
 
-def _wipe(path):
-    def unlock(_func, p, _exc):  # a run may chmod 000 its own dirs; we are the same uid, so undo it
-        try:
-            os.chmod(os.path.dirname(p), 0o700)
-            os.chmod(p, 0o700)
-            if os.path.isdir(p) and not os.path.islink(p):
-                shutil.rmtree(p, onerror=unlock_once)
-            else:
-                os.unlink(p)
-        except OSError:
-            pass
-
-    def unlock_once(_func, p, _exc):
-        try:
-            os.chmod(p, 0o700)
-            shutil.rmtree(p, ignore_errors=True) if os.path.isdir(p) else os.unlink(p)
-        except OSError:
-            pass
-
-    for name in os.listdir(path):
-        p = os.path.join(path, name)
-        if os.path.isdir(p) and not os.path.islink(p):
-            shutil.rmtree(p, onerror=unlock)
-        else:
-            try:
-                os.unlink(p)
-            except OSError:
-                pass
-    if os.listdir(path):  # something resisted deletion: never hand a dirty sandbox to the next run
-        raise RuntimeError(f"could not wipe {path}")
-
-
-def _remove_sysv_ipc():
-    # SysV objects outlive processes; RLIMIT_MSGQUEUE=0 already blocks POSIX queues, /dev/shm is wiped.
-    for kind, fn in (("shm", "shmctl"), ("msg", "msgctl"), ("sem", "semctl")):
-        try:
-            with open(f"/proc/sysvipc/{kind}") as f:
-                rows = f.read().splitlines()[1:]
-        except OSError:
-            continue
-        for row in rows:
-            ident = int(row.split()[1])
-            if kind == "sem":
-                _libc.semctl(ident, 0, 0)  # IPC_RMID == 0
-            else:
-                getattr(_libc, fn)(ident, 0, None)
-
-
-def _cleanup():
-    """Kill every process in the namespace but us, reap them, wipe what runs could write."""
-    try:
-        os.kill(-1, signal.SIGKILL)  # from PID 1: every process in this PID namespace except itself
-    except ProcessLookupError:
-        pass
-    while True:
-        try:
-            os.waitpid(-1, 0)
-        except ChildProcessError:
-            break
-    for path in WRITABLE:
-        _wipe(path)
-    _remove_sysv_ipc()
+_COMPILED = {}  # statement source -> (True, unbound code) or (False, source): a GRPO group repeats a row's tests
+_COMPILED_MAX = 4096
 
 
 def _compiled(src):
-    """A test statement compiled so that its asserts compare plain data, or the error compiling it raised."""
+    """A test statement compiled (placeholders unbound, so marshal can send it to the run) or, if it does not
+    compile, its source for the run to compile and fail on. Compiled here in the server, which never runs
+    untrusted code, so nothing a program does (patching `ast`, builtins) can change how the asserts
+    compare; cached because the same tests come once per sample."""
+    hit = _COMPILED.get(src)
+    if hit is None:
+        try:
+            hit = (True, compile_test_unbound(src))  # noqa: F821  (rewards/_plain_asserts.py, prepended to this source)
+        except Exception:
+            hit = (False, src)
+        if len(_COMPILED) >= _COMPILED_MAX:
+            _COMPILED.clear()
+        _COMPILED[src] = hit
+    return hit
+
+
+def _bound(ok, code_or_src):
+    """In the run, before the program starts: the test statement ready to exec, or the error compiling it."""
+    if ok:
+        return _bind(code_or_src)  # noqa: F821  (rewards/_plain_asserts.py)
     try:
-        return compile_test(src)  # noqa: F821  (defined in rewards/_plain_asserts.py, prepended to this source)
+        return compile_test(code_or_src)  # noqa: F821  (raises again: it did not compile in the server)
     except Exception as e:
         return e
 
 
-def _child(code, stdin_r, stdout_w, stderr_w, result_w, req, statements):
-    """In the forked child: drop to a fresh session and limits, then run the program (never returns)."""
+def _preload():
+    """Import what programs and tests commonly import (HumanEval prompts: `from typing import List`, ~20 ms
+    cold, paid again by every forked child otherwise) and freeze the heap so that a child's garbage
+    collections do not touch (and copy) the server's pages. A child's changes to these modules stay in
+    the child (fork copies on write), so this shares nothing between runs; `random` reseeds itself in every
+    forked child (its own os.register_at_fork hook)."""
+    import gc
+    for name in _PRELOAD:
+        try:
+            __import__(name)
+        except Exception:
+            pass
+    gc.collect()
+    gc.freeze()
+
+
+# What HumanEval/MBPP programs and tests import most; each module makes every fork a little slower, so
+# big ones seldom used (decimal, statistics, dataclasses, hashlib: +4 MB) are left to the runs that need them.
+_PRELOAD = ("typing", "re", "collections", "itertools", "functools", "math", "heapq", "bisect", "string", "random",
+            "copy")
+
+
+def _child(stdin_r, stdout_w, stderr_w, result_w, job_r):
+    """In the forked child: fresh session, fds and environment; then wait for the job (the program, the
+    tests, the limits), set the limits and run it (never returns). Everything before the wait runs while
+    the harness is still busy with the previous result, off the critical path."""
     try:
         os.setsid()  # own process group, so the server can kill it as a unit
         os.dup2(stdin_r, 0)
         os.dup2(stdout_w, 1)
         os.dup2(stderr_w, 2)
-        if result_w is not None:
-            os.dup2(result_w, 3)
-        os.closerange(4 if result_w is not None else 3, 65536)
+        os.dup2(result_w, 3)
+        os.dup2(job_r, 4)
+        os.closerange(5, 65536)
         run_dir = "/tmp/run"
         os.mkdir(run_dir, 0o700)
         os.chdir(run_dir)
         os.umask(0o077)
         os.environ.clear()
         os.environ.update(PATH="/usr/bin:/bin", HOME=run_dir, TMPDIR=run_dir, LANG="C.UTF-8")
-        lim = req["limits"]
+        sys.stdin = open(0, "r", encoding="utf-8", closefd=False)  # LANG=C.UTF-8 anyway; skips the locale lookup
+        sys.stdout = open(1, "w", encoding="utf-8", closefd=False)
+        sys.stderr = open(2, "w", encoding="utf-8", closefd=False, buffering=1)
+        sys.argv = ["solution.py"]
+        chunks = []
+        while True:  # the server writes one job and closes the pipe; EOF alone: no job will come
+            b = os.read(4, 1 << 20)
+            if not b:
+                break
+            chunks.append(b)
+        if not chunks:
+            os._exit(0)
+        os.close(4)
+        job = marshal.loads(b"".join(chunks))
+        code, lim = job["code"], job["limits"]
+        statements = None if job["stmts"] is None else [(_bound(ok, c), is_test) for ok, c, is_test in job["stmts"]]
+        if statements is None:
+            os.close(3)
         for res, val in (
             (resource.RLIMIT_CPU, (lim["cpu_s"], lim["cpu_s"] + 1)),
             (resource.RLIMIT_AS, (lim["memory_bytes"],) * 2),
@@ -153,10 +156,6 @@ def _child(code, stdin_r, stdout_w, stderr_w, result_w, req, statements):
             (resource.RLIMIT_MSGQUEUE, (0, 0)),
         ):
             resource.setrlimit(res, val)
-        sys.stdin = open(0, "r", closefd=False)
-        sys.stdout = open(1, "w", closefd=False)
-        sys.stderr = open(2, "w", closefd=False, buffering=1)
-        sys.argv = ["solution.py"]
         g = {"__name__": "__main__" if statements is None else "__solution__", "__builtins__": __builtins__}
     except BaseException:
         os._exit(120)
@@ -164,10 +163,9 @@ def _child(code, stdin_r, stdout_w, stderr_w, result_w, req, statements):
     try:
         # Tests are compiled before the program runs, so nothing it does (patching `ast`, builtins) can
         # change how their asserts compare (compile_test: rewards/_plain_asserts.py, prepended to this file).
-        tests = [(_compiled(src), is_test) for src, is_test in statements or ()]
         exec(code, g)
         if statements is not None:
-            for i, (test, is_test) in enumerate(tests):
+            for i, (test, is_test) in enumerate(statements):
                 try:
                     if isinstance(test, BaseException):
                         raise test
@@ -277,31 +275,55 @@ def _classify(wstatus, timed_out, over):
     return "memory" if code == MEMORY_EXIT else ("ok" if code == 0 else "error")
 
 
-def _run_one(code, req, stdin_data, statements):
-    """Fork one child, supervise it, clean up the namespace. Returns (status, buffers)."""
-    in_r, in_w = os.pipe()
-    out_r, out_w = os.pipe()
-    err_r, err_w = os.pipe()
-    res_r, res_w = os.pipe() if statements is not None else (None, None)
+_ZYGOTE = None  # a child forked ahead of the next run, waiting for its job: (pid, stdin_w, out_r, err_r, res_r, job_w)
+
+
+def _spawn():
+    """Fork a run child that prepares itself and then waits for its job on a pipe."""
+    (in_r, in_w), (out_r, out_w), (err_r, err_w), (res_r, res_w), (job_r, job_w) = (os.pipe() for _ in range(5))
     pid = os.fork()
     if pid == 0:
-        os.close(in_w), os.close(out_r), os.close(err_r)
-        if res_r is not None:
-            os.close(res_r)
-        _child(code, in_r, out_w, err_w, res_w, req, statements)
-    for fd in (in_r, out_w, err_w, res_w):
-        if fd is not None:
+        for fd in (in_w, out_r, err_r, res_r, job_w):
             os.close(fd)
+        _child(in_r, out_w, err_w, res_w, job_r)
+    for fd in (in_r, out_w, err_w, res_w, job_r):
+        os.close(fd)
+    return pid, in_w, out_r, err_r, res_r, job_w
+
+
+def prefork():
+    """Fork the next run's child now (after a cleanup, while the harness reads the last answer), so that
+    the fork and the child's setup overlap the harness's work instead of adding to each run. Only ever
+    one, and only while no program runs: it is forked after `_cleanup` and is the next run's child."""
+    global _ZYGOTE
+    if _ZYGOTE is None:
+        _ZYGOTE = _spawn()
+
+
+def _run_one(job, req, stdin_data):
+    """Hand `job` (marshalled program, tests, limits) to the waiting child (or a fresh one), supervise it,
+    clean up the namespace. Returns (status, buffers)."""
+    global _ZYGOTE
+    (pid, in_w, out_r, err_r, res_r, job_w), _ZYGOTE = _ZYGOTE or _spawn(), None
     readers = {"stdout": out_r, "stderr": err_r}
-    if res_r is not None:
+    if req["mode"] == "assert":
         readers["results"] = res_r
+    else:
+        os.close(res_r)
     deadline = time.monotonic() + req["limits"]["timeout_s"]
     try:
+        try:
+            view = memoryview(job)
+            while view:
+                view = view[os.write(job_w, view):]
+        except OSError:  # the child is gone (killed from outside): supervise sees its exit status
+            pass
+        os.close(job_w)
         wstatus, timed_out, over, bufs = _supervise(pid, in_w, stdin_data, readers, deadline, req["limits"]["output_bytes"])
     finally:
         for fd in readers.values():
             os.close(fd)
-        _cleanup()
+        _cleanup()  # noqa: F821  (rewards/_sandbox_cleanup.py)
     return _classify(wstatus, timed_out, over), bufs
 
 
@@ -317,24 +339,25 @@ def handle(req):
     except (SyntaxError, ValueError, OverflowError, RecursionError, MemoryError) as e:
         return {"status": "error", "tests": [], "stderr": f"{type(e).__name__}: {e}", "duration_s": 0.0}
     tests, stderr = [], ""
+    stmts = None if req["mode"] == "io" else [(*_compiled(src), is_test) for src, is_test in req["statements"]]
+    job = marshal.dumps({"code": code, "stmts": stmts, "limits": req["limits"]})
     if req["mode"] == "io":
         for case in req["cases"]:
-            status, bufs = _run_one(code, req, case["input"].encode(), None)
+            status, bufs = _run_one(job, req, case["input"].encode())
             stderr = bufs["stderr"].decode(errors="replace")[-2000:] or stderr
             if status == "ok":
                 got = bufs["stdout"].decode(errors="replace")
                 status = "passed" if _normalise(got) == _normalise(case["output"]) else "failed"
             tests.append(status)
     else:
-        stmts = [tuple(s) for s in req["statements"]]
-        status, bufs = _run_one(code, req, b"", stmts)
+        status, bufs = _run_one(job, req, b"")
         stderr = bufs["stderr"].decode(errors="replace")[-2000:]
         reported = {}
         for line in bufs["results"].decode(errors="replace").splitlines():
             parts = line.split()
             if len(parts) >= 2 and parts[0].isdigit():
                 reported[int(parts[0])] = parts[1]
-        for i, (_, is_test) in enumerate(stmts):
+        for i, (_, _, is_test) in enumerate(stmts):
             if is_test:
                 # A test with no report did not finish: it hit the run's fate (timeout, memory, exit).
                 tests.append(reported.get(i, status if status in ("timeout", "memory") else "failed"))
@@ -349,6 +372,8 @@ def main():
     null = os.open("/dev/null", os.O_RDWR)
     os.dup2(null, 0), os.dup2(null, 1)
     os.set_inheritable(rfd, False), os.set_inheritable(wfd, False)
+    _preload()
+    prefork()
     _send(wfd, {"ready": os.getpid()})
     while True:
         req = _recv(rfd)
@@ -362,6 +387,10 @@ def main():
             _send(wfd, {"status": "error", "tests": [], "stderr": f"sandbox server: {type(e).__name__}: {e}", "duration_s": 0.0})
             return
         _send(wfd, resp)
+        try:
+            prefork()
+        except OSError:  # e.g. fork refused: the next run forks (and reports the failure) itself
+            pass
 
 
 if __name__ == "__main__":

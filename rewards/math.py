@@ -9,7 +9,10 @@ Pipeline per completion:
 2. **Normalisation** (both sides): `$`/spaces trimmed, `\\sqrt(2)` → `\\sqrt{2}` (math-verify parses the
    parenthesised form as nothing, so `4` "equalled" `4\\sqrt(2)`), and `%` is dropped. Percent is a
    *unit* here, not "/100": datasets write a percent gold as `50` or `50\\%`, so `50\\%` = `50`, while
-   `0.5` for `50\\%` is an answer on the wrong scale and scores 0 (math-verify alone accepts it).
+   `0.5` for `50\\%` is an answer on the wrong scale and scores 0 (math-verify alone accepts it). Then the
+   forms of rewards/_forms.py: Unicode math as LaTeX, spaced digit groups joined, a unit (currency, degrees,
+   `\\text{ cm}`, `18 dollars`) taken off the value (two different units score 0), word answers
+   (`\\text{Monday}`, `(C)`) compared as text.
 3. **Fast path** (rewards/_exact.py): identical normalised strings (gold known parseable) → 1; plain
    numbers (integer, decimal, `a/b`, `\\frac{a}{b}`) and a small LaTeX grammar evaluated exactly
    (`\\sqrt`, `\\pi`, letters, `\\frac`, intervals, sets, `x = value`): equal → 1, clearly different (far beyond
@@ -27,7 +30,8 @@ Pipeline per completion:
 
 Scores: 1.0 / 0.0; None when the gold cannot be parsed; `timeout_score` (0.0) when verification ran out
 of time (the completion did not demonstrate equality within budget).
-Known math-verify limits we keep: `\\frac{1}{2004!}` = `\\frac{1}{2006!}` (float rounding).
+Factorials are exact in rewards/_exact.py, so math-verify's `\\frac{1}{2004!}` = `\\frac{1}{2006!}` (float
+rounding) scores 0 here. Recall and false positives on tests/data/math_answer_pairs.jsonl: benchmarks/rewards.py.
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ from typing import Any
 
 # The exact evaluator lives in rewards/_exact.py; its public names stay importable from here.
 from rewards._exact import as_number, cache_short, exact_value, exact_verdict, fast_verdict
+from rewards._forms import canonical_unicode, split_unit, text_answer
 from rewards._math_worker import MathVerifyWorker, call_all
 from rewards.base import completion_text, register
 
@@ -46,7 +51,7 @@ __all__ = ["MathVerifyWorker", "as_number", "exact_value", "exact_verdict", "ext
 
 _ANSWER_TAG = re.compile(r"<answer>(.*?)</answer>", re.S)
 # "the (final) answer is x" ending its line; x may sit in $...$ or $$...$$ with spaces inside ("$ 42 $").
-_THE_ANSWER_IS = re.compile(r"the (?:final )?answer is[:\s]*\${0,2}\s*([^\n$]*?[^\s.$])\s*\${0,2}\s*\.?\s*$", re.I | re.M)
+_THE_ANSWER_IS = re.compile(r"the (?:final )?answer is[:\s]*\${0,2}\s*([^\n$]*?[^\s.$])\s*\.?\s*\${0,2}\s*\.?\s*$", re.I | re.M)
 # A line "Answer <math>" (also "**Final answer:** <math>"): only a delimited span that ends the line, as in
 # math-verify's own cases: $..$ and \(..\) on one line (an escaped \$ inside is text), $$..$$ and \[..\] on several.
 _ANSWER_LINE = re.compile(
@@ -119,7 +124,7 @@ _LATEX_THOUSANDS = re.compile(r"(?<=\d)(?:,\\!|\{,\})\s*(?=\d{3}(?!\d))")
 
 @cache_short()  # the same answer strings recur within a group and across steps
 def normalise(s: str) -> str:
-    s = s.strip().strip("$").strip()
+    s = canonical_unicode(s.strip().strip("$").strip())
     s = _LATEX_THOUSANDS.sub("", s)
     s = s.replace("\\%", "").replace("%", "").replace("\\!", "")
     s = _SQRT_PAREN.sub(r"\\sqrt{\1}", s)
@@ -141,6 +146,14 @@ def _gold_known_ok(gold: str) -> bool:
     return as_number(gold) is not None or exact_value(gold) is not None
 
 
+@cache_short()  # called per completion: a gold is scored once per sample of its group
+def _gold_ok_here(g: str) -> bool:
+    """A gold decided without asking math-verify whether it parses: a number or grammar value once its unit
+    is off, or a word answer (compared as text)."""
+    value, _, text = _parts(g)
+    return text is not None or _gold_known_ok(value)
+
+
 def _gold(gold: Any) -> str:
     return _gold_text(str(gold if gold is not None else ""))
 
@@ -152,6 +165,13 @@ def _gold_text(gold: str) -> str:
     return normalise(boxed[-1]) if boxed else g
 
 
+@cache_short()
+def _parts(s: str) -> tuple[str, str, str | None]:
+    """(value, unit, word answer) of a normalised answer (rewards/_forms.py)."""
+    value, unit = split_unit(s)
+    return value, unit, text_answer(s)
+
+
 def _decide(g: str, answers: list[str]) -> float | tuple[str, str] | None:
     """The verdict for a parseable gold, or the (gold, pred) pair math-verify must decide."""
     if len(answers) != 1:
@@ -160,6 +180,15 @@ def _decide(g: str, answers: list[str]) -> float | tuple[str, str] | None:
     if pred == g:
         return 1.0  # same string, same parse: math-verify's verdict for a parseable gold is equality
     gn, pn = as_number(g), as_number(pred)
+    if gn is None or pn is None:  # two plain numbers (the common case) have no unit or word to take off
+        (g, g_unit, g_text), (pred, p_unit, p_text) = _parts(g), _parts(pred)
+        if g_text is not None and p_text is not None:
+            return 1.0 if g_text == p_text else 0.0  # two word answers (`\text{Monday}`, `(C)`)
+        if g_unit and p_unit and g_unit != p_unit:
+            return 0.0  # `5 cm` is not `5 m`; one side without a unit compares the values
+        if pred == g:
+            return 1.0
+        gn, pn = as_number(g), as_number(pred)
     if gn is not None and pn is not None:
         v = fast_verdict(gn, pn)
         if v is not None:
@@ -176,14 +205,14 @@ def math_accuracy(completions: list, answer: list, *, last_number: bool = False,
     cannot be parsed. Extra TRL kwargs (prompts, completion_ids, trainer_state, ...) are ignored.
     Work math-verify must do is batched over the worker pool (one process per core, at most 2)."""
     items = [(_gold(a), completion_text(c)) for c, a in zip(completions, answer, strict=True)]
-    unknown = sorted({g for g, _ in items if g and not _gold_known_ok(g) and (g, timeout_s) not in _GOLD_OK})
+    unknown = sorted({v for g, _ in items if g and not _gold_ok_here(g) and ((v := _parts(g)[0]), timeout_s) not in _GOLD_OK})
     for g, resp in zip(unknown, call_all(_WORKERS, [{"gold": g} for g in unknown], timeout_s)):
         if len(_GOLD_OK) >= 100_000:
             _GOLD_OK.clear()
         _GOLD_OK[(g, timeout_s)] = bool(resp and resp.get("gold_ok"))
     out: list = []
     for g, text in items:
-        ok = bool(g) and (_gold_known_ok(g) or _GOLD_OK.get((g, timeout_s), False))
+        ok = bool(g) and (_gold_ok_here(g) or _GOLD_OK.get((_parts(g)[0], timeout_s), False))
         out.append(_decide(g, extract_answers(text, last_number=last_number)) if ok else None)
     pairs = sorted({v for v in out if isinstance(v, tuple)})
     resps = call_all(_WORKERS, [{"gold": g, "pred": p} for g, p in pairs], timeout_s)

@@ -54,6 +54,7 @@ What it does NOT protect against (be honest about the remaining attack surface):
 from __future__ import annotations
 
 import ast
+import functools
 import json
 import os
 import shutil
@@ -71,8 +72,9 @@ Status = Literal["passed", "failed", "timeout", "memory", "error"]
 SANDBOX_UID = 65534
 MARKER = "rayzero-sandbox"  # in every sandbox command line, so tests and operators can find leftovers
 # The server runs from source inside the sandbox (no project files there): the plain-data assert rewriting
-# it uses (rewards/_plain_asserts.py) is prepended to it.
-_SERVER_SRC = "\n\n".join(Path(__file__).with_name(f).read_text() for f in ("_plain_asserts.py", "_sandbox_server.py"))
+# it uses (rewards/_plain_asserts.py) and its cleanup between runs (rewards/_sandbox_cleanup.py) are prepended.
+_SERVER_SRC = "\n\n".join(Path(__file__).with_name(f).read_text()
+                          for f in ("_plain_asserts.py", "_sandbox_cleanup.py", "_sandbox_server.py"))
 _ETC_FILES = ("ld.so.cache", "ld.so.conf", "localtime", "passwd", "group", "nsswitch.conf")
 
 
@@ -109,7 +111,8 @@ class RunResult:
         return self.passed / len(self.tests) if self.tests else 0.0
 
 
-def split_assert_tests(tests: str, entry_point: str | None = None) -> list[tuple[str, bool]]:
+@functools.lru_cache(maxsize=1024)  # a GRPO group sends one row's tests once per sample
+def split_assert_tests(tests: str, entry_point: str | None = None) -> tuple[tuple[str, bool], ...]:
     """Top-level statements of assert-style test code as (source, is_test). `assert` statements and bare
     calls (`check(f)`) are tests; imports/defs/assignments are setup. With `entry_point`, HumanEval/MBPP
     style `check(entry_point)` is appended. Raises ValueError for test code that does not parse."""
@@ -124,7 +127,7 @@ def split_assert_tests(tests: str, entry_point: str | None = None) -> list[tuple
         out.append((f"check({entry_point})", True))
     if not any(is_test for _, is_test in out):
         raise ValueError("test code contains no assert statement or check call")
-    return out
+    return tuple(out)
 
 
 class _Cgroups:

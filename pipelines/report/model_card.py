@@ -264,6 +264,7 @@ def build_card(*, repo: str, run: str, stage: str, cfg: dict, report: dict | Non
         results_text = "This checkpoint was not evaluated itself. The finished stages of the run:"
     else:
         results_text = "No run report was found next to this checkpoint; no results to show."
+    results_text += contamination_line((report or {}).get("data", {}).get("contamination"))
     description = (f"A {stage_report.get('params', 0):,}-parameter causal language model."
                    if stage_report.get("params") else "A causal language model.")
     if adapter_base:
@@ -277,6 +278,15 @@ def build_card(*, repo: str, run: str, stage: str, cfg: dict, report: dict | Non
         use_text=use_text(cfg) + f" Started from {base_model_text(cfg, stage)}.",
         use_code=use_code(cfg, example or DEFAULT_QUESTION),
     )
+
+
+def contamination_line(c: dict | None) -> str:
+    """One sentence on the run's contamination check (report.json data.contamination), or nothing."""
+    if not c:
+        return ""
+    dropped, near = sum(c["exact_duplicates_dropped"].values()), sum(c["near_duplicates"].values())
+    return (f"\n\nContamination check of the training data against {', '.join(c['against'])}: {dropped} exact "
+            f"duplicates dropped, {near} near-duplicates ({c['ngram']}-gram overlap) kept (report.json data.contamination).")
 
 
 def recipe_text(cfg: dict) -> str:

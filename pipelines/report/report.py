@@ -54,6 +54,9 @@ def write_report(cfg: PipelineConfig, results: dict[str, dict]) -> dict:
         report["data"] = {"dropped": dropped}
     if "eval" in results:
         report["eval"] = {"flops": results["eval"].get("flops"), "wall_time_s": results["eval"].get("wall_time_s")}
+    contamination = cfg.run_dir / "data" / "contamination.json"  # written by pipelines/data.py
+    if contamination.exists():
+        report.setdefault("data", {})["contamination"] = json.loads(contamination.read_text())
     (cfg.run_dir / "report.json").write_text(json.dumps(report, indent=2))
     return report
 

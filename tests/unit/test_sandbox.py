@@ -89,9 +89,23 @@ def sandbox():
     assert wait_until(lambda: not procs_of(sb)), f"left behind after close: {procs_of(sb)}"
 
 
+def _only_server_and_next_child(sb: Sandbox) -> bool:
+    pids = procs_of(sb)
+    if len(pids) != 3:
+        return False
+    procs = _processes()
+    bwrap = sb._proc.pid
+    (server,) = [p for p in pids if procs[p][0] == bwrap]
+    (child,) = pids - {bwrap, server}
+    # the child the server forked ahead of the next run: its child, a copy of its process (a run's leftover,
+    # reparented to the server as the namespace's init, would be a fourth process or another command)
+    return procs[child][0] == server and Path(f"/proc/{child}/cmdline").read_bytes() == Path(f"/proc/{server}/cmdline").read_bytes()
+
+
 def only_server_left(sb: Sandbox) -> bool:
-    # While a sandbox is up, exactly two of its processes exist: bwrap and the fork-server.
-    return wait_until(lambda: len(procs_of(sb)) == 2)
+    # While a sandbox is up, exactly three of its processes exist: bwrap, the fork-server, and the child it
+    # forked (after cleaning up the last run) for the next run, waiting for its job.
+    return wait_until(lambda: _only_server_and_next_child(sb))
 
 
 def run_io(sb: Sandbox, program: str, expected: str = "", stdin: str = ""):
@@ -272,7 +286,7 @@ def test_no_leftover_processes_after_close(sandbox):
     assert only_server_left(sandbox)
     sb = Sandbox(CFG)
     assert run_io(sb, "import subprocess\nsubprocess.Popen(['sleep', '60'], start_new_session=True)\nprint(1)", "1").status == "passed"
-    assert len(procs_of(sb)) == 2
+    assert only_server_left(sb)
     sb.close()
     assert wait_until(lambda: not procs_of(sb)), procs_of(sb)
     assert only_server_left(sandbox), "closing one sandbox leaves the other alone"
@@ -346,3 +360,12 @@ def test_honest_results_still_compare_as_before(sandbox):
     assert r.tests == ["passed"] * 10, r
     r = sandbox.run(program, "assert box() == box()\nassert p() == (1, 3)\n")  # a non-builtin in a comparison fails
     assert r.tests == ["failed", "failed"], r
+
+
+def test_preloaded_modules_are_fresh_in_every_run(sandbox):
+    # The server imports common modules once before forking: each run still gets its own random state, and
+    # what one run does to a preloaded module is gone in the next.
+    draw = "import random, sys\nsys.stderr.write(str(random.random()))\n"
+    assert len({run_io(sandbox, draw).stderr_tail for _ in range(4)}) == 4
+    assert run_io(sandbox, "import math\nmath.pi = 3\n").status == "passed"
+    assert sandbox.run("import math\ndef f():\n    return math.pi\n", "assert f() > 3.1\n").status == "passed"
