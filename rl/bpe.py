@@ -6,51 +6,42 @@ quadratic in the length of a word (text without spaces): one 5 MB prompt kept a 
 100 % CPU for over 10 minutes (400 k characters: 9 s here, no AMX). The parent waits on a pipe in short
 polls (Python code, so its signal handlers run), and kills the child on the way out, whatever ends the wait.
 
-The child is spawned (a fresh interpreter: forking a process that already used `tokenizers`' thread pool
-disables its parallelism with a warning) and imports only this module and `tokenizers`.
+The child is a fresh interpreter running this file (forking a process that already used `tokenizers`'
+thread pool would disable its parallelism, with a warning); it imports only `tokenizers`. The job goes
+over its stdin as JSON, the trained tokenizer comes back on its stdout.
 """
 
 from __future__ import annotations
 
-import multiprocessing
+import json
 import signal
+import subprocess
+import sys
 
 POLL_S = 0.2  # how often the parent looks up from waiting (and so how soon a signal is answered)
 
 
 def train_bpe(texts: list[str], vocab_size: int, special_tokens: list[str]) -> str:
     """The trained `tokenizers.Tokenizer` as JSON (`Tokenizer.from_str` rebuilds it), trained in a child."""
-    ctx = multiprocessing.get_context("spawn")
-    recv, send = ctx.Pipe(duplex=False)
-    child = ctx.Process(target=_child, args=(send, texts, vocab_size, special_tokens), daemon=True,
-                        name="rayzero-bpe")
-    child.start()
-    send.close()  # ours: only the child's end stays open, so its death reads as EOF
+    job = json.dumps({"texts": texts, "vocab_size": vocab_size, "special_tokens": special_tokens}).encode()
+    # -P: the child does not put rl/ first on its path (its modules would shadow libraries of the same name)
+    child = subprocess.Popen([sys.executable, "-P", __file__], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE)
     try:
-        while not recv.poll(POLL_S):
-            if not child.is_alive() and not recv.poll(0):
-                raise RuntimeError(f"tokenizer training stopped without a result (exit code {child.exitcode})")
-        try:
-            ok, value = recv.recv()
-        except EOFError:
-            raise RuntimeError(f"tokenizer training stopped without a result (exit code {child.exitcode})") from None
+        while True:
+            try:
+                out, err = child.communicate(job, timeout=POLL_S)  # Python-level waiting: signals are answered
+                break
+            except subprocess.TimeoutExpired:
+                job = None  # `communicate` keeps feeding what it has not written yet
     finally:  # also on KeyboardInterrupt (Ctrl-C, or SIGTERM turned into one by the driver)
-        if child.is_alive():
+        if child.poll() is None:
             child.kill()
-        child.join()
-        recv.close()
-    if not ok:
-        raise RuntimeError(f"tokenizer training failed: {value}")
-    return value
-
-
-def _child(send, texts: list[str], vocab_size: int, special_tokens: list[str]) -> None:
-    # The terminal's Ctrl-C reaches the whole process group; the parent decides (and kills us).
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    try:
-        send.send((True, _train(texts, vocab_size, special_tokens)))
-    except Exception as e:  # noqa: BLE001 - sent to the parent, which raises it in one line
-        send.send((False, f"{type(e).__name__}: {e}"))
+            child.wait()
+    if child.returncode:
+        lines = err.decode(errors="replace").strip().splitlines() or [f"exit status {child.returncode}"]
+        raise RuntimeError(f"tokenizer training failed: {lines[-1]}")
+    return out.decode()
 
 
 def _train(texts: list[str], vocab_size: int, special_tokens: list[str]) -> str:
@@ -72,3 +63,9 @@ def _train(texts: list[str], vocab_size: int, special_tokens: list[str]) -> str:
     )
     tok.train_from_iterator(texts, trainer=trainer)
     return tok.to_str()
+
+
+if __name__ == "__main__":  # the child: a job on stdin, the tokenizer's JSON on stdout
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the terminal's Ctrl-C reaches the whole group; the parent decides
+    job = json.load(sys.stdin)
+    sys.stdout.write(_train(job["texts"], job["vocab_size"], job["special_tokens"]))
