@@ -61,3 +61,17 @@ def test_the_line_names_the_path_its_free_space_and_what_to_free(tmp_path):
     assert f"largest in {tmp_path / 'runs'}: old/grpo.checkpoints 293.0 KB" in line
     assert "run the same command again to resume" in line
     assert disk_full_error(ValueError("bad"), tmp_path, tmp_path, "sft") is None
+
+
+def test_the_watchdog_removes_its_session_folder_unless_kept(tmp_path):
+    from cluster.lifetime import KEEP_MARKER, remove_session
+
+    ours, kept, other = (tmp_path / "ray" / f"session_2026_{n}" for n in ("ours", "kept", "other"))
+    for d in (ours, kept, other):
+        (d / "logs").mkdir(parents=True)
+    (kept / KEEP_MARKER).touch()
+    (tmp_path / "ray" / "session_latest").symlink_to(ours)
+    remove_session(str(ours))
+    remove_session(str(kept))
+    assert not ours.exists() and not (tmp_path / "ray" / "session_latest").is_symlink()
+    assert (kept / "logs").is_dir() and (other / "logs").is_dir()
