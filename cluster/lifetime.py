@@ -154,7 +154,9 @@ def main(argv: list[str]) -> None:
 def remove_session(session_dir: str) -> None:
     """Delete the session directory (and Ray's `session_latest` link when it still points to it), unless its
     driver left `KEEP_MARKER` there."""
-    if os.path.exists(os.path.join(session_dir, KEEP_MARKER)) or not os.path.basename(session_dir).startswith("session_"):
+    if os.path.exists(os.path.join(session_dir, KEEP_MARKER)):
+        return
+    if not os.path.basename(session_dir).startswith("session_"):  # not a Ray session folder: never delete it
         return
     latest = os.path.join(os.path.dirname(session_dir), "session_latest")
     try:

@@ -49,8 +49,8 @@ def connect(address: str = "", num_cpus: int = 0, env: dict[str, str] | None = N
 
     A local Ray is always a new one (never a `ray start` instance found on the machine) and lives only as
     long as the calling process: a watchdog (`cluster/lifetime.py`) stops that session's processes once
-    this process exits, however it exits (SIGKILL included), and removes its session folder. A cluster connected to by address is left
-    alone when this process exits (Ray itself stops this driver's non-detached actors and tasks there)."""
+    this process exits, however it exits (SIGKILL included), and removes its session folder. A cluster
+    connected to by address is left alone when this process exits (Ray itself stops this driver's non-detached actors and tasks there)."""
     global _local_session
     if not ray.is_initialized():
         runtime_env = {"env_vars": {**WORKER_ENV, **(env or {})}}
