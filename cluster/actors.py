@@ -34,6 +34,9 @@ from ray.actor import ActorHandle
 from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
 
 DEAD = (RayActorError, ActorDiedError, ActorUnavailableError)
+# An actor that spans several bundles (a vLLM engine whose tensor-parallel workers each take one) finds its
+# bundle indices here, comma-separated, in its environment (rl.vllm_engine reads the same name).
+BUNDLES_ENV = "RAYZERO_BUNDLE_INDICES"
 
 
 def split_evenly(n: int, parts: int) -> list[slice]:
@@ -47,10 +50,17 @@ def split_evenly(n: int, parts: int) -> list[slice]:
     return out
 
 
+def slot_bundles(offset: int, slot: int, per_actor: int = 1) -> list[int]:
+    """The placement-group bundle indices actor `slot` of a pool owns: `per_actor` consecutive ones."""
+    first = offset + slot * per_actor
+    return list(range(first, first + per_actor))
+
+
 class _Host:
     """The Ray actor behind every pool slot: builds `factory()` and runs its methods."""
 
-    def __init__(self, factory: Callable[[], Any]) -> None:
+    def __init__(self, factory: Callable[[], Any], env: dict[str, str] | None = None) -> None:
+        os.environ.update(env or {})  # before the factory runs: what it builds may read it (BUNDLES_ENV)
         self.obj = factory()
         self.name = type(self.obj).__name__
 
@@ -94,7 +104,8 @@ class ActorPool:
     """`num_actors` actors, each reserving `num_cpus` CPUs and `num_gpus` GPUs (fractions allowed) and
     hosting `factory()`.
 
-    `placement_group`, when given, pins actor i to bundle `bundle_offset + i`; with
+    `placement_group`, when given, pins actor i to bundle `bundle_offset + i` (with `bundles_per_actor` k > 1:
+    actor i owns bundles `bundle_offset + i*k ...+ k-1`, sits in the first, and finds all k in `BUNDLES_ENV`); with
     `release_placement_group=True` the pool owns it and `shutdown` removes it, so the reserved CPUs/GPUs
     go back to the stages that follow. `on_replace(actor)` runs on every replacement actor before it is
     given the failed work (the rest of the pool is reachable through `actors`). `kind` names the actors'
@@ -104,13 +115,14 @@ class ActorPool:
 
     def __init__(self, factory: Callable[[], Any], *, num_actors: int = 1, num_cpus: float = 1.0,
                  num_gpus: float = 0.0, placement_group=None, bundle_offset: int = 0,
-                 release_placement_group: bool = False,
+                 bundles_per_actor: int = 1, release_placement_group: bool = False,
                  on_replace: Callable[[ActorHandle], None] | None = None, kind: str = "Host",
                  start_timeout_s: float | None = None) -> None:
         if num_actors < 1:
             raise ValueError("an actor pool needs num_actors >= 1")
         self.factory, self.num_cpus, self.num_gpus, self.kind = factory, num_cpus, num_gpus, kind
         self.placement_group, self.bundle_offset = placement_group, bundle_offset
+        self.bundles_per_actor = int(bundles_per_actor)
         self.release_placement_group = release_placement_group
         self.on_replace = on_replace
         self.replacements = self.restarts = 0
@@ -126,12 +138,16 @@ class ActorPool:
     def _new_actor(self, slot: int) -> ActorHandle:
         # No Ray-level restarts: a restarted actor would silently rerun the factory without the hook.
         opts: dict = {"num_cpus": self.num_cpus, "num_gpus": self.num_gpus, "max_restarts": 0}
+        env = None
         if self.placement_group is not None:
             from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
+            bundles = slot_bundles(self.bundle_offset, slot, self.bundles_per_actor)
             opts["scheduling_strategy"] = PlacementGroupSchedulingStrategy(
-                placement_group=self.placement_group, placement_group_bundle_index=self.bundle_offset + slot)
-        return host_class(self.kind).options(**opts).remote(self.factory)
+                placement_group=self.placement_group, placement_group_bundle_index=bundles[0])
+            if len(bundles) > 1:
+                env = {BUNDLES_ENV: ",".join(map(str, bundles))}
+        return host_class(self.kind).options(**opts).remote(self.factory, env)
 
     def _check_open(self) -> None:
         if self.closed:

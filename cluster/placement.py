@@ -9,7 +9,10 @@ Two modes, as in verl/OpenRLHF:
   `gpu_memory_utilization` set low). On CPUs the engine borrows the learner's cores (0 CPUs of its own):
   generation and training alternate, so they do not compete unless overlap is on.
 - `disaggregated`: rollout workers get their own devices (whole GPUs, as many as an engine's tensor
-  parallelism; or their own CPUs), so generation never waits for the learner's memory. Their bundles
+  parallelism; or their own CPUs), so generation never waits for the learner's memory. An engine with
+  tensor parallelism > 1 gets one bundle per GPU (`engine_bundles`): vLLM's Ray executor, which starts its
+  TP workers inside the current placement group, refuses a bundle with more than one GPU and places one
+  worker per bundle; the rollout actor itself (vLLM's driver) holds no GPU, in the first. Their bundles
   follow the learners' in the same placement group (PACK): the whole stage on one node when it fits there
   (weight sync stays on the node), else on as few nodes as possible.
 
@@ -44,13 +47,16 @@ class Plan:
     num_learners: int
     num_rollout: int
     mode: str
+    engine_gpus: int = 0  # GPUs a rollout engine's own workers hold, one bundle each (0: the actor holds them)
 
     @property
     def total(self) -> dict:
         out: dict = {}
-        for res, n in ((self.learner, self.num_learners), (self.rollout, self.num_rollout)):
+        for res, n in ((self.learner, self.num_learners), (self.rollout, self.num_rollout),
+                       ({"GPU": self.engine_gpus}, self.num_rollout)):
             for k, v in res.items():
-                out[k] = out.get(k, 0) + v * n
+                if v:
+                    out[k] = out.get(k, 0) + v * n
         return out
 
     @property
@@ -60,13 +66,18 @@ class Plan:
         return _bundle(parts)
 
     @property
+    def rollout_bundles(self) -> list[dict]:
+        """The bundles one disaggregated rollout worker owns (`engine_bundles`)."""
+        return engine_bundles(self.rollout, self.engine_gpus)
+
+    @property
     def rollout_bundle(self) -> dict:
-        """One bundle of the disaggregated rollout workers' own placement group."""
-        return _bundle((self.rollout,))
+        """What one disaggregated rollout worker reserves in all (its bundles must share a node)."""
+        return _bundle(self.rollout_bundles)
 
     def bundles(self) -> list[dict]:
         """Every bundle the plan reserves: the learners' then (disaggregated) the rollout workers'."""
-        rollout = [self.rollout_bundle] * self.num_rollout if self.mode == "disaggregated" else []
+        rollout = self.rollout_bundles * self.num_rollout if self.mode == "disaggregated" else []
         return [self.learner_bundle] * self.num_learners + rollout
 
 
@@ -77,6 +88,18 @@ def _bundle(parts: Sequence[dict]) -> dict:
             out[k] = out.get(k, 0) + v
     out = {k: v for k, v in out.items() if v}
     return out if out.get("CPU") else {**out, "CPU": MIN_BUNDLE_CPU}
+
+
+def engine_bundles(actor: dict, engine_gpus: int = 0) -> list[dict]:
+    """The bundles of one rollout engine. `engine_gpus` 0: one bundle holding the actor's own resources
+    (tensor parallelism 1, or an engine on CPUs). `engine_gpus` N > 0 (vLLM tensor parallelism N in a
+    placement group): N bundles of one GPU each, the first also holding the actor's CPUs; the actor
+    (vLLM's driver) asks for no GPU and vLLM's Ray executor puts TP worker j in bundle j (rl.vllm_engine)."""
+    if not engine_gpus:
+        return [_bundle((actor,))]
+    if actor.get("GPU"):
+        raise PlacementError("a rollout actor whose engine workers hold its GPUs must not hold one itself")
+    return [_bundle((actor, {"GPU": 1}))] + [{"GPU": 1}] * (int(engine_gpus) - 1)
 
 
 def plan(mode: str, *, num_learners: int, learner_cpus: float, num_rollout: int, rollout_cpus: float,
@@ -98,8 +121,10 @@ def plan(mode: str, *, num_learners: int, learner_cpus: float, num_rollout: int,
         gpu = {"GPU": 0.5} if use_gpu else {}
         return Plan({"CPU": learner_cpus, **gpu}, {"CPU": 0, **gpu}, num_learners, num_rollout, mode)
     gpu = {"GPU": 1} if use_gpu else {}
-    rgpu = {"GPU": int(rollout_gpus)} if use_gpu else {}
-    return Plan({"CPU": learner_cpus, **gpu}, {"CPU": rollout_cpus, **rgpu}, num_learners, num_rollout, mode)
+    if use_gpu and rollout_gpus > 1:  # tensor parallelism: one bundle per GPU, held by the engine's workers
+        return Plan({"CPU": learner_cpus, **gpu}, {"CPU": rollout_cpus}, num_learners, num_rollout, mode,
+                    engine_gpus=int(rollout_gpus))
+    return Plan({"CPU": learner_cpus, **gpu}, {"CPU": rollout_cpus, **gpu}, num_learners, num_rollout, mode)
 
 
 def cluster_nodes() -> list[dict]:
@@ -176,9 +201,11 @@ class Reservation:
 
     def rollout_args(self) -> dict:
         """Keyword arguments of `cluster.rollout.RolloutPool` for the rollout workers: rollout worker i in
-        bundle i (colocated: learner i's bundle) or `num_learners + i` (disaggregated: its own)."""
-        offset = 0 if self.plan.mode == "colocated" else self.plan.num_learners
-        return {"placement_group": self.learners, "bundle_offset": offset, "own_placement_group": False,
+        bundle i (colocated: learner i's bundle) or `num_learners + i*k` (disaggregated: its own k bundles,
+        k = 1, or the engine's tensor-parallel size on GPUs)."""
+        coloc = self.plan.mode == "colocated"
+        return {"placement_group": self.learners, "bundle_offset": 0 if coloc else self.plan.num_learners,
+                "bundles_per_worker": 1 if coloc else len(self.plan.rollout_bundles), "own_placement_group": False,
                 "cpus_per_worker": self.plan.rollout.get("CPU", 0), "gpus_per_worker": self.plan.rollout.get("GPU", 0)}
 
     def release(self) -> None:

@@ -116,7 +116,8 @@ class RolloutPool:
     """`num_workers` rollout actors, each reserving `cpus_per_worker` CPUs and `gpus_per_worker` GPUs
     (fractional when colocated with the learner).
 
-    `placement_group`, when given, pins worker i to bundle `bundle_offset + i` (see
+    `placement_group`, when given, pins worker i to bundle `bundle_offset + i` (`bundles_per_worker` > 1: an
+    engine whose tensor-parallel workers take one bundle each owns that many consecutive bundles; see
     `cluster.placement.Reservation.rollout_args`); with `own_placement_group` (the default) the pool takes
     ownership of it: `shutdown` removes it, giving its CPUs/GPUs back to the stages that follow; a lent one
     (colocated workers in the learners' bundles) stays with its lender. `bucket_bytes` bounds one sync
@@ -124,7 +125,7 @@ class RolloutPool:
 
     def __init__(self, engine_factory: Callable[[], Any], *, num_workers: int = 1, cpus_per_worker: float = 1,
                  gpus_per_worker: float = 0, placement_group=None, bundle_offset: int = 0,
-                 own_placement_group: bool = True, sync_backend: str = "object_store",
+                 bundles_per_worker: int = 1, own_placement_group: bool = True, sync_backend: str = "object_store",
                  bucket_bytes: int | None = None) -> None:
         from cluster.weight_sync import BUCKET_BYTES
 
@@ -142,7 +143,8 @@ class RolloutPool:
         factory = functools.partial(RolloutWorker, engine_factory, max(1, int(cpus_per_worker)))
         self.pool = ActorPool(factory, num_actors=num_workers, num_cpus=cpus_per_worker, num_gpus=gpus_per_worker,
                               placement_group=placement_group, bundle_offset=bundle_offset,
-                              release_placement_group=own_placement_group, on_replace=self._on_replace, kind=KIND)
+                              bundles_per_actor=bundles_per_worker, release_placement_group=own_placement_group,
+                              on_replace=self._on_replace, kind=KIND)
 
     @property
     def workers(self) -> list:

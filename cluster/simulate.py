@@ -95,7 +95,7 @@ def place(wants: Sequence[Want], grpo: Plan | None = None, node_ids: Sequence[st
                 args = placed.rollout_args()
                 pool = _probes(grpo.num_rollout, args["cpus_per_worker"], args["gpus_per_worker"], "Rollout",
                                f"GRPO {grpo.mode} rollout workers", timeout_s, placement_group=args["placement_group"],
-                               bundle_offset=args["bundle_offset"])
+                               bundle_offset=args["bundle_offset"], bundles_per_actor=args["bundles_per_worker"])
                 stops.append(pool.shutdown)
                 found.update({f"rollout-{i}": w for i, w in enumerate(pool.call_all("where"))})
         for run in _runs(rest):  # actors alike (reward-0..n, rollout-0..n) start together, in one pool

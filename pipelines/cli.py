@@ -3,7 +3,7 @@
     rayzero run [RECIPE] [section.field=value ...]   run a recipe (default: tiny)
     rayzero recipes                                  list shipped recipes
     rayzero config [RECIPE] [overrides ...]          print the resolved config
-    rayzero eval CHECKPOINT [TASK] [overrides ...] [--benchmark NAME] [--out F]   any checkpoint (eval_cli.py)
+    rayzero eval CHECKPOINT [--task T] [--limit N] [overrides ...] [--benchmark NAME] [--out F]   (eval_cli.py)
     rayzero publish STAGE_DIR --to DIR|hf://ORG/NAME[@REV] [--overwrite] [--adapter]   (report/publish.py)
     rayzero submit / jobs / cluster render|plan      remote Ray clusters, and where a recipe's actors land (remote/)
 

@@ -50,6 +50,9 @@ def run_pipeline(cfg: PipelineConfig, say: Callable[[str], None] = print) -> dic
     # Ray workers (Ray Train ones especially) run in their own working directories: every path they
     # get must be absolute.
     cfg = dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, output_dir=str(Path(cfg.run.output_dir).resolve())))
+    from pipelines.memory_plan import check as check_memory
+
+    check_memory(cfg)  # each GPU's estimated memory fits run.gpu_memory_gib, before anything is written (CPU: no-op)
     folder = RunFolder(cfg.run_dir)
     check_writable(folder.path)
     with RunLock(folder.path) as lock, _signals_stop_the_run():
@@ -142,6 +145,7 @@ def _finish(cfg: PipelineConfig, folder: RunFolder, results: dict, say: Callable
         from pipelines.report.publish import publish_from_config
 
         publish_from_config(cfg, say)
+    say(f"run folder: {_size(folder.path)} (wandb {_size(folder.path / 'wandb')}) in {folder.path}")
     return report
 
 
@@ -166,6 +170,16 @@ def _stage_failed(cfg: PipelineConfig, folder: RunFolder, stage: str, results: d
         md = write_markdown(folder.path, report, write_plots(folder.path, report))
         raise StageError(f"{e}; the stages that finished ({', '.join(results)}) are reported in {md} and "
                          f"report.json") from None
+
+
+def _size(path: Path) -> str:
+    """Disk use of a folder's files (checkpoints, data, wandb), as a user reads it."""
+    total = sum(p.stat().st_size for p in path.rglob("*") if p.is_file() and not p.is_symlink()) if path.exists() else 0
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if total < 1024 or unit == "GiB":
+            return f"{total:.0f} {unit}" if unit == "B" else f"{total:.1f} {unit}"
+        total /= 1024
+    return ""
 
 
 def _digest_of(path: Path | None, digests: dict[str, str], folder: RunFolder) -> str | None:

@@ -1,9 +1,13 @@
-"""`rayzero eval CHECKPOINT [TASK] [section.field=value ...] [--out F] [--benchmark NAME ...]`: greedy
-pass@1 and test-time scaling of any checkpoint.
+"""`rayzero eval CHECKPOINT [--task TASK] [--limit N] [section.field=value ...] [--out F] [--benchmark NAME ...]`:
+greedy pass@1 and test-time scaling of any checkpoint.
 
 A checkpoint inside a run folder is measured on that run's held-out split with its eval settings (and the
-run's prepared `eval.benchmarks`); TASK (a task name) and overrides change them, e.g.
-`rayzero eval runs/tiny/grpo eval.samples=16 eval.scorer=arithmetic_process`.
+run's prepared `eval.benchmarks`); a checkpoint elsewhere with the `tiny` recipe's. `--task` replaces the
+task section whole (nothing of the run's task is kept): a task name (`arithmetic`, a fresh section with its
+defaults), a recipe name or .yaml file (its `task` section), or an inline mapping (`"{name: jsonl, path:
+x.jsonl}"`); `task.*` overrides then change single fields. `--limit N` measures the first N held-out
+problems (and N per benchmark). The first line printed says which config and task were used, and from where.
+E.g. `rayzero eval runs/tiny/grpo eval.samples=16 eval.scorer=arithmetic_process`.
 
 `--benchmark NAME` (repeatable: a built-in name, or the name of an `eval.benchmarks` entry of the run's
 config or overrides) measures the checkpoint on those benchmarks only: greedy, plus pass@k / maj@k with
@@ -22,7 +26,7 @@ import sys
 from pathlib import Path
 from typing import Callable, Sequence
 
-from pipelines.config import ConfigError, load_config, recipe_path
+from pipelines.config import ConfigError, PipelineConfig, load_config, recipe_path
 from pipelines.report.report import print_table
 from pipelines.run_folder import read_jsonl
 from pipelines.scoring import evaluate_benchmarks, evaluate_checkpoint
@@ -47,8 +51,59 @@ def _checkpoint(checkpoint: str) -> Path:
     return path
 
 
+def eval_config(path: Path, task: str | None, overrides: Sequence[str]) -> tuple[PipelineConfig, str]:
+    """The config `rayzero eval` measures `path` with, and the line saying where it came from: the run's
+    config.yaml next to the checkpoint (else the tiny recipe), its task section replaced whole by `task`
+    (a task name, a recipe's task section, or an inline YAML mapping), then `overrides`."""
+    from pipelines.config.schema import TaskSection, to_dict
+    from pipelines.tasks import TASKS
+
+    run_cfg = path.parent / "config.yaml"
+    source = f"{run_cfg} (the checkpoint's run)" if run_cfg.exists() else "recipe tiny (no config.yaml next to the checkpoint)"
+    task_from = "the run's task section" if run_cfg.exists() else "the tiny recipe's task section"
+    section: dict | None = None
+    if task:
+        inline = _yaml_mapping(task)
+        if task in TASKS:
+            section, task_from = to_dict(TaskSection(name=task)), f"--task {task}: its defaults"
+        elif inline is not None:
+            section, task_from = inline, "--task: the mapping given"
+        else:
+            try:
+                section = to_dict(load_config(task).task)
+            except ConfigError as e:
+                raise ConfigError(f"--task {task!r}: not a task ({', '.join(TASKS)}), a recipe with a task section, "
+                                  f"nor a mapping ({e})") from None
+            task_from = f"--task {task}: that recipe's task section"
+    # The whole section as `task.<field>=<value>` overrides (JSON is YAML): nothing of the run's task is kept.
+    fields = [f"task.{k}={json.dumps(v)}" for k, v in {**to_dict(TaskSection()), **section}.items()] if section else []
+    cfg = load_config(str(run_cfg) if run_cfg.exists() else str(recipe_path("tiny")), [*fields, *overrides])
+    changed = [o.split("=", 1)[0] for o in overrides]
+    line = (f"eval: config {source}; task {cfg.task.name}{' ' + cfg.task.dataset if cfg.task.dataset else ''} "
+            f"from {task_from}" + (f"; overrides: {', '.join(changed)}" if changed else ""))
+    return cfg, line
+
+
+def _yaml_mapping(text: str) -> dict | None:
+    if not text.lstrip().startswith("{"):
+        return None
+    import yaml
+
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError:
+        raise ConfigError(f"--task {text!r}: not valid YAML") from None
+    if not isinstance(value, dict):
+        raise ConfigError(f"--task {text!r}: expected a mapping of task fields")
+    return value
+
+
+def _limited(data: dict[str, dict], limit: int | None) -> dict[str, dict]:
+    return {k: {**v, "rows": v["rows"][:limit]} for k, v in data.items()} if limit else data
+
+
 def eval_command(checkpoint: str, args: Sequence[str], out: str = "", say: Callable[[str], None] = print,
-                 benchmarks: Sequence[str] = ()) -> int:
+                 benchmarks: Sequence[str] = (), task: str | None = None, limit: int | None = None) -> int:
     from pipelines.stages.base import quiet_libraries
 
     quiet_libraries()
@@ -56,13 +111,17 @@ def eval_command(checkpoint: str, args: Sequence[str], out: str = "", say: Calla
     if out and not Path(out).resolve().parent.is_dir():
         raise ConfigError(f"--out {out}: folder {Path(out).resolve().parent} does not exist")
     args = list(args)
-    task, overrides = (args[0], args[1:]) if args and "=" not in args[0] else (None, list(args))
+    positional, overrides = (args[0], args[1:]) if args and "=" not in args[0] else (None, list(args))
+    if positional and task:
+        raise ConfigError(f"TASK {positional!r} and --task {task!r}: give the task once (--task)")
+    task = task or positional
+    if limit is not None and limit < 1:
+        raise ConfigError(f"--limit {limit}: must be >= 1 (problems to measure)")
     run_cfg = path.parent / "config.yaml"
-    if task:
-        overrides = [f"task.name={task}", *overrides]
-    cfg = load_config(str(run_cfg) if run_cfg.exists() else str(recipe_path("tiny")), overrides)
+    cfg, line = eval_config(path, task, overrides)
+    say(line + (f"; the first {limit} problems" if limit else ""))
     if benchmarks:
-        result = _benchmarks(path, cfg, list(benchmarks), in_run=run_cfg.exists(), say=say)
+        result = _benchmarks(path, cfg, list(benchmarks), in_run=run_cfg.exists(), say=say, limit=limit)
         _print_benchmarks(result, say)
     else:
         stored = path.parent / "data" / "heldout.jsonl"
@@ -70,9 +129,10 @@ def eval_command(checkpoint: str, args: Sequence[str], out: str = "", say: Calla
             rows = read_jsonl(stored)
         else:
             rows = _heldout(cfg, path)
+        rows = rows[:limit] if limit else rows
         bench = None
         if cfg.eval.benchmarks:
-            bench = _benchmark_data(path, cfg, [], in_run=run_cfg.exists(), say=say)
+            bench = _limited(_benchmark_data(path, cfg, [], in_run=run_cfg.exists(), say=say), limit)
         result = evaluate_checkpoint(path, rows, cfg.eval, seed=cfg.run.seed, desc=f"eval {path.name}", benchmarks=bench)
         print_table({"stages": {path.name: result}, "summary": {}}, say)
         for name in ("pass@k", "maj@k"):
@@ -121,10 +181,10 @@ def _benchmark_data(path: Path, cfg, names: list[str], in_run: bool, say) -> dic
             for s in specs}
 
 
-def _benchmarks(path: Path, cfg, names: list[str], in_run: bool, say) -> dict[str, dict]:
+def _benchmarks(path: Path, cfg, names: list[str], in_run: bool, say, limit: int | None = None) -> dict[str, dict]:
     from rl.modeling import load_policy
 
-    data = _benchmark_data(path, cfg, names, in_run, say)
+    data = _limited(_benchmark_data(path, cfg, names, in_run, say), limit)
     model, tok = load_policy(path)
     return evaluate_benchmarks(model, tok, data, cfg.eval, seed=cfg.run.seed, desc=f"eval {path.name}")
 
@@ -147,7 +207,10 @@ def _print_benchmarks(results: dict[str, dict], say: Callable[[str], None]) -> N
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The `eval` command's arguments (`rayzero eval` and `python -m pipelines.eval_cli`)."""
     parser.add_argument("checkpoint")
-    parser.add_argument("args", nargs="*", metavar="[TASK] [section.field=value]")
+    parser.add_argument("args", nargs="*", metavar="[section.field=value]")
+    parser.add_argument("--task", default=None, help="the task to measure on, instead of the run's: a task name "
+                        "(arithmetic, hf, jsonl, reasoning_gym, human_eval), a recipe (its task section) or a mapping")
+    parser.add_argument("--limit", type=int, default=None, metavar="N", help="measure the first N problems only")
     parser.add_argument("--out", default="", help="also write the results as JSON here")
     parser.add_argument("--benchmark", action="append", default=[], metavar="NAME",
                         help="measure on this benchmark only (repeatable): gsm8k, math500, aime24, aime25, amc23, "
@@ -155,7 +218,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(ns: argparse.Namespace) -> int:
-    return eval_command(ns.checkpoint, ns.args, ns.out, benchmarks=getattr(ns, "benchmark", []) or ())
+    return eval_command(ns.checkpoint, ns.args, ns.out, benchmarks=getattr(ns, "benchmark", []) or (),
+                        task=getattr(ns, "task", None), limit=getattr(ns, "limit", None))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -3,9 +3,9 @@ hyper-parameters onto `GRPOConfig` and builds the trainer (with DAPO dynamic sam
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import torch
 
@@ -80,6 +80,9 @@ class GRPOParams:
     # vLLM when rollout_engine=vllm: the rollout workers' engines (rl.vllm_engine), or TRL's own in-learner vLLM
     # without rollout workers (rl.trl_vllm: grpo_config(use_vllm=True))
     vllm: GRPOVLLMParams = GRPOVLLMParams()
+    # Any other field of TRL's GRPOConfig (rl/trl_options.py: checked against TRL's dataclass at load), e.g.
+    # {lr_scheduler_type: cosine, max_grad_norm: 0.5}; applied over rayzero's own arguments.
+    trl: Mapping[str, Any] = field(default_factory=dict)
 
     def learner_precision(self, device: str | None = None, *, deepspeed: bool = False) -> str:
         """"fp32" or "bf16": what `precision` means for a learner on `device` (None = CPU)."""
@@ -157,6 +160,11 @@ class GRPOParams:
                    f"num_generations={self.num_generations}")
         self.lora.validate(prefix="lora.")
         self.vllm.validate(prefix="vllm.")
+        from rl.trl_options import check_trl_options
+
+        problem = check_trl_options(self.trl)
+        if problem:
+            raise ValueError(problem)
 
 
 def grpo_config(out_dir: Path, p: GRPOParams, *, seed: int = 0, report_to: str = "none", use_cpu: bool | None = None,
@@ -176,7 +184,7 @@ def grpo_config(out_dir: Path, p: GRPOParams, *, seed: int = 0, report_to: str =
     # bf16 weights need no autocast; autocast only on the fp32 path when asked for
     autocast = p.bf16 and p.learner_precision(None if use_cpu else "cuda", deepspeed=deepspeed is not None) == "fp32"
     micro, accumulation, per_generation = p.batch_layout(world_size)
-    return GRPOConfig(
+    return GRPOConfig(**dict(
         output_dir=str(out_dir),
         max_steps=p.max_steps,
         learning_rate=p.learning_rate,
@@ -217,7 +225,7 @@ def grpo_config(out_dir: Path, p: GRPOParams, *, seed: int = 0, report_to: str =
         shuffle_dataset=True,
         log_completions=False,
         **(trl_vllm.grpo_config_args(p.vllm) if use_vllm else {}),
-    )
+    ) | dict(p.trl))
 
 
 def make_grpo_trainer(model, tokenizer, rows: Sequence[dict], reward_funcs: list[Callable], reward_weights: list[float],

@@ -5,6 +5,7 @@ lean log-probs, lean decoding; docs/perf.md). `rl.grpo.make_grpo_trainer` builds
 from __future__ import annotations
 
 import random
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 
@@ -69,15 +70,47 @@ def trainer_class():
                 return self.optimizer
             return optimizer
 
+        def master_optimizer(self):
+            """The MasterWeightAdamW under accelerate's wrapper, or None."""
+            opt = getattr(self.optimizer, "optimizer", self.optimizer)
+            return opt if isinstance(opt, MasterWeightAdamW) else None
+
+        def training_step(self, model, inputs, num_items_in_batch=None):
+            opt = self.master_optimizer() if self.uses_master_weights else None
+            if opt is None:
+                return super().training_step(model, inputs, num_items_in_batch)
+            # Each micro-batch's bf16 gradient goes into the fp32 masters right after its backward, so the
+            # accumulation over micro-batches is an fp32 sum. DDP would all-reduce only what is in the model's
+            # .grad (the last micro-batch): it is kept out (no_sync) and the fp32 sums are averaged here instead.
+            sync = model.no_sync() if isinstance(model, torch.nn.parallel.DistributedDataParallel) else nullcontext()
+            with sync:
+                loss = super().training_step(model, inputs, num_items_in_batch)
+            opt.accumulate_grads()
+            if self.accelerator.sync_gradients and self.accelerator.num_processes > 1:
+                _average_across_ranks(opt.masters)
+            return loss
+
+        def _clip_grad_norm(self, model):
+            opt = self.master_optimizer() if self.uses_master_weights else None
+            if opt is None:
+                return super()._clip_grad_norm(model)
+            return torch.nn.utils.clip_grad_norm_([m for m in opt.masters if m.grad is not None],
+                                                  self.args.max_grad_norm)
+
+        def _get_grad_norm(self, model, grad_norm=None):
+            opt = self.master_optimizer() if self.uses_master_weights else None
+            if opt is None or grad_norm is not None:
+                return super()._get_grad_norm(model, grad_norm=grad_norm)
+            return torch.nn.utils.get_total_norm([m.grad for m in opt.masters if m.grad is not None])
+
         def restore_fp32(self) -> None:
             """Hands the policy back in fp32: the master weights where there are some, else the weights."""
             if self.fast.precision != "bf16":
                 return
             model = self.accelerator.unwrap_model(self.model)
             exact = {}
-            opt = self.optimizer
-            opt = getattr(opt, "optimizer", opt)  # accelerate's wrapper
-            if isinstance(opt, MasterWeightAdamW):
+            opt = self.master_optimizer()
+            if opt is not None:
                 exact = {id(p): m for p, m in zip(opt.model_params, opt.masters)}
             params = list(model.parameters())
             model.float()
@@ -182,6 +215,28 @@ def trainer_class():
             return merged
 
     return RayzeroGRPOTrainer
+
+
+def _average_across_ranks(masters) -> None:
+    """Averages the fp32 master gradients over the data-parallel ranks (what DDP does to .grad), as one
+    flat all-reduce; a master without a gradient on this rank contributes zeros."""
+    import torch
+    import torch.distributed as dist
+
+    present = [m for m in masters if m.grad is not None]
+    if not present:
+        return
+    for m in masters:
+        if m.grad is None:
+            m.grad = torch.zeros_like(m)
+    flat = torch.cat([m.grad.reshape(-1) for m in masters])
+    dist.all_reduce(flat)
+    flat.div_(dist.get_world_size())
+    offset = 0
+    for m in masters:
+        n = m.numel()
+        m.grad.copy_(flat[offset:offset + n].view_as(m))
+        offset += n
 
 
 class _Lookahead:

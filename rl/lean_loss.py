@@ -191,6 +191,11 @@ def _lean_forward(model, req: LeanRequest, *, input_ids, attention_mask, positio
     h = hidden[:, -k - 1:-1]
     targets = input_ids[:, -k:]
     valid = attention_mask[:, -k:].bool()
+    # Under ZeRO-3 the head's weight is partitioned (empty) outside a gather. This read happens inside the
+    # model's forward (the DeepSpeed engine called it), where DeepSpeed's parameter getter gathers a partitioned
+    # weight and registers it as an external parameter of the module being run, so it is whole here and is
+    # gathered again for this function's backward (tests/unit/test_zero3_lean_loss.py, threshold 0). Reading it
+    # outside the forward would need deepspeed.zero.GatheredParameters (TRL's maybe_gather_lm_head_ctx).
     head = model.get_output_embeddings()
     logps, entropy = SelectedLogProbs.apply(h[valid], head.weight, head.bias, targets[valid], req.temperature,
                                             req.entropy_grad)

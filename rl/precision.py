@@ -59,8 +59,9 @@ class MasterWeightAdamW(torch.optim.AdamW):
     """AdamW over fp32 master copies of a model's low-precision parameters.
 
     `params` are the model's (bf16) parameters, as for any optimizer (plain or in param-group dicts). The
-    optimizer's own param groups hold fp32 clones; `step()` reads each model gradient into its master (fp32),
-    runs AdamW on the masters and copies them back into the model parameters (rounded once, at the end).
+    optimizer's own param groups hold fp32 clones; `accumulate_grads()` (after each micro-batch's backward) and
+    `step()` add each model gradient into its master's fp32 gradient, then `step()` runs AdamW on the masters
+    and copies them back into the model parameters (rounded once, at the end).
     `zero_grad` clears the model's gradients. fp32 parameters are updated through a master too (a copy),
     so mixing is allowed. `state_dict()` carries the masters, so a resumed run continues from the exact
     fp32 weights instead of their bf16 rounding."""
@@ -87,10 +88,23 @@ class MasterWeightAdamW(torch.optim.AdamW):
         self.masters = [m for g in self.param_groups for m in g["params"]]
 
     @torch.no_grad()
+    def accumulate_grads(self) -> None:
+        """Adds each model gradient (bf16) into its master's fp32 gradient and clears the model's, so a
+        gradient accumulated over micro-batches is summed in fp32 (call after every backward). Left in the
+        model's bf16 `.grad`, each micro-batch's addition would round to bf16 (2^-9 relative) before the sum
+        ever reached the fp32 masters."""
+        for p, m in zip(self.model_params, self.masters):
+            if p.grad is not None:
+                if m.grad is None:
+                    m.grad = p.grad.detach().float()
+                else:
+                    m.grad.add_(p.grad.detach())
+                p.grad = None
+
+    @torch.no_grad()
     def step(self, closure=None):
         loss = closure() if closure is not None else None
-        for p, m in zip(self.model_params, self.masters):
-            m.grad = None if p.grad is None else p.grad.detach().float()
+        self.accumulate_grads()  # whatever the last backward left in the model's gradients
         super().step()
         for p, m in zip(self.model_params, self.masters):
             if m.grad is not None:

@@ -23,12 +23,17 @@ What "public API" means here, and why:
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
+from typing import Sequence
 
 import torch
 
 SUPPORTED_VLLM = "0.27"
 EXTENSION = "rl.vllm_engine.WeightSyncExtension"
+# Set by cluster.actors (BUNDLES_ENV) in a rollout actor that owns several placement-group bundles: one per
+# GPU of its engine, comma-separated.
+BUNDLES_ENV = "RAYZERO_BUNDLE_INDICES"
 
 
 @dataclass(frozen=True)
@@ -55,6 +60,54 @@ class VLLMParams:
         v.choice(f"{prefix}sleep_level", self.sleep_level, (0, 1, 2))
 
 
+@dataclass(frozen=True)
+class EngineLaunch:
+    """How to build one engine: `LLM(**kwargs)` after applying `env` (a value sets, None unsets)."""
+
+    kwargs: dict
+    env: dict
+
+
+def engine_launch(model_dir: str, params: VLLMParams, seed: int = 0,
+                  bundle_indices: Sequence[int] | None = None) -> EngineLaunch:
+    """The `LLM(...)` arguments and environment of a rollout engine (pure: the one place they are decided).
+
+    `bundle_indices`: the placement-group bundles this engine owns, one per GPU (cluster.placement
+    `engine_bundles`), or None outside a placement group. With tensor_parallel_size N > 1 inside one, vLLM
+    must start its N workers as Ray actors in those bundles: `distributed_executor_backend="ray"` (its Ray
+    executor reuses the current placement group, `ray.util.get_current_placement_group()`, and refuses any
+    bundle with more than one GPU), `VLLM_RAY_BUNDLE_INDICES` = the N bundles, one worker each,
+    `VLLM_RAY_PER_WORKER_GPUS` = 1, and the driver's `CUDA_VISIBLE_DEVICES` unset (Ray set it for an actor
+    that holds no GPU), as in vLLM's own RLHF examples (examples/offline_inference/rlhf_colocate.py). The
+    default multiprocessing executor would instead look for N GPUs visible to the actor, which holds none.
+    Tensor parallelism 1 is unchanged: the actor holds its GPU and vLLM runs in its process."""
+    params.validate()
+    kwargs = dict(
+        model=model_dir, tensor_parallel_size=params.tensor_parallel_size,
+        gpu_memory_utilization=params.gpu_memory_utilization,
+        dtype="bfloat16" if params.dtype == "auto" else params.dtype, seed=seed,
+        max_model_len=params.max_model_len or None, enable_prefix_caching=params.enable_prefix_caching,
+        enable_sleep_mode=params.sleep_level > 0, enforce_eager=params.enforce_eager,
+        logprobs_mode="processed_logprobs", worker_extension_cls=EXTENSION)
+    tp = params.tensor_parallel_size
+    if tp == 1 or bundle_indices is None:
+        return EngineLaunch(kwargs, {})
+    indices = [int(i) for i in bundle_indices]
+    if len(indices) != tp or len(set(indices)) != tp or min(indices) < 0:
+        raise ValueError(f"vllm.tensor_parallel_size={tp} needs {tp} distinct placement-group bundles (one GPU "
+                         f"each), got {list(bundle_indices)}")
+    kwargs["distributed_executor_backend"] = "ray"
+    env = {"VLLM_RAY_BUNDLE_INDICES": ",".join(map(str, indices)), "VLLM_RAY_PER_WORKER_GPUS": "1",
+           "CUDA_VISIBLE_DEVICES": None}
+    return EngineLaunch(kwargs, env)
+
+
+def bundles_from_env() -> list[int] | None:
+    """The bundle indices cluster/ gave this actor (`BUNDLES_ENV`), or None."""
+    raw = os.environ.get(BUNDLES_ENV, "")
+    return [int(x) for x in raw.split(",")] if raw else None
+
+
 def require_vllm() -> None:
     """Fails in one line (no chained ImportError) where vLLM cannot be imported."""
     try:
@@ -67,7 +120,9 @@ def require_vllm() -> None:
 class VLLMEngine:
     """`generate` / `load_state_dict` / collective receive for a rollout worker, on vLLM."""
 
-    def __init__(self, model_dir: str, params: VLLMParams = VLLMParams(), seed: int = 0):
+    def __init__(self, model_dir: str, params: VLLMParams = VLLMParams(), seed: int = 0,
+                 bundle_indices: Sequence[int] | None = None):
+        """`bundle_indices`: see `engine_launch` (default: the ones cluster/ put in this actor's environment)."""
         require_vllm()
         import vllm
         from vllm import LLM
@@ -77,15 +132,15 @@ class VLLMEngine:
 
             warnings.warn(f"vLLM {vllm.__version__} is installed; rayzero's vLLM engine targets {SUPPORTED_VLLM}.x",
                           stacklevel=2)
-        params.validate()
+        launch = engine_launch(model_dir, params, seed,
+                               bundles_from_env() if bundle_indices is None else bundle_indices)
         self.params = params
-        self.llm = LLM(
-            model=model_dir, tensor_parallel_size=params.tensor_parallel_size,
-            gpu_memory_utilization=params.gpu_memory_utilization,
-            dtype="bfloat16" if params.dtype == "auto" else params.dtype, seed=seed,
-            max_model_len=params.max_model_len or None, enable_prefix_caching=params.enable_prefix_caching,
-            enable_sleep_mode=params.sleep_level > 0, enforce_eager=params.enforce_eager,
-            logprobs_mode="processed_logprobs", worker_extension_cls=EXTENSION)
+        for key, value in launch.env.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        self.llm = LLM(**launch.kwargs)
         self.weights_awake = self.kv_awake = True
         self.weights_current = True  # False after a level-2 sleep discarded them, until the next update
 

@@ -2,9 +2,28 @@
 # Idempotent setup: a virtualenv in .venv with rayzero (editable) and its pinned dependencies.
 # torch is constrained to 2.13.0 so pip takes the CPU wheel instead of pulling CUDA builds.
 # bubblewrap (the code-reward sandbox) comes from Debian when apt is available.
+#
+# --gpu: a GPU machine whose image brings CUDA torch and transformers (e.g. torch 2.11+cu130, transformers
+# 5.x): the venv sees the system's packages (--system-site-packages), requirements-gpu.txt's ranges keep
+# them where they are in range instead of the CPU pins, and rayzero is installed with --no-deps.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
+GPU=0
+for arg in "$@"; do
+  case "$arg" in
+    --gpu) GPU=1 ;;
+    *) echo "setup: unknown argument $arg (usage: scripts/setup.sh [--gpu])" >&2; exit 2 ;;
+  esac
+done
+if [ "$GPU" = 1 ]; then
+  [ -x .venv/bin/python ] || "$PY" -m venv --system-site-packages .venv
+  .venv/bin/python -c "import torch; print('setup: torch', torch.__version__, 'cuda', torch.version.cuda)" \
+    || echo "setup: no torch visible to .venv: pip will install one within requirements-gpu.txt's range" >&2
+  .venv/bin/python -m pip install -q --disable-pip-version-check -r requirements-gpu.txt
+  .venv/bin/python -m pip install -q --disable-pip-version-check --no-deps -e .
+  exit 0
+fi
 if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
 fi

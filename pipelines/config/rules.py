@@ -29,7 +29,7 @@ POSITIVE = {
     "task": ("num_heldout",),
 }
 NON_NEGATIVE = {
-    "run": ("num_cpus",),
+    "run": ("num_cpus", "gpu_memory_gib"),
     "task": ("num_cold_start", "num_train"),
     "sft": ("warmup_ratio", "weight_decay", "gpus", "time_budget_s"),
     "grpo": ("beta", "epsilon_high", "cpus", "gpus", "rollout_workers", "rollout_cpus", "save_steps",
@@ -74,7 +74,7 @@ def _choice(field: str, value: Any, choices: Iterable[Any]) -> None:
 
 
 def _run(cfg: PipelineConfig) -> None:
-    from pipelines.report.tracking import WANDB_MODES
+    from pipelines.report.tracking import CHECKPOINT_MODES, WANDB_MODES
 
     name = cfg.run.name
     # The name becomes a folder under output_dir: '', '.', '..', separators or an absolute path would
@@ -84,6 +84,7 @@ def _run(cfg: PipelineConfig) -> None:
     if not cfg.run.output_dir.strip():
         fail("run.output_dir", cfg.run.output_dir, "must name a folder (e.g. runs)")
     _choice("run.wandb_mode", cfg.run.wandb_mode, WANDB_MODES)
+    _choice("run.wandb_checkpoints", cfg.run.wandb_checkpoints, CHECKPOINT_MODES)
 
 
 def _model(m: ModelSection, where: str, kinds: Iterable[str] | None = None) -> None:
@@ -160,14 +161,18 @@ def _prompts(cfg: PipelineConfig) -> None:
 def _grpo(cfg: PipelineConfig) -> None:
     from cluster.placement import MODES
     from pipelines.stages.grpo import POOL_KEYS
-    from rewards.registry import available_rewards, check_params
+    from rewards.registry import available_rewards, check_custom, check_params, is_custom
     from rl.rollout import ENGINES
 
     g = cfg.grpo
     if not g.rewards:
         fail("grpo.rewards", dict(g.rewards), "needs at least one reward, e.g. {math_accuracy: 1.0}")
     for name in g.rewards:
-        _choice("grpo.rewards", name, available_rewards())
+        problem = check_custom(name) if is_custom(name) else None  # package.module:function: the user's own
+        if problem:
+            raise ConfigError(f"grpo.rewards: {problem}")
+        if not is_custom(name):
+            _choice("grpo.rewards", name, available_rewards())
     for name, params in g.reward_params.items():
         if name not in g.rewards:
             fail(f"grpo.reward_params.{name}", dict(params), f"'{name}' is not one of grpo.rewards ({', '.join(g.rewards)})")

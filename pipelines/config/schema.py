@@ -33,6 +33,10 @@ class RunSection:
     num_cpus: int = 0  # CPUs of a local Ray; 0 = all cores
     wandb_mode: str = "offline"  # offline | online | disabled
     wandb_project: str = "rayzero"
+    # GiB of one GPU: `rayzero run` refuses a recipe whose estimated memory per GPU exceeds it, before Ray
+    # starts (pipelines/memory_plan.py; 0 = no check). Runs without GPUs never check.
+    gpu_memory_gib: float = 80.0
+    wandb_checkpoints: str = "reference"  # each stage's final checkpoint as a wandb artifact: reference | copy | none
 
 
 @dataclass(frozen=True)

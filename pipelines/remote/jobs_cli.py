@@ -97,7 +97,11 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     pl.add_argument("--gpus-per-node", type=int, default=0, help="GPUs per node")
     pl.add_argument("--cpus-per-node", type=float, default=None,
                     help="CPUs per node (default: enough for any one stage on one node)")
-    pl.add_argument("--json", action="store_true", help='print {"stages": {stage: [{"actor", "node", "gpu"}]}}')
+    pl.add_argument("--gpu-memory-gib", type=float, default=None,
+                    help="GiB of one GPU for the memory plan (default run.gpu_memory_gib, 80; 0 = no memory plan)")
+    pl.add_argument("--prompt-tokens", type=int, default=None, help="prompt length the memory plan assumes (512)")
+    pl.add_argument("--json", action="store_true",
+                    help='print {"stages": {stage: [{"actor", "node", "gpu", "memory_gib"}]}, "gpus": {stage: {gpu: GiB}}}')
 
 
 def run(ns: argparse.Namespace, argv: list[str] | None = None) -> int:
@@ -240,9 +244,10 @@ def _plan(ns: argparse.Namespace) -> int:
     from pipelines.remote import plan
 
     recipe, overrides = _split(ns.args)
-    result = plan.plan(recipe, overrides, nodes=ns.nodes, gpus_per_node=ns.gpus_per_node, cpus_per_node=ns.cpus_per_node)
+    result = plan.plan(recipe, overrides, nodes=ns.nodes, gpus_per_node=ns.gpus_per_node, cpus_per_node=ns.cpus_per_node,
+                       gpu_memory_gib=ns.gpu_memory_gib, prompt_tokens=ns.prompt_tokens or plan.memory_plan.PROMPT_TOKENS)
     if ns.json:
-        print(json.dumps({"stages": result["stages"]}))
+        print(json.dumps({"stages": result["stages"], "gpus": result["gpus"]}))
     else:
         labels = {s.name: s.label for s in plan.stages(load_config(recipe, overrides))}
         print(plan.render_text(recipe, result, labels), end="")

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from cluster.runtime import ClusterError, check_resources
+from pipelines import memory_plan
 from pipelines.config import PipelineConfig, load_config
 
 EPS = 1e-9
@@ -95,15 +96,50 @@ def check_fit(cfg: PipelineConfig, plans: list[StagePlan], nodes: int, gpus: int
 
 
 def plan(recipe: str, overrides: list[str], *, nodes: int, gpus_per_node: int, cpus_per_node: float | None = None,
-         timeout_s: float = 30.0) -> dict[str, Any]:
-    """{"stages": {stage: [{"actor", "node", "gpu"}, ...]}, "cluster": {...}} for `recipe` + `overrides` on
-    a simulated cluster; raises ClusterError (one line) for what does not fit."""
+         timeout_s: float = 30.0, gpu_memory_gib: float | None = None,
+         prompt_tokens: int = memory_plan.PROMPT_TOKENS) -> dict[str, Any]:
+    """{"stages": {stage: [{"actor", "node", "gpu", "memory_gib"}, ...]}, "cluster": {...}} for `recipe` +
+    `overrides` on a simulated cluster; raises ClusterError or MemoryPlanError (one line) for what does not
+    fit. `gpu_memory_gib`: GiB of one GPU (default run.gpu_memory_gib; 0 = no memory plan)."""
     cfg = load_config(recipe, overrides)
     plans = stages(cfg)
     cpus = float(cpus_per_node) if cpus_per_node else float(default_cpus(plans))
     check_fit(cfg, plans, nodes, gpus_per_node, cpus)
-    return {"stages": place_stages(cfg, plans, nodes, gpus_per_node, cpus, timeout_s),
-            "cluster": {"nodes": nodes, "gpus_per_node": gpus_per_node, "cpus_per_node": cpus}}
+    card = memory_plan.gpu_gib_of(cfg, gpu_memory_gib) if gpus_per_node else 0.0
+    memory_plan.check(cfg, card, prompt_tokens)  # the numbers alone, before the simulated cluster starts
+    placed = place_stages(cfg, plans, nodes, gpus_per_node, cpus, timeout_s)
+    loads = add_memory(cfg, plans, placed, card, prompt_tokens) if card > 0 else {}
+    for r in (r for rows in placed.values() for r in rows if "memory_gib" not in r):  # no memory plan asked for
+        r["memory_gib"] = None if r["gpu"] is not None else 0.0
+    return {"stages": placed, "gpus": loads,
+            "cluster": {"nodes": nodes, "gpus_per_node": gpus_per_node, "cpus_per_node": cpus, "gpu_memory_gib": card}}
+
+
+def add_memory(cfg: PipelineConfig, plans: list[StagePlan], placed: dict[str, list[dict]], gpu_gib: float,
+               prompt_tokens: int = memory_plan.PROMPT_TOKENS) -> dict[str, dict[str, float]]:
+    """Give every placed row its `memory_gib` (per GPU it holds; 0 without a GPU; None when the model's shape
+    is unknown) and check the actors that share a GPU in one phase, as placed, fit `gpu_gib`. Returns
+    {stage: {"node N GPU G": GiB}}."""
+    on_gpu: dict[str, dict[str, list[str]]] = {}  # stage -> GPU label -> actors of one phase
+    for s in plans:
+        for p, phase in enumerate(s.phases):
+            names = {a.name for a in phase}
+            for r in placed[s.name]:
+                if r["actor"] in names:
+                    for gpu in (r.get("gpus") or ([] if r["gpu"] is None else [r["gpu"]])):
+                        on_gpu.setdefault(s.name, {}).setdefault(f"{p}:node {r['node']} GPU {gpu}", []).append(r["actor"])
+    groups = {stage: [(label.split(":", 1)[1], names) for label, names in g.items()] for stage, g in on_gpu.items()}
+    est = memory_plan.check(cfg, gpu_gib, prompt_tokens, groups=lambda stage, _: groups.get(stage, []))
+    for stage, rows in placed.items():
+        for r in rows:
+            e = est.get(stage, {}).get(r["actor"])
+            r["memory_gib"] = round(e.total, 1) if e else (None if r["gpu"] is not None else 0.0)
+    loads: dict[str, dict[str, float]] = {}
+    for stage, pairs in groups.items():
+        for label, names in pairs:
+            total = round(memory_plan.load(cfg, stage, names, est.get(stage, {})), 1)
+            loads.setdefault(stage, {})[label] = max(total, loads.get(stage, {}).get(label, 0.0))
+    return loads
 
 
 def place_stages(cfg: PipelineConfig, plans: list[StagePlan], nodes: int, gpus: int, cpus: float,
@@ -152,5 +188,12 @@ def render_text(recipe: str, result: dict[str, Any], labels: dict[str, str] | No
         width = max([len(r["actor"]) for r in rows] + [5])
         for r in rows:
             gpu = "-" if r["gpu"] is None else ",".join(map(str, r.get("gpus", [r["gpu"]])))
-            lines.append(f"  {r['actor']:<{width}}  node {r['node']}  gpu {gpu}")
+            gib = r.get("memory_gib")
+            memory = "" if r["gpu"] is None or not c.get("gpu_memory_gib") else (
+                "  ? GiB (model shape unknown)" if gib is None else f"  {gib:.1f} GiB")
+            lines.append(f"  {r['actor']:<{width}}  node {r['node']}  gpu {gpu:<3}{memory}".rstrip())
+        loads = result.get("gpus", {}).get(stage)
+        if loads:
+            label, most = max(loads.items(), key=lambda kv: kv[1])
+            lines.append(f"  fullest GPU: {label}, {most:.1f} of {c['gpu_memory_gib']:g} GiB (estimated)")
     return "\n".join(lines) + "\n"

@@ -9,12 +9,16 @@ An intermediate checkpoint (not the finished stage folder) was never evaluated a
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
 import yaml
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
+from pipelines.report.card_use import question_of, use_code, use_text  # noqa: F401 (question_of: publish)
+
+DEFAULT_QUESTION = "Mia has 3 pens. She buys 2 more. How many pens does Mia have now?\n"
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 STAGE_TAGS = {"sft": ["sft"], "grpo": ["grpo", "reinforcement-learning"], "distill": ["distillation"],
               "baseline": ["sft"]}
@@ -54,8 +58,7 @@ stage `{{ stage }}`: {{ stage_text }}.
 
 ## Use
 
-Prompts are plain text (the task's question followed by a newline); the model answers
-`<think>…</think><answer>…</answer>`. The tokenizer's chat template produces that format.{% if adapter_base %}
+{{ use_text }}{% if adapter_base %}
 This repository holds the adapter alone: load the base model, then the adapter on it.{% endif %}
 
 ```python
@@ -64,16 +67,13 @@ from peft import PeftModel
 {% endif -%}
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-tok = AutoTokenizer.from_pretrained("{{ repo }}")
+tok = AutoTokenizer.from_pretrained({{ repo | tojson }})
 {% if adapter_base -%}
-model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained("{{ adapter_base }}"), "{{ repo }}")
+model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained({{ adapter_base | tojson }}), {{ repo | tojson }})
 {% else -%}
-model = AutoModelForCausalLM.from_pretrained("{{ repo }}")
+model = AutoModelForCausalLM.from_pretrained({{ repo | tojson }})
 {% endif -%}
-prompt = tok.apply_chat_template([{"role": "user", "content": {{ example | tojson }}}], tokenize=False,
-                                 add_generation_prompt=True)
-ids = tok(prompt, return_tensors="pt", add_special_tokens=False)
-print(tok.decode(model.generate(**ids)[0][ids["input_ids"].shape[1]:], skip_special_tokens=True))
+{{ use_code }}
 ```
 
 ## Recipe
@@ -90,25 +90,120 @@ The resolved rayzero config that produced this checkpoint (also in `rayzero_conf
 
 
 def base_model_of(cfg: dict, stage: str, override: str = "") -> str | None:
-    """The Hub id this checkpoint was fine-tuned from, if any: `publish.base_model`, else the stage's
-    starting model path when it is a Hub id (a local folder or a model built from scratch has none)."""
+    """The Hub id this checkpoint was fine-tuned from, if one can be known: `publish.base_model`, else the
+    stage's starting model: a Hub id as it is; a local folder by where it came from (a Hub cache snapshot
+    `models--org--name/snapshots/...`, or `_name_or_path` in its config.json); a GGUF file by its
+    metadata (`general.base_model.0.repo_url`, `general.source.*`, else organization + file name without the
+    quantisation suffix). A model built from scratch, or a folder of unknown origin, has none (the Hub
+    accepts only model ids there; `base_model_text` names the path in the card's body)."""
     if override:
         return override
+    model = _start_model(cfg, stage)
+    path = model.get("path", "")
+    if not path or model.get("kind") not in ("hf", "gguf"):
+        return None
+    if model["kind"] == "hf":
+        if HUB_ID.match(path) and not Path(path).exists():
+            return path
+        return _hub_id_of_folder(Path(path))
+    return _hub_id_of_gguf(path)
+
+
+def base_model_text(cfg: dict, stage: str) -> str:
+    """What the card says the stage started from, whatever its kind."""
+    model = _start_model(cfg, stage)
+    kind, path = model.get("kind", "tiny"), model.get("path", "")
+    if kind == "hf" and path:
+        return f"`{path}`" + (" (a local folder)" if not (HUB_ID.match(path) and not Path(path).exists()) else "")
+    if kind == "gguf" and path:
+        return f"the GGUF file `{path}` (converted to a Hugging Face model)"
+    if kind == "truncate" and path:
+        return f"layers of `{path}`"
+    return "a model built from scratch (random weights, tokenizer trained on the task's text)"
+
+
+def _start_model(cfg: dict, stage: str) -> dict:
     model = cfg.get("model", {})
     if stage == "distill":
         students = cfg.get("distill", {}).get("students") or {"student": cfg.get("distill", {}).get("student", {})}
         model = next(iter(students.values()), {}) or {}
-    path = model.get("path", "") if model.get("kind") == "hf" else ""
-    return path if path and HUB_ID.match(path) and not Path(path).exists() else None
+    return model
+
+
+def _hub_id_of_folder(folder: Path) -> str | None:
+    parts = folder.expanduser().resolve().parts
+    for i, part in enumerate(parts[:-1]):  # .../hub/models--org--name/snapshots/<sha>
+        if part.startswith("models--") and parts[i + 1] == "snapshots" and part.count("--") >= 2:
+            return "/".join(part[len("models--"):].split("--", 1))
+    try:
+        name = json.loads((folder / "config.json").read_text()).get("_name_or_path", "")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return name if isinstance(name, str) and HUB_ID.match(name) and not Path(name).exists() else None
+
+
+_QUANT_SUFFIX = re.compile(r"[.-](?:I?Q\d\w*|[Ff]16|[Ff]32|[Bb][Ff]16)$")
+
+
+def _hub_id_of_gguf(path: str) -> str | None:
+    try:
+        from gguf import GGUFReader
+
+        from rl.gguf import resolve_gguf
+
+        file = resolve_gguf(path)
+        fields = GGUFReader(str(file)).fields
+    except Exception:  # noqa: BLE001 - an unreadable file just leaves the metadata without a base model
+        return None
+
+    def get(key: str):
+        try:
+            return fields[key].contents() if key in fields else None
+        except Exception:  # noqa: BLE001
+            return None
+
+    for key in ("general.base_model.0.repo_url", "general.source.huggingface.repository", "general.source.url",
+                "general.repo_url"):
+        value = get(key)
+        if isinstance(value, str):
+            m = re.search(r"huggingface\.co/([\w.-]+/[\w.-]+)", value)
+            if m or HUB_ID.match(value):
+                return m.group(1) if m else value
+    org = get("general.organization")
+    stem = _QUANT_SUFFIX.sub("", file.name[: -len(".gguf")] if file.name.endswith(".gguf") else file.stem)
+    return f"{org}/{stem}" if isinstance(org, str) and HUB_ID.match(f"{org}/{stem}") else None
 
 
 def datasets_of(cfg: dict, override: tuple[str, ...] | list[str] = ()) -> list[str]:
+    """The data the run used, by name: a Hub dataset's id, local files by their file names (not the
+    `datasets` builder, json/parquet/csv, that read them), a built-in task by its name."""
     if override:
         return list(override)
     task = cfg.get("task", {})
+    out: list[str] = []
     if task.get("name") == "jsonl" and task.get("path"):
-        return [Path(task["path"]).stem]
-    return [task.get("dataset") or task.get("name", "unknown")]
+        out.append(Path(task["path"]).name)
+    elif task.get("name") == "hf":
+        out += _dataset_names(task.get("dataset", ""), task.get("data_files", ""))
+        cold = task.get("cold_start") or {}
+        if cold.get("dataset") or cold.get("data_files"):
+            out += _dataset_names(cold.get("dataset") or task.get("dataset", ""),
+                                  cold.get("data_files") or (task.get("data_files", "") if not cold.get("dataset") else ""))
+    elif task.get("name") == "human_eval":
+        out.append("openai/openai_humaneval")
+    elif task.get("name") == "reasoning_gym" and task.get("dataset"):
+        out.append(f"reasoning_gym/{task['dataset']}")
+    return list(dict.fromkeys(out)) or [task.get("dataset") or task.get("name", "unknown")]
+
+
+def _dataset_names(dataset: str, data_files) -> list[str]:
+    if dataset == "human_eval":
+        return ["openai/openai_humaneval"]
+    if dataset in ("json", "parquet", "csv", "text", "arrow") or not dataset:
+        files = data_files.values() if isinstance(data_files, dict) else [data_files]
+        names = [Path(str(f)).name for v in files for f in (v if isinstance(v, (list, tuple)) else [v]) if f]
+        return names or ([dataset] if dataset else [])
+    return [dataset]
 
 
 def eval_results(stage_report: dict, cfg: dict) -> list[EvalResult]:
@@ -147,7 +242,8 @@ def results_table(report: dict, stage: str) -> str:
 def build_card(*, repo: str, run: str, stage: str, cfg: dict, report: dict | None, evaluated: bool,
                plots: list[str], recipe: str, note: str = "", base_model: str = "",
                datasets: tuple[str, ...] = (), example: str = "", adapter_base: str = "") -> ModelCard:
-    """The card for checkpoint `stage` of run `run`; `evaluated` = its results are the report's.
+    """The card for checkpoint `stage` of run `run`; `evaluated` = its results are the report's; `example`:
+    the question the Use section's code asks (a held-out question of the run).
     `adapter_base`: the card is for a LoRA adapter of that model (PEFT; its `base_model` when a Hub id)."""
     stage_report = (report or {}).get("stages", {}).get(stage, {}) if evaluated else {}
     results = eval_results(stage_report, cfg) if stage_report else []
@@ -178,7 +274,8 @@ def build_card(*, repo: str, run: str, stage: str, cfg: dict, report: dict | Non
         stage_text=STAGE_TEXT.get(stage, stage), note=note, results_text=results_text,
         results_table=results_table(report or {}, stage if evaluated else ""), repo=repo,
         plots=[(Path(p).stem.replace("_", " "), p) for p in plots], recipe=recipe.strip(), adapter_base=adapter_base,
-        example=example or "Mia has 3 pens. She buys 2 more. How many pens does Mia have now?\n",
+        use_text=use_text(cfg) + f" Started from {base_model_text(cfg, stage)}.",
+        use_code=use_code(cfg, example or DEFAULT_QUESTION),
     )
 
 

@@ -202,7 +202,9 @@ def build_folder(src: Path, dst: Path, *, repo: str, base_model: str = "", datas
     example = ""
     if ctx.run_dir and (ctx.run_dir / "data" / "heldout.jsonl").exists():
         with (ctx.run_dir / "data" / "heldout.jsonl").open() as f:
-            example = json.loads(f.readline()).get("prompt", "")
+            prompt = json.loads(f.readline()).get("prompt", "")
+        # the raw question inside the run's rendered prompt: the card's code renders it again as the run did
+        example = model_card.question_of(prompt, cfg, tok) or ""
     card = model_card.build_card(repo=repo, run=ctx.run, stage=ctx.stage, cfg=cfg, report=report,
                                  evaluated=ctx.evaluated, plots=plots, recipe=recipe, note=note,
                                  base_model=base_model, datasets=datasets, example=example, adapter_base=adapter_base)

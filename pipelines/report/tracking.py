@@ -7,7 +7,8 @@ What each stage's run holds:
 - `rollouts`: a table of sample rollouts (prompt, completion, each reward, advantage) every
   `grpo.log_rollouts_every` GRPO steps (also written to `<stage>/rollouts.jsonl`);
 - `eval/samples`: held-out samples (prompt, completion, answer, score) after the stage;
-- the stage's checkpoint as a `model` artifact.
+- the stage's final checkpoint as a `model` artifact, by reference to the files in the run folder
+  (`run.wandb_checkpoints`: reference | copy | none).
 
 Runs are online when the user has wandb credentials and asked for `run.wandb_mode=online`, offline
 otherwise; `sync_hint` gives the command that uploads offline runs later.
@@ -26,6 +27,7 @@ from urllib.parse import urlparse
 from pipelines.config.schema import PipelineConfig, to_dict
 
 WANDB_MODES = ("offline", "online", "disabled")
+CHECKPOINT_MODES = ("reference", "copy", "none")  # run.wandb_checkpoints: how a stage's final checkpoint is logged
 
 # Files of a Hugging Face checkpoint folder that make up the model artifact (not manifests, metrics,
 # traces or trainer scratch).
@@ -143,10 +145,14 @@ def log_table(key: str, rows: list[dict], step: int | None = None) -> None:
     wandb.run.log({key: table, **({"train/global_step": step} if step is not None else {})})
 
 
-def log_model(run, checkpoint: Path, metadata: dict[str, Any] | None = None) -> None:
-    """The checkpoint folder's model files as a wandb artifact of type `model`, named `<run>-<stage>`.
-    Files are copied into wandb's staging area (inside the run folder): the stage folder is renamed when
-    the stage finishes, so references to its files would not survive until `wandb sync`."""
+def log_model(run, checkpoint: Path, metadata: dict[str, Any] | None = None, how: str = "reference") -> None:
+    """The checkpoint folder's model files as a wandb artifact of type `model`, named `<run>-<stage>`: once per
+    stage, for its final checkpoint. `how="reference"` (the default) records each file by reference
+    (`file://` URI, size and md5) instead of copying it into wandb's staging area: the files already exist in
+    the run folder, and copies doubled its size (a SmolLM2 run's wandb folder held 1.1 GB of them). The
+    stage writes into `<stage>.partial/`, which the driver renames to `<stage>/` once the stage succeeded,
+    so the references name the final folder. `how="copy"`: copied (an online run whose files should be
+    downloadable elsewhere)."""
     import wandb
 
     files = [p for p in sorted(Path(checkpoint).iterdir())
@@ -156,8 +162,15 @@ def log_model(run, checkpoint: Path, metadata: dict[str, Any] | None = None) -> 
     name = "".join(c if c.isalnum() or c in "-_." else "-" for c in f"{run.group or 'run'}-{run.job_type}")
     art = wandb.Artifact(name, type="model", metadata={k: v for k, v in (metadata or {}).items()
                                                         if isinstance(v, (int, float, str, bool))})
+    final = Path(checkpoint).resolve()
+    if final.suffix == ".partial":
+        final = final.with_suffix("")
     for p in files:
-        art.add_file(str(p), name=p.name)
+        if how == "copy":
+            art.add_file(str(p), name=p.name)
+            continue
+        for entry in art.add_reference(p.resolve().as_uri(), name=p.name):  # md5 of the content, no copy
+            entry.ref = (final / p.name).as_uri()
     run.log_artifact(art, aliases=["latest"])
 
 
@@ -169,8 +182,9 @@ def finish(run, summary: dict | None = None, *, eval_samples: list[dict] | None 
     if eval_samples:
         cols = ("prompt", "completion", "answer", "score")
         log_table("eval/samples", [{c: s.get(c) for c in cols} for s in eval_samples])
-    if checkpoint is not None:
-        log_model(run, Path(checkpoint), summary)
+    how = (run.config.get("run") or {}).get("wandb_checkpoints", "reference")  # the stage's logged config
+    if checkpoint is not None and how != "none":
+        log_model(run, Path(checkpoint), summary, how)
     if summary:
         for k, v in summary.items():
             run.summary[k] = v

@@ -1,8 +1,8 @@
 """One micro pipeline run shared by the e2e tests (started once per pytest session, or per xdist worker, through
 the real CLI): the micro recipe with its GRPO learner on DeepSpeed ZeRO-3 over 2 CPU workers saving every
 step and feeding a disaggregated Ray rollout pool of one worker (the ZeRO-3 shards gathered for every weight
-sync; distillation afterwards needs the CPUs that pool gives back), a rollout table every step, and the
-recipe's `publish` section on. Its SFT stage is also where tests/e2e/test_grpo_cluster.py's GRPO variants
+sync; distillation afterwards needs the CPUs that pool gives back), a rollout table every step, a user's own
+reward (`package.module:function`) beside the recipe's, and the recipe's `publish` section on. Its SFT stage is also where tests/e2e/test_grpo_cluster.py's GRPO variants
 start from.
 
 GRPO deletes its checkpoints once the stage finished, so a raw ZeRO-3 checkpoint (`checkpoint-2`:
@@ -20,8 +20,11 @@ from pathlib import Path
 
 from tests.e2e.test_grpo_cluster import _start_and_wait_for_checkpoint
 
+CUSTOM_REWARD = "tests.e2e.custom_reward:short_answer"
 ZERO3 = ["run.num_cpus=2", "grpo.num_workers=2", "grpo.cpus=0.75", "grpo.zero_stage=3", "grpo.rollout_workers=1",
-         "grpo.rollout_cpus=0.5", "grpo.max_steps=3", "grpo.save_steps=1", "grpo.log_rollouts_every=1"]
+         "grpo.rollout_cpus=0.5", "grpo.max_steps=3", "grpo.save_steps=1", "grpo.log_rollouts_every=1",
+         # a user's own reward (weight 0: the learning is the recipe's), imported and called in the Ray learners
+         f"grpo.rewards={{math_accuracy: 1.0, strict_format: 0.1, '{CUSTOM_REWARD}': 0.0}}"]
 
 
 @dataclass(frozen=True)

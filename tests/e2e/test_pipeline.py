@@ -102,3 +102,5 @@ def test_rayzero_eval_measures_a_checkpoint_on_its_runs_heldout_split(micro, cli
     assert res["accuracy"] == micro.report["stages"]["grpo"]["accuracy"] and res["num_examples"] == 16
     assert set(res["pass@k"]) == {"1", "2"} and res["pass@k"]["2"] >= res["pass@k"]["1"]
     assert "best-of-k" in res["tts"] and "held-out acc" in proc.stdout
+    assert (f"eval: config {micro.run_dir / 'config.yaml'} (the checkpoint's run); task arithmetic from the run's task "
+            "section; overrides: eval.samples, eval.ks, eval.scorer") in proc.stdout

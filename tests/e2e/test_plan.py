@@ -1,11 +1,13 @@
 """`rayzero cluster plan` on simulated clusters of 1 x 8 and 2 x 8 fake GPUs (ray.cluster_utils.Cluster: the
 real placement code, no CUDA): the shipped GPU recipes place every actor they declare, no GPU holds more
 than its capacity, colocated learners share node and GPU with exactly one rollout engine each (also across
-two nodes), disaggregated pools are packed per node; the CLI's --json and text output, and its one-line
-refusal of what does not fit."""
+two nodes), disaggregated pools are packed per node; the memory plan of a Qwen2.5-7B config.json (ZeRO-3 over 8
+learners colocated with 8 vLLM engines: every GPU within 80 GiB); the CLI's --json (each actor's memory_gib)
+and text output, and its one-line refusals of what does not fit (GPUs, and a GPU's memory)."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -25,6 +27,19 @@ ROOT = Path(__file__).resolve().parents[2]
 GPU_RECIPES = ["qwen2.5-0.5b-gsm8k", "qwen2.5-coder-1.5b-mbpp", "qwen2.5-math-1.5b-r1zero"]
 CPUS = 64  # per node: enough for any stage of these recipes, so GPUs decide the placement
 COLOCATED = ["grpo.num_workers=8", "grpo.rollout_workers=8", "grpo.placement=colocated"]
+# Model folders holding only config.json (all the memory plan reads): Qwen2.5-7B's and Qwen2.5-0.5B's numbers.
+QWEN = {"model_type": "qwen2", "tie_word_embeddings": False}
+QWEN7B = {**QWEN, "hidden_size": 3584, "num_hidden_layers": 28, "num_attention_heads": 28, "num_key_value_heads": 4,
+          "intermediate_size": 18944, "vocab_size": 152064}
+QWEN05B = {**QWEN, "hidden_size": 896, "num_hidden_layers": 24, "num_attention_heads": 14, "num_key_value_heads": 2,
+           "intermediate_size": 4864, "vocab_size": 151936, "tie_word_embeddings": True}
+
+
+def _config_folder(tmp_path: Path, name: str, config: dict) -> str:
+    """A model folder holding only config.json: all the memory plan reads."""
+    (tmp_path / name).mkdir()
+    (tmp_path / name / "config.json").write_text(json.dumps(config))
+    return str(tmp_path / name)
 
 
 @pytest.fixture(scope="module", params=[(1, 8), (2, 8)], ids=["1x8", "2x8"])
@@ -45,9 +60,9 @@ def fake(request):
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _place(recipe: str, overrides: list[str], fake) -> dict[str, list[dict]]:
+def _place(recipe: str, overrides: list[str], fake, cfg=None) -> dict[str, list[dict]]:
     nodes, gpus, ids = fake
-    cfg = load_config(recipe, overrides)
+    cfg = cfg or load_config(recipe, overrides)
     plans = plan_cmd.stages(cfg)
     plan_cmd.check_fit(cfg, plans, nodes, gpus, CPUS)
     placed = plan_cmd.place_on(cfg, plans, ids)
@@ -95,11 +110,24 @@ def _colocation(rows: list[dict]) -> None:
     assert len(set(learners.values())) == len(learners)  # one learner (and one engine) per GPU
 
 
-def test_colocated_learners_share_node_and_gpu_with_exactly_one_engine(fake):
+def test_colocated_learners_share_node_and_gpu_with_exactly_one_engine(fake, tmp_path):
     nodes, gpus, _ = fake
-    rows = _place("qwen2.5-math-1.5b-r1zero", COLOCATED, fake)["grpo"]
+    # Qwen2.5-7B (a folder holding only its config.json), ZeRO-3 over the 8 learners, each beside a vLLM engine
+    # (refused at load where vLLM is missing, as here: the placement and memory plan are functions of the config).
+    q7, q05 = _config_folder(tmp_path, "q7", QWEN7B), _config_folder(tmp_path, "q05", QWEN05B)
+    cfg = load_config("qwen2.5-math-1.5b-r1zero", [*COLOCATED, "grpo.zero_stage=3", f"model.path={q7}",
+                                                   f"distill.students={{s: {{kind: hf, path: {q05}}}}}"])
+    cfg = dataclasses.replace(cfg, grpo=dataclasses.replace(cfg.grpo, rollout_engine="vllm"))
+    placed = _place("", [], fake, cfg)
+    rows = placed["grpo"]
     _colocation(rows)
     assert {r["node"] for r in rows} == {rows[0]["node"]}  # 8 bundles of one GPU: packed onto one node
+    # The memory plan of that placement: every actor has its estimate, every GPU fits 80 GiB.
+    loads = plan_cmd.add_memory(cfg, plan_cmd.stages(cfg), placed, 80.0)
+    assert all(r["memory_gib"] > 0 for rows in placed.values() for r in rows)
+    assert all(r["memory_gib"] == 32.0 for r in rows if r["actor"].startswith("rollout-"))  # 0.4 x 80 GiB
+    assert len(loads["grpo"]) == 8 and all(20 < v <= 80 for v in loads["grpo"].values()), loads
+    assert all(0 < v <= 80 for stage in loads.values() for v in stage.values())
     if nodes == 2:  # 16 pairs need both nodes: colocation holds across them
         rows = _place("qwen2.5-math-1.5b-r1zero", ["grpo.num_workers=16", "grpo.rollout_workers=16",
                                                    "grpo.placement=colocated"], fake)["grpo"]
@@ -126,18 +154,26 @@ def _cli(*args: str) -> subprocess.CompletedProcess:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def test_cli_json_and_one_line_refusals():
+def test_cli_json_and_one_line_refusals(tmp_path):
     # The CLI's own plumbing (the 2 x 8 placements themselves are checked in-process above): a small
-    # colocated plan, so the simulated cluster starts few actors.
+    # colocated plan, so the simulated cluster starts few actors. Models: folders holding only config.json.
+    q05, q7 = _config_folder(tmp_path, "q05", QWEN05B), _config_folder(tmp_path, "q7", QWEN7B)
     proc = _cli("qwen2.5-math-1.5b-r1zero", "grpo.num_workers=2", "grpo.rollout_workers=2", "grpo.placement=colocated",
-                "distill.rollout_workers=2",
+                "distill.rollout_workers=2", f"model.path={q05}", f"distill.students={{s: {{kind: hf, path: {q05}}}}}",
                 "--nodes", "2", "--gpus-per-node", "2", "--json")
     assert proc.returncode == 0, proc.stderr[-2000:]
     out = json.loads(proc.stdout)
-    assert list(out) == ["stages"] and list(out["stages"]) == ["grpo", "distill", "eval"]
+    assert list(out) == ["stages", "gpus"] and list(out["stages"]) == ["grpo", "distill", "eval"]
     for rows in out["stages"].values():
-        assert all(set(r) == {"actor", "node", "gpu"} for r in rows)
+        assert all(set(r) == {"actor", "node", "gpu", "memory_gib"} and r["memory_gib"] > 0 for r in rows)
+    assert all(0 < v <= 80 for loads in out["gpus"].values() for v in loads.values())
     _colocation(out["stages"]["grpo"])
+    # A 7B full fine-tune (ZeRO-0) on one 80 GB GPU: one line naming the GPU, the estimate and a knob.
+    proc = _cli("qwen2.5-0.5b-gsm8k", f"model.path={q7}", "--nodes", "1", "--gpus-per-node", "1")
+    assert proc.returncode == 2 and proc.stdout == ""
+    (line,) = proc.stderr.strip().splitlines()
+    assert line.startswith("rayzero: error: stage grpo, the GPU of learner-0: needs ~") and "80 GiB" in line, line
+    assert "it fits with grpo.offload_optimizer=true grpo.zero_stage=1" in line
     # More GPUs than the cluster has: one line naming the fields, before Ray starts (seconds).
     proc = _cli("qwen2.5-math-1.5b-r1zero", "grpo.num_workers=8", "grpo.rollout_workers=8", "--nodes", "1",
                 "--gpus-per-node", "8")
@@ -158,3 +194,9 @@ def test_text_output_names_every_actor_with_its_node_and_gpu():
     assert text.splitlines() == ["rayzero cluster plan r: 2 node(s) x 8 GPU(s), 64 CPU(s) each (simulated; Ray's "
                                  "own placement)", "grpo (colocated)", "  learner-0  node 0  gpu 3",
                                  "  reward-0   node 1  gpu -"]
+    # With a memory plan: each GPU actor's estimate and the fullest GPU of the stage.
+    result["stages"]["grpo"][0]["memory_gib"], result["stages"]["grpo"][1]["memory_gib"] = 33.5, 0.0
+    result["cluster"]["gpu_memory_gib"], result["gpus"] = 80.0, {"grpo": {"node 0 GPU 3": 60.0}}
+    assert plan_cmd.render_text("r", result).splitlines()[2:] == [
+        "  learner-0  node 0  gpu 3    33.5 GiB", "  reward-0   node 1  gpu -",
+        "  fullest GPU: node 0 GPU 3, 60.0 of 80 GiB (estimated)"]

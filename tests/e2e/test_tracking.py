@@ -10,10 +10,12 @@ import sys
 from pathlib import Path
 
 import pytest
+from wandb.sdk.lib.hashutil import md5_file_b64
 
 from pipelines.config import load_config
 from pipelines.report.plots import write_plots
 from pipelines.report.tracking import resolved_mode
+from tests.e2e.micro_run import CUSTOM_REWARD
 from tests.e2e.wandb_records import read_runs
 
 STAGES = ("sft", "grpo", "distill")
@@ -50,7 +52,7 @@ def test_one_run_per_stage_grouped_by_pipeline_run_with_the_config(run, runs):
 @pytest.mark.slow
 def test_grpo_logs_each_reward_and_the_policy_metrics(runs):
     keys = runs["grpo"].keys()
-    for name in ("math_accuracy", "strict_format"):  # grpo.rewards of the micro recipe
+    for name in ("math_accuracy", "strict_format", CUSTOM_REWARD):  # the micro recipe's + the user's own
         assert f"train/rewards/{name}/mean" in keys and f"train/rewards/{name}/std" in keys
     for key in ("train/reward", "train/entropy", "train/clip_ratio/low_mean", "train/clip_ratio/high_mean",
                 "train/clip_ratio/region_mean", "train/completions/mean_length", "train/completions/max_length"):
@@ -63,7 +65,8 @@ def test_grpo_logs_each_reward_and_the_policy_metrics(runs):
 def test_rollout_table_every_n_steps_has_prompt_completion_and_each_reward(run, runs):
     for step in (1, 2, 3):  # grpo.log_rollouts_every=1
         table = _table(run, runs["grpo"], "rollouts", step)
-        assert {"step", "prompt", "completion", "math_accuracy", "strict_format", "advantage"} <= set(table["columns"])
+        assert {"step", "prompt", "completion", "math_accuracy", "strict_format", CUSTOM_REWARD, "advantage"} \
+            <= set(table["columns"])
         assert len(table["data"]) == 2 * 2  # prompts_per_step x num_generations, gathered from both workers
         row = dict(zip(table["columns"], table["data"][0]))
         assert row["prompt"].endswith("?\n") and row["math_accuracy"] in (0.0, 1.0)
@@ -81,8 +84,22 @@ def test_every_stage_logs_an_eval_table_and_its_checkpoint_as_a_model_artifact(r
         models = [a for a in runs[stage].artifacts if a["type"] == "model"]
         assert [a["name"] for a in models] == [f"micro-{stage}"]
         assert {"model.safetensors", "config.json", "tokenizer.json"} <= set(models[0]["files"])
-        # staged copies wait for `wandb sync` inside the run folder, like every other wandb file
-        assert all(Path(p).is_relative_to(run.run_dir / "wandb") for p in models[0]["files"].values())
+        # by reference to the files of the finished stage folder (not `<stage>.partial/`), with their md5: no copy
+        for name, ref in models[0]["refs"].items():
+            assert ref == (run.run_dir / stage / name).resolve().as_uri(), ref
+            assert models[0]["digests"][name] == md5_file_b64(str(run.run_dir / stage / name))
+
+
+@pytest.mark.slow
+def test_the_wandb_folder_holds_no_checkpoint_copy_and_the_run_prints_its_size(run):
+    wandb_dir = run.run_dir / "wandb"
+    weights = {p.read_bytes() for s in STAGES for p in (run.run_dir / s).glob("*.safetensors")}
+    sizes = {len(w) for w in weights}
+    copies = [p for p in wandb_dir.rglob("*") if p.is_file() and (
+        p.suffix == ".safetensors" or (p.stat().st_size in sizes and p.read_bytes() in weights))]
+    assert len(weights) == len(STAGES) and not copies, copies  # before: every stage's weights, copied
+    line = next(x for x in run.log.splitlines() if x.startswith("run folder: "))
+    assert line.endswith(f" in {run.run_dir}") and "(wandb " in line
 
 
 @pytest.mark.slow

@@ -79,7 +79,9 @@ def read_run(path: Path) -> OfflineRun:
         elif kind == "artifact":
             a = r.artifact
             run.artifacts.append({"name": a.name, "type": a.type,
-                                  "files": {e.path: e.local_path for e in a.manifest.contents}})
+                                  "files": {e.path: e.local_path for e in a.manifest.contents},
+                                  "refs": {e.path: e.ref for e in a.manifest.contents},
+                                  "digests": {e.path: e.digest for e in a.manifest.contents}})
     return run
 
 

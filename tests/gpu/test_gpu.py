@@ -28,13 +28,20 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.e2e.helpers import run_from_sft
+from tests.gpu.support import GPU_MODEL, device_identity
 
 ROOT = Path(__file__).resolve().parents[2]
 HAVE_CUDA = torch.cuda.is_available()
 pytestmark = pytest.mark.skipif(not HAVE_CUDA, reason="no CUDA GPU on this machine: GPU rollout/NCCL/ZeRO/LoRA "
                                                       "paths not exercised (scripts/gpu_check.sh runs them on one)")
 GPU_COUNT = torch.cuda.device_count() if HAVE_CUDA else 0
+
+
+def run_from_sft(*args, **kwargs):
+    # tests.e2e.helpers imports ray: a bare GPU machine may lack it, and the tests that need ray skip first
+    from tests.e2e.helpers import run_from_sft as real
+
+    return real(*args, **kwargs)
 
 
 def _need(*modules: str) -> None:
@@ -49,7 +56,7 @@ def _tiny(seed: int = 0):
     from rl.modeling import build_tiny_model, train_tokenizer
 
     tok = train_tokenizer([f"{a} plus {b} is {a + b}." for a in range(9) for b in range(9)], 300)
-    return build_tiny_model(tok, hidden_size=64, num_layers=2, num_heads=2, intermediate_size=128, max_position=64,
+    return build_tiny_model(tok, hidden_size=128, num_layers=2, num_heads=2, intermediate_size=256, max_position=64,
                             seed=seed), tok
 
 
@@ -155,7 +162,9 @@ class _GpuWhere:
         import ray
         import torch
 
-        return [str(g) for g in ray.get_gpu_ids()], torch.cuda.get_device_properties(0).uuid.hex
+        from tests.gpu.support import device_identity
+
+        return [str(g) for g in ray.get_gpu_ids()], device_identity(torch.cuda.get_device_properties(0).uuid)
 
 
 def test_colocated_learner_and_engine_share_one_physical_gpu(ray_gpu):
@@ -176,7 +185,8 @@ def test_colocated_learner_and_engine_share_one_physical_gpu(ray_gpu):
         (engine_gpus, engine_uuid), = pool.call_all("where")
         learner = group.addresses()[0]
         assert learner["gpu_ids"] == engine_gpus and len(engine_gpus) == 1
-        assert engine_uuid == torch.cuda.get_device_properties(int(engine_gpus[0])).uuid.hex  # the same device
+        # the same physical device: its UUID as the engine saw it (its device 0) and as this process sees it
+        assert engine_uuid == device_identity(torch.cuda.get_device_properties(int(engine_gpus[0])).uuid)
         pool.shutdown()
         group.shutdown()
     finally:
@@ -185,7 +195,7 @@ def test_colocated_learner_and_engine_share_one_physical_gpu(ray_gpu):
 
 # --- every stage on CUDA, through the real CLI -------------------------------------------------------------
 
-GPU_STAGES = ["sft.gpus=1", "sft.bf16=true", "grpo.gpus=1", "grpo.bf16=true", "distill.gpus=1",
+GPU_STAGES = [*GPU_MODEL, "sft.gpus=1", "sft.bf16=true", "grpo.gpus=1", "grpo.bf16=true", "distill.gpus=1",
               "distill.rollout_gpus=1", "distill.bf16=true", "run.num_cpus=4", "run.wandb_mode=disabled"]
 
 

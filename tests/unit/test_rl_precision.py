@@ -104,3 +104,51 @@ def test_bf16_grpo_learner_returns_fp32_master_weights(tmp_path):
         assert q.dtype == torch.float32
         torch.testing.assert_close(q.detach(), masters[id(q)], atol=0, rtol=0)
     assert any(not v.equal(before[k]) for k, v in model.state_dict().items())
+
+
+def test_bf16_gradients_accumulate_in_fp32_over_8_micro_batches(tmp_path, monkeypatch):
+    """One optimizer step over 8 micro-batches with bf16 weights: the gradient AdamW receives on the fp32
+    masters must be the fp32 sum of the 8 micro-batch gradients (each as bf16 backward made it). Reference: their
+    exact (float64) sum. Tolerance: 1e-6 of the summed magnitudes, elementwise (fp32 rounding of 8 additions is
+    < 8 * 2^-24 ~ 5e-7); summing in the model's bf16 .grad instead rounds each addition to 2^-9 (~2e-3)."""
+    from rl.grpo import GRPOParams, make_grpo_trainer
+    from rl.modeling import build_tiny_model, train_tokenizer
+
+    rows = [{"prompt": f"{i} plus {i} is", "answer": str(2 * i)} for i in range(8)]
+    tok = train_tokenizer([r["prompt"] + " " + r["answer"] for r in rows] * 4, 300)
+    model = build_tiny_model(tok, hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64,
+                             max_position=64, seed=0)
+    p = GRPOParams(max_steps=1, learning_rate=1e-3, num_generations=4, prompts_per_step=4, micro_batch_size=2,
+                   max_completion_length=6, precision="bf16", temperature=1.0)
+    trainer = make_grpo_trainer(model, tok, rows, [lambda completions, **_: [float(len(c) % 3) for c in completions]],
+                                [1.0], tmp_path, p)
+    assert trainer.args.gradient_accumulation_steps == 8
+    trainer.args.max_grad_norm = 1e9  # clipping runs but scales by exactly 1
+    params = [q for q in model.parameters() if q.requires_grad]
+    micro = {id(q): [] for q in params}
+    for q in params:  # each backward's gradient for q, before it is added anywhere
+        q.register_hook(lambda g, q=q: micro[id(q)].append(g.detach().clone()))
+    seen = {}
+    real_step = torch.optim.AdamW.step
+
+    def spy(opt, *a, **k):
+        if isinstance(opt, MasterWeightAdamW):
+            for q, m in zip(opt.model_params, opt.masters):
+                seen[id(q)] = None if m.grad is None else m.grad.detach().clone()
+        return real_step(opt, *a, **k)
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", spy)
+    trainer.train()
+    assert len(micro[id(params[0])]) == 8 and len(seen) == len(params)
+    worst = 0.0
+    for q in params:
+        gs = micro[id(q)]
+        assert gs and all(g.dtype == torch.bfloat16 for g in gs)
+        exact = torch.stack([g.double() for g in gs]).sum(0)
+        scale = torch.stack([g.double().abs() for g in gs]).sum(0)
+        got = seen[id(q)]
+        assert got is not None and got.dtype == torch.float32
+        err = (got.double() - exact).abs()
+        assert bool((err <= 1e-6 * scale + 1e-30).all()), f"max error {float(err.max()):.3g} vs sum of |g| {float(scale.max()):.3g}"
+        worst = max(worst, float((err / scale.clamp(min=1e-30)).max()))
+    assert worst < 1e-6
