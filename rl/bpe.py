@@ -41,7 +41,7 @@ def train_bpe(texts: list[str], vocab_size: int, special_tokens: list[str]) -> s
     if child.returncode:
         lines = err.decode(errors="replace").strip().splitlines() or [f"exit status {child.returncode}"]
         raise RuntimeError(f"tokenizer training failed: {lines[-1]}")
-    return out.decode()
+    return out.decode("utf-8")
 
 
 def _train(texts: list[str], vocab_size: int, special_tokens: list[str]) -> str:
@@ -68,4 +68,5 @@ def _train(texts: list[str], vocab_size: int, special_tokens: list[str]) -> str:
 if __name__ == "__main__":  # the child: a job on stdin, the tokenizer's JSON on stdout
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the terminal's Ctrl-C reaches the whole group; the parent decides
     job = json.load(sys.stdin)
-    sys.stdout.write(_train(job["texts"], job["vocab_size"], job["special_tokens"]))
+    result = _train(job["texts"], job["vocab_size"], job["special_tokens"])
+    sys.stdout.buffer.write(result.encode("utf-8"))  # bytes: the same in any locale

@@ -1,8 +1,10 @@
 """Nothing lost, ever (issue 12), through the real CLI on a real local Ray, on one run folder: a second run on
-the busy folder is refused, Ctrl-C stops a run with one line and it resumes, a kill -9 of the resumed run's
-driver leaves no learner or Ray behind and the next resume reports what an uninterrupted run does, a
-truncated checkpoint is noticed and redone (the old one kept); and user mistakes end in one line. Each test's Ray lives in its
-own RAY_TMPDIR, so the processes a test checks (or cleans up) are its own."""
+the busy folder is refused, Ctrl-C stops a run with one line and it resumes, so does a SIGTERM mid-GRPO, a
+kill -9 of the resumed run's driver leaves no learner or Ray behind and the next resume reports what an
+uninterrupted run does, no Ray session folder is left, a truncated checkpoint is noticed and redone (the old
+one kept), a stage that produces nothing ends in one line with the finished stages reported; and user
+mistakes, a full disk and a signal during data preparation end in one line (issue 25). Each test's Ray lives
+in its own RAY_TMPDIR, so the processes a test checks (or cleans up) are its own."""
 
 import json
 import os
@@ -238,7 +240,8 @@ def small_disk(tmp_path):
     not for its SFT checkpoint."""
     mount = tmp_path / "small-disk"
     mount.mkdir()
-    res = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mount)], capture_output=True, text=True)
+    res = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mount)], capture_output=True,
+                         text=True)
     if res.returncode:
         pytest.skip(f"cannot mount a small tmpfs here: {res.stderr.strip()}")
     yield mount
@@ -264,8 +267,8 @@ def test_data_preparation_answers_sigterm_within_seconds(tmp_path):
     import random
     import string
 
-    rows = [{"prompt": f"What is {a}+{b}?", "answer": str(a + b), "completion": f"<think>{a}+{b}</think><answer>{a + b}</answer>"}
-            for a in range(1, 9) for b in range(1, 9)]
+    rows = [{"prompt": f"What is {a}+{b}?", "answer": str(a + b),
+             "completion": f"<think>{a}+{b}</think><answer>{a + b}</answer>"} for a in range(1, 9) for b in range(1, 9)]
     rows[3]["prompt"] = "Sum up: " + "".join(random.Random(0).choices(string.ascii_letters, k=1_500_000))
     data = tmp_path / "rows.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
@@ -285,4 +288,5 @@ def test_data_preparation_answers_sigterm_within_seconds(tmp_path):
     lines = log.read_text().strip().splitlines()
     assert proc.returncode == 130 and len(lines) == 1, lines[-20:]
     assert lines[0].startswith("rayzero: interrupted while preparing the data"), lines
-    assert not (tmp_path / "long" / ".rayzero.lock").exists() and not (tmp_path / "long" / "data" / "manifest.json").exists()
+    assert not (tmp_path / "long" / ".rayzero.lock").exists()
+    assert not (tmp_path / "long" / "data" / "manifest.json").exists()  # the next run prepares the data again
