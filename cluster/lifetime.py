@@ -14,6 +14,10 @@ package) whose command line or open files name the session directory, plus their
 Ray sessions on the machine have other session directories and are never touched; neither is a
 cluster the driver merely connected to (no watchdog is started for one).
 
+Then it removes the session directory itself (Ray leaves one `session_*` folder per start in the system
+temp folder, and they pile up across runs), unless the driver asked to keep its logs (`KEEP_MARKER`, for
+a run that ended with an unexpected error).
+
 Standard library only: it starts in milliseconds and holds no Ray state.
 """
 
@@ -22,12 +26,14 @@ from __future__ import annotations
 import os
 import re
 import select
+import shutil
 import signal
 import sys
 import time
 from pathlib import Path
 
 GRACE_S = 3.0  # SIGTERM first (workers flush and stop their sandboxes), SIGKILL whoever is left after this
+KEEP_MARKER = "rayzero_keep_logs"  # a file in the session directory: leave the directory (its logs) in place
 SWEEPS = 3  # a process can be mid-spawn when the driver dies: look again until nothing of the session is left
 
 
@@ -142,6 +148,23 @@ def main(argv: list[str]) -> None:
         _log(session_dir, f"driver {driver} exited; stopping {len(pids)} process(es) of this session: {pids}")
         terminate(pids)
         time.sleep(0.5)
+    remove_session(session_dir)
+
+
+def remove_session(session_dir: str) -> None:
+    """Delete the session directory (and Ray's `session_latest` link when it still points to it), unless its
+    driver left `KEEP_MARKER` there."""
+    if os.path.exists(os.path.join(session_dir, KEEP_MARKER)):
+        return
+    if not os.path.basename(session_dir).startswith("session_"):  # not a Ray session folder: never delete it
+        return
+    latest = os.path.join(os.path.dirname(session_dir), "session_latest")
+    try:
+        if os.path.realpath(latest) == os.path.realpath(session_dir):
+            os.unlink(latest)
+    except OSError:
+        pass
+    shutil.rmtree(session_dir, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import subprocess
 import sys
+import threading
 from pathlib import Path
 from typing import Any, Callable
 
@@ -35,6 +37,9 @@ WORKER_ENV = {
 }
 
 
+_local_session: str | None = None  # the session folder of the local Ray this process started, if any
+
+
 class ClusterError(RuntimeError):
     """The cluster cannot run what the recipe asks for (too few CPUs/GPUs, unreachable head)."""
 
@@ -44,8 +49,9 @@ def connect(address: str = "", num_cpus: int = 0, env: dict[str, str] | None = N
 
     A local Ray is always a new one (never a `ray start` instance found on the machine) and lives only as
     long as the calling process: a watchdog (`cluster/lifetime.py`) stops that session's processes once
-    this process exits, however it exits (SIGKILL included). A cluster connected to by address is left
-    alone when this process exits (Ray itself stops this driver's non-detached actors and tasks there)."""
+    this process exits, however it exits (SIGKILL included), and removes its session folder. A cluster
+    connected to by address is left alone when this process exits (Ray itself stops this driver's non-detached actors and tasks there)."""
+    global _local_session
     if not ray.is_initialized():
         runtime_env = {"env_vars": {**WORKER_ENV, **(env or {})}}
         kwargs: dict[str, Any] = {"runtime_env": runtime_env, "log_to_driver": True, "configure_logging": False}
@@ -53,13 +59,36 @@ def connect(address: str = "", num_cpus: int = 0, env: dict[str, str] | None = N
             kwargs["address"] = address
         else:
             kwargs.update(address="local", num_cpus=num_cpus or os.cpu_count())
+        sigterm = signal.getsignal(signal.SIGTERM)
         try:
             context = ray.init(**kwargs)
         except ConnectionError as e:
             raise ClusterError(f"cannot reach the Ray cluster at '{address}': {e}") from None
+        finally:
+            _keep_sigterm_handler(sigterm)
         if not address:
-            tie_to_this_process(context.address_info["session_dir"])
+            _local_session = context.address_info["session_dir"]
+            tie_to_this_process(_local_session)
     return ray.cluster_resources()
+
+
+def _keep_sigterm_handler(handler) -> None:
+    """`ray.init` replaces the driver's SIGTERM handler with `sys.exit`, which ends a run mid-stage with Ray's
+    shutdown traceback and exit status 1; a handler the caller installed (the pipeline driver's, which stops
+    a run as Ctrl-C does) is put back. Ray's stays where the caller had none."""
+    if callable(handler) and threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, handler)
+
+
+def keep_session_logs() -> str | None:
+    """Keep the local Ray session's folder (its logs) after this process exits; the watchdog removes it
+    otherwise. Returns the folder, or None when no local Ray was started here."""
+    from cluster.lifetime import KEEP_MARKER
+
+    if _local_session and os.path.isdir(_local_session):
+        Path(_local_session, KEEP_MARKER).touch()
+        return _local_session
+    return None
 
 
 def disconnect() -> None:

@@ -90,6 +90,13 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("rayzero: interrupted; nothing finished was lost. Run the same command again to resume.", file=sys.stderr)
         return 130
+    except Exception:  # a bug or an unforeseen failure: its traceback follows, and Ray's logs stay for it
+        from cluster.runtime import keep_session_logs
+
+        kept = keep_session_logs()
+        if kept:
+            print(f"rayzero: Ray's logs of this run are kept in {kept}/logs", file=sys.stderr)
+        raise
 
 
 if __name__ == "__main__":

@@ -18,13 +18,16 @@ from typing import Callable
 
 import yaml
 
+from pipelines.config import ConfigError
 from pipelines.config.schema import PipelineConfig, to_dict
 from pipelines.data import prepare_data
+from pipelines.faults import disk_full_error
 from pipelines.models import base_model_dir
 from pipelines.run_folder import (RunFolder, RunLock, check_writable, read_manifest, remove_partial,
                                   removed_if_left_empty, why_not_finished, write_manifest)
-from pipelines.stages import STAGES, Stage, StageContext
+from pipelines.stages import STAGES, Stage, StageContext, StageError
 from pipelines.stages.base import quiet_libraries
+from pipelines.tasks import TaskDataError
 
 
 class RunInterrupted(Exception):
@@ -57,7 +60,13 @@ def run_pipeline(cfg: PipelineConfig, say: Callable[[str], None] = print) -> dic
         if lock.took_over:
             say(f"note: took over the lock of an earlier run that is gone (pid {lock.took_over.get('pid')} "
                 f"on {lock.took_over.get('host')})")
-        return _run(cfg, folder, say)
+        try:
+            return _run(cfg, folder, say)
+        except OSError as e:  # the driver's own writes (data, manifests, report) on a full disk
+            full = disk_full_error(e, Path(cfg.run.output_dir), folder.path, None)
+            if full is None:
+                raise
+            raise full from None
 
 
 def _run(cfg: PipelineConfig, folder: RunFolder, say: Callable[[str], None]) -> dict:
@@ -65,7 +74,11 @@ def _run(cfg: PipelineConfig, folder: RunFolder, say: Callable[[str], None]) -> 
     from pipelines.report.tracking import wandb_env
 
     quiet_libraries()
-    sizes, data_digest = prepare_data(cfg, say)  # before Ray starts: bad data fails fast
+    try:
+        sizes, data_digest = prepare_data(cfg, say)  # before Ray starts: bad data fails fast
+    except KeyboardInterrupt:  # the data is cached only once complete (its manifest is written last)
+        raise RunInterrupted("interrupted while preparing the data; nothing was trained yet. Run the same command "
+                             "again to start.") from None
     say("data: " + ", ".join(f"{k}={v}" for k, v in sizes.items()))
     _note_config_changes(cfg, folder, say)
     (folder.path / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
@@ -103,6 +116,9 @@ def _run(cfg: PipelineConfig, folder: RunFolder, say: Callable[[str], None]) -> 
         except KeyboardInterrupt:
             disconnect()
             raise RunInterrupted(_resume_hint(cfg, stage.name)) from None
+        except Exception as e:
+            _stage_failed(cfg, folder, stage.name, results, e)
+            raise
         metrics["wall_time_s"] = time.monotonic() - start
         manifest = write_manifest(partial, {"stage": stage.name, "config": to_dict(cfg), "metrics": metrics,
                                             "inputs": inputs, "finished_at": time.time()})
@@ -131,6 +147,29 @@ def _finish(cfg: PipelineConfig, folder: RunFolder, results: dict, say: Callable
         publish_from_config(cfg, say)
     say(f"run folder: {_size(folder.path)} (wandb {_size(folder.path / 'wandb')}) in {folder.path}")
     return report
+
+
+def _stage_failed(cfg: PipelineConfig, folder: RunFolder, stage: str, results: dict, e: Exception) -> None:
+    """A stage that produced nothing (StageError, or a ConfigError/TaskDataError only its work could find)
+    ends the run in one line, with report.json/report.md of the stages that finished; a full disk in one
+    line naming the path (pipelines/faults.py). Anything else is left to propagate as it is."""
+    from cluster.runtime import disconnect
+
+    full = disk_full_error(e, Path(cfg.run.output_dir), folder.path, stage)
+    if full is not None:
+        disconnect()
+        raise full from None
+    if isinstance(e, (StageError, ConfigError, TaskDataError)):
+        disconnect()  # the last line is ours, not a worker's output still being forwarded
+        if not results:
+            raise
+        from pipelines.report.plots import write_plots
+        from pipelines.report.report import write_markdown, write_report
+
+        report = write_report(cfg, results)
+        md = write_markdown(folder.path, report, write_plots(folder.path, report))
+        raise StageError(f"{e}; the stages that finished ({', '.join(results)}) are reported in {md} and "
+                         f"report.json") from None
 
 
 def _size(path: Path) -> str:

@@ -22,24 +22,13 @@ TAGS = ["<think>", "</think>", "<answer>", "</answer>"]
 def train_tokenizer(texts: Iterable[str], vocab_size: int):
     """A byte-level BPE tokenizer trained on `texts`. Frequent integers become single tokens, so for a
     tiny model the arithmetic facts are a lookup table rather than carry logic over digits."""
-    from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
+    from tokenizers import AddedToken, Tokenizer
     from transformers import PreTrainedTokenizerFast
 
-    tok = Tokenizer(models.BPE(unk_token=None))
-    # Digit runs are isolated from their leading space so "16" in "has 16" and in "2+16=18" is the same
-    # token; BPE then merges frequent numbers into single tokens.
-    tok.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Split(Regex(r"\d+"), behavior="isolated"),
-        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True),
-    ])
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size,
-        special_tokens=list(SPECIAL.values()),
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    tok.train_from_iterator(texts, trainer=trainer)
+    from rl.bpe import train_bpe
+
+    # In a child process that Ctrl-C/SIGTERM stop (rl/bpe.py): training can run for minutes on long text.
+    tok = Tokenizer.from_str(train_bpe(list(texts), vocab_size, list(SPECIAL.values())))
     tok.add_tokens([AddedToken(t, special=False, normalized=False) for t in TAGS])
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, **SPECIAL)
     fast.padding_side = "left"  # generation pads on the left
@@ -53,6 +42,10 @@ def save_tokenizer(tokenizer, path: Path, probe: str) -> None:
 
 def check_tokenizer_roundtrip(path: Path, original, probe: str) -> None:
     from transformers import AutoTokenizer
+
+    # A few thousand characters show how spaces and newlines come back; encoding a 5 MB prompt (the probe
+    # is a data row) twice took 40 s on the driver's main thread, where Ctrl-C is not answered.
+    probe = probe[:4000]
 
     loaded = AutoTokenizer.from_pretrained(path)
     a, b = original(probe)["input_ids"], loaded(probe)["input_ids"]

@@ -1,7 +1,7 @@
 """A local Ray started by `cluster.runtime.connect()` lives only as long as its driver: a driver killed
 with SIGKILL leaves no process of its Ray session behind (agents, actors, a Train-like learner that would
 otherwise go on writing), while other Ray instances on the machine, and a cluster a killed driver had only
-connected to, stay up. Real processes, real Ray; nothing is mocked."""
+connected to, stay up; the killed session's folder is removed, no other. Real processes, real Ray; nothing is mocked."""
 
 from __future__ import annotations
 
@@ -134,12 +134,12 @@ def bystander():
 
     witness = Witness.remote()
     ray.get(witness.pid.remote())
-    yield context.address_info["gcs_address"], witness
+    yield context.address_info["gcs_address"], witness, context.address_info["session_dir"]
     ray.shutdown()
 
 
 def test_killed_driver_takes_its_local_ray_session_with_it(bystander, short_tmp):
-    _, witness = bystander
+    _, witness, bystander_session = bystander
     tmp = short_tmp
     heartbeat = Path(tmp) / "heartbeat"
     log = Path(tmp) / "driver.log"
@@ -170,6 +170,9 @@ def test_killed_driver_takes_its_local_ray_session_with_it(bystander, short_tmp)
         beats = heartbeat.read_text().count("beat")
         time.sleep(1.0)
         assert heartbeat.read_text().count("beat") == beats, "the learner still writes after its driver died"
+        # Its session folder goes too (they piled up in the temp folder, one per run); only its own.
+        assert wait_for(lambda: not os.path.exists(session), 30), f"{session} is left behind"
+        assert os.path.isdir(bystander_session), "another Ray's session folder was removed"
     finally:
         for pid, start in procs:  # on failure, stop what this test started (and only that)
             if still_alive({(pid, start): ""}):
@@ -180,7 +183,7 @@ def test_killed_driver_takes_its_local_ray_session_with_it(bystander, short_tmp)
 
 
 def test_killed_client_driver_leaves_the_cluster_it_connected_to_running(bystander, short_tmp):
-    address, witness = bystander
+    address, witness, _ = bystander
     tmp = short_tmp
     log = Path(tmp) / "driver.log"
     with log.open("w") as err:

@@ -1,8 +1,10 @@
 """Nothing lost, ever (issue 12), through the real CLI on a real local Ray, on one run folder: a second run on
-the busy folder is refused, Ctrl-C stops a run with one line and it resumes, a kill -9 of the resumed run's
-driver leaves no learner or Ray behind and the next resume reports what an uninterrupted run does, a
-truncated checkpoint is noticed and redone (the old one kept); and user mistakes end in one line. Each test's Ray lives in its
-own RAY_TMPDIR, so the processes a test checks (or cleans up) are its own."""
+the busy folder is refused, Ctrl-C stops a run with one line and it resumes, so does a SIGTERM mid-GRPO, a
+kill -9 of the resumed run's driver leaves no learner or Ray behind and the next resume reports what an
+uninterrupted run does, no Ray session folder is left, a truncated checkpoint is noticed and redone (the old
+one kept), a stage that produces nothing ends in one line with the finished stages reported; and user
+mistakes, a full disk and a signal during data preparation end in one line (issue 25). Each test's Ray lives
+in its own RAY_TMPDIR, so the processes a test checks (or cleans up) are its own."""
 
 import json
 import os
@@ -93,6 +95,7 @@ def test_one_run_folder_through_a_busy_refusal_ctrl_c_kill_9_and_a_changed_check
     assert "interrupted during stage grpo" in err.strip().splitlines()[-1] and "resume" in err.strip().splitlines()[-1]
     assert not (run / ".rayzero.lock").exists() and (run / "sft" / "manifest.json").exists()
 
+    _resume_and_sigterm(tmp_path, run, args, ray_tmp, at="checkpoint-4")
     complete = _resume_and_kill_9(tmp_path, run, args, ray_tmp, at="checkpoint-6")
 
     again = subprocess.run(_cmd(tmp_path, "c2", *args), cwd=ROOT, env=_env(ray_tmp), capture_output=True, text=True,
@@ -114,7 +117,34 @@ def test_one_run_folder_through_a_busy_refusal_ctrl_c_kill_9_and_a_changed_check
         assert a[key] is not None and b[key] is not None, key
     plots = lambda d: {p.name for p in (d / "plots").glob("*.png")}  # noqa: E731
     assert plots(run) == plots(micro.run_dir) and "reward.png" in plots(run)
+    # Every local Ray this folder's runs started (interrupted, killed, finished) left no session folder behind.
+    _wait_until(lambda: not list(Path(ray_tmp).glob("ray/session_2*")), 30, "Ray session folders are removed")
     _truncated_checkpoint_is_redone(tmp_path, run, args, ray_tmp, cli)
+
+
+def _wait_until(done, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not done():
+        assert time.monotonic() < deadline, f"not within {timeout:g}s: {what}"
+        time.sleep(0.5)
+
+
+def _resume_and_sigterm(tmp_path: Path, run: Path, args, ray_tmp: str, at: str) -> None:
+    """Resume the run, and SIGTERM its driver only (as `kill <pid>`, systemd or a batch scheduler do) once GRPO
+    saved `at`: the same one line and exit status 130 as Ctrl-C, the lock released, nothing left running."""
+    log = tmp_path / "sigterm.log"
+    with log.open("w") as err:
+        proc = subprocess.Popen(_cmd(tmp_path, run.name, *args), cwd=ROOT, env=_env(ray_tmp), stdout=subprocess.DEVNULL,
+                                stderr=err)
+    _wait_for(run / "grpo.checkpoints" / at, proc)
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(timeout=120)
+    lines = log.read_text().strip().splitlines()
+    assert proc.returncode == 130, lines[-30:]  # before the fix: 1, and Ray's shutdown traceback
+    assert "interrupted during stage grpo" in lines[-1] and "resume" in lines[-1], lines[-30:]
+    assert not any("Traceback" in line for line in lines), lines[-30:]
+    assert not (run / ".rayzero.lock").exists()
+    _wait_until(lambda: not _procs_mentioning(ray_tmp), 60, "the SIGTERMed run's learner and local Ray stop")
 
 
 def _resume_and_kill_9(tmp_path: Path, run: Path, args, ray_tmp: str, at: str) -> Path:
@@ -163,12 +193,24 @@ def _truncated_checkpoint_is_redone(tmp_path, run, args, ray_tmp, cli):
 
     shutil.copy(run / "grpo" / "model.safetensors", weights)
     write_manifest(run / "sft", {k: v for k, v in read_manifest(run / "sft").items() if k not in ("files", "digest")})
-    third = subprocess.run(_cmd(tmp_path, run.name, *args), cwd=ROOT, env=_env(ray_tmp), capture_output=True, text=True,
-                           timeout=600)
-    assert third.returncode == 0, third.stderr[-3000:]
+    # This run also distills, from traces no prompt can give (at least 16 of at most 16 tokens, ending in a
+    # verified answer): a stage that produces nothing ends the run in one line, with the report of the stages
+    # that finished.
+    for name in ("report.json", "report.md"):
+        (run / name).unlink()
+    nothing = ("distill.enabled=true", "distill.num_prompts=4", "distill.max_new_tokens=16", "distill.min_tokens=16")
+    third = subprocess.run(_cmd(tmp_path, run.name, *args, *nothing), cwd=ROOT, env=_env(ray_tmp), capture_output=True,
+                           text=True, timeout=600)
+    lines = third.stderr.strip().splitlines()
+    assert third.returncode == 2 and "distill: no verified traces" in lines[-1], third.stderr[-3000:]
+    assert "the stages that finished (sft, grpo) are reported in" in lines[-1]
+    assert not any("Traceback" in line for line in lines), third.stderr[-3000:]
     assert "sft: already finished" in third.stdout
     assert "grpo: redoing it" in third.stdout and "input 'init' changed" in third.stdout
     assert len(list(run.glob("grpo.stale-*"))) == 1
+    report = json.loads((run / "report.json").read_text())  # before the fix: none
+    assert set(report["stages"]) == {"sft", "grpo"} and report["stages"]["grpo"]["steps"] == 12
+    assert "grpo" in (run / "report.md").read_text()
     res = cli("eval", str(run / "sft"), "--out", str(tmp_path / "missing" / "r.json"), cwd=tmp_path, timeout=120)
     assert res.returncode == 2 and res.stderr.strip().splitlines() == [
         f"rayzero: error: --out {tmp_path / 'missing' / 'r.json'}: folder {tmp_path / 'missing'} does not exist"]
@@ -190,3 +232,61 @@ def test_user_mistakes_end_in_one_line(tmp_path, ray_tmp, cli):
         lines = res.stderr.strip().splitlines()
         assert res.returncode == 2 and len(lines) == 1 and needle in lines[0], (args, res.stderr[-2000:])
     assert blocker.read_text() == "not a folder"
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A real 256 KiB file system (tmpfs; mounting needs root): room for the micro run's data and tokenizer,
+    not for its SFT checkpoint."""
+    mount = tmp_path / "small-disk"
+    mount.mkdir()
+    res = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mount)], capture_output=True,
+                         text=True)
+    if res.returncode:
+        pytest.skip(f"cannot mount a small tmpfs here: {res.stderr.strip()}")
+    yield mount
+    subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def test_a_full_disk_stops_the_run_in_one_line_and_keeps_what_was_written(small_disk, ray_tmp):
+    res = subprocess.run(_cmd(small_disk, "full", *QUICK, "sft.epochs=1", "grpo.max_steps=1"), cwd=ROOT,
+                         env=_env(ray_tmp), capture_output=True, text=True, timeout=600)
+    lines = res.stderr.strip().splitlines()
+    assert res.returncode == 2, res.stderr[-3000:]  # before the fix: 1, after a Ray traceback of ~40-70 lines
+    assert lines[-1].startswith("rayzero: error: no space left on device writing ") and "during stage sft" in lines[-1]
+    assert f"largest in {small_disk}: " in lines[-1] and "free there" in lines[-1], lines[-1]
+    assert not any("Traceback" in line for line in lines), res.stderr[-3000:]
+    run = small_disk / "full"
+    assert (run / "data" / "manifest.json").exists() and (run / "tokenizer" / "tokenizer.json").exists()
+    assert (run / "sft.partial").is_dir() and not (run / ".rayzero.lock").exists()
+
+
+def test_data_preparation_answers_sigterm_within_seconds(tmp_path):
+    """One prompt without spaces makes tokenizer training run for minutes (quadratic in a word's length);
+    SIGTERM (or Ctrl-C) stops it within seconds, in one line, and releases the run folder."""
+    import random
+    import string
+
+    rows = [{"prompt": f"What is {a}+{b}?", "answer": str(a + b),
+             "completion": f"<think>{a}+{b}</think><answer>{a + b}</answer>"} for a in range(1, 9) for b in range(1, 9)]
+    rows[3]["prompt"] = "Sum up: " + "".join(random.Random(0).choices(string.ascii_letters, k=1_500_000))
+    data = tmp_path / "rows.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    log = tmp_path / "prep.log"
+    with log.open("w") as err:
+        proc = subprocess.Popen(_cmd(tmp_path, "long", "task.name=jsonl", f"task.path={data}"), cwd=ROOT,
+                                env=_env(str(tmp_path)), stdout=subprocess.DEVNULL, stderr=err)
+    try:
+        _wait_for(tmp_path / "long" / "data" / "heldout.jsonl", proc)  # the tokenizer is trained right after
+        time.sleep(3)
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=10)  # before the fix: still training minutes later
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    lines = log.read_text().strip().splitlines()
+    assert proc.returncode == 130 and len(lines) == 1, lines[-20:]
+    assert lines[0].startswith("rayzero: interrupted while preparing the data"), lines
+    assert not (tmp_path / "long" / ".rayzero.lock").exists()
+    assert not (tmp_path / "long" / "data" / "manifest.json").exists()  # the next run prepares the data again
