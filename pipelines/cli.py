@@ -4,7 +4,7 @@
     rayzero recipes                                  list shipped recipes
     rayzero config [RECIPE] [overrides ...]          print the resolved config
     rayzero eval CHECKPOINT [--task T] [--limit N] [overrides ...] [--benchmark NAME] [--out F]   (eval_cli.py)
-    rayzero publish STAGE_DIR --to DIR|hf://ORG/NAME[@REV] [--overwrite] [--adapter]   (report/publish.py)
+    rayzero publish STAGE_DIR --to DIR|hf://ORG/NAME[@REV] [--overwrite] [--adapter]   (publish/publish.py)
     rayzero submit / jobs / cluster render|plan      remote Ray clusters, and where a recipe's actors land (remote/)
 
 Every expected failure (a bad recipe, bad data, a busy run folder, a cluster that is too small) ends with
@@ -29,7 +29,7 @@ def _split(args: list[str]) -> tuple[str, list[str]]:
 
 def _parser() -> argparse.ArgumentParser:
     from pipelines.remote import jobs_cli
-    from pipelines.report import publish
+    from pipelines.publish import publish
 
     parser = argparse.ArgumentParser(prog="rayzero", description="R1-Zero-style post-training on Ray")
     sub = parser.add_subparsers(dest="cmd", required=True)
@@ -51,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     from cluster.runtime import ClusterError
     from pipelines.driver import RunInterrupted
     from pipelines.remote import jobs_cli
-    from pipelines.report.publish import PublishError
+    from pipelines.publish.publish import PublishError
     from pipelines.run_folder import RunFolderError
     from pipelines.stages import StageError
     from pipelines.tasks import TaskDataError
@@ -66,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
         if ns.cmd in jobs_cli.COMMANDS:
             return jobs_cli.run(ns, argv)
         if ns.cmd == "publish":
-            from pipelines.report.publish import main as publish_main
+            from pipelines.publish.publish import main as publish_main
 
             return publish_main(ns)
         if ns.cmd == "recipes":

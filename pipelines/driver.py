@@ -142,7 +142,7 @@ def _finish(cfg: PipelineConfig, folder: RunFolder, results: dict, say: Callable
     if hint:
         say(hint)
     if cfg.publish.enabled:
-        from pipelines.report.publish import publish_from_config
+        from pipelines.publish.publish import publish_from_config
 
         publish_from_config(cfg, say)
     say(f"run folder: {_size(folder.path)} (wandb {_size(folder.path / 'wandb')}) in {folder.path}")

@@ -12,7 +12,7 @@ import torch
 import yaml
 
 from pipelines.config import load_config, to_dict
-from pipelines.report.publish import MARKER, PublishError, add_parser, main, publish
+from pipelines.publish.publish import MARKER, PublishError, add_parser, main, publish
 from rl.lora import LoraParams, save_adapter, save_merged
 
 TEXTS = [f"Mia has {i} pens. She buys 2 more. How many pens does Mia have now?\n<think>{i}+2={i + 2}.</think>"
