@@ -230,9 +230,9 @@ class _signals_stop_the_run:
         return self
 
     @staticmethod
-    def _raise(signum, frame):
+    def _raise(_signum, _frame):  # a signal handler's signature
         raise KeyboardInterrupt
 
-    def __exit__(self, *exc):
+    def __exit__(self, *_exc):
         if self.previous is not None:
             signal.signal(signal.SIGTERM, self.previous)
