@@ -26,7 +26,6 @@ import json
 import os
 import re
 import shutil
-import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -345,7 +344,7 @@ def publish_from_config(cfg, say: Callable[[str], None] = print) -> str:
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("publish", help="publish a stage's checkpoint to a directory or the Hugging Face Hub")
+    p = sub.add_parser("publish", help="publish a stage's checkpoint to a folder or the Hub")
     p.add_argument("stage_dir", help="a stage folder (runs/<run>/<stage>) or a (ZeRO) checkpoint folder")
     p.add_argument("--to", required=True, help="a directory, or hf://<org>/<name>[@revision]")
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty directory / existing revision")
@@ -355,11 +354,7 @@ def add_parser(sub) -> None:
                    "the merged model; --base-model then names the model it applies to")
 
 
-def main(ns: argparse.Namespace) -> int:
-    try:
-        publish(ns.stage_dir, ns.to, overwrite=ns.overwrite, base_model=ns.base_model, datasets=tuple(ns.dataset),
-                adapter=ns.adapter)
-        return 0
-    except PublishError as e:
-        print(f"rayzero: error: {e}", file=sys.stderr)
-        return 2
+def run(ns: argparse.Namespace) -> int:
+    publish(ns.stage_dir, ns.to, overwrite=ns.overwrite, base_model=ns.base_model, datasets=tuple(ns.dataset),
+            adapter=ns.adapter)
+    return 0
