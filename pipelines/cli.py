@@ -7,7 +7,8 @@
     rayzero publish STAGE_DIR --to DIR|hf://ORG/NAME[@REV] [--overwrite] [--adapter]   (publish/publish.py)
     rayzero submit / jobs / cluster render|plan      remote Ray clusters, and where a recipe's actors land (remote/)
 
-Every expected failure (a bad recipe, bad data, a busy run folder, a cluster that is too small) ends with
+Every subcommand is declared the same way: a module with `add_parser(subparsers)` and `run(args)`, named in
+`commands()`. Every expected failure (a bad recipe, bad data, a busy run folder, a cluster that is too small) ends with
 one line `rayzero: error: ...` and exit status 2, before any work where it can be known in advance.
 """
 
