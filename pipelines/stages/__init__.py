@@ -7,5 +7,6 @@ from pipelines.stages.grpo import GRPOStage
 from pipelines.stages.sft import BaselineStage, SFTStage
 
 STAGES: tuple[Stage, ...] = (SFTStage(), GRPOStage(), DistillStage(), BaselineStage(), EvalStage())
+NAMES = tuple(s.name for s in STAGES)
 
-__all__ = ["STAGES", "Resources", "Stage", "StageContext", "StageError"]
+__all__ = ["STAGES", "NAMES", "Resources", "Stage", "StageContext", "StageError"]
