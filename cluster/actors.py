@@ -97,9 +97,6 @@ def host_class(kind: str = "Host"):
     return _HOSTS[kind]
 
 
-Host = host_class("Host")
-
-
 class ActorPool:
     """`num_actors` actors, each reserving `num_cpus` CPUs and `num_gpus` GPUs (fractions allowed) and
     hosting `factory()`.

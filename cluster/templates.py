@@ -37,10 +37,6 @@ def template_path(kind: str) -> Path:
     return TEMPLATE_DIR / KINDS[kind]
 
 
-def placeholders(kind: str) -> set[str]:
-    return set(_PLACEHOLDER.findall(template_path(kind).read_text()))
-
-
 def render(kind: str, values: Mapping[str, Any]) -> str:
     """The template of `kind` with every `{{name}}` replaced by `str(values[name])`."""
     path = template_path(kind)

@@ -142,7 +142,7 @@ def _finish(cfg: PipelineConfig, folder: RunFolder, results: dict, say: Callable
     if hint:
         say(hint)
     if cfg.publish.enabled:
-        from pipelines.report.publish import publish_from_config
+        from pipelines.publish.publish import publish_from_config
 
         publish_from_config(cfg, say)
     say(f"run folder: {_size(folder.path)} (wandb {_size(folder.path / 'wandb')}) in {folder.path}")
@@ -230,9 +230,9 @@ class _signals_stop_the_run:
         return self
 
     @staticmethod
-    def _raise(signum, frame):
+    def _raise(_signum, _frame):  # a signal handler's signature
         raise KeyboardInterrupt
 
-    def __exit__(self, *exc):
+    def __exit__(self, *_exc):
         if self.previous is not None:
             signal.signal(signal.SIGTERM, self.previous)

@@ -206,6 +206,11 @@ def _print_benchmarks(results: dict[str, dict], say: Callable[[str], None]) -> N
             say("-+-".join("-" * w for w in widths))
 
 
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    """`rayzero eval` (a command module: pipelines/cli.py `commands()`)."""
+    add_arguments(sub.add_parser("eval", help="evaluate a checkpoint: pass@k, test-time scaling, benchmarks"))
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The `eval` command's arguments (`rayzero eval` and `python -m pipelines.eval_cli`)."""
     parser.add_argument("checkpoint")

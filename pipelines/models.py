@@ -16,8 +16,6 @@ import re
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import torch
-
 from pipelines.config.schema import ConfigError
 
 if TYPE_CHECKING:

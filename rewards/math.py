@@ -135,7 +135,6 @@ def normalise(s: str) -> str:
 # -- scoring ------------------------------------------------------------------------------------------
 _POOL_SIZE = max(1, min(int(os.environ.get("RAYZERO_MATH_WORKERS", "2")), os.cpu_count() or 1))
 _WORKERS = [MathVerifyWorker() for _ in range(_POOL_SIZE)]  # processes start lazily, on first use
-_WORKER = _WORKERS[0]
 _VERDICTS: dict[tuple[str, str], float | None] = {}  # math-verify is deterministic: memoise its verdicts
 _GOLD_OK: dict[tuple[str, float], bool] = {}
 

@@ -242,14 +242,3 @@ def sample(model, prompts: Sequence[Sequence[int]], *, max_new_tokens: int, eos_
     lps = [out_lps[i, :lengths[i]].tolist() for i in range(n)] if logprobs else None
     return completions, lps
 
-
-def generate_batched(model, prompts: Sequence[Sequence[int]], *, batch_size: int, **kw):
-    """`sample` over `prompts` in batches of `batch_size` rows."""
-    ids: list[list[int]] = []
-    lps: list[list[float]] | None = [] if kw.get("logprobs", True) else None
-    for i in range(0, len(prompts), batch_size):
-        c, lp = sample(model, prompts[i:i + batch_size], **kw)
-        ids += c
-        if lps is not None:
-            lps += lp
-    return ids, lps

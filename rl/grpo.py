@@ -233,7 +233,6 @@ def make_grpo_trainer(model, tokenizer, rows: Sequence[dict], reward_funcs: list
     """A `GRPOTrainer` over rows {prompt, answer, ...}; every column reaches the reward functions.
     `run_args` (seed, report_to, use_cpu, world_size, deepspeed, save_steps, use_vllm) go to `grpo_config`."""
     from datasets import Dataset
-    from trl import GRPOTrainer
 
     if params.beta and not params.lora.enabled and not getattr(model.config, "_name_or_path", ""):
         raise ValueError("grpo.beta > 0 needs a policy loaded from a folder: TRL re-loads the KL reference "

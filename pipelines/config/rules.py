@@ -302,7 +302,7 @@ def _publish(cfg: PipelineConfig) -> None:
         fail("publish.to", p.to, "required when publish.enabled=true: a directory or hf://<org>/<name>[@revision]")
     _choice("publish.stage", p.stage, ("", "sft", "grpo", "distill", "baseline"))
     if p.enabled and p.adapter:
-        from pipelines.report.publish import published_stage
+        from pipelines.publish.publish import published_stage
 
         stage = published_stage(cfg)
         owner = {"sft": "sft", "baseline": "sft", "grpo": "grpo"}.get(stage)  # whose lora section; distill has none

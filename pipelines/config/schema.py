@@ -252,7 +252,7 @@ class BaselineSection:
 
 @dataclass(frozen=True)
 class PublishSection:
-    """Publish a stage's checkpoint after the run (pipelines/report/publish.py, also `rayzero publish`):
+    """Publish a stage's checkpoint after the run (pipelines/publish/publish.py, also `rayzero publish`):
     `to` is a directory or `hf://<org>/<name>[@revision]`; `stage` "" = the last trained stage."""
 
     enabled: bool = False

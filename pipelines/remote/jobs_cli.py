@@ -26,33 +26,16 @@ import yaml
 from cluster.runtime import ClusterError
 from pipelines.config import load_config
 
-COMMANDS = ("submit", "jobs", "cluster")
 REPO = Path(__file__).resolve().parents[2]
 
 
-class _Intermixed(argparse.ArgumentParser):
-    """Options may sit between positionals (`render k8s --recipe micro grpo.x=1 --gpus 2`)."""
-
-    _inner = False
-
-    def parse_known_args(self, args=None, namespace=None):  # type: ignore[override]
-        if self._inner:
-            return super().parse_known_args(args, namespace)
-        self._inner = True
-        try:
-            return self.parse_known_intermixed_args(args, namespace)
-        finally:
-            self._inner = False
-
-
-def add_parsers(sub: argparse._SubParsersAction) -> None:
-    """Register this module's subcommands on the `rayzero` parser."""
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    """This module's subcommands (a command module: pipelines/cli.py `commands()`)."""
     addr = argparse.ArgumentParser(add_help=False)
     addr.add_argument("--address", default="", help="the head's job server, http://HEAD:8265 "
                       "(default: $RAYZERO_ADDRESS, or $RAY_ADDRESS when it is an http address)")
 
     p = sub.add_parser("submit", parents=[addr], help="run a recipe on a remote Ray cluster as a Ray job")
-    p.__class__ = _Intermixed
     p.add_argument("args", nargs="*", metavar="[RECIPE] [section.field=value]")
     p.add_argument("--no-pip", action="store_true", help="install nothing: the cluster's image has the stack")
     p.add_argument("--follow", action="store_true", help="stream the job's logs until it ends")
@@ -74,10 +57,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
             q.add_argument("--wait", type=float, default=60.0, help="seconds to wait for STOPPED")
     jsub.add_parser("list", parents=[addr], help="jobs on the cluster")
 
-    c = sub.add_parser("cluster", help="cluster templates")
+    c = sub.add_parser("cluster", help="render cluster templates, plan where actors land")
     csub = c.add_subparsers(dest="cluster_cmd", required=True)
     r = csub.add_parser("render", help="fill a cluster template from a recipe's resource needs")
-    r.__class__ = _Intermixed
     r.add_argument("kind", choices=("k8s", "slurm", "ray-up"))
     r.add_argument("overrides", nargs="*", metavar="section.field=value")
     r.add_argument("--recipe", default="tiny")
@@ -90,8 +72,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--time", default="24:00:00", help="slurm: time limit")
     r.add_argument("-o", "--output", default="", help="write here instead of stdout")
 
-    pl = csub.add_parser("plan", help="where each stage's actors land on M nodes x N GPUs (simulated Ray cluster)")
-    pl.__class__ = _Intermixed
+    pl = csub.add_parser("plan", help="where each stage's actors land on M nodes x N GPUs")
     pl.add_argument("args", nargs="*", metavar="RECIPE [section.field=value]")
     pl.add_argument("--nodes", type=int, default=1, help="worker nodes")
     pl.add_argument("--gpus-per-node", type=int, default=0, help="GPUs per node")
@@ -104,14 +85,14 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                     help='print {"stages": {stage: [{"actor", "node", "gpu", "memory_gib"}]}, "gpus": {stage: {gpu: GiB}}}')
 
 
-def run(ns: argparse.Namespace, argv: list[str] | None = None) -> int:
+def run(ns: argparse.Namespace) -> int:
     if ns.cmd == "submit":
         return _submit(ns)
     if ns.cmd == "jobs":
         return _jobs(ns)
     if ns.cluster_cmd == "plan":
         return _plan(ns)
-    return _render(ns, argv)
+    return _render(ns)
 
 
 def _split(args: list[str]) -> tuple[str, list[str]]:
@@ -221,10 +202,10 @@ def _jobs(ns: argparse.Namespace) -> int:
     return 0 if status in jobs.TERMINAL else 1
 
 
-def _render(ns: argparse.Namespace, argv: list[str] | None) -> int:
+def _render(ns: argparse.Namespace) -> int:
     from pipelines.remote import render
 
-    command = "rayzero " + shlex.join(argv if argv is not None else sys.argv[1:])
+    command = "rayzero " + shlex.join(ns.argv)
     text = render.render(ns.kind, ns.recipe, list(ns.overrides), nodes=ns.nodes, gpus=ns.gpus, cpus=ns.cpus,
                          image=ns.image, pip=not ns.no_pip, working_dir_uri=ns.working_dir_uri,
                          time_limit=ns.time, command=command)

@@ -1,2 +1,2 @@
-"""What a run leaves for people: experiment tracking (wandb), the report and its plots, model cards and
-published checkpoints."""
+"""What a run leaves for people: experiment tracking (wandb), the report and its plots, and the model card
+(publishing the checkpoint lives in pipelines/publish/)."""

@@ -277,7 +277,7 @@ class _quiet:
         datasets.logging.set_verbosity(datasets.logging.CRITICAL)
         return self
 
-    def __exit__(self, *exc):
+    def __exit__(self, *_exc):
         import datasets
 
         datasets.logging.set_verbosity(self.level)

@@ -21,7 +21,6 @@ import json
 import random
 from pathlib import Path
 
-NUM_PROBLEMS = 164
 INSTRUCTION = ("Complete the Python function below. Think in <think></think>, then give the whole function "
                "in a ```python code block.\n\n")
 

@@ -18,7 +18,7 @@ from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from pipelines.report.model_card import build_card
-from pipelines.report.publish import PublishError, parse_target, publish
+from pipelines.publish.publish import PublishError, parse_target, publish
 from tests.conftest import ROOT
 
 QUESTION = "Mia has 3 pens. She buys 2 more. How many pens does Mia have now?"

@@ -19,7 +19,7 @@ from pipelines.config import load_config
 from pipelines.config.schema import to_dict
 from pipelines.data import render_splits
 from pipelines.report.model_card import base_model_of, datasets_of
-from pipelines.report.publish import publish
+from pipelines.publish.publish import publish
 
 CHATML = ("{{ bos_token }}{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
           "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")

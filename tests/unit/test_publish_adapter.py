@@ -3,7 +3,6 @@ adapter_model.safetensors + tokenizer + a card naming the base), through the sam
 the merged model; PEFT loads it onto the base and computes the merged model's logits. A stage without an
 adapter is refused in one line, with nothing written."""
 
-import argparse
 import json
 from pathlib import Path
 
@@ -11,8 +10,9 @@ import pytest
 import torch
 import yaml
 
+from pipelines.cli import main
 from pipelines.config import load_config, to_dict
-from pipelines.report.publish import MARKER, PublishError, add_parser, main, publish
+from pipelines.publish.publish import MARKER, PublishError, publish
 from rl.lora import LoraParams, save_adapter, save_merged
 
 TEXTS = [f"Mia has {i} pens. She buys 2 more. How many pens does Mia have now?\n<think>{i}+2={i + 2}.</think>"
@@ -104,9 +104,7 @@ def test_stage_without_adapter_is_refused_in_one_line(run_dir, tmp_path, capsys)
         publish(run_dir / "sft", str(out), adapter=True, **QUIET)
     assert "no LoRA adapter here" in str(e.value) and "\n" not in str(e.value)
     assert not out.exists() and not list(tmp_path.iterdir())
-    parser = argparse.ArgumentParser()
-    add_parser(parser.add_subparsers(dest="cmd"))
-    assert main(parser.parse_args(["publish", str(run_dir / "sft"), "--to", str(out), "--adapter"])) == 2
+    assert main(["publish", str(run_dir / "sft"), "--to", str(out), "--adapter"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "no LoRA adapter here" in err[0] and "publish without --adapter" in err[0]
 

@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from pipelines.config import load_config, to_dict
-from pipelines.report.publish import MARKER, publish
+from pipelines.publish.publish import MARKER, publish
 
 
 @pytest.fixture(scope="module")

@@ -4,13 +4,13 @@ directory or on the Hugging Face Hub.
     rayzero publish runs/<run>/<stage> --to <dir> | hf://<org>/<name>[@revision] [--overwrite] [--adapter]
 
 What gets published (with `--adapter`: the stage's LoRA adapter instead of the weights, see
-pipelines/report/adapter.py; tokenizer, card, plots and recipe as below):
+pipelines/publish/adapter.py; tokenizer, card, plots and recipe as below):
 - the weights as safetensors. A DeepSpeed ZeRO checkpoint (a folder with `latest` / `global_step*/`
   shards, e.g. `grpo.checkpoints/checkpoint-N`) is consolidated with DeepSpeed's `zero_to_fp32` into the
   fp32 master weights; a folder of `checkpoint-N` subfolders publishes its latest one;
 - the tokenizer, with rayzero's prompt format as chat template when it has none, round-trip checked;
 - the generation config (greedy, the run's `eval.max_new_tokens`: how the reported accuracy was measured);
-- a model card (pipelines/model_card.py) with the run report's results, the plots and the recipe.
+- a model card (pipelines/report/model_card.py) with the run report's results, the plots and the recipe.
 
 Hub targets: the repo is created if needed, a branch per revision; an existing revision with files is
 never overwritten without `--overwrite`. No token, no network, or HF_HUB_OFFLINE fail with one line before
@@ -26,7 +26,6 @@ import json
 import os
 import re
 import shutil
-import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,9 +33,9 @@ from typing import Callable
 
 import yaml
 
-from pipelines.report import hub
-from pipelines.report.adapter import locate_adapter
-from pipelines.report.hub import PublishError
+from pipelines.publish import hub
+from pipelines.publish.adapter import locate_adapter
+from pipelines.publish.hub import PublishError
 
 # The rayzero prompt format: the user's text ends with a newline, the model continues with
 # <think>…</think><answer>…</answer>; no role markers (the tiny tokenizer has none).
@@ -180,7 +179,7 @@ def build_folder(src: Path, dst: Path, *, repo: str, base_model: str = "", datas
         tok.chat_template = CHAT_TEMPLATE
     adapter_base, base_note = "", ""
     if lora:
-        from pipelines.report.adapter import base_note as note_for, write_adapter
+        from pipelines.publish.adapter import base_note as note_for, write_adapter
 
         say(f"publish: LoRA adapter from {lora.folder}")
         adapter_base = write_adapter(lora, dst, base_model)
@@ -345,7 +344,7 @@ def publish_from_config(cfg, say: Callable[[str], None] = print) -> str:
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("publish", help="publish a stage's checkpoint to a directory or the Hugging Face Hub")
+    p = sub.add_parser("publish", help="publish a stage's checkpoint to a folder or the Hub")
     p.add_argument("stage_dir", help="a stage folder (runs/<run>/<stage>) or a (ZeRO) checkpoint folder")
     p.add_argument("--to", required=True, help="a directory, or hf://<org>/<name>[@revision]")
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty directory / existing revision")
@@ -355,11 +354,7 @@ def add_parser(sub) -> None:
                    "the merged model; --base-model then names the model it applies to")
 
 
-def main(ns: argparse.Namespace) -> int:
-    try:
-        publish(ns.stage_dir, ns.to, overwrite=ns.overwrite, base_model=ns.base_model, datasets=tuple(ns.dataset),
-                adapter=ns.adapter)
-        return 0
-    except PublishError as e:
-        print(f"rayzero: error: {e}", file=sys.stderr)
-        return 2
+def run(ns: argparse.Namespace) -> int:
+    publish(ns.stage_dir, ns.to, overwrite=ns.overwrite, base_model=ns.base_model, datasets=tuple(ns.dataset),
+            adapter=ns.adapter)
+    return 0

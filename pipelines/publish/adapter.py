@@ -18,7 +18,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipelines.report.hub import PublishError
+from pipelines.publish.hub import PublishError
 
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
 
