@@ -138,6 +138,11 @@ def estimates(cfg: PipelineConfig, gpu_gib: float,
     from pipelines.stages import STAGES
 
     gpu_actors = {st.name: [a.name for a in st.resources(cfg).actors if a.gpus > 0] for st in STAGES if st.enabled(cfg)}
+    if "grpo" in gpu_actors:  # a vLLM engine over N > 1 GPUs holds none itself: its N one-GPU bundles do
+        from pipelines.stages.grpo import plan
+
+        if plan(cfg).engine_gpus:
+            gpu_actors["grpo"] += [f"rollout-{i}" for i in range(cfg.grpo.rollout_workers)]
     gpu_actors = {k: v for k, v in gpu_actors.items() if v}
     if not gpu_actors:
         return {}

@@ -184,3 +184,15 @@ def test_a_config_without_the_needed_numbers_is_one_line(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({k: v for k, v in QWEN7B.items() if k != "intermediate_size"}))
     with pytest.raises(mp.MemoryPlanError, match=r"^model.path=.*: its config.json has no usable 'intermediate_size'"):
         mp.check(load_config("qwen2.5-0.5b-gsm8k", [f"model.path={tmp_path}"]))
+
+
+def test_a_tensor_parallel_engine_is_planned_on_its_gpus(qwen7b):
+    """A vLLM engine over 2 GPUs holds no GPU itself (its two one-GPU bundles do, cluster/placement.py), yet the
+    memory plan still counts it: each of its GPUs carries vLLM's share."""
+    cfg = _vllm(load_config("qwen2.5-math-1.5b-r1zero", [f"model.path={qwen7b}", "grpo.zero_stage=3", "grpo.num_workers=4",
+                                                        "grpo.rollout_workers=2", "distill.enabled=false"]))
+    cfg = dataclasses.replace(cfg, grpo=dataclasses.replace(
+        cfg.grpo, vllm=dataclasses.replace(cfg.grpo.vllm, tensor_parallel_size=2)))
+    est = mp.estimates(cfg, 80)
+    assert {"rollout-0", "rollout-1"} <= set(est["grpo"])  # before: left out of the plan
+    assert est["grpo"]["rollout-0"].total == pytest.approx(cfg.grpo.vllm.gpu_memory_utilization * 80)
