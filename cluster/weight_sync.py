@@ -18,6 +18,12 @@ to device.
 The sender decides the layout once (`plan`) and every receiver is handed that plan (a few KB of names,
 shapes and dtype names sent ahead by RPC), so no receiver recomputes it: the HF engine receives into its own
 tensors, `rl.weight_wire` (the vLLM receiving end) allocates buffers from it.
+
+Verification (every sync): the sender takes a checksum of every tensor as it leaves (`checksum`, in the sent
+dtype), each receiver of what it holds once the bucket is loaded (HF engines: their own tensors; vLLM: the
+buffers it received), and `verify` compares them bucket by bucket: a mismatch is a `WeightSyncError` naming the
+engine, the bucket and its first differing tensor. `rl.weight_wire.checksum` is the same function on the
+receiving side (rl/ may not import cluster/; tests/unit/test_sync_verify.py checks they agree).
 """
 
 from __future__ import annotations
@@ -35,6 +41,45 @@ BUCKET_BYTES = 256 * 2**20  # default bucket size: 256 MiB
 Entry = tuple[str, tuple[int, ...], torch.dtype]  # (name, shape, dtype as sent)
 # What one sync sends, in order: [(dtype name, [(tensor name, shape), ...]), ...], one entry per bucket.
 Plan = list[tuple[str, list[tuple[str, tuple[int, ...]]]]]
+
+
+class WeightSyncError(RuntimeError):
+    """A rollout engine does not hold the weights the learner sent. Not retried: the run stops (one line)."""
+
+
+_WORD_CHUNK = 1 << 20  # 16-bit words per checksum slice: bounded int64 temporaries on any device
+_MOD = 2**61 - 1
+
+
+def checksum(t: torch.Tensor) -> int:
+    """An exact, device-independent checksum of a tensor's bytes: its 16-bit words (bytes for 1-byte
+    dtypes), each times (position mod 65521) + 1, summed mod 2^61 - 1. Position weighting catches swapped
+    rows, which a plain sum would not; integer arithmetic makes it identical on CPU and GPU (a float sum
+    would depend on reduction order). One read of the tensor, in 1 Mi-word slices."""
+    flat = t.detach().contiguous().reshape(-1)
+    words = flat.view(torch.int16) if flat.element_size() % 2 == 0 else flat.view(torch.uint8)
+    total = 0
+    for start in range(0, words.numel(), _WORD_CHUNK):
+        w = words[start:start + _WORD_CHUNK].to(torch.int64) & 0xFFFF
+        pos = torch.arange(start, start + w.numel(), device=w.device, dtype=torch.int64) % 65521 + 1
+        total = (total + int((w * pos).sum())) % _MOD  # a slice's sum < 2^52: no int64 overflow
+    return total
+
+
+def verify(sent: "Plan", expected: list[list[int]], got: list[list[int]], engine: str) -> None:
+    """Raises `WeightSyncError` (one line: engine, bucket, first differing tensor) unless `got` (per bucket,
+    per tensor, the receiver's checksums) equals `expected` (the sender's)."""
+    if len(got) != len(sent):
+        raise WeightSyncError(f"weight sync check failed: rollout engine {engine} reported {len(got)} bucket(s) of "
+                              f"the {len(sent)} the learner sent; stopping instead of training on stale weights")
+    for i, ((dtype, bucket), want, have) in enumerate(zip(sent, expected, got)):
+        bad = [name for (name, _), a, b in zip(bucket, want, have) if a != b]
+        if bad or len(have) != len(bucket):
+            raise WeightSyncError(
+                f"weight sync check failed: rollout engine {engine} holds different weights than the learner sent "
+                f"in bucket {i + 1}/{len(sent)} ({dtype}, {len(bucket)} tensor(s) {bucket[0][0]} .. {bucket[-1][0]}; "
+                f"first mismatch: {bad[0] if bad else 'tensor count'}); stopping instead of training on corrupted "
+                f"weights")
 
 
 def free_port() -> int:
@@ -127,7 +172,7 @@ class CollectiveGroup:
         if sorted(names) != sorted(state):
             missing, extra = sorted(set(state) - set(names)), sorted(set(names) - set(state))
             raise ValueError(f"weight sync does not match the engine: missing {missing[:5]}, unexpected {extra[:5]}")
-        moved = 0
+        moved, sums = 0, []
         opts = dist.BroadcastOptions()
         opts.rootRank = 0
         for dtype_name, bucket in sent:
@@ -136,6 +181,7 @@ class CollectiveGroup:
             sizes = [torch.Size(shape).numel() for _, shape in bucket]
             if self.rank == 0:
                 flat = torch.cat([_outgoing(state[n], dtype, self.device).reshape(-1) for n in names])
+                sums.append([checksum(piece) for piece in flat.split(sizes)])  # as it leaves
             else:
                 flat = torch.empty(sum(sizes), dtype=dtype, device=self.device)
             self.pg.broadcast([flat], opts).wait()
@@ -143,9 +189,12 @@ class CollectiveGroup:
                 with torch.no_grad():
                     for n, piece in zip(names, flat.split(sizes)):
                         state[n].copy_(piece.view_as(state[n]))
+                # What the engine now holds (what arrived, where it converted into another dtype).
+                sums.append([checksum(state[n] if state[n].dtype == dtype else piece)
+                             for n, piece in zip(names, flat.split(sizes))])
             moved += flat.numel() * flat.element_size()
             del flat
-        return {"bytes": moved, "buckets": len(sent)}
+        return {"bytes": moved, "buckets": len(sent), "checksums": sums}
 
     def close(self) -> None:
         if getattr(self, "pg", None) is not None and hasattr(self.pg, "shutdown"):

@@ -9,7 +9,8 @@ tensor-parallel ranks under other names. It allocates each bucket's buffer from 
 
 The group handshake (a TCPStore on the learner's host, rank 0 its master, then a NCCL or gloo process group)
 must match `cluster.weight_sync.CollectiveGroup`; rl/ may not import cluster, so tests/unit/test_rl_vllm.py
-syncs the two against each other.
+syncs the two against each other. `checksum` is `cluster.weight_sync.checksum` (the sender's side of the sync
+verification), repeated here for the same reason and checked against it in tests/unit/test_sync_verify.py.
 """
 
 from __future__ import annotations
@@ -46,3 +47,19 @@ def receive_buckets(pg, sent: Plan, device: torch.device):
         pg.broadcast([flat], opts).wait()
         yield [(name, piece.view(shape)) for (name, shape), piece in zip(entries, flat.split(sizes))]
         del flat
+
+
+_WORD_CHUNK = 1 << 20
+_MOD = 2**61 - 1
+
+
+def checksum(t: torch.Tensor) -> int:
+    """Position-weighted sum of the tensor's 16-bit words mod 2^61 - 1 (= `cluster.weight_sync.checksum`)."""
+    flat = t.detach().contiguous().reshape(-1)
+    words = flat.view(torch.int16) if flat.element_size() % 2 == 0 else flat.view(torch.uint8)
+    total = 0
+    for start in range(0, words.numel(), _WORD_CHUNK):
+        w = words[start:start + _WORD_CHUNK].to(torch.int64) & 0xFFFF
+        pos = torch.arange(start, start + w.numel(), device=w.device, dtype=torch.int64) % 65521 + 1
+        total = (total + int((w * pos).sum())) % _MOD
+    return total
