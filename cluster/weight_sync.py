@@ -47,6 +47,13 @@ class WeightSyncError(RuntimeError):
     """A rollout engine does not hold the weights the learner sent. Not retried: the run stops (one line)."""
 
 
+def error_line(e: BaseException) -> str:
+    """The one line of a `WeightSyncError`, also when Ray wrapped it (a RayTaskError's text is a traceback)."""
+    cause = getattr(e, "cause", None)
+    text = str(cause if isinstance(cause, WeightSyncError) else e).strip().splitlines()
+    return text[-1] if text else type(e).__name__
+
+
 _WORD_CHUNK = 1 << 20  # 16-bit words per checksum slice: bounded int64 temporaries on any device
 _MOD = 2**61 - 1
 

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 
 from cluster import placement
 from cluster.learners import run_worker_group, worker_context
-from cluster.weight_sync import WeightSyncError
+from cluster.weight_sync import WeightSyncError, error_line
 from pipelines.report import tracking
 from pipelines.run_folder import RunFolder, read_json_or_none, read_jsonl, write_json
 from pipelines.scoring import evaluate_stage
@@ -89,8 +89,7 @@ class GRPOStage(Stage):
                              resources_per_worker=p.learner, use_gpu=g.use_gpu, name=f"{cfg.run.name}-grpo",
                              max_failures=g.max_failures, **placed.learner_args())
         except WeightSyncError as e:  # one line for the user (Ray wraps the learner's error in a traceback)
-            cause = e.cause if isinstance(getattr(e, "cause", None), WeightSyncError) else e
-            raise StageError(f"grpo: {str(cause).strip().splitlines()[-1]}") from None
+            raise StageError(f"grpo: {error_line(e)}") from None
         finally:
             for pool in pools.values():
                 if pool is not None:
