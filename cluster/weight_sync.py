@@ -82,11 +82,11 @@ def verify(sent: "Plan", expected: list[list[int]], got: list[list[int]], engine
     for i, ((dtype, bucket), want, have) in enumerate(zip(sent, expected, got)):
         bad = [name for (name, _), a, b in zip(bucket, want, have) if a != b]
         if bad or len(have) != len(bucket):
+            span = bucket[0][0] + (f" .. {bucket[-1][0]}" if len(bucket) > 1 else "")
             raise WeightSyncError(
                 f"weight sync check failed: rollout engine {engine} holds different weights than the learner sent "
-                f"in bucket {i + 1}/{len(sent)} ({dtype}, {len(bucket)} tensor(s) {bucket[0][0]} .. {bucket[-1][0]}; "
-                f"first mismatch: {bad[0] if bad else 'tensor count'}); stopping instead of training on corrupted "
-                f"weights")
+                f"in bucket {i + 1}/{len(sent)} ({dtype}, {len(bucket)} tensor(s): {span}; first mismatch: "
+                f"{bad[0] if bad else 'tensor count'}); stopping instead of training on corrupted weights")
 
 
 def free_port() -> int:

@@ -53,6 +53,8 @@ REFUSED = [
     (["publish.enabled=true", "publish.to=out", "publish.adapter=true", "publish.stage=grpo"], "set grpo.lora.r > 0"),
     (["sft.num_cpus=2"], "use sft.cpus"),
     (["grpo.use_gpu=true"], "use grpo.gpus"),
+    (["grpo.tis_cap=0.5"], "grpo.tis_cap=0.5 must be 0 (off) or >= 1"),
+    (["grpo.verify_sync=maybe"], "grpo.verify_sync"),
 ]
 
 
