@@ -54,23 +54,31 @@ def error_line(e: BaseException) -> str:
     return text[-1] if text else type(e).__name__
 
 
-_WORD_CHUNK = 1 << 20  # 16-bit words per checksum slice: bounded int64 temporaries on any device
+_CHUNK = 1 << 20  # 8-byte words per checksum slice: bounded temporaries on any device
 _MOD = 2**61 - 1
+_WEIGHTS: dict = {}  # device -> the odd position weights 1, 3, 5, ... of one slice
 
 
 def checksum(t: torch.Tensor) -> int:
-    """An exact, device-independent checksum of a tensor's bytes: its 16-bit words (bytes for 1-byte
-    dtypes), each times (position mod 65521) + 1, summed mod 2^61 - 1. Position weighting catches swapped
-    rows, which a plain sum would not; integer arithmetic makes it identical on CPU and GPU (a float sum
-    would depend on reduction order). One read of the tensor, in 1 Mi-word slices."""
-    flat = t.detach().contiguous().reshape(-1)
-    words = flat.view(torch.int16) if flat.element_size() % 2 == 0 else flat.view(torch.uint8)
+    """An exact, device-independent checksum of a tensor's bytes: read as 64-bit words, each times an odd
+    weight for its position in a 1 Mi-word slice (2i + 1), summed with int64 wrap-around (exact and
+    order-independent, so CPU and GPU agree, which a float sum would not), each slice's sum times its index + 1,
+    mod 2^61 - 1; the < 8 tail bytes likewise. Odd weights change the sum for any flipped bit; distinct
+    weights for swapped rows. One read of the tensor and one temporary of a slice: ~0.7x the speed of a copy."""
+    b = t.detach().contiguous().reshape(-1).view(torch.uint8)
+    if b.storage_offset() % 8:  # a piece of a larger buffer: int64 views need 8-byte alignment
+        b = b.clone()
+    whole = b.numel() // 8 * 8
+    words = b[:whole].view(torch.int64)
+    weights = _WEIGHTS.get(b.device)
+    if weights is None:
+        weights = _WEIGHTS[b.device] = torch.arange(_CHUNK, dtype=torch.int64, device=b.device) * 2 + 1
     total = 0
-    for start in range(0, words.numel(), _WORD_CHUNK):
-        w = words[start:start + _WORD_CHUNK].to(torch.int64) & 0xFFFF
-        pos = torch.arange(start, start + w.numel(), device=w.device, dtype=torch.int64) % 65521 + 1
-        total = (total + int((w * pos).sum())) % _MOD  # a slice's sum < 2^52: no int64 overflow
-    return total
+    for i, start in enumerate(range(0, words.numel(), _CHUNK)):
+        piece = words[start:start + _CHUNK]
+        total = (total + (int((piece * weights[:piece.numel()]).sum()) % 2**64) * (i + 1)) % _MOD
+    tail = b[whole:].to(torch.int64)
+    return (total + int((tail * weights[:tail.numel()]).sum()) * 7919) % _MOD
 
 
 def verify(sent: "Plan", expected: list[list[int]], got: list[list[int]], engine: str) -> None:

@@ -49,17 +49,24 @@ def receive_buckets(pg, sent: Plan, device: torch.device):
         del flat
 
 
-_WORD_CHUNK = 1 << 20
+_CHUNK = 1 << 20  # 8-byte words per checksum slice: bounded temporaries on any device
 _MOD = 2**61 - 1
+_WEIGHTS: dict = {}  # device -> the odd position weights 1, 3, 5, ... of one slice
 
 
 def checksum(t: torch.Tensor) -> int:
-    """Position-weighted sum of the tensor's 16-bit words mod 2^61 - 1 (= `cluster.weight_sync.checksum`)."""
-    flat = t.detach().contiguous().reshape(-1)
-    words = flat.view(torch.int16) if flat.element_size() % 2 == 0 else flat.view(torch.uint8)
+    """= `cluster.weight_sync.checksum` (the sender's side; reasons there)."""
+    b = t.detach().contiguous().reshape(-1).view(torch.uint8)
+    if b.storage_offset() % 8:  # a piece of a larger buffer: int64 views need 8-byte alignment
+        b = b.clone()
+    whole = b.numel() // 8 * 8
+    words = b[:whole].view(torch.int64)
+    weights = _WEIGHTS.get(b.device)
+    if weights is None:
+        weights = _WEIGHTS[b.device] = torch.arange(_CHUNK, dtype=torch.int64, device=b.device) * 2 + 1
     total = 0
-    for start in range(0, words.numel(), _WORD_CHUNK):
-        w = words[start:start + _WORD_CHUNK].to(torch.int64) & 0xFFFF
-        pos = torch.arange(start, start + w.numel(), device=w.device, dtype=torch.int64) % 65521 + 1
-        total = (total + int((w * pos).sum())) % _MOD
-    return total
+    for i, start in enumerate(range(0, words.numel(), _CHUNK)):
+        piece = words[start:start + _CHUNK]
+        total = (total + (int((piece * weights[:piece.numel()]).sum()) % 2**64) * (i + 1)) % _MOD
+    tail = b[whole:].to(torch.int64)
+    return (total + int((tail * weights[:tail.numel()]).sum()) * 7919) % _MOD

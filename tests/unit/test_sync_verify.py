@@ -21,7 +21,7 @@ def _tensors():
     yield torch.rand(13, generator=g) > 0.5
     yield torch.tensor(3.5)
     yield torch.zeros(0, 4)
-    yield torch.randn(1 << 19, 5, generator=g).to(torch.bfloat16)  # more than one 1 Mi-word slice
+    yield torch.randn(1 << 21, 5, generator=g).to(torch.bfloat16)  # 20 MiB: more than two 1 Mi-word slices
 
 
 def test_sender_and_receiver_checksums_agree_and_catch_small_changes():
@@ -91,3 +91,29 @@ def test_tis_cap_reaches_trls_own_fields(tmp_path):
     assert on.vllm_importance_sampling_mode == "token_truncate"
     off = grpo_config(tmp_path, GRPOParams(tis_cap=0.0, prompts_per_step=2, num_generations=4), use_cpu=True)
     assert not off.vllm_importance_sampling_correction
+
+
+@pytest.mark.parametrize("cap", [3.0, 0.0])
+def test_in_learner_decoder_batches_are_weighted_too(tmp_path, cap):
+    """The in-learner decoder (rl.decoding, no rollout pool) records its log-probs, so TIS weights its batches
+    as well: ~1 there (the learner's own weights, other kernels), none capped; off with tis_cap=0."""
+    from rl import trl_compat as compat
+    from rl.grpo import make_grpo_trainer
+    from rl.modeling import build_tiny_model, train_tokenizer
+
+    rows = [{"prompt": f"{i} plus {i} is", "answer": str(2 * i)} for i in range(8)]
+    tok = train_tokenizer([r["prompt"] for r in rows] * 4, 300)
+    model = build_tiny_model(tok, hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64, max_position=64,
+                             seed=0)
+    p = GRPOParams(max_steps=1, num_generations=4, prompts_per_step=2, max_completion_length=6, logging_steps=1,
+                   tis_cap=cap)
+    trainer = make_grpo_trainer(model, tok, rows, [lambda completions, **_: [float(len(c)) for c in completions]],
+                                [1.0], tmp_path, p, seed=0)
+    trainer.model.train()
+    out = trainer._generate_and_score_completions([{"prompt": r["prompt"]} for r in rows[:2] for _ in range(4)])
+    m = compat.metrics(trainer)
+    if cap:
+        assert out["advantages"].shape == out["completion_mask"].shape
+        assert abs(m["tis/ratio_mean"][-1] - 1) < 0.01 and m["tis/capped_frac"][-1] == 0.0
+    else:
+        assert out["advantages"].dim() == 1 and "tis/ratio_mean" not in m
