@@ -54,7 +54,7 @@ class RolloutWorker:
         ids, lps = self.engine.generate(prompts, sampling, seed=seed)
         return [(i, lp, self.version) for i, lp in zip(ids, lps)]
 
-    def load_weights(self, buckets: list | dict, version: int) -> list[list[list[int]]]:
+    def load_weights(self, buckets: list | dict, version: int, checksums: bool = True) -> list[list[list[int]]]:
         """Object-store sync: `buckets` are refs to small state dicts (or one whole state dict), loaded one
         at a time; together they must cover every tensor of the engine. Returns [per bucket, per tensor
         checksum] of what the engine holds after loading (vLLM: of what arrived), in a one-member list."""
@@ -70,8 +70,9 @@ class RolloutWorker:
                 self.engine.load_state_dict(bucket)  # its own loader takes any subset (vLLM)
             else:
                 _copy_into(live, bucket)
-            sums.append([checksum(live[n] if live is not None and live[n].dtype == t.dtype else t)
-                         for n, t in bucket.items()])
+            if checksums:
+                sums.append([checksum(live[n] if live is not None and live[n].dtype == t.dtype else t)
+                             for n, t in bucket.items()])
             seen.update(bucket)
             del bucket
         if live is not None and seen != set(live):
@@ -89,14 +90,14 @@ class RolloutWorker:
 
         self.group = CollectiveGroup(host, port, rank, world, backend)
 
-    def receive_weights(self, version: int, sent: list) -> list[list[list[int]]]:
+    def receive_weights(self, version: int, sent: list, checksums: bool = True) -> list[list[list[int]]]:
         """Receive a broadcast from the learner, bucket by bucket as `sent` (`cluster.weight_sync.plan`)
         lays it out: straight into the engine's parameters, or (vLLM) through its own loader. Returns the
         checksums of what each receiving process holds (one per tensor-parallel worker for vLLM)."""
         if hasattr(self.engine, "receive_weights"):
-            members = self.engine.receive_weights(sent)
+            members = self.engine.receive_weights(sent, checksums)
         else:
-            members = [self.group.broadcast_state(self.engine.state_dict(), sent)["checksums"]]
+            members = [self.group.broadcast_state(self.engine.state_dict(), sent, checksums)["checksums"]]
         self.version = version
         return members
 
@@ -203,7 +204,7 @@ class RolloutPool:
                 del bucket
             self._weights_refs = refs  # (the previous version's buckets are freed here)
             self._sent = (plan(state, dtype, self.bucket_bytes), sums)
-            self._verify(self.pool.call_all("load_weights", refs, version))
+            self._verify(self.pool.call_all("load_weights", refs, version, self.verify))
             stats = {"bytes": moved, "buckets": len(refs)}
         else:
             self._last_state = (state, dtype)
@@ -260,8 +261,8 @@ class RolloutPool:
             self._group = CollectiveGroup(host, port, 0, world, self.sync_backend)
             ray.get(joins)
         sent = plan(state, dtype, self.bucket_bytes)
-        refs = [w.call.remote("receive_weights", version, sent) for w in workers]
-        stats = self._group.broadcast_state(state, sent)
+        refs = [w.call.remote("receive_weights", version, sent, self.verify) for w in workers]
+        stats = self._group.broadcast_state(state, sent, self.verify)
         self._sent = (sent, stats.pop("checksums"))
         self._verify(ray.get(refs), workers)
         return stats
@@ -270,7 +271,8 @@ class RolloutPool:
         """A replacement worker gets the latest weights before it regenerates the dead worker's shard."""
         if self.sync_backend == "object_store":
             if self._weights_refs is not None:
-                self._verify([ray.get(actor.call.remote("load_weights", self._weights_refs, self.version))], [actor])
+                self._verify([ray.get(actor.call.remote("load_weights", self._weights_refs, self.version, self.verify))],
+                             [actor])
             return
         if self._group is None:
             return

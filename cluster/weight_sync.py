@@ -179,10 +179,11 @@ class CollectiveGroup:
             raise ValueError(f"weight sync backend {backend!r} is not one of ['nccl', 'gloo']")
         self.rank = rank
 
-    def broadcast_state(self, state: Mapping[str, torch.Tensor], sent: Plan) -> dict:
+    def broadcast_state(self, state: Mapping[str, torch.Tensor], sent: Plan, checksums: bool = True) -> dict:
         """Rank 0 sends `state` as `sent` says (`plan(state, dtype, bucket_bytes)`), bucket by bucket; other
         ranks, handed the same plan, receive into `state`'s tensors in place, converting to their dtype.
-        Returns {"bytes", "buckets"} moved."""
+        Returns {"bytes", "buckets"} moved and "checksums" ([per bucket [per tensor]]: rank 0 of what it sent,
+        the others of what they now hold; empty without `checksums`)."""
         names = [n for _, bucket in sent for n, _ in bucket]
         if sorted(names) != sorted(state):
             missing, extra = sorted(set(state) - set(names)), sorted(set(names) - set(state))
@@ -196,7 +197,8 @@ class CollectiveGroup:
             sizes = [torch.Size(shape).numel() for _, shape in bucket]
             if self.rank == 0:
                 flat = torch.cat([_outgoing(state[n], dtype, self.device).reshape(-1) for n in names])
-                sums.append([checksum(piece) for piece in flat.split(sizes)])  # as it leaves
+                if checksums:
+                    sums.append([checksum(piece) for piece in flat.split(sizes)])  # as it leaves
             else:
                 flat = torch.empty(sum(sizes), dtype=dtype, device=self.device)
             self.pg.broadcast([flat], opts).wait()
@@ -204,9 +206,9 @@ class CollectiveGroup:
                 with torch.no_grad():
                     for n, piece in zip(names, flat.split(sizes)):
                         state[n].copy_(piece.view_as(state[n]))
-                # What the engine now holds (what arrived, where it converted into another dtype).
-                sums.append([checksum(state[n] if state[n].dtype == dtype else piece)
-                             for n, piece in zip(names, flat.split(sizes))])
+                if checksums:  # what the engine now holds (what arrived, where it converted to another dtype)
+                    sums.append([checksum(state[n] if state[n].dtype == dtype else piece)
+                                 for n, piece in zip(names, flat.split(sizes))])
             moved += flat.numel() * flat.element_size()
             del flat
         return {"bytes": moved, "buckets": len(sent), "checksums": sums}

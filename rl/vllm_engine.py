@@ -128,12 +128,12 @@ class VLLMEngine:
         (blocks until the whole group has joined)."""
         return self.llm.collective_rpc("rayzero_join_group", args=(host, port, first_rank, world, backend))
 
-    def receive_weights(self, sent) -> list:
+    def receive_weights(self, sent, checksums: bool = True) -> list:
         """Takes one broadcast of the learner's weights, bucket by bucket as the sender's plan `sent` lays it
         out (`rl.weight_wire`); each bucket is loaded as it arrives. Returns, per tensor-parallel worker, the
         checksums of what it received ([per bucket [per tensor]]), for the learner to verify."""
         self._wake("weights")
-        members = self.llm.collective_rpc("rayzero_receive", args=(sent,))
+        members = self.llm.collective_rpc("rayzero_receive", args=(sent, checksums))
         self._updated()
         return members
 
@@ -199,13 +199,14 @@ class WeightSyncExtension:
         self.rayzero_group, self.rayzero_device = weight_wire.join_group(host, port, rank, world, backend)
         return rank
 
-    def rayzero_receive(self, sent) -> list[list[int]]:
+    def rayzero_receive(self, sent, checksums: bool = True) -> list[list[int]]:
         """Receives and loads every bucket; returns the checksums of what arrived (per bucket, per tensor)."""
         from rl import weight_wire
 
         sums = []
         for named in weight_wire.receive_buckets(self.rayzero_group, sent, self.rayzero_device):
-            sums.append([weight_wire.checksum(t) for _, t in named])
+            if checksums:
+                sums.append([weight_wire.checksum(t) for _, t in named])
             self.model_runner.model.load_weights(weights=named)  # any subset: vLLM fuses and shards per name
         return sums
 

@@ -102,6 +102,9 @@ def test_zero3_learner_and_rollout_pool_of_the_shared_micro_run(micro):
     logged = [h for h in m["log"] if "rollout/generate_s" in h]
     assert logged and all(h["rollout/policy_lag"] == 0 for h in logged)
     assert sum(1 for h in m["log"] if h.get("rollout/sync_s", 0) > 0) == 2  # before steps 2 and 3
+    # Each sync verified under ZeRO-3 (the learner's probe forward is collective), and TIS weighted every step.
+    assert all("rollout/probe_logp_diff" in h for h in m["log"] if h.get("rollout/sync_s", 0) > 0), m["log"]
+    assert all("tis/ratio_mean" in h and "tis/capped_frac" in h for h in logged), logged
 
 
 def test_colocated_rollout_workers_in_the_learners_bundles(sft_run):
