@@ -120,6 +120,22 @@ def test_colocated_rollout_workers_in_the_learners_bundles(sft_run):
     assert len(synced) == 2 and all(h["rollout/sync_mb"] > 0 for h in synced)
 
 
+def test_a_weight_sync_corrupted_in_transit_stops_the_run_in_one_line(sft_run):
+    """The first sync's bucket changes after the learner's checksum (tests/e2e/corrupt_sync/sitecustomize.py, on
+    the learners' PYTHONPATH): the run stops with one line naming the engine and the bucket, no learner restart
+    (max_failures=1 would otherwise retry), no GRPO stage written."""
+    run = run_from_sft(sft_run, "corrupt")
+    env = {**ENV, "PYTHONPATH": f"{ROOT / 'tests' / 'e2e' / 'corrupt_sync'}:{ROOT}"}
+    args = [*GRPO_ONLY, "grpo.rollout_workers=1", "grpo.rollout_cpus=0.5", "grpo.max_failures=1"]
+    proc = subprocess.run(_cmd(run.parent, "corrupt", args), cwd=ROOT,
+                          capture_output=True, text=True, timeout=600, env=env)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("rayzero: error: grpo: weight sync check failed: rollout engine rollout-0 holds different "
+                           "weights than the learner sent in bucket 1/1"), last
+    assert "restarting the group" not in proc.stderr and not (run / "grpo").exists()
+
+
 def test_a_killed_zero2_learner_group_is_restarted_and_resumes_from_its_checkpoint(sft_run):
     """DeepSpeed ZeRO-2 over 2 CPU ranks (plain DDP runs in the colocated test above, ZeRO-3 in the shared micro
     run); both ranks are killed mid-run, as on a node failure: the group restarts and resumes."""
