@@ -150,7 +150,10 @@ class LearnerGroup:
             try:
                 return _wait_all(self.pool.submit_each("run", [(job, env, backend) for env in self.envs()]))
             except Exception as e:  # noqa: BLE001 - a rank's error or death ends the attempt
-                if self.pool.restarts >= max_failures:
+                from cluster.weight_sync import WeightSyncError
+
+                # A failed weight-sync check stops the run: a restart would resync and might hide the fault.
+                if self.pool.restarts >= max_failures or isinstance(e, WeightSyncError):
                     raise
                 say(f"{self.name}: a learner failed ({_one_line(e)}); restarting the group "
                     f"({self.pool.restarts + 1}/{max_failures}), it resumes from its latest checkpoint")

@@ -16,6 +16,11 @@ engines' dtype, in buckets of at most `bucket_bytes` (`cluster.weight_sync`): th
 (one `ray.put` per bucket; every worker loads the buckets one by one) or a torch collective (one broadcast
 per bucket: NCCL device-to-device on GPUs, gloo on CPUs). `last_sync` holds the seconds, bytes and buckets
 of the latest sync.
+
+Every sync is verified (`verify=True`): the learner's per-tensor checksums of each bucket as it left are
+compared with what every engine reports holding (`cluster.weight_sync.verify`), and `verify_probe` has each
+engine score a short fixed token sequence for the learner to compare with its own log-probs; either
+mismatch is a `WeightSyncError` in one line naming the engine (and the bucket), never a silent stale policy.
 """
 
 from __future__ import annotations
@@ -49,25 +54,32 @@ class RolloutWorker:
         ids, lps = self.engine.generate(prompts, sampling, seed=seed)
         return [(i, lp, self.version) for i, lp in zip(ids, lps)]
 
-    def load_weights(self, buckets: list | dict, version: int) -> int:
+    def load_weights(self, buckets: list | dict, version: int, checksums: bool = True) -> list[list[list[int]]]:
         """Object-store sync: `buckets` are refs to small state dicts (or one whole state dict), loaded one
-        at a time; together they must cover every tensor of the engine."""
+        at a time; together they must cover every tensor of the engine. Returns [per bucket, per tensor
+        checksum] of what the engine holds after loading (vLLM: of what arrived), in a one-member list."""
+        from cluster.weight_sync import checksum
+
         parts = buckets if isinstance(buckets, list) else [buckets]
         live = self.engine.state_dict() if hasattr(self.engine, "state_dict") else None
         seen: set[str] = set()
+        sums = []
         for part in parts:
             bucket = ray.get(part) if isinstance(part, ray.ObjectRef) else part
             if live is None:
                 self.engine.load_state_dict(bucket)  # its own loader takes any subset (vLLM)
             else:
                 _copy_into(live, bucket)
+            if checksums:
+                sums.append([checksum(live[n] if live is not None and live[n].dtype == t.dtype else t)
+                             for n, t in bucket.items()])
             seen.update(bucket)
             del bucket
         if live is not None and seen != set(live):
             missing, extra = sorted(set(live) - seen), sorted(seen - set(live))
             raise ValueError(f"weight sync does not match the engine: missing {missing[:5]}, unexpected {extra[:5]}")
         self.version = version
-        return version
+        return [sums]
 
     def join_group(self, host: str, port: int, rank: int, world: int, backend: str) -> None:
         self.close()
@@ -78,15 +90,21 @@ class RolloutWorker:
 
         self.group = CollectiveGroup(host, port, rank, world, backend)
 
-    def receive_weights(self, version: int, sent: list) -> int:
+    def receive_weights(self, version: int, sent: list, checksums: bool = True) -> list[list[list[int]]]:
         """Receive a broadcast from the learner, bucket by bucket as `sent` (`cluster.weight_sync.plan`)
-        lays it out: straight into the engine's parameters, or (vLLM) through its own loader."""
+        lays it out: straight into the engine's parameters, or (vLLM) through its own loader. Returns the
+        checksums of what each receiving process holds (one per tensor-parallel worker for vLLM)."""
         if hasattr(self.engine, "receive_weights"):
-            self.engine.receive_weights(sent)
+            members = self.engine.receive_weights(sent, checksums)
         else:
-            self.group.broadcast_state(self.engine.state_dict(), sent)
+            members = [self.group.broadcast_state(self.engine.state_dict(), sent, checksums)["checksums"]]
         self.version = version
-        return version
+        return members
+
+    def probe(self, tokens: list[int]) -> dict:
+        """The engine's log-probs of tokens[1:] given their prefix (temperature 1), and its weights' dtype:
+        what the learner compares with its own after a sync."""
+        return {"logps": [float(x) for x in self.engine.score(tokens)], "dtype": str(self.engine.weights_dtype)}
 
     def weights(self) -> dict:
         """A CPU copy of the engine's weights (tests compare it with the learner's)."""
@@ -100,6 +118,11 @@ class RolloutWorker:
         if self.group is not None:
             self.group.close()
             self.group = None
+
+
+def _put(bucket: dict):
+    """One bucket into the object store (a seam: tests corrupt a bucket here, after its checksum was taken)."""
+    return ray.put(bucket)
 
 
 def _copy_into(live: dict, bucket: dict) -> None:
@@ -126,7 +149,7 @@ class RolloutPool:
     def __init__(self, engine_factory: Callable[[], Any], *, num_workers: int = 1, cpus_per_worker: float = 1,
                  gpus_per_worker: float = 0, placement_group=None, bundle_offset: int = 0,
                  bundles_per_worker: int = 1, own_placement_group: bool = True, sync_backend: str = "object_store",
-                 bucket_bytes: int | None = None) -> None:
+                 bucket_bytes: int | None = None, verify: bool = True) -> None:
         from cluster.weight_sync import BUCKET_BYTES
 
         if num_workers < 1:
@@ -140,6 +163,8 @@ class RolloutPool:
         self._weights_refs = None  # latest object-store buckets, for replacement workers
         self._last_state = None  # latest collective weights (and their dtype), resent after a regroup
         self._group = None  # the learner's end of the collective (made on first sync, in the learner process)
+        self.verify = verify  # per-bucket checksums compared after every sync (cluster.weight_sync.verify)
+        self._sent = None  # (plan, sender's checksums) of the latest sync
         factory = functools.partial(RolloutWorker, engine_factory, max(1, int(cpus_per_worker)))
         self.pool = ActorPool(factory, num_actors=num_workers, num_cpus=cpus_per_worker, num_gpus=gpus_per_worker,
                               placement_group=placement_group, bundle_offset=bundle_offset,
@@ -167,24 +192,63 @@ class RolloutPool:
         as they are), in buckets of at most `bucket_bytes`; returns the seconds (`last_sync` has the bytes
         and buckets too). `state` may hold GPU tensors: each bucket is cast on their device, then moved to
         the CPU (object store, gloo) or kept on the GPU (nccl)."""
-        from cluster.weight_sync import state_buckets
+        from cluster.weight_sync import checksum, plan, state_buckets
 
         start = time.perf_counter()
         self.version = version
         if self.sync_backend == "object_store":
-            refs, moved = [], 0
+            refs, moved, sums = [], 0, []
             for bucket in state_buckets(state, dtype, self.bucket_bytes):
                 moved += sum(t.numel() * t.element_size() for t in bucket.values())
-                refs.append(ray.put(bucket))
+                if self.verify:
+                    sums.append([checksum(t) for t in bucket.values()])  # as it leaves the learner
+                refs.append(_put(bucket))
                 del bucket
             self._weights_refs = refs  # (the previous version's buckets are freed here)
-            self.pool.call_all("load_weights", refs, version)
+            self._sent = (plan(state, dtype, self.bucket_bytes), sums)
+            self._verify(self.pool.call_all("load_weights", refs, version, self.verify))
             stats = {"bytes": moved, "buckets": len(refs)}
         else:
             self._last_state = (state, dtype)
             stats = self._broadcast(state, dtype, version)
         self.last_sync = {"seconds": time.perf_counter() - start, **stats}
         return self.last_sync["seconds"]
+
+    def _verify(self, reports: list, workers: list | None = None) -> None:
+        """Every worker's checksums (a list of members, each [per bucket [per tensor]]) against the sender's;
+        raises `WeightSyncError` naming the first engine and bucket that differ."""
+        if not self.verify:
+            return
+        from cluster.weight_sync import verify
+
+        sent, expected = self._sent
+        actors = self.pool.actors
+        for i, members in enumerate(reports):
+            index = actors.index(workers[i]) if workers is not None and workers[i] in actors else i
+            for r, got in enumerate(members):
+                verify(sent, expected, got, f"rollout-{index}" + (f" (tensor-parallel rank {r})" if len(members) > 1 else ""))
+
+    def verify_probe(self, tokens: list[int], reference: list[float], tolerance: Callable[[str], float]) -> float:
+        """Each engine scores `tokens` (`RolloutWorker.probe`); the mean |log-prob difference| from the
+        learner's `reference` must be within `tolerance(engine weights' dtype)`, else `WeightSyncError` (one
+        line naming the engine; the checksums already cleared every bucket, so the cause is the engine's
+        loading or kernels). Returns the largest mean difference."""
+        from cluster.weight_sync import WeightSyncError
+
+        worst = 0.0
+        for i, got in enumerate(self.pool.call_all("probe", tokens)):
+            diffs = [abs(a - b) for a, b in zip(got["logps"], reference)]
+            mean = sum(diffs) / max(1, len(diffs))
+            limit = tolerance(got["dtype"])
+            if len(got["logps"]) != len(reference) or not mean <= limit:  # (NaN fails too)
+                buckets = len(self._sent[0]) if self._sent else 0
+                raise WeightSyncError(
+                    f"weight sync check failed: rollout engine rollout-{i} scores the {len(reference) + 1}-token probe "
+                    f"{mean:.4g} nats/token away from the learner (tolerance {limit:g} for {got['dtype']} weights) "
+                    f"although all {buckets} bucket(s) arrived intact (checksums match): the engine loads or computes "
+                    f"them wrongly; stopping instead of training on its samples")
+            worst = max(worst, mean)
+        return worst
 
     def _broadcast(self, state: dict, dtype, version: int) -> dict:
         from cluster.weight_sync import CollectiveGroup, free_port, node_ip, plan
@@ -199,16 +263,18 @@ class RolloutPool:
             self._group = CollectiveGroup(host, port, 0, world, self.sync_backend)
             ray.get(joins)
         sent = plan(state, dtype, self.bucket_bytes)
-        refs = [w.call.remote("receive_weights", version, sent) for w in workers]
-        stats = self._group.broadcast_state(state, sent)
-        ray.get(refs)
+        refs = [w.call.remote("receive_weights", version, sent, self.verify) for w in workers]
+        stats = self._group.broadcast_state(state, sent, self.verify)
+        self._sent = (sent, stats.pop("checksums"))
+        self._verify(ray.get(refs), workers)
         return stats
 
     def _on_replace(self, actor) -> None:
         """A replacement worker gets the latest weights before it regenerates the dead worker's shard."""
         if self.sync_backend == "object_store":
             if self._weights_refs is not None:
-                ray.get(actor.call.remote("load_weights", self._weights_refs, self.version))
+                self._verify([ray.get(actor.call.remote("load_weights", self._weights_refs, self.version, self.verify))],
+                             [actor])
             return
         if self._group is None:
             return

@@ -77,6 +77,10 @@ class GRPOParams:
     length_buckets: int = 4
     # r > 0: train a LoRA adapter (TRL peft_config); with beta > 0 the reference is the adapter-free base.
     lora: LoraParams = LoraParams()
+    # Truncated importance sampling (rl/tis.py): each token's loss weighted by min(pi_learner / pi_rollout, cap)
+    # for every engine (rollout pool, in-learner decoder, vLLM); 0 = off. 3.0 = TRL's own default cap for its
+    # vLLM correction (vllm_importance_sampling_clip_max).
+    tis_cap: float = 3.0
     # vLLM when rollout_engine=vllm: the rollout workers' engines (rl.vllm_engine), or TRL's own in-learner vLLM
     # without rollout workers (rl.trl_vllm: grpo_config(use_vllm=True))
     vllm: GRPOVLLMParams = GRPOVLLMParams()
@@ -136,6 +140,10 @@ class GRPOParams:
         v.choice("precision", self.precision, PRECISIONS)
         v.choice("decoder", self.decoder, DECODERS)
         v.positive_int("length_buckets", self.length_buckets)
+        v.finite("tis_cap", self.tis_cap, low=0)
+        if 0 < self.tis_cap < 1:
+            v.fail("tis_cap", self.tis_cap, "must be 0 (off) or >= 1: a cap below 1 would shrink the weight of "
+                   "on-policy tokens (ratio 1)")
         if self.precision == "bf16" and self.dtype not in ("float32", "bfloat16"):
             v.fail("precision", self.precision, f"holds bf16 weights itself: load them as dtype=float32 "
                    f"(exact fp32 master weights) or bfloat16, not {self.dtype!r}")
@@ -224,6 +232,11 @@ def grpo_config(out_dir: Path, p: GRPOParams, *, seed: int = 0, report_to: str =
         dataloader_num_workers=0,
         shuffle_dataset=True,
         log_completions=False,
+        # TRL's own switch and cap for truncated importance sampling: TRL applies it with its vLLM, rl/tis.py
+        # with every other engine (TRL's correction is tied to use_vllm); token-level truncation either way.
+        vllm_importance_sampling_correction=p.tis_cap > 0,
+        vllm_importance_sampling_mode="token_truncate",
+        vllm_importance_sampling_clip_max=p.tis_cap or None,
         **(trl_vllm.grpo_config_args(p.vllm) if use_vllm else {}),
     ) | dict(p.trl))
 

@@ -37,8 +37,8 @@ def trainer_class():
           same number of rounds (TRL gathers rewards across them each round).
         - overlapped rollouts: when the `rollout_func` can `prefetch` (`rl.rollout.PoolRollouts` with
           overlap on), prompt batches are read one ahead so the next step's generation starts while this
-          step trains, and the rollout log-probs become the PPO "old" log-probs so the clipped
-          importance ratio corrects the one-step lag."""
+          step trains; the one-step lag is corrected by truncated importance sampling (`grpo.tis_cap`,
+          rl/tis.py), or with TIS off by the rollout log-probs becoming PPO's "old" log-probs."""
 
         def __init__(self, *args, dynamic_sampling: bool = False, max_resample_rounds: int = 2,
                      rayzero_fast: FastPath = FastPath(), fp32_weights: dict | None = None, **kwargs):
@@ -178,8 +178,11 @@ def trainer_class():
                 out = self.dynamic_round(inputs)
             else:
                 out = self.trl_generate_and_score(inputs)
-            if self.overlap and "sampling_per_token_logps" in out:
-                out["old_per_token_logps"] = out["sampling_per_token_logps"]
+            from rl import tis  # truncated importance sampling for every engine (rl/tis.py)
+
+            out = tis.apply(self, out)
+            if self.overlap and not tis.cap_of(self) and "sampling_per_token_logps" in out:
+                out["old_per_token_logps"] = out["sampling_per_token_logps"]  # without TIS: PPO's clip corrects
             return out
 
         def dynamic_round(self, inputs):

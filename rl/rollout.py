@@ -67,6 +67,17 @@ class HFEngine:
         """The live parameters: a collective sync receives straight into them."""
         return self.model.state_dict()
 
+    @property
+    def weights_dtype(self) -> str:
+        return str(next(self.model.parameters()).dtype).removeprefix("torch.")
+
+    @torch.no_grad()
+    def score(self, tokens: list[int]) -> list[float]:
+        """Log-probs of tokens[1:] given their prefix (temperature 1): the post-sync probe."""
+        ids = torch.tensor([tokens], device=self.device)
+        logps = self.model(input_ids=ids).logits[0, :-1].float().log_softmax(-1)
+        return logps.gather(-1, ids[0, 1:, None]).squeeze(-1).tolist()
+
     @torch.no_grad()
     def generate(self, prompts: list[list[int]], sp: SamplingParams, seed: int | None = None):
         """prompts: N token-id lists. Returns (completion_ids, logprobs): N lists each, a completion
@@ -179,6 +190,42 @@ def engine_dtype(dtype: str, use_gpu: bool) -> torch.dtype:
     return resolve_dtype(dtype, "cuda" if use_gpu else None)
 
 
+# The post-sync probe: a fixed pseudo-random token sequence (model-agnostic: ids drawn below the vocabulary
+# size from a fixed seed) that the learner and every engine score after each weight sync. 24 tokens (23
+# scored) cost one tiny forward on each side.
+PROBE_TOKENS, PROBE_SEED = 24, 20261206
+# Mean |log p_learner - log p_engine| per probe token (nats) allowed when both sides compute in that dtype;
+# the coarser side decides. fp32: two fp32 implementations of one model (full forward vs KV cache, other
+# attention/matmul kernels) agree to ~1e-6..1e-4 nats on these models; 1e-3 leaves 10x room. bf16 (8-bit
+# mantissa, relative rounding 2^-9 per op, compounded over layers): logits carry errors of ~0.01-0.05 nats,
+# and the vLLM-vs-trainer differences verl and TRL report for healthy bf16 runs are ~0.01-0.03 mean; 0.1
+# leaves ~3x room and is still far below a wrongly loaded tensor (the tiny test model moves by > 0.5).
+# A stale or corrupted transfer is caught exactly by the per-bucket checksums, whatever the dtype.
+PROBE_TOLERANCE = {"float32": 1e-3, "float16": 0.05, "bfloat16": 0.1}
+
+
+def probe_tokens(vocab_size: int) -> list[int]:
+    g = torch.Generator().manual_seed(PROBE_SEED)
+    return torch.randint(0, vocab_size, (PROBE_TOKENS,), generator=g).tolist()
+
+
+def probe_tolerance(learner_dtype: str):
+    """engine dtype name -> allowed mean |log-prob difference| against a learner computing in `learner_dtype`."""
+    return lambda engine_dtype: max(PROBE_TOLERANCE.get(learner_dtype, 0.1), PROBE_TOLERANCE.get(engine_dtype, 0.1))
+
+
+def learner_probe(trainer, tokens: list[int]) -> tuple[list[float], str]:
+    """The learner's log-probs of tokens[1:] (temperature 1) as it trains (autocast if on), and the dtype it
+    computes in. Every rank must call it: under ZeRO-3 the forward gathers parameters collectively."""
+    model = trainer.model
+    ids = torch.tensor([tokens], device=trainer.accelerator.device)
+    with torch.no_grad(), trainer.accelerator.autocast():
+        logits = model(input_ids=ids).logits[0, :-1].float()
+    logps = logits.log_softmax(-1).gather(-1, ids[0, 1:, None]).squeeze(-1)
+    dtype = "bfloat16" if trainer.args.bf16 else str(next(model.parameters()).dtype).removeprefix("torch.")
+    return logps.tolist(), dtype
+
+
 def make_rollout_func(pool, sync_every: int = 1, seed: int = 0, overlap: bool = False,
                       weight_dtype: torch.dtype | None = None) -> "PoolRollouts":
     return PoolRollouts(pool, sync_every=sync_every, seed=seed, overlap=overlap, weight_dtype=weight_dtype)
@@ -201,12 +248,18 @@ class PoolRollouts:
     `rollout/prefetch_wait_s`, waiting for the in-flight batch before a sync), `rollout/sync_s` with
     `rollout/sync_mb` and `rollout/sync_buckets` (what the sync moved, in `weight_dtype`, bucketed by the
     pool), `rollout/policy_version` and `rollout/policy_lag` (optimizer steps between the weights that
-    sampled and the learner's)."""
+    sampled and the learner's).
+
+    Verification (when the pool verifies, `RolloutPool(verify=True)`): after each sync the pool has compared
+    every bucket's checksums, and every engine scores the probe (`probe_tokens`) against the learner's own
+    log-probs (`PROBE_TOLERANCE`); a mismatch raises the pool's `WeightSyncError` (one line, the run stops).
+    Logs `rollout/probe_logp_diff` (the largest engine's mean |difference|) and `rollout/verify_s`."""
 
     def __init__(self, pool, sync_every: int = 1, seed: int = 0, overlap: bool = False,
                  weight_dtype: torch.dtype | None = None):
         self.pool, self.sync_every, self.seed, self.overlap = pool, sync_every, seed, overlap
         self.weight_dtype = weight_dtype  # floating weights are sent in the engines' dtype
+        self.verify = bool(getattr(pool, "verify", False))
         self.synced_step, self.calls = 0, 0
         self._pending: list = []  # (prompts, prompt_ids, future) generated ahead of time, oldest first
         self._executor = None
@@ -222,6 +275,9 @@ class PoolRollouts:
             # Under DeepSpeed the engine must be passed: ZeRO-3 gathers the shards through it (onto rank 0).
             engine = trainer.model_wrapped if getattr(trainer, "is_deepspeed_enabled", False) else trainer.model
             state = acc.get_state_dict(engine)
+        if self.verify:
+            probe = probe_tokens(int(policy.config.get_text_config().vocab_size))
+            mine, learner_dtype = learner_probe(trainer, probe)  # every rank: a ZeRO-3 forward is collective
         if acc.is_main_process:
             # The pool casts floating weights to the engines' dtype and sends them in bounded buckets, each
             # cast only when it is sent (never a second full copy of the weights, never fp32 to bf16 engines).
@@ -231,6 +287,13 @@ class PoolRollouts:
             if "bytes" in stats:
                 compat.log_metric(trainer, "rollout/sync_mb", stats["bytes"] / 2**20)
                 compat.log_metric(trainer, "rollout/sync_buckets", stats["buckets"])
+            if self.verify:  # the checksums were compared inside sync_weights; now the engines' outputs
+                import time
+
+                start = time.perf_counter()
+                worst = self.pool.verify_probe(probe, mine, probe_tolerance(learner_dtype))
+                compat.log_metric(trainer, "rollout/probe_logp_diff", worst)
+                compat.log_metric(trainer, "rollout/verify_s", time.perf_counter() - start)
         acc.wait_for_everyone()
         self.synced_step = step
 

@@ -69,6 +69,12 @@ GRPO_HOOKS = (
     Hook("top_entropy_quantile", "rl.lean_loss: the entropy mask", check=lambda v: isinstance(v, (int, float))),
     Hook("use_transformers_continuous_batching", "rl.grpo in-learner generation: TRL's other generation paths",
          check=lambda v: isinstance(v, bool)),
+    Hook("use_vllm", "rl.tis: whether TRL applies its own vLLM importance-sampling correction",
+         check=lambda v: isinstance(v, bool)),
+    Hook("vllm_importance_sampling_correction", "rl.tis: truncated importance sampling on or off (grpo.tis_cap)",
+         check=lambda v: isinstance(v, bool)),
+    Hook("vllm_importance_sampling_clip_max", "rl.tis: the truncation cap (grpo.tis_cap)",
+         check=lambda v: v is None or isinstance(v, (int, float))),
 )
 
 SFT_HOOKS = (

@@ -183,12 +183,33 @@ class VLLMEngine:
         (blocks until the whole group has joined)."""
         return self.llm.collective_rpc("rayzero_join_group", args=(host, port, first_rank, world, backend))
 
-    def receive_weights(self, sent) -> None:
+    def receive_weights(self, sent, checksums: bool = True) -> list:
         """Takes one broadcast of the learner's weights, bucket by bucket as the sender's plan `sent` lays it
-        out (`rl.weight_wire`); each bucket is loaded as it arrives."""
+        out (`rl.weight_wire`); each bucket is loaded as it arrives. Returns, per tensor-parallel worker, the
+        checksums of what it received ([per bucket [per tensor]]), for the learner to verify."""
         self._wake("weights")
-        self.llm.collective_rpc("rayzero_receive", args=(sent,))
+        members = self.llm.collective_rpc("rayzero_receive", args=(sent, checksums))
         self._updated()
+        return members
+
+    @property
+    def weights_dtype(self) -> str:
+        return "bfloat16" if self.params.dtype == "auto" else self.params.dtype
+
+    def score(self, tokens: list[int]) -> list[float]:
+        """Log-probs of tokens[1:] given their prefix, from the raw logits (vLLM's prompt log-probs: no
+        sampling processing), for the post-sync probe."""
+        from vllm import SamplingParams as VSP
+
+        if not self.weights_current:
+            raise RuntimeError("vllm.sleep_level=2 discarded the weights and no weight sync followed")
+        self._wake("weights")
+        self._wake("kv_cache")
+        out = self.llm.generate([{"prompt_token_ids": list(tokens)}], VSP(max_tokens=1, prompt_logprobs=0,
+                                                                          detokenize=False), use_tqdm=False)[0]
+        lps = [float(step[t].logprob) for step, t in zip(out.prompt_logprobs[1:], tokens[1:])]
+        self.sleep()
+        return lps
 
     # --- generation -----------------------------------------------------------------------------------
 
@@ -233,14 +254,16 @@ class WeightSyncExtension:
         self.rayzero_group, self.rayzero_device = weight_wire.join_group(host, port, rank, world, backend)
         return rank
 
-    def rayzero_receive(self, sent) -> int:
+    def rayzero_receive(self, sent, checksums: bool = True) -> list[list[int]]:
+        """Receives and loads every bucket; returns the checksums of what arrived (per bucket, per tensor)."""
         from rl import weight_wire
 
-        loaded = 0
+        sums = []
         for named in weight_wire.receive_buckets(self.rayzero_group, sent, self.rayzero_device):
+            if checksums:
+                sums.append([weight_wire.checksum(t) for _, t in named])
             self.model_runner.model.load_weights(weights=named)  # any subset: vLLM fuses and shards per name
-            loaded += len(named)
-        return loaded
+        return sums
 
 
 def _worker_device(worker) -> torch.device:

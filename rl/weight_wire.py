@@ -9,7 +9,8 @@ tensor-parallel ranks under other names. It allocates each bucket's buffer from 
 
 The group handshake (a TCPStore on the learner's host, rank 0 its master, then a NCCL or gloo process group)
 must match `cluster.weight_sync.CollectiveGroup`; rl/ may not import cluster, so tests/unit/test_rl_vllm.py
-syncs the two against each other.
+syncs the two against each other. `checksum` is `cluster.weight_sync.checksum` (the sender's side of the sync
+verification), repeated here for the same reason and checked against it in tests/unit/test_sync_verify.py.
 """
 
 from __future__ import annotations
@@ -46,3 +47,26 @@ def receive_buckets(pg, sent: Plan, device: torch.device):
         pg.broadcast([flat], opts).wait()
         yield [(name, piece.view(shape)) for (name, shape), piece in zip(entries, flat.split(sizes))]
         del flat
+
+
+_CHUNK = 1 << 20  # 8-byte words per checksum slice: bounded temporaries on any device
+_MOD = 2**61 - 1
+_WEIGHTS: dict = {}  # device -> the odd position weights 1, 3, 5, ... of one slice
+
+
+def checksum(t: torch.Tensor) -> int:
+    """= `cluster.weight_sync.checksum` (the sender's side; reasons there)."""
+    b = t.detach().contiguous().reshape(-1).view(torch.uint8)
+    if b.storage_offset() % 8:  # a piece of a larger buffer: int64 views need 8-byte alignment
+        b = b.clone()
+    whole = b.numel() // 8 * 8
+    words = b[:whole].view(torch.int64)
+    weights = _WEIGHTS.get(b.device)
+    if weights is None:
+        weights = _WEIGHTS[b.device] = torch.arange(_CHUNK, dtype=torch.int64, device=b.device) * 2 + 1
+    total = 0
+    for i, start in enumerate(range(0, words.numel(), _CHUNK)):
+        piece = words[start:start + _CHUNK]
+        total = (total + (int((piece * weights[:piece.numel()]).sum()) % 2**64) * (i + 1)) % _MOD
+    tail = b[whole:].to(torch.int64)
+    return (total + int((tail * weights[:tail.numel()]).sum()) * 7919) % _MOD

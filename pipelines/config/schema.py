@@ -164,6 +164,8 @@ class GRPOSection(GRPOParams):
     sync_backend: str = "object_store"  # object_store | collective (NCCL on GPU, gloo on CPU)
     sync_bucket_mb: int = 256  # weights travel in the engines' dtype, in buckets of at most this many MiB
     overlap: bool = False  # generate step t+1 while training step t (one-step off-policy; needs rollout_workers)
+    # After every sync: per-bucket checksums + a 24-token probe scored by engines and learner (docs/gpu.md)
+    verify_sync: bool = True
     log_rollouts_every: int = 10  # wandb table + grpo/rollouts.jsonl of sample rollouts every N steps (0 = off)
 
     @property

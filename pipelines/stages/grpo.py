@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 
 from cluster import placement
 from cluster.learners import run_worker_group, worker_context
+from cluster.weight_sync import WeightSyncError, error_line
 from pipelines.report import tracking
 from pipelines.run_folder import RunFolder, read_json_or_none, read_jsonl, write_json
 from pipelines.scoring import evaluate_stage
@@ -33,7 +34,8 @@ if TYPE_CHECKING:
 
 _LOGGED = ("reward", "reward_std", "frac_reward_zero_std", "completions/mean_length", "step_time",
            "dynamic_sampling/kept_fraction", "dynamic_sampling/rounds", "dynamic_sampling/batch_rows",
-           "rollout/generate_s", "rollout/sync_s", "rollout/sync_mb", "rollout/policy_lag")
+           "rollout/generate_s", "rollout/sync_s", "rollout/sync_mb", "rollout/policy_lag",
+           "rollout/probe_logp_diff", "tis/ratio_mean", "tis/capped_frac")
 
 
 def checkpoint_dir(run_dir: Path) -> Path:
@@ -86,6 +88,8 @@ class GRPOStage(Stage):
             run_worker_group(_train_loop, {"cfg": cfg, "ctx": ctx, **pools}, num_workers=g.num_workers,
                              resources_per_worker=p.learner, use_gpu=g.use_gpu, name=f"{cfg.run.name}-grpo",
                              max_failures=g.max_failures, **placed.learner_args())
+        except WeightSyncError as e:  # one line for the user (Ray wraps the learner's error in a traceback)
+            raise StageError(f"grpo: {error_line(e)}") from None
         finally:
             for pool in pools.values():
                 if pool is not None:
@@ -120,7 +124,7 @@ def _start_rollout_pool(cfg: "PipelineConfig", placed: placement.Reservation, in
     factory = engine_factory(g.rollout_engine, str(init), use_gpu=g.use_gpu, vllm=g.vllm, seed=cfg.run.seed,
                              attn_implementation=g.attn_implementation)
     return RolloutPool(factory, num_workers=g.rollout_workers, sync_backend=backend, bucket_bytes=g.sync_bucket_mb << 20,
-                       **placed.rollout_args())
+                       verify=g.verify_sync, **placed.rollout_args())
 
 
 def _start_reward_pool(cfg: "PipelineConfig"):

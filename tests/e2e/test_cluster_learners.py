@@ -73,6 +73,21 @@ def _fail(config: dict) -> None:
     dist.barrier()  # rank 1 would wait forever for rank 0: the group must kill it
 
 
+SYNC_LINE = ("weight sync check failed: rollout engine rollout-0 holds different weights than the learner sent in "
+             "bucket 2/5 (bfloat16, ...)")
+
+
+def _sync_check_fails(config: dict) -> None:
+    from cluster.weight_sync import WeightSyncError
+
+    rank, _, _ = worker_context()
+    if rank == 0:
+        raise WeightSyncError(SYNC_LINE)
+    import torch.distributed as dist
+
+    dist.barrier()
+
+
 def test_rank_envs_follow_torchrun_with_gpus_widened_per_node():
     addresses = [{"node_id": "a", "ip": "10.0.0.1", "gpu_ids": ["3"]}, {"node_id": "a", "ip": "10.0.0.1", "gpu_ids": ["1"]},
                  {"node_id": "b", "ip": "10.0.0.2", "gpu_ids": ["0"]}]
@@ -128,6 +143,21 @@ def test_without_failures_left_the_error_is_raised_and_no_rank_hangs(ray_local, 
     with pytest.raises(ray.exceptions.RayActorError):
         run_worker_group(_die_once, {"marker": str(tmp_path / "m")}, num_workers=2,
                          resources_per_worker={"CPU": 0.25}, use_gpu=False, name="t", max_failures=0)
+
+
+def test_a_failed_weight_sync_check_stops_the_group_without_a_restart(ray_local):
+    """A restart would resync and could hide a corrupted transfer: the run stops, with the check's one line."""
+    from cluster.weight_sync import WeightSyncError, error_line
+
+    group = LearnerGroup(2, cpus=0.25, name="t")
+    said: list[str] = []
+    try:
+        with pytest.raises(WeightSyncError) as e:
+            group.run(_sync_check_fails, {}, max_failures=2, say=said.append)
+        assert group.restarts == 0 and not said
+        assert error_line(e.value) == SYNC_LINE
+    finally:
+        group.shutdown()
 
 
 DRIVER = textwrap.dedent("""

@@ -102,6 +102,9 @@ def test_zero3_learner_and_rollout_pool_of_the_shared_micro_run(micro):
     logged = [h for h in m["log"] if "rollout/generate_s" in h]
     assert logged and all(h["rollout/policy_lag"] == 0 for h in logged)
     assert sum(1 for h in m["log"] if h.get("rollout/sync_s", 0) > 0) == 2  # before steps 2 and 3
+    # Each sync verified under ZeRO-3 (the learner's probe forward is collective), and TIS weighted every step.
+    assert all("rollout/probe_logp_diff" in h for h in m["log"] if h.get("rollout/sync_s", 0) > 0), m["log"]
+    assert all("tis/ratio_mean" in h and "tis/capped_frac" in h for h in logged), logged
 
 
 def test_colocated_rollout_workers_in_the_learners_bundles(sft_run):
@@ -115,6 +118,24 @@ def test_colocated_rollout_workers_in_the_learners_bundles(sft_run):
     assert m["steps"] == 3 and m["num_workers"] == 2 and m["rollout_workers"] == 2
     synced = [h for h in m["log"] if h.get("rollout/sync_s", 0) > 0]
     assert len(synced) == 2 and all(h["rollout/sync_mb"] > 0 for h in synced)
+
+
+def test_a_weight_sync_corrupted_in_transit_stops_the_run_in_one_line(sft_run):
+    """The first sync's bucket changes after the learner's checksum (tests/e2e/corrupt_sync/sitecustomize.py, on
+    the learners' PYTHONPATH): the run stops with one line naming the engine and the bucket, no learner restart
+    (max_failures=1 would otherwise retry), no GRPO stage written."""
+    run = run_from_sft(sft_run, "corrupt")
+    env = {**ENV, "PYTHONPATH": f"{ROOT / 'tests' / 'e2e' / 'corrupt_sync'}:{ROOT}"}
+    args = [*GRPO_ONLY, "grpo.rollout_workers=1", "grpo.rollout_cpus=0.5", "grpo.max_failures=1"]
+    proc = subprocess.run(_cmd(run.parent, "corrupt", args), cwd=ROOT,
+                          capture_output=True, text=True, timeout=600, env=env)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    # The error line (a Ray worker's log line forwarded late may still follow it on stderr).
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("rayzero: error:")]
+    assert len(errors) == 1 and errors[0].startswith(
+        "rayzero: error: grpo: weight sync check failed: rollout engine rollout-0 holds different weights than the "
+        "learner sent in bucket 1/1"), proc.stderr[-3000:]
+    assert "restarting the group" not in proc.stderr and not (run / "grpo").exists()
 
 
 def test_a_killed_zero2_learner_group_is_restarted_and_resumes_from_its_checkpoint(sft_run):

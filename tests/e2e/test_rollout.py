@@ -1,4 +1,6 @@
-"""Rollout workers on a real local Ray: order, log-probs, weight sync, worker death, TRL's rollout_func."""
+"""Rollout workers on a real local Ray: order, log-probs, weight sync, worker death, TRL's rollout_func; every
+sync verified (a bucket corrupted in transit or an engine that loads wrongly stops training in one line);
+truncated importance sampling against a rollout policy one step stale."""
 
 import pytest
 import ray
@@ -94,17 +96,19 @@ def _reward(completions, answer, **_):
     return [float(a in c) + 0.1 * len(c) for c, a in zip(completions, answer)]
 
 
-def _train_through(pool, policy_dir, out, *, steps: int, rows: int, overlap: bool = False):
+def _train_through(pool, policy_dir, out, *, steps: int, rows: int, overlap: bool = False, tis_cap: float = 3.0,
+                   train: bool = True):
     """TRL's GRPOTrainer on a fresh copy of the policy, generating on `pool`; returns the trained trainer."""
     from rl.grpo import GRPOParams, make_grpo_trainer
 
     model, tok = load_policy(policy_dir)
     data = [{"prompt": f"{i} plus {i} is", "answer": str(2 * i)} for i in range(rows)]
     p = GRPOParams(max_steps=steps, learning_rate=1e-2, num_generations=4, prompts_per_step=2,
-                   max_completion_length=6, logging_steps=1)
+                   max_completion_length=6, logging_steps=1, tis_cap=tis_cap)
     trainer = make_grpo_trainer(model, tok, data, [_reward], [1.0], out, p,
                                 rollout_func=make_rollout_func(pool, sync_every=1, overlap=overlap))
-    trainer.train()
+    if train:
+        trainer.train()
     return trainer
 
 
@@ -116,22 +120,123 @@ def test_trl_grpo_trains_through_the_pool_with_weights_synced_each_step(ray_loca
     logs = [h for h in trainer.state.log_history if "rollout/generate_s" in h]
     assert len(logs) == 3 and all(h["rollout/policy_lag"] == 0 for h in logs)
     assert any("rollout/sync_s" in h for h in logs)
+    # Every sync was verified: checksums inside sync_weights, then the probe within its tolerance.
+    probed = [h["rollout/probe_logp_diff"] for h in logs if "rollout/probe_logp_diff" in h]
+    assert len(probed) == 2 and all(0 <= d < 0.1 for d in probed), probed
     # The workers now hold the learner's step-2 weights exactly.
     w = ray.get(pool.workers[0].call.remote("info"))
     assert w["version"] == 2
     pool.shutdown()
 
 
-def test_overlap_generates_one_step_ahead_with_lag_never_above_one(ray_local, policy_dir, tmp_path):
+def test_overlap_generates_one_step_ahead_and_tis_corrects_the_lag(ray_local, policy_dir, tmp_path, monkeypatch):
+    """Overlap: every batch after the first is sampled by weights one step stale. Truncated importance
+    sampling (cap 1.0, so that capping shows) weights each token by min(pi_learner / pi_rollout, cap): ~1 at
+    lag 0 (the same weights, other kernels), visibly not 1 at lag 1, and those weights are what TRL's loss
+    receives (its (B, T) advantages = A * w)."""
+    from rl import tis
+
+    seen = []  # (advantages TRL computed, advantages after TIS, completion mask) per generation round
+
+    def recording(trainer, out):
+        before = out["advantages"].clone()
+        after = tis.apply.__wrapped__(trainer, out)
+        seen.append((before, after["advantages"].clone(), after["completion_mask"].clone()))
+        return after
+
+    recording.__wrapped__ = tis.apply
+    monkeypatch.setattr(tis, "apply", recording)
     pool = RolloutPool(engine_factory("hf", policy_dir, dtype="float32"), num_workers=1, cpus_per_worker=0.5)
-    trainer = _train_through(pool, policy_dir, tmp_path, steps=4, rows=16, overlap=True)
+    trainer = _train_through(pool, policy_dir, tmp_path, steps=4, rows=16, overlap=True, tis_cap=1.0)
+    pool.shutdown()
     logs = [h for h in trainer.state.log_history if "rollout/policy_lag" in h]
     lags = [h["rollout/policy_lag"] for h in logs]
     versions = [h["rollout/policy_version"] for h in logs]
     # Step 1 has nothing prefetched (lag 0); every later batch was sampled by the weights one step old.
     assert lags == [0.0, 1.0, 1.0, 1.0], lags
     assert versions == [0.0, 0.0, 1.0, 2.0], versions
-    pool.shutdown()
+    assert all(0 < h["tis/capped_frac"] < 1 and h["tis/ratio_mean"] <= 1.0 for h in logs), logs
+    assert len(seen) == 4
+    spread = []
+    for before, after, mask in seen:
+        assert after.shape == mask.shape and before.dim() == 1
+        live = (mask > 0) & (before[:, None] != 0)
+        w = after[live] / before[:, None].expand_as(after)[live]
+        assert (w <= 1.0 + 1e-6).all() and (w > 0).all()  # capped at 1.0, never negative
+        spread.append(float((w - 1).abs().max()))
+    # Lag 0: the learner's and the engine's log-probs of the same weights agree (bf16/fp32 kernels: < 1 %);
+    # the stale batches (steps 3, 4: weights one update behind) are reweighted by several percent.
+    assert spread[0] < 0.01 and min(spread[2:]) > 0.03, spread
+
+
+def test_a_bucket_corrupted_in_transit_stops_training_in_one_line(ray_local, policy_dir, tmp_path, monkeypatch):
+    """Object store: one bucket's bytes change after the learner took its checksum (as a bad transfer would);
+    the engine's checksums differ for that bucket and training stops naming the engine and the bucket."""
+    import cluster.rollout as rollout
+    from cluster.weight_sync import WeightSyncError
+
+    puts = []
+
+    def corrupting_put(bucket):
+        puts.append(len(bucket))
+        if len(puts) == 3:  # the third bucket of the first sync
+            name = next(iter(bucket))
+            bucket = {**bucket, name: bucket[name].clone().index_fill_(0, torch.tensor([0]), 0.5)}
+        return ray.put(bucket)
+
+    monkeypatch.setattr(rollout, "_put", corrupting_put)
+    pool = RolloutPool(engine_factory("hf", policy_dir, dtype="float32"), num_workers=1, cpus_per_worker=0.5,
+                       bucket_bytes=4096)
+    try:
+        with pytest.raises(WeightSyncError) as e:
+            _train_through(pool, policy_dir, tmp_path, steps=2, rows=8)
+    finally:
+        pool.shutdown()
+    line = str(e.value)
+    assert "\n" not in line and len(puts) > 3, (line, puts)
+    assert f"rollout engine rollout-0 holds different weights than the learner sent in bucket 3/{len(puts)}" in line, line
+
+
+def test_collective_sync_corrupted_in_flight_and_an_engine_that_loads_wrongly_are_caught(ray_local, policy_dir):
+    """gloo: a bucket altered on the wire after its checksum -> the bucket is named; then weights that arrive
+    intact but are not what the engine computes with (loaded wrongly afterwards) -> the probe names the engine."""
+    from cluster.weight_sync import WeightSyncError
+    from rl.rollout import probe_tokens, probe_tolerance
+
+    model, tok = load_policy(policy_dir, "float32")
+    pool = RolloutPool(engine_factory("hf", policy_dir, dtype="float32"), num_workers=1, cpus_per_worker=0.5,
+                       sync_backend="gloo", bucket_bytes=4096)
+    try:
+        state = {k: v.clone() for k, v in model.state_dict().items()}
+        pool.sync_weights(state, version=1)  # clean: passes
+        probe = probe_tokens(model.config.vocab_size)
+        with torch.no_grad():
+            ref = model(torch.tensor([probe])).logits[0, :-1].log_softmax(-1)
+        ref = ref.gather(-1, torch.tensor(probe[1:])[:, None]).squeeze(-1).tolist()
+        assert pool.verify_probe(probe, ref, probe_tolerance("float32")) < 1e-4  # fp32 both sides
+
+        group, real, calls = pool._group, pool._group.pg, []
+
+        class OnTheWire:  # rank 0's process group, changing the 2nd bucket after the sender's checksum
+            def broadcast(self, tensors, opts):
+                calls.append(1)
+                if len(calls) == 2:
+                    tensors[0][:3] += 1.0
+                return real.broadcast(tensors, opts)
+
+        group.pg = OnTheWire()
+        with pytest.raises(WeightSyncError, match=r"rollout engine rollout-0 holds different weights .* bucket 2/"):
+            pool.sync_weights(state, version=2)
+        group.pg = real
+
+        pool.sync_weights(state, version=3)  # intact again
+        wrong = {k: v + 0.05 for k, v in state.items()}  # what a loader mix-up would leave in the engine
+        pool.pool.call_all("load_weights", wrong, 3)
+        with pytest.raises(WeightSyncError) as e:
+            pool.verify_probe(probe, ref, probe_tolerance("float32"))
+        assert "rollout engine rollout-0 scores the 24-token probe" in str(e.value) and "\n" not in str(e.value)
+    finally:
+        pool.shutdown()
 
 
 def test_collective_weight_sync_over_gloo_and_regroup_after_a_killed_worker(ray_local, policy_dir):

@@ -70,6 +70,8 @@ REFUSED = [
     (["grpp.max_steps=1"], "unknown field 'grpp' (did you mean grpo?)"),
     (["grpo.rewards={math_acuracy: 1}"], "(did you mean math_accuracy?)"),
     (["task.name=arithmetc"], "(did you mean arithmetic?)"),
+    (["grpo.tis_cap=0.5"], "grpo.tis_cap=0.5 must be 0 (off) or >= 1"),
+    (["grpo.verify_sync=maybe"], "grpo.verify_sync"),
 ]
 
 

@@ -79,8 +79,9 @@ def _batch(rows_kinds):
 def test_refill_rounds_give_a_full_batch_of_informative_groups(trainer_factory):
     trainer, tok = trainer_factory(rounds=6)
     out = trainer._generate_and_score_completions(_batch(["const", "vary", "const", "vary"]))
-    assert out["advantages"].numel() == 4 * G  # refilled to the full batch
-    assert ds.informative_groups(out["advantages"], G).all()
+    # (B, T) once truncated importance sampling weighted each token (rl/tis.py): rows are dim 0
+    assert out["advantages"].shape[0] == 4 * G  # refilled to the full batch
+    assert ds.informative_groups(out["advantages"][:, 0], G).all()
     prompts = tok.batch_decode(out["prompt_ids"], skip_special_tokens=True)
     assert not any("const" in p for p in prompts), prompts
     assert int(out["num_items_in_batch"]) == int(out["completion_mask"].sum())
@@ -91,7 +92,7 @@ def test_refill_rounds_give_a_full_batch_of_informative_groups(trainer_factory):
 def test_drop_only_shrinks_the_batch_and_training_still_steps(trainer_factory):
     trainer, tok = trainer_factory(rounds=0)
     out = trainer._generate_and_score_completions(_batch(["const", "vary", "const", "const"]))
-    assert out["advantages"].numel() in (0 + G, G)  # the one "vary" group (or a zero-signal fallback)
+    assert out["advantages"].shape[0] in (0 + G, G)  # the one "vary" group (or a zero-signal fallback)
     assert compat.metrics(trainer)["dynamic_sampling/dropped_groups"][-1] >= 3
     trainer.train()  # a whole optimizer step through TRL's loss on a filtered batch
     assert trainer.state.global_step == 1

@@ -72,10 +72,12 @@ def test_extension_receives_a_cluster_broadcast_without_a_state_dict():
     worker.model_runner = SimpleNamespace(model=StandIn())
     port, errors = free_port(), []
 
+    sender_sums: list = []
+
     def learner_side():
         try:
             group = CollectiveGroup("127.0.0.1", port, 0, 2, "gloo")
-            group.broadcast_state(state, plan(state, bucket_bytes=256))
+            sender_sums.extend(group.broadcast_state(state, plan(state, bucket_bytes=256))["checksums"])
             group.close()
         except Exception as e:  # noqa: BLE001 - reported below
             errors.append(e)
@@ -83,9 +85,11 @@ def test_extension_receives_a_cluster_broadcast_without_a_state_dict():
     sender = threading.Thread(target=learner_side)
     sender.start()
     assert worker.rayzero_join_group("127.0.0.1", port, 1, 2, "gloo") == 1
-    assert worker.rayzero_receive(plan(state, bucket_bytes=256)) == len(state)
+    received = worker.rayzero_receive(plan(state, bucket_bytes=256))
     sender.join(timeout=60)
     assert not errors, errors
+    # The receiver's checksums (rl.weight_wire) equal the sender's (cluster.weight_sync), bucket by bucket.
+    assert received == sender_sums and sum(len(b) for b in received) == len(state)
     got = dict(loaded)
     assert got.keys() == state.keys()
     for name, tensor in state.items():
@@ -126,3 +130,12 @@ def test_vllm_engine_generates_loads_weights_and_sleeps(tmp_path):
     engine.load_state_dict(other.state_dict())
     after = engine.generate(prompts[:1], greedy)[0]
     assert after != before  # new weights, and no stale prefix-cache blocks
+    # The post-sync probe: vLLM's prompt log-probs match the HF model's within the bf16 tolerance.
+    from rl.rollout import probe_tokens, probe_tolerance
+
+    probe = probe_tokens(tok.vocab_size)
+    with torch.no_grad():
+        ref = other.cuda()(torch.tensor([probe], device="cuda")).logits[0, :-1].float().log_softmax(-1)
+    ref = ref.gather(-1, torch.tensor(probe[1:], device="cuda")[:, None]).squeeze(-1).cpu()
+    diff = (torch.tensor(engine.score(probe)) - ref).abs().mean()
+    assert diff <= probe_tolerance("float32")(engine.weights_dtype), float(diff)
