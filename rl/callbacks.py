@@ -151,12 +151,15 @@ class HeldoutEval(TrainerCallback):
     def _measure(self, state) -> None:
         start = time.monotonic()
         result = None
+        from rl.zero import forward_alone
+
         with compat.model_for_generation(self.trainer) as model:
             if state.is_world_process_zero:
                 was_training = model.training
                 model.eval()
                 try:
-                    result = self.evaluate(model)
+                    with forward_alone(self.trainer.model_wrapped):
+                        result = self.evaluate(model)
                 finally:
                     model.train(was_training)
         _barrier()  # the other ranks wait here, so every rank pauses its clock by the same amount

@@ -23,6 +23,7 @@ import json
 from pathlib import Path
 
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 STAGE_ORDER = ("sft", "grpo", "distill", "baseline")
 
@@ -106,6 +107,7 @@ def plot_heldout(report: dict, grpo: list[dict], path: Path) -> Path | None:
         if isinstance(acc, (int, float)):
             ax.axhline(100 * acc, linestyle="--", color=color, alpha=0.8, label=label)
     ax.set(xlabel="GRPO step", ylabel="held-out accuracy (%)", title="held-out accuracy during GRPO (greedy pass@1)")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     return _save(fig, path)

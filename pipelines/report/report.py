@@ -98,7 +98,7 @@ def _tables(report: dict) -> list[tuple[str, list[tuple[str, ...]]]]:
     curve = report["stages"].get("grpo", {}).get("heldout_curve") or []
     if curve:
         start = curve[0]["accuracy"]
-        out.append(("GRPO held-out accuracy during training (greedy pass@1)", [("step", "held-out acc", "change")] + [
+        out.append(("GRPO held-out accuracy during training (greedy pass@1)", [("step", "held-out acc", "vs start")] + [
             (str(c["step"]), f"{100 * c['accuracy']:.1f} %", f"{100 * (c['accuracy'] - start):+.1f}") for c in curve]))
     sampled = {name: m for name, m in report["stages"].items() if m.get("pass@k") or m.get("maj@k")}
     if sampled:
