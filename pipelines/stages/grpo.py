@@ -282,4 +282,3 @@ def _heldout_curve(state, final: float, history: Path) -> list[dict]:
         f.write(json.dumps({HELDOUT: final, "step": state.global_step, "heldout/final": True}) + "\n")
     print(f"grpo: held-out accuracy {100 * final:.1f} % at step {state.global_step}/{state.max_steps} (end)", flush=True)
     return curve
-
