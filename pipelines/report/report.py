@@ -75,12 +75,11 @@ def _tables(report: dict) -> list[tuple[str, list[tuple[str, ...]]]]:
     """The report's tables as (title, rows with a header row first)."""
     bench = _benchmark_columns(report)
     rows = [("stage", "params", "held-out acc", *(title for title, _ in bench), "acc / B params", "FLOPs", "wall time")]
-    base = report["stages"].get("sft", {})
-    if isinstance(base.get("accuracy_before"), (int, float)) and base.get("params"):
-        # the model the run started from (SFT's own starting point), so each stage's gain can be read off
-        acc = base["accuracy_before"]
-        rows.append(("base", f"{base['params']:,}", f"{100 * acc:.1f} %", *("-" for _ in bench),
-                     _density(acc / (base["params"] / 1e9)), "-", "-"))
+    base = _base(report)
+    if base:
+        acc, params = base
+        rows.append(("base", f"{params:,}", f"{100 * acc:.1f} %", *("-" for _ in bench), _density(acc / (params / 1e9)),
+                     "-", "-"))
     for name, m in report["stages"].items():
         density = m["accuracy"] / (m["params"] / 1e9) if m.get("params") else 0.0
         flops = f"{m['flops']:.2e}" if m.get("flops") else "-"
@@ -116,6 +115,19 @@ def _tables(report: dict) -> list[tuple[str, list[tuple[str, ...]]]]:
             _, temp, _ = _sampling(report, m)
             out.append((f"test-time scaling, {name} (greedy at temperature 0, samples at temperature {temp:g})", tts))
     return out
+
+
+def _base(report: dict) -> tuple[float, int] | None:
+    """(held-out accuracy, params) of the model the run started from, so each stage's gain can be read off:
+    SFT's starting point or, without SFT, GRPO's step 0 (its curve starts from the base model)."""
+    stages = report["stages"]
+    if "sft" in stages:
+        acc, params = stages["sft"].get("accuracy_before"), stages["sft"].get("params")
+    else:
+        curve = stages.get("grpo", {}).get("heldout_curve") or [{}]
+        acc = curve[0].get("accuracy") if curve[0].get("step") == 0 else None
+        params = stages.get("grpo", {}).get("params")
+    return (acc, params) if isinstance(acc, (int, float)) and params else None
 
 
 def _sampling(report: dict, m: dict) -> tuple:

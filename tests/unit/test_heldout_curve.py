@@ -85,3 +85,14 @@ def test_report_shows_the_base_row_sampled_figures_with_t_and_k_and_the_curve(tm
     assert "| base | 134,515,008 | 6.0 % |" in md
     assert "| 25 | 45.0 % | +5.0 |" in md
     assert "![heldout](plots/heldout.png)" in md
+
+
+def test_without_sft_the_base_row_is_grpos_step_0():
+    from pipelines.report.report import print_table
+
+    report = _report()
+    del report["stages"]["sft"]
+    lines = []
+    print_table(report, lines.append)
+    base = next(line for line in lines if line.startswith("base"))
+    assert "40.0 %" in base, lines
