@@ -80,6 +80,14 @@ def evaluate_model(model, tokenizer, rows: list[dict], cfg: "EvalSection", desc:
     return result
 
 
+def heldout_accuracy(model, tokenizer, rows: list[dict], cfg: "EvalSection") -> dict:
+    """Greedy pass@1 on `rows` as `evaluate_model` measures it, without progress lines or samples: the
+    check a stage runs on its model while it trains (`rl.callbacks.HeldoutEval`)."""
+    outs = generate(model, tokenizer, [r["prompt"] for r in rows], max_new_tokens=cfg.max_new_tokens,
+                    batch_size=cfg.batch_size)
+    return summarize(row_scores([o[0] for o in outs], rows))
+
+
 def evaluate_stage(model, tokenizer, cfg: "PipelineConfig", desc: str, benchmarks: bool = True) -> dict:
     """What every training stage measures of its model: greedy pass@1 on the run's held-out split and, with
     `benchmarks`, on the run's prepared `eval.benchmarks` (results under "benchmarks")."""
@@ -125,7 +133,7 @@ def evaluate_benchmarks(model, tokenizer, benchmarks: Mapping[str, dict], cfg: "
             if scorer != "code_accuracy" and not any(r.get("tests") for r in sub):
                 res["maj@k"] = {k: mean([maj_at_k([_vote(c) for c in cs], [x == 1.0 for x in s], k, seed=seed)
                                          for cs, s in groups]) for k in ks}
-            res["samples_per_problem"] = n
+            res["samples_per_problem"], res["temperature"] = n, cfg.temperature
         out[name] = res
     return out
 

@@ -97,7 +97,9 @@ def tts_evaluate(model, tokenizer, rows: Sequence[dict], p: TTSParams, judge: Ju
         return mean([fn(slice(i * n, (i + 1) * n)) for i in range(len(rows))])
 
     result: dict = {"samples": n, "problems": len(rows), "mean_sample_tokens": sample_tokens,
-                    "pass@k": {}, "maj@k": {}, "tts": {}}
+                    "pass@k": {}, "maj@k": {}, "tts": {},
+                    # how the sampled figures were drawn, for reports that show them beside greedy ones
+                    "sampling": {"n": n, "temperature": p.temperature, "problems": len(rows)}}
     curves: dict[str, list[dict]] = {"greedy": [{"k": 1, "tokens": greedy["mean_completion_tokens"],
                                                  "accuracy": greedy["accuracy"]}]}
     for k in ks:

@@ -6,6 +6,8 @@ arguments, so the recipe stays the single source of truth.
 
 from __future__ import annotations
 
+import contextlib
+
 
 def deepspeed_config(stage: int, *, use_gpu: bool, offload_optimizer: bool = False,
                      offload_params: bool = False) -> dict:
@@ -52,3 +54,25 @@ def init_distributed_for_zero3(use_gpu: bool) -> None:
     import deepspeed
 
     deepspeed.init_distributed(dist_backend="nccl" if use_gpu else "gloo", auto_mpi_discovery=False)
+
+
+@contextlib.contextmanager
+def forward_alone(engine):
+    """Lets one rank run forward passes of a ZeRO-3 model whose weights are gathered (inside TRL's
+    `unwrap_model_for_generation`) while the other ranks do not. TRL removes DeepSpeed's module hooks there
+    but not its start-of-forward hook, whose `reset_step` broadcasts to every rank (TRL's own generation
+    runs on all ranks in step); that hook is taken off for the block and put back. A no-op for any other
+    model."""
+    offload = getattr(getattr(engine, "optimizer", None), "parameter_offload", None)
+    offload = offload or getattr(engine, "optimizer", None)
+    handle = getattr(offload, "fwd_pre_hook", None)
+    hook = getattr(offload, "module", None)._forward_pre_hooks.get(handle.id) if handle is not None else None
+    if hook is None:
+        yield
+        return
+    handle.remove()
+    try:
+        yield
+    finally:
+        # Registered again as the module's first pre-hook: TRL's add_hooks adds the module hooks after it.
+        offload.fwd_pre_hook = offload.module.register_forward_pre_hook(hook)

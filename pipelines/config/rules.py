@@ -228,6 +228,9 @@ def _grpo(cfg: PipelineConfig) -> None:
         fail("grpo.rollout_cpus", g.rollout_cpus, "must be > 0 for disaggregated rollout workers")
     if g.save_steps and g.save_steps > g.max_steps:
         fail("grpo.save_steps", g.save_steps, f"must be <= grpo.max_steps={g.max_steps} (no checkpoint would be written)")
+    if not -1 <= g.eval_every <= g.max_steps:
+        fail("grpo.eval_every", g.eval_every, f"must be 1..grpo.max_steps={g.max_steps} (steps between held-out "
+             "evaluations), 0 (a quarter of the budget) or -1 (off)")
 
 
 ZERO_STAGES = (0, 1, 2, 3)  # 0 = plain DDP; rl/zero.py generates the DeepSpeed config for 1-3

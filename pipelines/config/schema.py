@@ -144,6 +144,10 @@ class GRPOSection(GRPOParams):
     # scores on a Ray actor pool of that size).
     reward_params: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     time_budget_s: float = 0.0  # stop after max_steps or this much training wall time (0 = no budget)
+    # Held-out greedy pass@1 during training, at the start and every eval_every steps' share of the budget
+    # (eval_every/max_steps of it; of time_budget_s when time ends GRPO first); 0 = a quarter; -1 = off.
+    # Its seconds are not training time (time_budget_s, the equal-time baseline). The end is the stage's eval.
+    eval_every: int = 0
     num_workers: int = 1  # learner workers (data parallel)
     cpus: float = 1.0  # per learner worker
     gpus: float = 0.0  # per learner worker (1 = one GPU each; NCCL between them)

@@ -5,6 +5,9 @@ Drawn from files only (each stage's `history.jsonl`, written by `rl.callbacks.Me
 
 - `reward.png`           GRPO reward (weighted sum) and each reward function's mean, per step
 - `accuracy.png`         held-out accuracy per stage (before/after for SFT), and training token accuracy
+- `heldout.png`          GRPO held-out accuracy (greedy pass@1) along training (`heldout/accuracy` rows of
+                         grpo/history.jsonl: start, every `grpo.eval_every`, end), beside the base model's, SFT's
+                         and the equal-time baseline's accuracy
 - `response_length.png`  GRPO completion length (mean, min-max band) per step
 - `loss.png`             training loss per stage
 - `tts.png`              test-time scaling: accuracy against generated tokens per problem (log x), one
@@ -20,6 +23,7 @@ import json
 from pathlib import Path
 
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 STAGE_ORDER = ("sft", "grpo", "distill", "baseline")
 
@@ -85,6 +89,27 @@ def plot_accuracy(report: dict, histories: dict[str, list[dict]], path: Path) ->
         ax2.set(xlabel="training step", ylabel="token accuracy (%)", title="training token accuracy")
         ax2.grid(alpha=0.3)
         ax2.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def plot_heldout(report: dict, grpo: list[dict], path: Path) -> Path | None:
+    x, y = _series(grpo, "heldout/accuracy")
+    if not x:
+        return None
+    fig = Figure(figsize=(7, 4))
+    ax = fig.add_subplot()
+    ax.plot(x, [100 * v for v in y], marker="o", color="tab:blue", label="GRPO")
+    stages = report.get("stages", {})
+    refs = [("base model", stages.get("sft", {}).get("accuracy_before"), "tab:gray"),
+            ("SFT", stages.get("sft", {}).get("accuracy"), "tab:orange"),
+            ("equal-time SFT baseline", stages.get("baseline", {}).get("accuracy"), "tab:red")]
+    for label, acc, color in refs:
+        if isinstance(acc, (int, float)):
+            ax.axhline(100 * acc, linestyle="--", color=color, alpha=0.8, label=label)
+    ax.set(xlabel="GRPO step", ylabel="held-out accuracy (%)", title="held-out accuracy during GRPO (greedy pass@1)")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
     return _save(fig, path)
 
 
@@ -160,6 +185,6 @@ def write_plots(run_dir: str | Path, report: dict | None = None) -> list[Path]:
     histories = {s: h for s, h in histories.items() if h}
     grpo = histories.get("grpo", [])
     drawn = [plot_reward(grpo, out / "reward.png"), plot_accuracy(report, histories, out / "accuracy.png"),
-             plot_length(grpo, out / "response_length.png"), plot_loss(histories, out / "loss.png"),
+             plot_heldout(report, grpo, out / "heldout.png"), plot_length(grpo, out / "response_length.png"), plot_loss(histories, out / "loss.png"),
              plot_tts(report, out / "tts.png")]
     return [p for p in drawn if p is not None]

@@ -12,8 +12,8 @@ from rl.metrics import generate_flops, train_flops
 
 KEEP = ("accuracy", "accuracy_before", "params", "wall_time_s", "train_time_s", "steps", "traces",
         "teacher_params", "num_workers", "reward_first", "reward_last", "students", "num_tokens", "benchmarks",
-        "unparsed_gold")
-FROM_EVAL = ("pass@k", "maj@k", "tts", "accuracy_per_billion_params", "mean_completion_tokens", "benchmarks")
+        "unparsed_gold", "heldout_curve")
+FROM_EVAL = ("pass@k", "maj@k", "tts", "sampling", "accuracy_per_billion_params", "mean_completion_tokens", "benchmarks")
 
 
 def stage_flops(name: str, m: dict) -> float | None:
@@ -82,6 +82,11 @@ def _tables(report: dict) -> list[tuple[str, list[tuple[str, ...]]]]:
     """The report's tables as (title, rows with a header row first)."""
     bench = _benchmark_columns(report)
     rows = [("stage", "params", "held-out acc", *(title for title, _ in bench), "acc / B params", "FLOPs", "wall time")]
+    base = _base(report)
+    if base:
+        acc, params = base
+        rows.append(("base", f"{params:,}", f"{100 * acc:.1f} %", *("-" for _ in bench), _density(acc / (params / 1e9)),
+                     "-", "-"))
     for name, m in report["stages"].items():
         density = m["accuracy"] / (m["params"] / 1e9) if m.get("params") else 0.0
         flops = f"{m['flops']:.2e}" if m.get("flops") else "-"
@@ -96,38 +101,83 @@ def _tables(report: dict) -> list[tuple[str, list[tuple[str, ...]]]]:
         out.append(("distillation: every student on every trace mix (held-out accuracy)", [("student", "params", *mixes)] + [
             (name, f"{params:,}", *(f"{100 * acc[(name, m)]:.1f} %" if (name, m) in acc else "-" for m in mixes))
             for name, params in sizes]))
+    curve = report["stages"].get("grpo", {}).get("heldout_curve") or []
+    if curve:
+        start = curve[0]["accuracy"]
+        out.append(("GRPO held-out accuracy during training (greedy pass@1)", [("step", "held-out acc", "vs start")] + [
+            (str(c["step"]), f"{100 * c['accuracy']:.1f} %", f"{100 * (c['accuracy'] - start):+.1f}") for c in curve]))
+    sampled = {name: m for name, m in report["stages"].items() if m.get("pass@k") or m.get("maj@k")}
+    if sampled:
+        ks = sorted({int(k) for m in sampled.values() for key in ("pass@k", "maj@k") for k in (m.get(key) or {})})
+        n, temp, problems = _sampling(report, next(iter(sampled.values())))
+        rows = [("stage", *(f"pass@{k}" for k in ks), *(f"maj@{k}" for k in ks))]
+        rows += [(name, *(_at(m.get(key), k) for key in ("pass@k", "maj@k") for k in ks)) for name, m in sampled.items()]
+        where = f" on the first {problems} held-out problems" if problems else ""
+        out.append((f"held-out pass@k and maj@k: {n} samples per problem at temperature {temp:g}{where}", rows))
     for name, m in report["stages"].items():
         if m.get("tts"):
             tts = [("strategy", "k", "tokens / problem", "accuracy")]
             tts += [(s, str(p["k"]), f"{p['tokens']:.0f}", f"{100 * p['accuracy']:.1f} %")
                     for s, pts in m["tts"].items() for p in pts]
-            out.append((f"test-time scaling, {name}", tts))
+            _, temp, _ = _sampling(report, m)
+            out.append((f"test-time scaling, {name} (greedy at temperature 0, samples at temperature {temp:g})", tts))
     return out
 
 
+def _base(report: dict) -> tuple[float, int] | None:
+    """(held-out accuracy, params) of the model the run started from, so each stage's gain can be read off:
+    SFT's starting point or, without SFT, GRPO's step 0 (its curve starts from the base model)."""
+    stages = report["stages"]
+    if "sft" in stages:
+        acc, params = stages["sft"].get("accuracy_before"), stages["sft"].get("params")
+    else:
+        curve = stages.get("grpo", {}).get("heldout_curve") or [{}]
+        acc = curve[0].get("accuracy") if curve[0].get("step") == 0 else None
+        params = stages.get("grpo", {}).get("params")
+    return (acc, params) if isinstance(acc, (int, float)) and params else None
+
+
+def _sampling(report: dict, m: dict) -> tuple:
+    """(samples per problem, temperature, problems) of a stage's sampled figures: as measured (`sampling`),
+    else the run's eval config (reports written before `sampling` was recorded)."""
+    s, e = m.get("sampling") or {}, (report.get("config") or {}).get("eval", {})
+    return s.get("n", e.get("samples", "?")), s.get("temperature", e.get("temperature", 1.0)), \
+        s.get("problems", e.get("num_problems", 0))
+
+
+def _at(values: dict | None, k: int) -> str:
+    """A pass@k / maj@k figure at k (keys are ints in memory, strings once read back from JSON)."""
+    v = (values or {}).get(k, (values or {}).get(str(k)))
+    return f"{100 * v:.1f} %" if v is not None else "-"
+
+
 def _benchmark_columns(report: dict) -> list[tuple[str, Callable[[dict], str]]]:
-    """One column per benchmark measured by any stage (greedy accuracy), plus `<name> maj@K` at the largest
-    K when sampled; "-" where a stage did not measure it."""
-    cols: dict[str, int] = {}
+    """One column per benchmark measured by any stage (greedy accuracy), plus `<name> pass@K (T=t)` and
+    `<name> maj@K (T=t)` at the largest K when sampled; "-" where a stage did not measure it."""
+    cols: dict[str, dict[str, int]] = {}
+    temps: dict[str, float] = {}
     for m in report["stages"].values():
         for name, b in (m.get("benchmarks") or {}).items():
-            ks = [int(k) for k in (b.get("maj@k") or {})]
-            cols[name] = max([cols.get(name, 0), *ks])
+            seen = cols.setdefault(name, {})
+            for key in ("pass@k", "maj@k"):
+                seen[key] = max([seen.get(key, 0), *(int(k) for k in (b.get(key) or {}))])
+            if "temperature" in b:
+                temps.setdefault(name, b["temperature"])
 
     def greedy(name: str) -> Callable[[dict], str]:
         return lambda m: f"{100 * m['benchmarks'][name]['accuracy']:.1f} %" if name in (m.get("benchmarks") or {}) else "-"
 
-    def maj(name: str, k: int) -> Callable[[dict], str]:
-        def cell(m: dict) -> str:
-            v = ((m.get("benchmarks") or {}).get(name, {}).get("maj@k") or {}).get(str(k))
-            return f"{100 * v:.1f} %" if v is not None else "-"
-        return cell
+    def sampled(name: str, key: str, k: int) -> Callable[[dict], str]:
+        return lambda m: _at((m.get("benchmarks") or {}).get(name, {}).get(key), k)
 
+    default_t = (report.get("config") or {}).get("eval", {}).get("temperature", 1.0)
     out: list[tuple[str, Callable[[dict], str]]] = []
-    for name, k in cols.items():
+    for name, ks in cols.items():
         out.append((name, greedy(name)))
-        if k:
-            out.append((f"{name} maj@{k}", maj(name, k)))
+        for key in ("pass@k", "maj@k"):
+            if ks.get(key):
+                k = ks[key]
+                out.append((f"{name} {key[:-1]}{k} (T={temps.get(name, default_t):g})", sampled(name, key, k)))
     return out
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import sys
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -197,7 +198,8 @@ def _train_loop(config: dict) -> None:
                                          weight_dtype=engine_dtype("auto", g.use_gpu))
     fns, weights = reward_functions(cfg, config.get("reward"))
     run = tracking.start_stage_run(cfg, "grpo") if rank == 0 else None
-    callbacks = [TimeBudget(g.time_budget_s)] + ([Progress("grpo: train")] if rank == 0 else [])
+    budget = TimeBudget(g.time_budget_s)
+    callbacks = [budget] + ([Progress("grpo: train")] if rank == 0 else [])
     trainer = make_grpo_trainer(model, tok, read_jsonl(folder.data("train")), fns, weights, ckpts, g,
                                 callbacks=callbacks, rollout_func=rollout_func, seed=cfg.run.seed,
                                 report_to=tracking.report_to(cfg) if rank == 0 else "none", use_cpu=not g.use_gpu,
@@ -205,6 +207,8 @@ def _train_loop(config: dict) -> None:
                                 use_vllm=g.in_learner_vllm)
     if rank == 0:
         tracking.attach_grpo(trainer, cfg, out)  # history.jsonl, tokens/s, rollout table
+    if g.eval_every >= 0:  # every rank: ZeRO-3 gathers the weights for rank 0's evaluation
+        trainer.add_callback(_heldout_callback(trainer, cfg, tok, budget))
     start = time.monotonic()
     if finished:
         from transformers import TrainerState
@@ -212,7 +216,9 @@ def _train_loop(config: dict) -> None:
         trainer.state = TrainerState.load_from_json(str(resume / "trainer_state.json"))
     else:
         trainer.train(resume_from_checkpoint=str(resume) if resume else None)
-    train_time = time.monotonic() - start
+    # Held-out evaluations during training are not training time (nor the equal-time baseline's budget).
+    eval_s = sum(h.get("heldout/eval_s", 0.0) for h in trainer.state.log_history if HELDOUT in h)
+    train_time = time.monotonic() - start - budget.paused
     # Every rank takes part: under ZeRO-3 saving gathers the shards into one full checkpoint. The folder
     # holds the model (LoRA merged into it; the adapter alone in adapter/), its generation config and tokenizer.
     save_policy(trainer, out)
@@ -229,6 +235,7 @@ def _train_loop(config: dict) -> None:
     # The consolidated weights, whatever the learner's sharding was, on this worker's device.
     model, _ = load_policy(out, "auto" if g.use_gpu else "float32", device=f"cuda:{local_rank}" if g.use_gpu else None)
     after = evaluate_stage(model, tok, cfg, "grpo: eval")
+    curve = _heldout_curve(trainer.state, after["accuracy"], out / "history.jsonl")
     history = [h for h in trainer.state.log_history if "reward" in h]
     metrics = {
         "accuracy": after["accuracy"], "params": count_params(model), "train_time_s": train_time,
@@ -239,9 +246,43 @@ def _train_loop(config: dict) -> None:
         "reward_last": history[-1]["reward"] if history else None,
         "samples": after["samples"], "benchmarks": after.get("benchmarks", {}),
         "unparsed_gold": after.get("unparsed_gold", 0),
+        # Held-out greedy pass@1 along training: start, every grpo.eval_every share of the budget, end.
+        "heldout_curve": curve, "heldout_eval_s": eval_s,
         # The logged curve, compact: on-policy reward, dynamic sampling and rollout timings.
         "log": [{k: round(h[k], 4) for k in _LOGGED if k in h} | {"step": h["step"]} for h in history],
     }
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
     tracking.finish(run, {"eval/accuracy": after["accuracy"], "params": metrics["params"]}, eval_samples=after["samples"],
                     checkpoint=out)
+
+
+HELDOUT = "heldout/accuracy"  # rl.callbacks.HeldoutEval.KEY, the key plots and report read
+
+
+def _heldout_callback(trainer, cfg: "PipelineConfig", tok, budget):
+    """GRPO's held-out curve (`grpo.eval_every`): greedy pass@1 on the run's held-out split, in the learner."""
+    from pipelines.scoring import heldout_accuracy
+    from rl.callbacks import HeldoutEval
+
+    g = cfg.grpo
+    rows = read_jsonl(RunFolder(cfg.run_dir).data("heldout"))
+    every = g.eval_every or g.max_steps / 4
+    return HeldoutEval(trainer, lambda model: heldout_accuracy(model, tok, rows, cfg.eval), fraction=every / g.max_steps,
+                       budget=budget, desc="grpo", on_point=_log_point)
+
+
+def _log_point(step: int, point: dict) -> None:
+    wandb = sys.modules.get("wandb")  # imported by TRL's WandbCallback when the stage tracks
+    if wandb is not None and wandb.run is not None:  # the stage's run (rank 0), on TRL's step axis
+        wandb.run.log({"eval/heldout_accuracy": point[HELDOUT], "train/global_step": step})
+
+
+def _heldout_curve(state, final: float, history: Path) -> list[dict]:
+    """[{step, accuracy}] measured during training plus the stage's final evaluation, which is also appended
+    to `history.jsonl` (the file the plots read) as the curve's last point."""
+    curve = [{"step": h["step"], "accuracy": h[HELDOUT]} for h in state.log_history if HELDOUT in h]
+    curve = [c for c in curve if c["step"] < state.global_step] + [{"step": state.global_step, "accuracy": final}]
+    with history.open("a") as f:
+        f.write(json.dumps({HELDOUT: final, "step": state.global_step, "heldout/final": True}) + "\n")
+    print(f"grpo: held-out accuracy {100 * final:.1f} % at step {state.global_step}/{state.max_steps} (end)", flush=True)
+    return curve

@@ -45,11 +45,12 @@ def _rayzero(out: Path, name: str, *overrides: str, **kw) -> subprocess.Complete
 
 
 def _start_and_wait_for_checkpoint(run: Path, args: list[str], step: int, **popen_kw) -> subprocess.Popen:
-    """Start the pipeline in the background and return once GRPO wrote checkpoint-`step`."""
+    """Start the pipeline in the background and return once GRPO wrote checkpoint-`step` to the end (the
+    trainer writes trainer_state.json last: a kill before it would leave a checkpoint no run resumes from)."""
     proc = subprocess.Popen(_cmd(run.parent, run.name, args), cwd=ROOT, **{"env": ENV, **popen_kw})
     ckpt = run / "grpo.checkpoints" / f"checkpoint-{step}"
     deadline = time.monotonic() + 300
-    while time.monotonic() < deadline and not ckpt.exists():
+    while time.monotonic() < deadline and not (ckpt / "trainer_state.json").exists():
         time.sleep(0.2)
     assert ckpt.exists(), f"no {ckpt.name} appeared"
     return proc

@@ -76,6 +76,23 @@ def test_report_progress_lines_and_wandb_runs(micro):
     assert len(list((micro.run_dir / "wandb").glob("offline-run-*"))) == len(STAGES), "one wandb run per stage"
 
 
+def test_grpo_heldout_curve_reaches_history_plots_report_and_console(micro):
+    """GRPO (3 steps, ZeRO-3 over 2 ranks) evaluates the held-out split in its learner at the start and every
+    quarter of its budget (grpo.eval_every=0: steps 1 and 2); the stage's final evaluation is the end point."""
+    history = [json.loads(line) for line in (micro.run_dir / "grpo" / "history.jsonl").open()]
+    points = [(h["step"], h["heldout/accuracy"]) for h in history if "heldout/accuracy" in h]
+    grpo = micro.report["stages"]["grpo"]
+    assert [s for s, _ in points] == [0, 1, 2, 3] and points[-1][1] == grpo["accuracy"]
+    assert [(c["step"], c["accuracy"]) for c in grpo["heldout_curve"]] == points
+    assert points[0][1] == micro.report["stages"]["sft"]["accuracy"], "step 0 is the SFT checkpoint GRPO starts from"
+    assert all(f"grpo: held-out accuracy {100 * a:.1f} % at step {s}/3" in micro.log for s, a in points[:3])
+    assert (micro.run_dir / "plots" / "heldout.png").stat().st_size > 5000
+    md = (micro.run_dir / "report.md").read_text()
+    assert "## GRPO held-out accuracy during training (greedy pass@1)" in md and "![heldout](plots/heldout.png)" in md
+    sft = micro.report["stages"]["sft"]
+    assert f"| base | {sft['params']:,} | {100 * sft['accuracy_before']:.1f} % |" in md, "the starting model's row"
+
+
 def test_resume_skips_finished_stages_and_redoes_a_missing_one(micro, tmp_path):
     run = tmp_path / "micro"
     shutil.copytree(micro.run_dir, run, ignore=shutil.ignore_patterns("wandb", "ray_train", "grpo.zero3-checkpoints"))

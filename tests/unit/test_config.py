@@ -13,6 +13,13 @@ def test_every_shipped_recipe_loads_and_starts_with_its_command(recipe):
     assert first == f"# rayzero run {recipe}", "a recipe starts with the command that runs it"
 
 
+def test_smollm2_recipe_evaluates_grpo_on_a_fixed_heldout_set_every_quarter():
+    cfg = load_config("smollm2-135m")  # every rule checked at load
+    assert cfg.task.num_heldout >= 300
+    g = cfg.grpo
+    assert g.eval_every == 0 or 0 < g.eval_every <= g.max_steps / 4, "GRPO's held-out curve: at least every quarter"
+
+
 def test_tiny_is_the_default_and_overrides_apply():
     cfg = load_config("tiny", ["grpo.num_generations=4", "sft.learning_rate=3e-4", "run.name=x",
                                "grpo.rewards={math_accuracy: 1.0}", "distill.students.student.hidden_size=48"])

@@ -72,6 +72,8 @@ REFUSED = [
     (["task.name=arithmetc"], "(did you mean arithmetic?)"),
     (["grpo.tis_cap=0.5"], "grpo.tis_cap=0.5 must be 0 (off) or >= 1"),
     (["grpo.verify_sync=maybe"], "grpo.verify_sync"),
+    (["grpo.eval_every=-2"], "grpo.eval_every=-2: must be 1..grpo.max_steps=2"),
+    (["grpo.eval_every=3"], "grpo.eval_every=3: must be 1..grpo.max_steps=2"),
 ]
 
 
@@ -96,7 +98,8 @@ def test_shipped_recipes_and_sane_variants_load():
                       ["run.name=my-run_2.b"], ["grpo.enabled=false", "distill.mixes={m: {long_short: 0.0}}"],
                       ["grpo.zero_stage=1", "grpo.offload_optimizer=true"],
                       ["grpo.zero_stage=3", "grpo.offload_optimizer=true", "grpo.offload_params=true"],
-                      ["publish.enabled=true", "publish.to=out", "publish.adapter=true", "publish.stage=grpo", "grpo.lora.r=4"]):
+                      ["publish.enabled=true", "publish.to=out", "publish.adapter=true", "publish.stage=grpo", "grpo.lora.r=4"],
+                      ["grpo.eval_every=-1"], ["grpo.eval_every=2"]):
         load_config("micro", overrides)
 
 

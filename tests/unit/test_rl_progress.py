@@ -82,3 +82,34 @@ def test_rl_imports_no_ray_rewards_or_cluster():
     bad = {str(p.relative_to(ROOT)): sorted(_imports(p) & {"ray", "rewards", "cluster", "pipelines"})
            for p in (ROOT / "rl").rglob("*.py")}
     assert not {k: v for k, v in bad.items() if v}
+
+
+def _tiny_grpo(tmp_path, reward, max_steps, callbacks=(), **params):
+    """A real TRL GRPO trainer on a tiny model (the stage's trainer class), rewarded by `reward`."""
+    from rl.grpo import GRPOParams, make_grpo_trainer
+    from rl.modeling import build_tiny_model, train_tokenizer
+
+    rows = [{"prompt": f"{i} plus {i} is", "answer": str(2 * i)} for i in range(8)]
+    tok = train_tokenizer([r["prompt"] + " " + r["answer"] for r in rows] * 4, 300)
+    model = build_tiny_model(tok, hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64,
+                             max_position=64, seed=0)
+    p = GRPOParams(max_steps=max_steps, learning_rate=1e-3, num_generations=2, prompts_per_step=2,
+                   max_completion_length=4, logging_steps=1, **params)
+    return make_grpo_trainer(model, tok, rows, [reward], [1.0], tmp_path, p, callbacks=list(callbacks))
+
+
+def test_grpo_progress_line_shows_the_reward_of_its_own_step(tmp_path, capsys):
+    """Issue 25: the reward printed with step N was step N-1's (the trainer logs after on_step_end)."""
+    from rl.callbacks import Progress
+
+    def reward(completions, trainer_state, **_):  # a different, known reward at every step
+        return [float(trainer_state.global_step) + 0.5] * len(completions)
+
+    trainer = _tiny_grpo(tmp_path, reward, 4, callbacks=[Progress("grpo: train")])
+    trainer.train()
+    logged = {h["step"]: h["reward"] for h in trainer.state.log_history if "reward" in h}
+    assert len(set(logged.values())) == 4, logged
+    lines = [l for l in capsys.readouterr().out.splitlines() if l.startswith("grpo: train")]
+    shown = {int(l.split()[2].split("/")[0]): float(l.split("reward=")[1].split()[0]) if "reward=" in l else None
+             for l in lines}
+    assert shown == logged, lines
