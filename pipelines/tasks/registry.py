@@ -87,7 +87,9 @@ def _load_builtin() -> None:
 def names() -> tuple[str, ...]:
     """Every registered task name (the valid `task.name` values)."""
     _load_builtin()
-    return tuple(_TASKS)
+    order = {f"pipelines.tasks.{m}": i for i, m in enumerate(MODULES)}  # built-in ones first, as listed (whatever
+    # imported one of them earlier), then the others in the order they registered
+    return tuple(sorted(_TASKS, key=lambda n: order.get(_TASKS[n].load.__module__, len(MODULES))))
 
 
 def find(name: str) -> Task | None:
