@@ -28,6 +28,7 @@ from pipelines.config.schema import PipelineConfig, TaskSection, to_dict
 from pipelines.run_folder import (RunFolder, digest, file_digests, read_json_or_none, read_jsonl, write_json,
                                   write_jsonl)
 from pipelines.tasks import TaskDataError, load_task
+from pipelines.tasks import get as get_task
 
 SPLITS = ("cold_start", "train", "heldout")
 # TaskSection fields added after run folders existed: left out of the data key while at their defaults, so
@@ -59,7 +60,7 @@ def check_splits(cfg: PipelineConfig, splits: dict[str, list[dict]]) -> None:
     for split in SPLITS:
         rows = splits.get(split, [])
         if need[split] and not rows:
-            if split == "cold_start" and cfg.task.name in ("hf", "jsonl"):
+            if split == "cold_start" and get_task(cfg.task.name).columns_mapped:
                 raise TaskDataError("task.columns.completion: SFT is on but no row has a completion (chain of thought); "
                                     "map a completion column, set task.completion_template, point task.cold_start at "
                                     "CoT data, or set sft.enabled=false")

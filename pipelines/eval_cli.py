@@ -58,7 +58,7 @@ def eval_config(path: Path, task: str | None, overrides: Sequence[str]) -> tuple
     config.yaml next to the checkpoint (else the tiny recipe), its task section replaced whole by `task`
     (a task name, a recipe's task section, or an inline YAML mapping), then `overrides`."""
     from pipelines.config.schema import TaskSection, to_dict
-    from pipelines.tasks import TASKS
+    from pipelines.tasks import names
 
     run_cfg = path.parent / "config.yaml"
     source = f"{run_cfg} (the checkpoint's run)" if run_cfg.exists() else "recipe tiny (no config.yaml next to the checkpoint)"
@@ -66,7 +66,7 @@ def eval_config(path: Path, task: str | None, overrides: Sequence[str]) -> tuple
     section: dict | None = None
     if task:
         inline = _yaml_mapping(task)
-        if task in TASKS:
+        if task in names():
             section, task_from = to_dict(TaskSection(name=task)), f"--task {task}: its defaults"
         elif inline is not None:
             section, task_from = inline, "--task: the mapping given"
@@ -74,7 +74,7 @@ def eval_config(path: Path, task: str | None, overrides: Sequence[str]) -> tuple
             try:
                 section = to_dict(load_config(task).task)
             except ConfigError as e:
-                raise ConfigError(f"--task {task!r}: not a task ({', '.join(TASKS)}), a recipe with a task section, "
+                raise ConfigError(f"--task {task!r}: not a task ({', '.join(names())}), a recipe with a task section, "
                                   f"nor a mapping ({e})") from None
             task_from = f"--task {task}: that recipe's task section"
     # The whole section as `task.<field>=<value>` overrides (JSON is YAML): nothing of the run's task is kept.

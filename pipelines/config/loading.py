@@ -243,5 +243,16 @@ def load_config(recipe: str = "tiny", overrides: list[str] | tuple[str, ...] = (
 def from_dict(raw: Mapping[str, Any]) -> PipelineConfig:
     """A checked config from nested sections (a recipe's YAML, or a run's config.yaml)."""
     cfg = build(PipelineConfig, raw)
+    cfg = _task_rewards(cfg, raw)
     check(cfg)
     return cfg
+
+
+def _task_rewards(cfg: PipelineConfig, raw: Mapping[str, Any]) -> PipelineConfig:
+    """GRPO's rewards default to the task's own (pipelines/tasks/registry.py) when the config names none."""
+    from pipelines.tasks import find
+
+    task = find(cfg.task.name)  # an unknown name is reported by the rules, naming the valid ones
+    if task is None or task.rewards is None or "rewards" in (raw.get("grpo") or {}):
+        return cfg
+    return dataclasses.replace(cfg, grpo=dataclasses.replace(cfg.grpo, rewards=dict(task.rewards)))

@@ -121,10 +121,10 @@ def _model(m: ModelSection, where: str, kinds: Iterable[str] | None = None) -> N
 
 
 def _task(cfg: PipelineConfig) -> None:
-    from pipelines.tasks import TASKS, task_rules
+    from pipelines.tasks import names, task_rules
 
     t = cfg.task
-    _choice("task.name", t.name, TASKS)
+    _choice("task.name", t.name, names())
     if (cfg.sft.enabled or cfg.baseline.enabled) and t.num_cold_start < 1:
         fail("task.num_cold_start", t.num_cold_start, "must be >= 1 when sft (or baseline) is enabled")
     if cfg.grpo.enabled and t.num_train < cfg.grpo.prompts_per_step:
@@ -368,5 +368,7 @@ def _stage_contracts(cfg: PipelineConfig) -> None:
 
 
 def _has_short_completions(cfg: PipelineConfig) -> bool:
-    t = cfg.task
-    return t.name == "arithmetic" or "short_completion" in t.columns or (t.name == "jsonl" and not t.columns)
+    from pipelines.tasks import get
+
+    task = get(cfg.task.name)
+    return task.short_solution is not None or task.has_short_column(cfg.task)

@@ -10,13 +10,15 @@ import re
 
 def answer_text(cfg: dict) -> str:
     """What the model was trained to write after a prompt of this run."""
+    from pipelines.tasks import find
     from pipelines.tasks.templates import asks_for_tags, resolve
 
     task = cfg.get("task", {})
     t = resolve(task.get("prompt_template", "plain"), task.get("system_prompt", ""), task.get("chat_template", False))
     grpo = cfg.get("grpo", {})
-    # The cold-start examples (the built-in arithmetic task's, or a completion_template) teach the tag format too.
-    cold_tags = task.get("name") == "arithmetic" or "<answer>" in task.get("completion_template", "")
+    # The cold-start examples (a built-in task's, or a completion_template) teach the tag format too.
+    known = find(task.get("name", ""))
+    cold_tags = (known is not None and known.cold_start_tags) or "<answer>" in task.get("completion_template", "")
     tags = asks_for_tags(t) or (grpo.get("enabled", True) and "strict_format" in (grpo.get("rewards") or {}))
     template = task.get("prompt_template", "plain")
     also = (" (its cold-start examples were written as `<think>…</think><answer>…</answer>`, which it may "

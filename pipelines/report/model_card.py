@@ -179,31 +179,12 @@ def datasets_of(cfg: dict, override: tuple[str, ...] | list[str] = ()) -> list[s
     `datasets` builder, json/parquet/csv, that read them), a built-in task by its name."""
     if override:
         return list(override)
+    from pipelines.tasks import find
+
     task = cfg.get("task", {})
-    out: list[str] = []
-    if task.get("name") == "jsonl" and task.get("path"):
-        out.append(Path(task["path"]).name)
-    elif task.get("name") == "hf":
-        out += _dataset_names(task.get("dataset", ""), task.get("data_files", ""))
-        cold = task.get("cold_start") or {}
-        if cold.get("dataset") or cold.get("data_files"):
-            out += _dataset_names(cold.get("dataset") or task.get("dataset", ""),
-                                  cold.get("data_files") or (task.get("data_files", "") if not cold.get("dataset") else ""))
-    elif task.get("name") == "human_eval":
-        out.append("openai/openai_humaneval")
-    elif task.get("name") == "reasoning_gym" and task.get("dataset"):
-        out.append(f"reasoning_gym/{task['dataset']}")
+    known = find(task.get("name", ""))  # None: a run of a task this version no longer has
+    out: list[str] = known.datasets(task) if known else []
     return list(dict.fromkeys(out)) or [task.get("dataset") or task.get("name", "unknown")]
-
-
-def _dataset_names(dataset: str, data_files) -> list[str]:
-    if dataset == "human_eval":
-        return ["openai/openai_humaneval"]
-    if dataset in ("json", "parquet", "csv", "text", "arrow") or not dataset:
-        files = data_files.values() if isinstance(data_files, dict) else [data_files]
-        names = [Path(str(f)).name for v in files for f in (v if isinstance(v, (list, tuple)) else [v]) if f]
-        return names or ([dataset] if dataset else [])
-    return [dataset]
 
 
 def eval_results(stage_report: dict, cfg: dict) -> list[EvalResult]:

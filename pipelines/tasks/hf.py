@@ -37,6 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Mapping
 
+from pipelines.tasks.registry import Task, TaskDataError, register
 from pipelines.tasks.messy import UnusableRow, Usable, check_text_files, diagnose_json_lines
 from pipelines.tasks.templates import fill, is_messages
 
@@ -534,3 +535,55 @@ def _cold_rows(cfg: "TaskSection", seed: int, sources: dict[str, Source], train_
         row["_index"] = i
         out.append(row)
     return out, from_train, dropped
+
+
+# -- the task's declaration (pipelines/tasks/registry.py) ---------------------------------------------------
+
+def check_config(cfg: "TaskSection") -> str | None:
+    problem = check_source(cfg.dataset, cfg.data_files, "task") or check_columns(cfg.columns, "task.columns")
+    if problem:
+        return problem
+    if not cfg.train_split:
+        return "task.train_split='': name the split to train on (e.g. train)"
+    if cfg.heldout_split and cfg.heldout_split == cfg.train_split:
+        return f"task.heldout_split={cfg.heldout_split!r}: must differ from task.train_split (never evaluate on trained rows)"
+    cs = cfg.cold_start
+    if cs.dataset or cs.data_files:
+        problem = check_source(cs.dataset or cfg.dataset, cs.data_files or (cfg.data_files if not cs.dataset else ""),
+                               "task.cold_start")
+        if problem:
+            return problem
+    problem = check_columns(cs.columns, "task.cold_start.columns")
+    if problem or not cs.answer_format:
+        return problem
+    return check_answer_format(cs.answer_format, "task.cold_start.answer_format")
+
+
+def load(cfg: "TaskSection", seed: int) -> dict[str, Any]:
+    try:
+        return generate_splits(cfg, seed)
+    except TaskError as e:
+        raise TaskDataError(str(e)) from None
+
+
+def dataset_names(dataset: str, data_files: Any) -> list[str]:
+    """A dataset as a model card names it: a hub id, or local files by their file names (not the builder)."""
+    if dataset in PACKAGED:
+        return ["openai/openai_humaneval"]
+    if dataset in ("json", "parquet", "csv", "text", "arrow") or not dataset:
+        files = data_files.values() if isinstance(data_files, dict) else [data_files]
+        names = [Path(str(f)).name for v in files for f in (v if isinstance(v, (list, tuple)) else [v]) if f]
+        return names or ([dataset] if dataset else [])
+    return [dataset]
+
+
+def card_datasets(task: Mapping[str, Any]) -> list[str]:
+    out = dataset_names(task.get("dataset", ""), task.get("data_files", ""))
+    cold = task.get("cold_start") or {}
+    if cold.get("dataset") or cold.get("data_files"):
+        out += dataset_names(cold.get("dataset") or task.get("dataset", ""),
+                             cold.get("data_files") or (task.get("data_files", "") if not cold.get("dataset") else ""))
+    return out
+
+
+TASK = register(Task("hf", load, rules=check_config, columns_mapped=True, hub_splits=True, datasets=card_datasets))

@@ -21,6 +21,8 @@ import json
 import random
 from pathlib import Path
 
+from pipelines.tasks.registry import Task, TaskDataError, register
+
 INSTRUCTION = ("Complete the Python function below. Think in <think></think>, then give the whole function "
                "in a ```python code block.\n\n")
 
@@ -93,3 +95,17 @@ def generate_splits(num_cold_start: int, num_train: int, num_heldout: int, seed:
         "train": [to_row(p) for p in train],
         "heldout": [to_row(p) for p in held],
     }
+
+
+# -- the task's declaration (pipelines/tasks/registry.py) ---------------------------------------------------
+
+def load(cfg, seed: int) -> dict[str, list[dict]]:
+    try:
+        return generate_splits(cfg.num_cold_start, cfg.num_train, cfg.num_heldout, seed)
+    except TaskError as e:
+        raise TaskDataError(str(e)) from None
+
+
+# Rows carry tests: scored by running them (rewards/code.py), not by comparing an answer.
+TASK = register(Task("human_eval", load, rewards={"code_accuracy": 1.0}, kind="code",
+                     datasets=lambda task: ["openai/openai_humaneval"]))

@@ -26,6 +26,8 @@ import json
 import zlib
 from typing import Any, Callable, Mapping
 
+from pipelines.tasks.registry import Task, TaskDataError, register
+
 INSTRUCTION = "Show your steps in <think></think>, then the final answer in <answer></answer>."
 # Generators whose problems come from GSM8K's test set: never training data.
 GSM_DERIVED = ("gsm_symbolic",)
@@ -201,3 +203,26 @@ def generate_splits(dataset: str, params: Mapping[str, Any], num_cold_start: int
         r.pop("completion", None)  # RL prompts carry answers only
     assert not held_questions & {json.loads(r["rg_entry"])["question"] for r in rows}
     return {"cold_start": cold, "train": train, "heldout": heldout}
+
+
+# -- the task's declaration (pipelines/tasks/registry.py) ---------------------------------------------------
+
+def check_config(cfg) -> str | None:
+    if not cfg.dataset:
+        return "task.dataset='': required when task.name=reasoning_gym (e.g. chain_sum, basic_arithmetic)"
+    reason = contamination_reason(cfg.dataset, cfg.params)
+    return f"task.dataset={cfg.dataset!r}: refused as training data: {reason}" if reason else None
+
+
+def load(cfg, seed: int) -> dict[str, list[dict]]:
+    try:
+        return generate_splits(cfg.dataset, cfg.params, cfg.num_cold_start, cfg.num_train, cfg.num_heldout, seed)
+    except TaskError as e:
+        raise TaskDataError(str(e)) from None
+
+
+def dataset_names(task: Mapping[str, Any]) -> list[str]:
+    return [f"reasoning_gym/{task['dataset']}"] if task.get("dataset") else []
+
+
+TASK = register(Task("reasoning_gym", load, rules=check_config, cold_start_tags=True, datasets=dataset_names))
