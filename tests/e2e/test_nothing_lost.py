@@ -275,7 +275,7 @@ def test_data_preparation_answers_sigterm_within_seconds(tmp_path):
     log = tmp_path / "prep.log"
     with log.open("w") as err:
         proc = subprocess.Popen(_cmd(tmp_path, "long", "task.name=jsonl", f"task.path={data}",
-                                     "task.max_prompt_chars=0")  # the long prompt must reach tokenizer training, cwd=ROOT,
+                                     "task.max_prompt_chars=0"), cwd=ROOT,  # the long prompt must reach tokenizer training
                                 env=_env(str(tmp_path)), stdout=subprocess.DEVNULL, stderr=err)
     try:
         _wait_for(tmp_path / "long" / "data" / "heldout.jsonl", proc)  # the tokenizer is trained right after
