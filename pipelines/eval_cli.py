@@ -136,10 +136,7 @@ def eval_command(checkpoint: str, args: Sequence[str], out: str = "", say: Calla
         if cfg.eval.benchmarks:
             bench = _limited(_benchmark_data(path, cfg, [], in_run=run_cfg.exists(), say=say), limit)
         result = evaluate_checkpoint(path, rows, cfg.eval, seed=cfg.run.seed, desc=f"eval {path.name}", benchmarks=bench)
-        print_table({"stages": {path.name: result}, "summary": {}}, say)
-        for name in ("pass@k", "maj@k"):
-            if result.get(name):
-                say(f"{name}: " + ", ".join(f"k={k}: {100 * v:.1f} %" for k, v in result[name].items()))
+        print_table({"stages": {path.name: result}, "summary": {}}, say)  # pass@k / maj@k with their T and k
         if result.get("unparsed_gold"):
             say(f"unparsed_gold: {result['unparsed_gold']} held-out rows left out of accuracy (their gold cannot be used)")
         if result.get("benchmarks"):
@@ -193,7 +190,9 @@ def _benchmarks(path: Path, cfg, names: list[str], in_run: bool, say, limit: int
 
 def _print_benchmarks(results: dict[str, dict], say: Callable[[str], None]) -> None:
     ks = sorted({k for r in results.values() for k in r.get("pass@k", {})}, key=int)
-    head = ["benchmark", "n", "accuracy", "unparsed gold"] + [f"pass@{k}" for k in ks] + [f"maj@{k}" for k in ks]
+    temps = {r["temperature"] for r in results.values() if r.get("temperature") is not None}
+    t = f" (T={temps.pop():g})" if len(temps) == 1 else ""  # the sampling temperature behind pass@k and maj@k
+    head = ["benchmark", "n", "accuracy", "unparsed gold"] + [f"pass@{k}{t}" for k in ks] + [f"maj@{k}{t}" for k in ks]
     rows = [head]
     for name, r in results.items():
         rows.append([name, str(r["n"]), f"{100 * r['accuracy']:.1f} %", str(r["unparsed_gold"])]

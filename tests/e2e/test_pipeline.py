@@ -119,5 +119,7 @@ def test_rayzero_eval_measures_a_checkpoint_on_its_runs_heldout_split(micro, cli
     assert res["accuracy"] == micro.report["stages"]["grpo"]["accuracy"] and res["num_examples"] == 16
     assert set(res["pass@k"]) == {"1", "2"} and res["pass@k"]["2"] >= res["pass@k"]["1"]
     assert "best-of-k" in res["tts"] and "held-out acc" in proc.stdout
+    assert "held-out pass@k and maj@k: 2 samples per problem at temperature" in proc.stdout  # T and k stated once
+    assert "pass@k: k=1" not in proc.stdout  # the old unlabelled lines are gone
     assert (f"eval: config {micro.run_dir / 'config.yaml'} (the checkpoint's run); task arithmetic from the run's task "
             "section; overrides: eval.samples, eval.ks, eval.scorer") in proc.stdout
