@@ -109,6 +109,16 @@ class RunResult:
         return self.passed / len(self.tests) if self.tests else 0.0
 
 
+@dataclass(frozen=True)
+class ExecResult:
+    """One program run as a tool: status "ok" | "error" | "timeout" | "memory" | "failed" (output over the limit)."""
+
+    status: str
+    stdout: str = ""
+    stderr: str = ""
+    duration_s: float = 0.0
+
+
 def split_assert_tests(tests: str, entry_point: str | None = None) -> list[tuple[str, bool]]:
     """Top-level statements of assert-style test code as (source, is_test). `assert` statements and bare
     calls (`check(f)`) are tests; imports/defs/assignments are setup. With `entry_point`, HumanEval/MBPP
@@ -347,6 +357,31 @@ class Sandbox:
         tests_out: list[Status] = resp["tests"]
         status = resp["status"] or _overall(tests_out)
         return RunResult(status, tests_out if resp["status"] is None else [status] * self._n_tests(req), resp["stderr"][-2000:], time.monotonic() - t0)
+
+    def execute(self, program: str) -> "ExecResult":
+        """Run `program` once with empty stdin (a tool call): its stdout up to `output_kb` (status "failed"
+        when it printed more, cut there), its stderr tail, and how it ended ("ok", "error" for an exception
+        or a non-zero exit, "timeout", "memory"). Never raises for anything the program does."""
+        c = self.config
+        req = {"program": program, "mode": "exec", "limits": {
+            "timeout_s": c.timeout_s, "cpu_s": c.cpu_s, "memory_bytes": c.memory_mb << 20, "file_bytes": c.file_mb << 20,
+            "nproc": 0, "output_bytes": c.output_kb << 10}}
+        t0 = time.monotonic()
+        with self._lock:
+            if self._proc is None or self._proc.poll() is not None:
+                self.close()
+                self._start()
+            req["limits"]["nproc"] = self._nproc
+            data = json.dumps(req).encode()
+            try:
+                self._proc.stdin.write(struct.pack("<I", len(data)) + data)
+                self._proc.stdin.flush()
+                resp = self._recv(deadline=time.monotonic() + c.timeout_s + 5.0)
+            except (TimeoutError, EOFError, BrokenPipeError, OSError) as e:
+                self.close()
+                return ExecResult("timeout" if isinstance(e, TimeoutError) else "error", "", f"sandbox: {e}",
+                                  time.monotonic() - t0)
+        return ExecResult(resp["status"], resp.get("stdout", ""), resp["stderr"], time.monotonic() - t0)
 
     @staticmethod
     def _n_tests(req: dict) -> int:
