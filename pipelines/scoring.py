@@ -55,13 +55,16 @@ def summarize(scores: list) -> dict:
 
 
 def evaluate_model(model, tokenizer, rows: list[dict], cfg: "EvalSection", desc: str = "eval",
-                   benchmarks: Mapping[str, dict] | None = None, seed: int = 0) -> dict:
+                   benchmarks: Mapping[str, dict] | None = None, seed: int = 0, tools=None) -> dict:
     """Greedy pass@1 on `rows` {prompt, answer | tests}; returns accuracy and a few samples for inspection.
     With `benchmarks` ({name: {"rows", "scorer", "max_new_tokens"}}, see `pipelines.data.benchmark_data`)
-    also `benchmarks`: {name: {accuracy, n, unparsed_gold, pass@k, maj@k}}."""
+    also `benchmarks`: {name: {accuracy, n, unparsed_gold, pass@k, maj@k}}. With `tools` (pipelines.tool_use.
+    eval_tools) the model may call the Python tool; the result then also has `tool_calls_per_sample` and
+    `tool_error_rate`."""
     bar = ProgressLine(desc, len(rows))
+    log: list = []
     outs = generate(model, tokenizer, [r["prompt"] for r in rows], max_new_tokens=cfg.max_new_tokens,
-                    batch_size=cfg.batch_size, on_batch=bar.update)
+                    batch_size=cfg.batch_size, on_batch=bar.update, tools=tools, tool_log=log)
     bar.close()
     completions = [o[0] for o in outs]
     scores = row_scores(completions, rows)
@@ -75,6 +78,10 @@ def evaluate_model(model, tokenizer, rows: list[dict], cfg: "EvalSection", desc:
         "correct": [s == 1.0 for s in scores],  # per row, so a subset's accuracy needs no second pass
         "tokens": lengths,
     }
+    if tools is not None:
+        from rl.tools import summarize as tool_summary
+
+        result.update(tool_summary(log))
     if benchmarks:
         result["benchmarks"] = evaluate_benchmarks(model, tokenizer, benchmarks, cfg, seed=seed, desc=desc)
     return result
@@ -88,7 +95,18 @@ def evaluate_stage(model, tokenizer, cfg: "PipelineConfig", desc: str, benchmark
 
     rows = read_jsonl(RunFolder(cfg.run_dir).data("heldout"))
     bench = benchmark_data(cfg.run_dir, cfg.eval) if benchmarks and cfg.eval.benchmarks else None
-    return evaluate_model(model, tokenizer, rows, cfg.eval, desc=desc, benchmarks=bench, seed=cfg.run.seed)
+    if not cfg.grpo.tools.enabled:
+        return evaluate_model(model, tokenizer, rows, cfg.eval, desc=desc, benchmarks=bench, seed=cfg.run.seed)
+    # A run trained with the tool: measured with it (the stage's accuracy) and, on the same rows, without it
+    # (the same model, tool calls left unanswered): tool_gain = accuracy - accuracy_no_tool.
+    from pipelines.tool_use import eval_tools
+
+    out = evaluate_model(model, tokenizer, rows, cfg.eval, desc=desc, benchmarks=bench, seed=cfg.run.seed,
+                         tools=eval_tools(cfg.grpo.tools))
+    bare = evaluate_model(model, tokenizer, rows, cfg.eval, desc=f"{desc} (no tool)", seed=cfg.run.seed)
+    out["accuracy_no_tool"] = bare["accuracy"]
+    out["tool_gain"] = out["accuracy"] - bare["accuracy"]
+    return out
 
 
 def evaluate_benchmarks(model, tokenizer, benchmarks: Mapping[str, dict], cfg: "EvalSection", seed: int = 0,
