@@ -78,6 +78,10 @@ def eval_command(checkpoint: str, args: Sequence[str], out: str = "", say: Calla
         for name in ("pass@k", "maj@k"):
             if result.get(name):
                 say(f"{name}: " + ", ".join(f"k={k}: {100 * v:.1f} %" for k, v in result[name].items()))
+        if "tool_gain" in result:  # a checkpoint trained with the tool (its tools.json): measured with and without
+            say(f"tool: {100 * result['accuracy']:.1f} % with the tool, {100 * result['accuracy_no_tool']:.1f} % without "
+                f"(gain {100 * result['tool_gain']:+.1f} points); {result['tool_calls_per_sample']:.2f} calls per sample, "
+                f"{100 * result['tool_error_rate']:.1f} % of calls failed")
         if result.get("unparsed_gold"):
             say(f"unparsed_gold: {result['unparsed_gold']} held-out rows left out of accuracy (their gold cannot be used)")
         if result.get("benchmarks"):

@@ -87,7 +87,8 @@ def evaluate_model(model, tokenizer, rows: list[dict], cfg: "EvalSection", desc:
     return result
 
 
-def evaluate_stage(model, tokenizer, cfg: "PipelineConfig", desc: str, benchmarks: bool = True) -> dict:
+def evaluate_stage(model, tokenizer, cfg: "PipelineConfig", desc: str, benchmarks: bool = True,
+                   no_tool: bool = True) -> dict:
     """What every training stage measures of its model: greedy pass@1 on the run's held-out split and, with
     `benchmarks`, on the run's prepared `eval.benchmarks` (results under "benchmarks")."""
     from pipelines.data import benchmark_data
@@ -103,6 +104,8 @@ def evaluate_stage(model, tokenizer, cfg: "PipelineConfig", desc: str, benchmark
 
     out = evaluate_model(model, tokenizer, rows, cfg.eval, desc=desc, benchmarks=bench, seed=cfg.run.seed,
                          tools=eval_tools(cfg.grpo.tools))
+    if not no_tool:
+        return out
     bare = evaluate_model(model, tokenizer, rows, cfg.eval, desc=f"{desc} (no tool)", seed=cfg.run.seed)
     out["accuracy_no_tool"] = bare["accuracy"]
     out["tool_gain"] = out["accuracy"] - bare["accuracy"]
@@ -204,10 +207,18 @@ def evaluate_checkpoint(path: str | Path, rows: list[dict], cfg: "EvalSection", 
     # bf16 weights where the device computes in bf16 ("auto"), fp32 on CPUs without it
     model, tok = load_policy(path, "auto" if device else "float32", device=device)
     params = count_params(model)
-    greedy = evaluate_model(model, tok, rows, cfg, desc=f"{desc}: greedy")
+    from pipelines.tool_use import checkpoint_tools, eval_tools
+
+    trained_with = checkpoint_tools(path)  # a checkpoint trained to call the tool is evaluated with it
+    tools = eval_tools(trained_with) if trained_with is not None else None
+    greedy = evaluate_model(model, tok, rows, cfg, desc=f"{desc}: greedy", tools=tools)
     out = {"accuracy": greedy["accuracy"], "params": params, "accuracy_per_billion_params": greedy["accuracy"] / (params / 1e9),
            "mean_completion_tokens": greedy["mean_completion_tokens"], "num_examples": len(rows),
            "unparsed_gold": greedy["unparsed_gold"], "samples": greedy["samples"]}
+    if tools is not None:
+        bare = evaluate_model(model, tok, rows, cfg, desc=f"{desc}: greedy (no tool)")
+        out.update({k: greedy[k] for k in ("tool_calls_per_sample", "tool_error_rate")},
+                   accuracy_no_tool=bare["accuracy"], tool_gain=greedy["accuracy"] - bare["accuracy"])
     gen_tokens = greedy["mean_completion_tokens"] * len(rows)
     if cfg.samples > 0:
         sub = rows[: cfg.num_problems or None]

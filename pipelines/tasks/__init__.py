@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from pipelines.config.schema import TaskSection
 
-TASKS = ("arithmetic", "hf", "jsonl", "reasoning_gym", "human_eval")
+TASKS = ("arithmetic", "hf", "jsonl", "reasoning_gym", "human_eval", "multiply")
 
 
 class TaskDataError(ValueError):
@@ -69,6 +69,10 @@ def task_rules(cfg: "TaskSection") -> str | None:
             return f"task.max_ops={cfg.max_ops}: need 1 <= task.min_ops ({cfg.min_ops}) <= task.max_ops"
         if cfg.max_value < 1:
             return f"task.max_value={cfg.max_value}: must be >= 1"
+    if cfg.name == "multiply":
+        from pipelines.tasks.multiply import check_params
+
+        return check_params(cfg.params)
     if cfg.name == "reasoning_gym":
         from pipelines.tasks.reasoning_gym import contamination_reason
 
@@ -88,6 +92,16 @@ def load_task(cfg: "TaskSection", seed: int) -> dict[str, list[dict]]:
             return generate_splits(cfg.num_cold_start, cfg.num_train, cfg.num_heldout, min_ops=cfg.min_ops,
                                    max_ops=cfg.max_ops, max_value=cfg.max_value, seed=seed)
         except ValueError as e:  # an impossible split size: report it as a config problem, in one line
+            raise TaskDataError(str(e)) from None
+    if cfg.name == "multiply":  # tool traces: the cold-start calls run in the sandbox here, on the driver
+        from pipelines.tasks import multiply
+        from pipelines.tool_use import python_tool
+        from rl.tools import ToolParams
+
+        try:
+            return multiply.generate_splits(cfg.num_cold_start, cfg.num_train, cfg.num_heldout, cfg.params, seed,
+                                            execute=python_tool(ToolParams(enabled=True, max_output_chars=200)))
+        except multiply.TaskError as e:
             raise TaskDataError(str(e)) from None
     if cfg.name in ("hf", "jsonl"):
         from pipelines.tasks import hf
