@@ -49,10 +49,12 @@ class RolloutWorker:
         self.version = 0
         self.group = None  # this worker's end of the weight-sync collective, when one is used
 
-    def generate(self, prompts: list[list[int]], sampling: Any, seed: int | None) -> list[tuple[list, list, int]]:
-        """One (completion_ids, logprobs, weights version) per prompt."""
-        ids, lps = self.engine.generate(prompts, sampling, seed=seed)
-        return [(i, lp, self.version) for i, lp in zip(ids, lps)]
+    def generate(self, prompts: list[list[int]], sampling: Any, seed: int | None) -> list[tuple[list, list, int, dict]]:
+        """One (completion_ids, logprobs, weights version, extras) per prompt; extras: what an engine returns
+        beside the ids (a tool-calling engine's mask and call counts), else {}."""
+        ids, lps, *rest = self.engine.generate(prompts, sampling, seed=seed)
+        extras = rest[0] if rest else [{}] * len(ids)
+        return [(i, lp, self.version, x) for i, lp, x in zip(ids, lps, extras)]
 
     def load_weights(self, buckets: list | dict, version: int, checksums: bool = True) -> list[list[list[int]]]:
         """Object-store sync: `buckets` are refs to small state dicts (or one whole state dict), loaded one
@@ -297,7 +299,7 @@ class RolloutPool:
 
         rows = self.pool.sharded("generate", prompts, args)
         return {"completion_ids": [r[0] for r in rows], "logprobs": [r[1] for r in rows],
-                "versions": [r[2] for r in rows]}
+                "versions": [r[2] for r in rows], "extras": [r[3] for r in rows]}
 
     def shutdown(self) -> None:
         """Stop the workers and release the placement group."""

@@ -44,6 +44,8 @@ def data_key(cfg: PipelineConfig) -> dict:
     defaults = to_dict(TaskSection())
     task = {k: v for k, v in to_dict(cfg.task).items() if k not in _NEW_TASK_FIELDS or v != defaults[k]}
     tokenizer = {"kind": m.kind, "path": m.path, "vocab_size": m.vocab_size if m.kind == "tiny" else None}
+    if m.kind == "tiny" and _tool_tags(cfg):  # only tool runs: other runs keep their cached data
+        tokenizer["tool_tags"] = True
     if m.revision:
         tokenizer["revision"] = m.revision
     key = {"task": task, "seed": cfg.run.seed, "tokenizer": tokenizer}
@@ -237,6 +239,13 @@ def _changed(folder: RunFolder, manifest: dict) -> bool:
     return _data_files(folder) != manifest.get("files")
 
 
+def _tool_tags(cfg: PipelineConfig) -> tuple[str, ...]:
+    """A tool run's tiny tokenizer holds the call/output tags as single tokens (a call's end is one stop token)."""
+    from rl.tools import TAGS
+
+    return TAGS if cfg.grpo.tools.enabled or get_task(cfg.task.name).tool_calls else ()
+
+
 def _base_tokenizer(cfg: PipelineConfig):
     from pipelines.models import base_tokenizer
 
@@ -248,7 +257,8 @@ def _write_tokenizer(cfg: PipelineConfig, folder: RunFolder, tokenizer=None) -> 
         from rl.modeling import save_tokenizer, train_tokenizer
 
         rows = [r for s in SPLITS for r in read_jsonl(folder.data(s))]
-        tok = train_tokenizer([r["prompt"] + r.get("completion", "") for r in rows], cfg.model.vocab_size)
+        tok = train_tokenizer([r["prompt"] + r.get("completion", "") for r in rows], cfg.model.vocab_size,
+                              extra_tags=_tool_tags(cfg))
         probe = next((r["prompt"] + r["completion"] for r in rows if r.get("completion")), rows[0]["prompt"])
         tmp = folder.tokenizer.with_name("tokenizer.partial")
         save_tokenizer(tok, tmp, probe)

@@ -137,6 +137,10 @@ def eval_command(checkpoint: str, args: Sequence[str], out: str = "", say: Calla
             bench = _limited(_benchmark_data(path, cfg, [], in_run=run_cfg.exists(), say=say), limit)
         result = evaluate_checkpoint(path, rows, cfg.eval, seed=cfg.run.seed, desc=f"eval {path.name}", benchmarks=bench)
         print_table({"stages": {path.name: result}, "summary": {}}, say)  # pass@k / maj@k with their T and k
+        if "tool_gain" in result:  # a checkpoint trained with the tool (its tools.json): measured with and without
+            say(f"tool: {100 * result['accuracy']:.1f} % with the tool, {100 * result['accuracy_no_tool']:.1f} % without "
+                f"(gain {100 * result['tool_gain']:+.1f} points); {result['tool_calls_per_sample']:.2f} calls per sample, "
+                f"{100 * result['tool_error_rate']:.1f} % of calls failed")
         if result.get("unparsed_gold"):
             say(f"unparsed_gold: {result['unparsed_gold']} held-out rows left out of accuracy (their gold cannot be used)")
         if result.get("benchmarks"):

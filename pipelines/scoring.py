@@ -55,13 +55,16 @@ def summarize(scores: list) -> dict:
 
 
 def evaluate_model(model, tokenizer, rows: list[dict], cfg: "EvalSection", desc: str = "eval",
-                   benchmarks: Mapping[str, dict] | None = None, seed: int = 0) -> dict:
+                   benchmarks: Mapping[str, dict] | None = None, seed: int = 0, tools=None) -> dict:
     """Greedy pass@1 on `rows` {prompt, answer | tests}; returns accuracy and a few samples for inspection.
     With `benchmarks` ({name: {"rows", "scorer", "max_new_tokens"}}, see `pipelines.data.benchmark_data`)
-    also `benchmarks`: {name: {accuracy, n, unparsed_gold, pass@k, maj@k}}."""
+    also `benchmarks`: {name: {accuracy, n, unparsed_gold, pass@k, maj@k}}. With `tools` (pipelines.tool_use.
+    eval_tools) the model may call the Python tool; the result then also has `tool_calls_per_sample` and
+    `tool_error_rate`."""
     bar = ProgressLine(desc, len(rows))
+    log: list = []
     outs = generate(model, tokenizer, [r["prompt"] for r in rows], max_new_tokens=cfg.max_new_tokens,
-                    batch_size=cfg.batch_size, on_batch=bar.update)
+                    batch_size=cfg.batch_size, on_batch=bar.update, tools=tools, tool_log=log)
     bar.close()
     completions = [o[0] for o in outs]
     scores = row_scores(completions, rows)
@@ -75,6 +78,10 @@ def evaluate_model(model, tokenizer, rows: list[dict], cfg: "EvalSection", desc:
         "correct": [s == 1.0 for s in scores],  # per row, so a subset's accuracy needs no second pass
         "tokens": lengths,
     }
+    if tools is not None:
+        from rl.tools import summarize as tool_summary
+
+        result.update(tool_summary(log))
     if benchmarks:
         result["benchmarks"] = evaluate_benchmarks(model, tokenizer, benchmarks, cfg, seed=seed, desc=desc)
     return result
@@ -88,7 +95,8 @@ def heldout_accuracy(model, tokenizer, rows: list[dict], cfg: "EvalSection") -> 
     return summarize(row_scores([o[0] for o in outs], rows))
 
 
-def evaluate_stage(model, tokenizer, cfg: "PipelineConfig", desc: str, benchmarks: bool = True) -> dict:
+def evaluate_stage(model, tokenizer, cfg: "PipelineConfig", desc: str, benchmarks: bool = True,
+                   no_tool: bool = True) -> dict:
     """What every training stage measures of its model: greedy pass@1 on the run's held-out split and, with
     `benchmarks`, on the run's prepared `eval.benchmarks` (results under "benchmarks")."""
     from pipelines.data import benchmark_data
@@ -96,7 +104,20 @@ def evaluate_stage(model, tokenizer, cfg: "PipelineConfig", desc: str, benchmark
 
     rows = read_jsonl(RunFolder(cfg.run_dir).data("heldout"))
     bench = benchmark_data(cfg.run_dir, cfg.eval) if benchmarks and cfg.eval.benchmarks else None
-    return evaluate_model(model, tokenizer, rows, cfg.eval, desc=desc, benchmarks=bench, seed=cfg.run.seed)
+    if not cfg.grpo.tools.enabled:
+        return evaluate_model(model, tokenizer, rows, cfg.eval, desc=desc, benchmarks=bench, seed=cfg.run.seed)
+    # A run trained with the tool: measured with it (the stage's accuracy) and, on the same rows, without it
+    # (the same model, tool calls left unanswered): tool_gain = accuracy - accuracy_no_tool.
+    from pipelines.tool_use import eval_tools
+
+    out = evaluate_model(model, tokenizer, rows, cfg.eval, desc=desc, benchmarks=bench, seed=cfg.run.seed,
+                         tools=eval_tools(cfg.grpo.tools))
+    if not no_tool:
+        return out
+    bare = evaluate_model(model, tokenizer, rows, cfg.eval, desc=f"{desc} (no tool)", seed=cfg.run.seed)
+    out["accuracy_no_tool"] = bare["accuracy"]
+    out["tool_gain"] = out["accuracy"] - bare["accuracy"]
+    return out
 
 
 def evaluate_benchmarks(model, tokenizer, benchmarks: Mapping[str, dict], cfg: "EvalSection", seed: int = 0,
@@ -194,10 +215,18 @@ def evaluate_checkpoint(path: str | Path, rows: list[dict], cfg: "EvalSection", 
     # bf16 weights where the device computes in bf16 ("auto"), fp32 on CPUs without it
     model, tok = load_policy(path, "auto" if device else "float32", device=device)
     params = count_params(model)
-    greedy = evaluate_model(model, tok, rows, cfg, desc=f"{desc}: greedy")
+    from pipelines.tool_use import checkpoint_tools, eval_tools
+
+    trained_with = checkpoint_tools(path)  # a checkpoint trained to call the tool is evaluated with it
+    tools = eval_tools(trained_with) if trained_with is not None else None
+    greedy = evaluate_model(model, tok, rows, cfg, desc=f"{desc}: greedy", tools=tools)
     out = {"accuracy": greedy["accuracy"], "params": params, "accuracy_per_billion_params": greedy["accuracy"] / (params / 1e9),
            "mean_completion_tokens": greedy["mean_completion_tokens"], "num_examples": len(rows),
            "unparsed_gold": greedy["unparsed_gold"], "samples": greedy["samples"]}
+    if tools is not None:
+        bare = evaluate_model(model, tok, rows, cfg, desc=f"{desc}: greedy (no tool)")
+        out.update({k: greedy[k] for k in ("tool_calls_per_sample", "tool_error_rate")},
+                   accuracy_no_tool=bare["accuracy"], tool_gain=greedy["accuracy"] - bare["accuracy"])
     gen_tokens = greedy["mean_completion_tokens"] * len(rows)
     if cfg.samples > 0:
         sub = rows[: cfg.num_problems or None]

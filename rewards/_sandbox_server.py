@@ -339,8 +339,13 @@ def handle(req):
     except (SyntaxError, ValueError, OverflowError, RecursionError, MemoryError) as e:
         return {"status": "error", "tests": [], "stderr": f"{type(e).__name__}: {e}", "duration_s": 0.0}
     tests, stderr = [], ""
-    stmts = None if req["mode"] == "io" else [(*_compiled(src), is_test) for src, is_test in req["statements"]]
+    stmts = None if req["mode"] in ("io", "exec") else [(*_compiled(src), is_test) for src, is_test in req["statements"]]
     job = marshal.dumps({"code": code, "stmts": stmts, "limits": req["limits"]})
+    if req["mode"] == "exec":  # a tool call: run once, hand back what it printed (cut at the output limit)
+        status, bufs = _run_one(job, req, b"")
+        limit = req["limits"]["output_bytes"]
+        return {"status": status, "tests": [], "stdout": bufs["stdout"][:limit].decode(errors="replace"),
+                "stderr": bufs["stderr"].decode(errors="replace")[-2000:], "duration_s": time.monotonic() - t0}
     if req["mode"] == "io":
         for case in req["cases"]:
             status, bufs = _run_one(job, req, case["input"].encode())

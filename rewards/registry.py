@@ -34,6 +34,7 @@ from rewards import code as _code  # noqa: F401
 from rewards import math as _math  # noqa: F401
 from rewards import reasoning_gym as _reasoning_gym  # noqa: F401
 from rewards import shaping as _shaping  # noqa: F401
+from rewards import tools as _tools  # noqa: F401
 
 __all__ = ["RewardFn", "available_rewards", "build_rewards", "check_custom", "check_params", "completion_text",
            "custom_reward", "get_reward", "is_custom", "register"]

@@ -111,6 +111,16 @@ class RunResult:
         return self.passed / len(self.tests) if self.tests else 0.0
 
 
+@dataclass(frozen=True)
+class ExecResult:
+    """One program run as a tool: status "ok" | "error" | "timeout" | "memory" | "failed" (output over the limit)."""
+
+    status: str
+    stdout: str = ""
+    stderr: str = ""
+    duration_s: float = 0.0
+
+
 @functools.lru_cache(maxsize=1024)  # a GRPO group sends one row's tests once per sample
 def split_assert_tests(tests: str, entry_point: str | None = None) -> tuple[tuple[str, bool], ...]:
     """Top-level statements of assert-style test code as (source, is_test). `assert` statements and bare
@@ -318,9 +328,7 @@ class Sandbox:
         Raises ValueError for malformed tests (the caller scores those None), SandboxUnavailable if no
         sandbox can be made; every outcome of the program itself comes back as a RunResult."""
         c = self.config
-        req: dict[str, Any] = {"program": program, "limits": {
-            "timeout_s": c.timeout_s, "cpu_s": c.cpu_s, "memory_bytes": c.memory_mb << 20, "file_bytes": c.file_mb << 20,
-            "nproc": 0, "output_bytes": c.output_kb << 10}}
+        req: dict[str, Any] = {"program": program, "limits": self._limits()}
         if isinstance(tests, str):
             req.update(mode="assert", statements=split_assert_tests(tests, entry_point))
             budget = c.timeout_s
@@ -331,6 +339,34 @@ class Sandbox:
             req.update(mode="io", cases=cases)
             budget = c.timeout_s * len(cases)
         t0 = time.monotonic()
+        resp = self._request(req, budget)
+        if isinstance(resp, Exception):
+            status: Status = "timeout" if isinstance(resp, TimeoutError) else "error"
+            return RunResult(status, [status] * self._n_tests(req), f"sandbox: {resp}", time.monotonic() - t0)
+        tests_out: list[Status] = resp["tests"]
+        status = resp["status"] or _overall(tests_out)
+        return RunResult(status, tests_out if resp["status"] is None else [status] * self._n_tests(req), resp["stderr"][-2000:], time.monotonic() - t0)
+
+    def execute(self, program: str) -> "ExecResult":
+        """Run `program` once with empty stdin (a tool call): its stdout up to `output_kb` (status "failed"
+        when it printed more, cut there), its stderr tail, and how it ended ("ok", "error" for an exception
+        or a non-zero exit, "timeout", "memory"). Never raises for anything the program does."""
+        t0 = time.monotonic()
+        resp = self._request({"program": program, "mode": "exec", "limits": self._limits()}, self.config.timeout_s)
+        if isinstance(resp, Exception):
+            return ExecResult("timeout" if isinstance(resp, TimeoutError) else "error", "", f"sandbox: {resp}",
+                              time.monotonic() - t0)
+        return ExecResult(resp["status"], resp.get("stdout", ""), resp["stderr"], time.monotonic() - t0)
+
+    def _limits(self) -> dict:
+        c = self.config
+        return {"timeout_s": c.timeout_s, "cpu_s": c.cpu_s, "memory_bytes": c.memory_mb << 20, "file_bytes": c.file_mb << 20,
+                "nproc": 0, "output_bytes": c.output_kb << 10}
+
+    def _request(self, req: dict, budget: float):
+        """One request to the fork-server (started if needed): its response, or the exception that ended it
+        (the server is wedged or gone: it cannot be killed from inside, so this is the host's doing or a limit
+        hit the server; it is started afresh next time)."""
         with self._lock:
             if self._proc is None or self._proc.poll() is not None:
                 self.close()
@@ -340,16 +376,10 @@ class Sandbox:
             try:
                 self._proc.stdin.write(struct.pack("<I", len(data)) + data)
                 self._proc.stdin.flush()
-                resp = self._recv(deadline=time.monotonic() + budget + 5.0)
+                return self._recv(deadline=time.monotonic() + budget + 5.0)
             except (TimeoutError, EOFError, BrokenPipeError, OSError) as e:
-                # The server is wedged or gone (it cannot be killed from inside, so this is the host's doing
-                # or a limit hit the server); start afresh next time and report the run as such.
                 self.close()
-                status: Status = "timeout" if isinstance(e, TimeoutError) else "error"
-                return RunResult(status, [status] * self._n_tests(req), f"sandbox: {e}", time.monotonic() - t0)
-        tests_out: list[Status] = resp["tests"]
-        status = resp["status"] or _overall(tests_out)
-        return RunResult(status, tests_out if resp["status"] is None else [status] * self._n_tests(req), resp["stderr"][-2000:], time.monotonic() - t0)
+                return e
 
     @staticmethod
     def _n_tests(req: dict) -> int:

@@ -169,14 +169,17 @@ def process_logits(logits: torch.Tensor, temperature: float = 1.0, top_k: int = 
 def sample(model, prompts: Sequence[Sequence[int]], *, max_new_tokens: int, eos_token_ids: Sequence[int],
            pad_token_id: int, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, greedy: bool = False,
            drop_finished: bool = True, compact_fraction: float = 0.25, logprobs: bool = True,
-           fast_attention: bool = True, generator: torch.Generator | None = None) -> tuple[list[list[int]], list[list[float]] | None]:
+           fast_attention: bool = True, generator: torch.Generator | None = None,
+           stop_sequences: Sequence[Sequence[int]] = (), on_finish=None) -> tuple[list[list[int]], list[list[float]] | None]:
     """Completions for token-id `prompts` (one batch, all rows at once).
 
     Returns (completion_ids, logprobs): per prompt, the sampled ids up to and including the first EOS (or
     `max_new_tokens` ids), and the log-prob of each under the processed distribution (None when
     `logprobs=False`; under greedy decoding they are the log-probs of the argmax tokens). Finished rows are
     compacted out once at least `compact_fraction` of the running rows are done. `fast_attention`: single-token
-    steps of an SDPA model use `_decode_attention`."""
+    steps of an SDPA model use `_decode_attention`. `stop_sequences`: token-id sequences that also end a row once
+    its completion ends with one (a tool call's closing tag, rl.tools); `on_finish(i, ids)` is called as soon as
+    row i ends, with its completion ids (so a tool call can start while the other rows decode)."""
     device = next(model.parameters()).device
     n = len(prompts)
     if n == 0:
@@ -190,6 +193,7 @@ def sample(model, prompts: Sequence[Sequence[int]], *, max_new_tokens: int, eos_
     ids, mask = ids.to(device), mask.to(device)
     positions = (mask[:, :width].cumsum(-1) - 1).clamp(min=0)
     eos = torch.tensor(sorted(set(eos_token_ids)), dtype=torch.long, device=device)
+    stops = [torch.tensor(list(q), dtype=torch.long, device=device) for q in stop_sequences if len(q)]
     cache = make_cache(model, width + max_new_tokens)
 
     out_tokens = torch.full((n, max_new_tokens), pad_token_id, dtype=torch.long, device=device)
@@ -221,7 +225,13 @@ def sample(model, prompts: Sequence[Sequence[int]], *, max_new_tokens: int, eos_
             if lp_all is not None:
                 out_lps[rows[live], t] = lp_all.gather(-1, tokens[:, None]).squeeze(1)[live]
             finished_now = live & torch.isin(tokens, eos)
+            for q in stops:  # the row's last len(q) tokens equal the stop sequence
+                if t + 1 >= len(q):
+                    finished_now |= live & (out_tokens[rows, t + 1 - len(q):t + 1] == q).all(-1)
             lengths[rows[finished_now]] = t + 1
+            if on_finish is not None and bool(finished_now.any()):
+                for i in rows[finished_now].tolist():
+                    on_finish(i, out_tokens[i, :t + 1].tolist())
             done |= finished_now
             if t + 1 == max_new_tokens or bool(done.all()):
                 break

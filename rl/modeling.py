@@ -19,7 +19,7 @@ SPECIAL = {"bos_token": "<s>", "eos_token": "</s>", "pad_token": "<pad>", "unk_t
 TAGS = ["<think>", "</think>", "<answer>", "</answer>"]
 
 
-def train_tokenizer(texts: Iterable[str], vocab_size: int):
+def train_tokenizer(texts: Iterable[str], vocab_size: int, extra_tags: Iterable[str] = ()):
     """A byte-level BPE tokenizer trained on `texts`. Frequent integers become single tokens, so for a
     tiny model the arithmetic facts are a lookup table rather than carry logic over digits."""
     from tokenizers import AddedToken, Tokenizer
@@ -29,7 +29,9 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int):
 
     # In a child process that Ctrl-C/SIGTERM stop (rl/bpe.py): training can run for minutes on long text.
     tok = Tokenizer.from_str(train_bpe(list(texts), vocab_size, list(SPECIAL.values())))
-    tok.add_tokens([AddedToken(t, special=False, normalized=False) for t in TAGS])
+    # extra_tags: a tool-using task's call/output tags (rl.tools.TAGS), one token each so a call's closing tag
+    # is a single stop token; other runs keep exactly the default vocabulary
+    tok.add_tokens([AddedToken(t, special=False, normalized=False) for t in [*TAGS, *extra_tags]])
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, **SPECIAL)
     fast.padding_side = "left"  # generation pads on the left
     return fast

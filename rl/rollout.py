@@ -34,6 +34,10 @@ class SamplingParams:
     temperature: float = 1.0
     top_k: int = 0
     top_p: float = 1.0
+    # Tool calls (rl.tools): a row also ends once it ends with one of these token sequences / strings (vLLM
+    # matches the strings on its detokenised output; the hf engine matches the token ids).
+    stop: tuple[tuple[int, ...], ...] = ()
+    stop_text: tuple[str, ...] = ()
 
 
 def check_engine(name: str) -> None:
@@ -79,24 +83,29 @@ class HFEngine:
         return logps.gather(-1, ids[0, 1:, None]).squeeze(-1).tolist()
 
     @torch.no_grad()
-    def generate(self, prompts: list[list[int]], sp: SamplingParams, seed: int | None = None):
+    def generate(self, prompts: list[list[int]], sp: SamplingParams, seed: int | None = None, on_finish=None):
         """prompts: N token-id lists. Returns (completion_ids, logprobs): N lists each, a completion
-        ends at and includes its first EOS (or stops at max_new_tokens)."""
+        ends at and includes its first EOS (or stops at max_new_tokens, or at a `sp.stop` sequence).
+        `on_finish(i, ids)`: called as soon as prompt i's completion ends early (rl.decoding.sample)."""
         if seed is not None:
             torch.manual_seed(seed)
         ids, lps = [], []
         for i in range(0, len(prompts), self.batch_size):
-            c, l = self._batch(prompts[i:i + self.batch_size], sp)
+            shifted = None if on_finish is None else (lambda j, c, off=i: on_finish(off + j, c))
+            c, l = self._batch(prompts[i:i + self.batch_size], sp, shifted)
             ids += c
             lps += l
         return ids, lps
 
-    def _batch(self, prompts: list[list[int]], sp: SamplingParams):
+    def _batch(self, prompts: list[list[int]], sp: SamplingParams, on_finish=None):
         if self.decoder == "rayzero":
             from rl.decoding import sample
 
             return sample(self.model, prompts, max_new_tokens=sp.max_new_tokens, eos_token_ids=self.eos,
-                          pad_token_id=self.pad, temperature=sp.temperature, top_k=sp.top_k, top_p=sp.top_p)
+                          pad_token_id=self.pad, temperature=sp.temperature, top_k=sp.top_k, top_p=sp.top_p,
+                          stop_sequences=sp.stop, on_finish=on_finish)
+        if sp.stop:
+            raise ValueError("tool calls (stop sequences) need the rayzero decoder, not decoder='generate'")
         from transformers import LogitsProcessorList, TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
 
         width = max(len(p) for p in prompts)
@@ -355,7 +364,16 @@ class PoolRollouts:
         compat.log_metric(trainer, "rollout/generate_s", time.perf_counter() - start)
         compat.log_metric(trainer, "rollout/policy_version", min(out["versions"]))
         compat.log_metric(trainer, "rollout/policy_lag", trainer.state.global_step - min(out["versions"]))
-        return {"prompt_ids": prompt_ids, "completion_ids": out["completion_ids"], "logprobs": out["logprobs"]}
+        fields = {"prompt_ids": prompt_ids, "completion_ids": out["completion_ids"], "logprobs": out["logprobs"]}
+        extras = out.get("extras") or []
+        if extras and all(extras):  # a tool-calling engine (rl.tool_rollout.ToolEngine): mask and counts per row
+            for key in extras[0]:
+                fields[key] = [x[key] for x in extras]
+            calls = sum(fields.get("tool_calls", []))
+            compat.log_metric(trainer, "tools/tool_calls_per_sample", calls / len(extras))
+            bad = sum(fields.get("tool_errors", [])) + sum(fields.get("tool_timeouts", []))
+            compat.log_metric(trainer, "tools/tool_error_rate", bad / calls if calls else 0.0)
+        return fields
 
 
 class _Done:

@@ -213,7 +213,7 @@ class VLLMEngine:
 
     # --- generation -----------------------------------------------------------------------------------
 
-    def generate(self, prompts: list[list[int]], sp, seed: int | None = None):
+    def generate(self, prompts: list[list[int]], sp, seed: int | None = None, on_finish=None):
         """prompts: N token-id lists, sp: `rl.rollout.SamplingParams`. Returns (completion_ids, logprobs):
         N lists each; a completion ends at and includes its first EOS. Each prompt gets its own seed: one
         seed shared by a group's copies of a prompt would give every copy the same completion."""
@@ -225,7 +225,12 @@ class VLLMEngine:
         self._wake("weights")
         self._wake("kv_cache")
         params = [VSP(max_tokens=sp.max_new_tokens, temperature=sp.temperature, top_k=sp.top_k, top_p=sp.top_p,
-                      logprobs=0, detokenize=False, seed=None if seed is None else seed * 1_000_003 + i)
+                      logprobs=0, seed=None if seed is None else seed * 1_000_003 + i,
+                      # tool calls (rl.tools): one-token closing tags stop by id; longer ones by text, which
+                      # needs detokenising (kept in the output: the protocol reads the closing tag)
+                      stop_token_ids=[q[0] for q in getattr(sp, "stop", ()) if len(q) == 1] or None,
+                      stop=list(getattr(sp, "stop_text", ())) or None, include_stop_str_in_output=True,
+                      detokenize=bool(getattr(sp, "stop_text", ())))
                   for i in range(len(prompts))]
         outs = self.llm.generate([{"prompt_token_ids": p} for p in prompts], params, use_tqdm=False)
         ids, lps = [], []

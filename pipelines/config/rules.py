@@ -222,6 +222,13 @@ def _grpo(cfg: PipelineConfig) -> None:
              f"learner worker: must equal grpo.num_workers={g.num_workers}")
     if g.lora.r and g.zero_stage == 3:
         fail("grpo.lora.r", g.lora.r, "LoRA with grpo.zero_stage=3 is not supported (merging needs whole weights); use zero_stage 0-2")
+    if g.tools.enabled:
+        _params_rules("grpo", g.tools, check=lambda t, **_: t.validate(prefix="tools."))
+        if g.rollout_engine == "vllm" and not g.rollout_workers:
+            fail("grpo.tools.enabled", True, "tool calls run in rayzero's rollouts, not TRL's in-learner vLLM: use "
+                 "grpo.rollout_workers >= 1 with rollout_engine=vllm, or rollout_engine=hf")
+        if g.decoder != "rayzero" and not g.rollout_workers:
+            fail("grpo.tools.enabled", True, f"needs grpo.decoder=rayzero (stops at a call's closing tag), not {g.decoder!r}")
     if g.overlap and not g.rollout_workers:
         fail("grpo.overlap", g.overlap, "needs a rollout pool: set grpo.rollout_workers >= 1")
     if g.rollout_workers and g.placement == "disaggregated" and g.rollout_cpus <= 0:

@@ -18,6 +18,7 @@ from typing import Any, Mapping
 from rl.evaluation import TTSParams
 from rl.grpo import GRPOParams
 from rl.sft import SFTParams
+from rl.tools import ToolParams
 
 
 class ConfigError(ValueError):
@@ -171,6 +172,9 @@ class GRPOSection(GRPOParams):
     # After every sync: per-bucket checksums + a 24-token probe scored by engines and learner (docs/gpu.md)
     verify_sync: bool = True
     log_rollouts_every: int = 10  # wandb table + grpo/rollouts.jsonl of sample rollouts every N steps (0 = off)
+    # Tool-integrated reasoning (docs/tools.md): rollouts may call a sandboxed Python tool; its output is masked
+    # out of the loss; every stage's evaluation then runs with the tool (and once without, for tool_gain).
+    tools: ToolParams = ToolParams()
 
     @property
     def use_gpu(self) -> bool:

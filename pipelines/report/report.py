@@ -12,7 +12,7 @@ from rl.metrics import generate_flops, train_flops
 
 KEEP = ("accuracy", "accuracy_before", "params", "wall_time_s", "train_time_s", "steps", "traces",
         "teacher_params", "num_workers", "reward_first", "reward_last", "students", "num_tokens", "benchmarks",
-        "unparsed_gold", "heldout_curve")
+        "unparsed_gold", "heldout_curve", "accuracy_no_tool", "tool_gain", "tool_calls_per_sample", "tool_error_rate")
 FROM_EVAL = ("pass@k", "maj@k", "tts", "sampling", "accuracy_per_billion_params", "mean_completion_tokens", "benchmarks")
 
 
@@ -47,6 +47,12 @@ def write_report(cfg: PipelineConfig, results: dict[str, dict]) -> dict:
         if teacher:
             summary["student_param_ratio"] = results["distill"]["params"] / teacher["params"]
             summary["student_accuracy_retained"] = acc["distill"] / teacher["accuracy"] if teacher["accuracy"] else None
+    # Tool runs (grpo.tools): the GRPO policy's accuracy with the tool minus without it, same rows, same run.
+    tooled = next((results[n] for n in ("grpo", "sft") if "tool_gain" in results.get(n, {})), None)
+    if tooled is not None:
+        summary["tool_gain"] = tooled["tool_gain"]
+        summary["tool_calls_per_sample"] = tooled.get("tool_calls_per_sample")
+        summary["tool_error_rate"] = tooled.get("tool_error_rate")
     report = {"run": cfg.run.name, "seed": cfg.run.seed, "stages": stages, "summary": summary,
               "config": to_dict(cfg)}
     dropped = (read_json_or_none(cfg.run_dir / "data" / "manifest.json") or {}).get("dropped")

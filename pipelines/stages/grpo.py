@@ -36,7 +36,8 @@ if TYPE_CHECKING:
 _LOGGED = ("reward", "reward_std", "frac_reward_zero_std", "completions/mean_length", "step_time",
            "dynamic_sampling/kept_fraction", "dynamic_sampling/rounds", "dynamic_sampling/batch_rows",
            "rollout/generate_s", "rollout/sync_s", "rollout/sync_mb", "rollout/policy_lag",
-           "rollout/probe_logp_diff", "tis/ratio_mean", "tis/capped_frac")
+           "rollout/probe_logp_diff", "tis/ratio_mean", "tis/capped_frac", "tools/tool_calls_per_sample",
+           "tools/tool_error_rate")
 
 
 def checkpoint_dir(run_dir: Path) -> Path:
@@ -124,6 +125,10 @@ def _start_rollout_pool(cfg: "PipelineConfig", placed: placement.Reservation, in
     backend = "object_store" if g.sync_backend == "object_store" else ("nccl" if nccl else "gloo")
     factory = engine_factory(g.rollout_engine, str(init), use_gpu=g.use_gpu, vllm=g.vllm, seed=cfg.run.seed,
                              attn_implementation=g.attn_implementation)
+    if g.tools.enabled:
+        from pipelines.tool_use import wrap_engine_factory
+
+        factory = wrap_engine_factory(factory, init, g.tools)
     return RolloutPool(factory, num_workers=g.rollout_workers, sync_backend=backend, bucket_bytes=g.sync_bucket_mb << 20,
                        verify=g.verify_sync, **placed.rollout_args())
 
@@ -196,6 +201,10 @@ def _train_loop(config: dict) -> None:
         # A collective sync receives into the engines' own tensors: send the weights in their dtype.
         rollout_func = make_rollout_func(config["rollout"], sync_every=g.sync_every, seed=cfg.run.seed, overlap=g.overlap,
                                          weight_dtype=engine_dtype("auto", g.use_gpu))
+    elif g.tools.enabled:  # in-learner generation with tool calls (the pool's engines run them themselves)
+        from pipelines.tool_use import learner_rollout_func
+
+        rollout_func = learner_rollout_func(g.tools)
     fns, weights = reward_functions(cfg, config.get("reward"))
     run = tracking.start_stage_run(cfg, "grpo") if rank == 0 else None
     budget = TimeBudget(g.time_budget_s)
@@ -224,6 +233,10 @@ def _train_loop(config: dict) -> None:
     save_policy(trainer, out)
     if rank != 0:
         return
+    if g.tools.enabled:
+        from pipelines.tool_use import mark_checkpoint
+
+        mark_checkpoint(out, g.tools)
     if g.zero_stage == 3:
         # TRL's ZeRO-3 config is still registered with transformers; without this, from_pretrained below
         # would build a partitioned model whose forward waits for ranks that have already finished.
@@ -248,6 +261,7 @@ def _train_loop(config: dict) -> None:
         "unparsed_gold": after.get("unparsed_gold", 0),
         # Held-out greedy pass@1 along training: start, every grpo.eval_every share of the budget, end.
         "heldout_curve": curve, "heldout_eval_s": eval_s,
+        **{k: after[k] for k in ("accuracy_no_tool", "tool_gain", "tool_calls_per_sample", "tool_error_rate") if k in after},
         # The logged curve, compact: on-policy reward, dynamic sampling and rollout timings.
         "log": [{k: round(h[k], 4) for k in _LOGGED if k in h} | {"step": h["step"]} for h in history],
     }

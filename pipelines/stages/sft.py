@@ -61,7 +61,7 @@ def train(cfg: "PipelineConfig", ctx: StageContext, stage: str, time_budget_s: f
         model = model.to("cuda")
     cold = read_jsonl(folder.data("cold_start"))
     run = tracking.start_stage_run(cfg, stage)
-    before = evaluate_stage(model, tok, cfg, f"{stage}: eval before", benchmarks=False)
+    before = evaluate_stage(model, tok, cfg, f"{stage}: eval before", benchmarks=False, no_tool=False)
     params = cfg.sft if max_steps < 0 else dataclasses.replace(cfg.sft, epochs=1e6, max_steps=max_steps)
     start = time.monotonic()
     metrics = sft_train(model, tok, cold, out / "trainer", params, seed=cfg.run.seed, use_cpu=not cfg.sft.gpus,
@@ -77,7 +77,12 @@ def train(cfg: "PipelineConfig", ctx: StageContext, stage: str, time_budget_s: f
         "train_time_s": train_time, "steps": metrics["steps"], "train_loss": metrics["train_loss"],
         "num_tokens": metrics["num_tokens"], "num_examples": len(cold), "samples": after["samples"],
         "benchmarks": after.get("benchmarks", {}), "unparsed_gold": after.get("unparsed_gold", 0),
+        **{k: after[k] for k in ("accuracy_no_tool", "tool_gain", "tool_calls_per_sample", "tool_error_rate") if k in after},
     }
+    if cfg.grpo.tools.enabled:  # its cold-start traces call the tool: evaluate it with the tool (rayzero eval)
+        from pipelines.tool_use import mark_checkpoint
+
+        mark_checkpoint(out, cfg.grpo.tools)
     tracking.finish(run, {"eval/accuracy": after["accuracy"], "eval/accuracy_before": before["accuracy"],
                           "params": result["params"]}, eval_samples=after["samples"], checkpoint=out)
     return result

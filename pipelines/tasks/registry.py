@@ -17,7 +17,7 @@ if TYPE_CHECKING:
 
 # The modules that declare the built-in tasks (imported on first use; their registration order is the order
 # `task.name` choices are listed in).
-MODULES = ("arithmetic", "hf", "jsonl", "reasoning_gym", "human_eval")
+MODULES = ("arithmetic", "hf", "jsonl", "reasoning_gym", "human_eval", "multiply")
 
 
 class TaskDataError(ValueError):
@@ -59,6 +59,7 @@ class Task:
     columns_mapped: bool = False  # rows come from a dataset through task.columns (what to name when one is missing)
     hub_splits: bool = False  # task.dataset/subset/train_split name a datasets split (checked against benchmarks)
     cold_start_tags: bool = False  # its cold-start completions are written as <think>…</think><answer>…</answer>
+    tool_calls: bool = False  # its rows call the Python tool (rl.tools): the tiny tokenizer gets the tool tags
     # The data a model card lists, from the run's task section (as saved in config.yaml).
     datasets: Callable[[Mapping[str, Any]], list[str]] = _own_name
 
