@@ -47,7 +47,9 @@ def micro_run(tmp_path_factory) -> MicroRun:
         run, published, log = out / "micro", out / "published-by-driver", out / "cli.log"
         args = [*ZERO3, "publish.enabled=true", f"publish.to={published}"]
         with log.open("w") as f:  # a file, not a pipe: nobody reads while we wait for the checkpoint
-            proc = _start_and_wait_for_checkpoint(run, args, 3, stdout=f, stderr=subprocess.STDOUT, text=True)
+            # checkpoint-2 saved to the end (its trainer_state.json): copy it before the stage ends and removes
+            # grpo.checkpoints/ (checkpoint-3, the last, may live for less than a poll interval)
+            proc = _start_and_wait_for_checkpoint(run, args, 2, stdout=f, stderr=subprocess.STDOUT, text=True)
             zero = run / "grpo.zero3-checkpoints"
             shutil.copytree(run / "grpo.checkpoints" / "checkpoint-2", zero / "checkpoint-2")
             proc.wait(timeout=600)
