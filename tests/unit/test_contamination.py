@@ -66,6 +66,7 @@ def test_prepare_data_drops_heldout_and_benchmark_copies_and_reports_them(tmp_pa
     Path(files["train"]).write_text("".join(json.dumps(r) + "\n" for r in planted + train_rows))
     said = []
     cfg = load_config("micro", hf_overrides(files, "task.num_heldout=12", "task.num_train=64", "sft.enabled=false",
+                                            "grpo.enabled=false", "distill.enabled=false",  # data only
                                             "eval.benchmarks=[humaneval]", f"run.output_dir={tmp_path / 'runs'}"))
     sizes, _ = prepare_data(cfg, said.append)
     data = tmp_path / "runs" / "micro" / "data"

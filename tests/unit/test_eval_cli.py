@@ -47,7 +47,8 @@ def test_bad_task_and_limit_are_one_line_exit_2(tmp_path, capsys):
     for argv, message in (
             ([str(ckpt), "--limit", "0"], "rayzero: error: --limit 0: must be >= 1 (problems to measure)"),
             ([str(ckpt), "--task", "no-such-task"], "rayzero: error: --task 'no-such-task': not a task (arithmetic, hf, "
-                                                    "jsonl, reasoning_gym, human_eval), a recipe with a task section, nor a mapping"),
+                                                    "jsonl, reasoning_gym, human_eval, multiply), a recipe with a task section, "
+                                                    "nor a mapping"),
             ([str(ckpt), "arithmetic", "--task", "micro"], "rayzero: error: TASK 'arithmetic' and --task 'micro': give the "
                                                            "task once (--task)")):
         assert main(argv) == 2

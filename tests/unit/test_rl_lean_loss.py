@@ -91,7 +91,8 @@ def test_only_completion_positions_reach_the_head_and_no_old_logps_forward(tok, 
 
     model = build_tiny_model(tok, hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64,
                              max_position=64, seed=0)
-    p = GRPOParams(max_steps=1, num_generations=4, prompts_per_step=2, max_completion_length=6, num_iterations=1)
+    p = GRPOParams(max_steps=1, num_generations=4, prompts_per_step=2, max_completion_length=6, num_iterations=1,
+                   tis_cap=0)  # TIS on would add its one old-logps forward (rl/tis.py)
     trainer = make_grpo_trainer(model, tok, ROWS, [_reward], [1.0], tmp_path, p)
     inner = trainer._get_per_token_logps_and_entropies
     trainer._get_per_token_logps_and_entropies = lambda *a, **k: calls.append(torch.is_grad_enabled()) or inner(*a, **k)
