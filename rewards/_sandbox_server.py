@@ -4,8 +4,10 @@ It is started as PID 1 of the sandbox's PID namespace (`bwrap --as-pid-1`) with 
 isolated mode, and talks to the harness over fds 0/1 with length-prefixed JSON. Per request it runs one
 child per stdin/stdout case (or one child for a block of assert tests). After every child, no matter how
 it ended, it SIGKILLs every other process in the namespace, reaps them, wipes the writable tmpfs mounts
-and removes SysV IPC objects, so nothing a run starts or leaves behind survives into the next run. Then,
-with the namespace clean and while the harness reads the answer, it forks the next run's child, which
+and removes SysV IPC objects, so nothing a run starts or leaves behind survives into the next run; this
+happens after the answer is sent (the harness reads it meanwhile) and always before the next child is
+forked or handed a job (`settle`). An assert run is answered as soon as every test has reported, without
+waiting for the child's exit. Then, with the namespace clean, it forks the next run's child, which
 sets itself up and waits for its job (program, compiled tests, limits) on a pipe: the fork is off the
 critical path. Common stdlib modules are imported once here (HumanEval's `typing` costs ~20 ms cold).
 
@@ -27,6 +29,7 @@ import sys
 import time
 import traceback
 
+CLEANUP_FAILED = 75  # the server's exit code when it could not clean up after a run (the harness retries)
 MEMORY_EXIT = 97  # the child's exit code for an uncaught MemoryError (a run faking it only hurts itself)
 _libc = ctypes.CDLL(None, use_errno=True)
 # _cleanup (between runs: kill, reap, wipe) lives in rewards/_sandbox_cleanup.py, prepended to this source.
@@ -192,8 +195,11 @@ def _child(stdin_r, stdout_w, stderr_w, result_w, job_r):
     os._exit(status & 0xFF)
 
 
-def _supervise(pid, stdin_w, stdin_data, readers, deadline, out_limit):
-    """Feed stdin, collect outputs until the child exits or the wall deadline passes."""
+def _supervise(pid, stdin_w, stdin_data, readers, deadline, out_limit, answers=0):
+    """Feed stdin, collect outputs until the child exits or the wall deadline passes, or (assert mode) until
+    the run has reported `answers` test lines: the verdict is then complete, so the server answers without
+    waiting for the child to exit (tearing down a process is ~0.5 ms, as much as a short run); `_cleanup`
+    kills and reaps it after the answer is sent. Returns wstatus None in that case."""
     sel = selectors.DefaultSelector()
     pidfd = os.pidfd_open(pid)
     sel.register(pidfd, selectors.EVENT_READ, "exit")
@@ -207,7 +213,8 @@ def _supervise(pid, stdin_w, stdin_data, readers, deadline, out_limit):
     else:
         os.close(stdin_w)
     pending, exited, over, stdin_open = memoryview(stdin_data), False, False, bool(stdin_data)
-    while not exited and not over:
+    reported = False
+    while not exited and not over and not reported:
         left = deadline - time.monotonic()
         if left <= 0:
             break
@@ -235,6 +242,8 @@ def _supervise(pid, stdin_w, stdin_data, readers, deadline, out_limit):
                     sel.unregister(key.fd)
                     continue
                 bufs[tag] += chunk
+                if tag == "results" and bufs[tag].count(b"\n") >= answers:
+                    reported = True
                 if tag == "stderr" and len(bufs[tag]) > 8192:
                     del bufs[tag][:-4096]
                 elif tag != "stderr" and len(bufs[tag]) > out_limit:
@@ -250,10 +259,10 @@ def _supervise(pid, stdin_w, stdin_data, readers, deadline, out_limit):
             pass
         if name != "stderr" and len(bufs[name]) > out_limit:
             over = True
-    timed_out = not exited and not over
+    timed_out = not exited and not over and not reported
     if not exited:
         os.kill(-1, signal.SIGKILL)  # the child and anything it started, whatever process group they moved to
-    _, wstatus = os.waitpid(pid, 0)
+    wstatus = None if reported and not exited else os.waitpid(pid, 0)[1]
     sel.close()
     os.close(pidfd)
     if stdin_open:
@@ -262,6 +271,8 @@ def _supervise(pid, stdin_w, stdin_data, readers, deadline, out_limit):
 
 
 def _classify(wstatus, timed_out, over):
+    if wstatus is None:  # answered before it exited: every test reported (the status is not used)
+        return "ok"
     if timed_out:
         return "timeout"
     if over:
@@ -275,6 +286,7 @@ def _classify(wstatus, timed_out, over):
     return "memory" if code == MEMORY_EXIT else ("ok" if code == 0 else "error")
 
 
+_DIRTY = False  # a run ended and the namespace is not cleaned up yet (`settle`)
 _ZYGOTE = None  # a child forked ahead of the next run, waiting for its job: (pid, stdin_w, out_r, err_r, res_r, job_w)
 
 
@@ -291,6 +303,16 @@ def _spawn():
     return pid, in_w, out_r, err_r, res_r, job_w
 
 
+def settle():
+    """Clean up after the last run, if not done yet: kill and reap what is left of it, wipe /tmp and /dev/shm
+    (`_cleanup`). Called after its answer is sent (off the harness's critical path) and, at the latest,
+    before the next run's child is forked or handed a job."""
+    global _DIRTY
+    if _DIRTY:
+        _cleanup()  # noqa: F821  (rewards/_sandbox_cleanup.py)
+        _DIRTY = False
+
+
 def prefork():
     """Fork the next run's child now (after a cleanup, while the harness reads the last answer), so that
     the fork and the child's setup overlap the harness's work instead of adding to each run. Only ever
@@ -300,10 +322,11 @@ def prefork():
         _ZYGOTE = _spawn()
 
 
-def _run_one(job, req, stdin_data):
-    """Hand `job` (marshalled program, tests, limits) to the waiting child (or a fresh one), supervise it,
-    clean up the namespace. Returns (status, buffers)."""
-    global _ZYGOTE
+def _run_one(job, req, stdin_data, answers=0):
+    """Hand `job` (marshalled program, tests, limits) to the waiting child (or a fresh one) and supervise it;
+    the namespace is cleaned up by `settle` (after the answer is sent). Returns (status, buffers)."""
+    global _ZYGOTE, _DIRTY
+    settle()  # the case before (io mode runs one child per case)
     (pid, in_w, out_r, err_r, res_r, job_w), _ZYGOTE = _ZYGOTE or _spawn(), None
     readers = {"stdout": out_r, "stderr": err_r}
     if req["mode"] == "assert":
@@ -319,11 +342,12 @@ def _run_one(job, req, stdin_data):
         except OSError:  # the child is gone (killed from outside): supervise sees its exit status
             pass
         os.close(job_w)
-        wstatus, timed_out, over, bufs = _supervise(pid, in_w, stdin_data, readers, deadline, req["limits"]["output_bytes"])
+        wstatus, timed_out, over, bufs = _supervise(pid, in_w, stdin_data, readers, deadline, req["limits"]["output_bytes"],
+                                                    answers)
     finally:
         for fd in readers.values():
             os.close(fd)
-        _cleanup()  # noqa: F821  (rewards/_sandbox_cleanup.py)
+        _DIRTY = True
     return _classify(wstatus, timed_out, over), bufs
 
 
@@ -355,7 +379,7 @@ def handle(req):
                 status = "passed" if _normalise(got) == _normalise(case["output"]) else "failed"
             tests.append(status)
     else:
-        status, bufs = _run_one(job, req, b"")
+        status, bufs = _run_one(job, req, b"", answers=sum(is_test for _, _, is_test in stmts))
         stderr = bufs["stderr"].decode(errors="replace")[-2000:]
         reported = {}
         for line in bufs["results"].decode(errors="replace").splitlines():
@@ -392,6 +416,13 @@ def main():
             _send(wfd, {"status": "error", "tests": [], "stderr": f"sandbox server: {type(e).__name__}: {e}", "duration_s": 0.0})
             return
         _send(wfd, resp)
+        try:
+            settle()
+        except Exception:
+            # The namespace could not be cleaned (a wipe that did not complete): exit with CLEANUP_FAILED
+            # instead of answering the next request from a dirty sandbox; the harness starts a clean one
+            # and sends that request again (rewards/sandbox.py).
+            sys.exit(CLEANUP_FAILED)
         try:
             prefork()
         except OSError:  # e.g. fork refused: the next run forks (and reports the failure) itself

@@ -70,6 +70,7 @@ from typing import Any, Literal, Sequence
 
 Status = Literal["passed", "failed", "timeout", "memory", "error"]
 SANDBOX_UID = 65534
+CLEANUP_FAILED = 75  # the server's exit code when it could not clean up after a run (rewards/_sandbox_server.py)
 MARKER = "rayzero-sandbox"  # in every sandbox command line, so tests and operators can find leftovers
 # The server runs from source inside the sandbox (no project files there): the plain-data assert rewriting
 # it uses (rewards/_plain_asserts.py) and its cleanup between runs (rewards/_sandbox_cleanup.py) are prepended.
@@ -368,18 +369,30 @@ class Sandbox:
         (the server is wedged or gone: it cannot be killed from inside, so this is the host's doing or a limit
         hit the server; it is started afresh next time)."""
         with self._lock:
-            if self._proc is None or self._proc.poll() is not None:
-                self.close()
-                self._start()
-            req["limits"]["nproc"] = self._nproc
-            data = json.dumps(req).encode()
-            try:
-                self._proc.stdin.write(struct.pack("<I", len(data)) + data)
-                self._proc.stdin.flush()
-                return self._recv(deadline=time.monotonic() + budget + 5.0)
-            except (TimeoutError, EOFError, BrokenPipeError, OSError) as e:
-                self.close()
-                return e
+            for attempt in (1, 2):
+                if self._proc is None or self._proc.poll() is not None:
+                    self.close()
+                    self._start()
+                req["limits"]["nproc"] = self._nproc
+                data = json.dumps(req).encode()
+                try:
+                    self._proc.stdin.write(struct.pack("<I", len(data)) + data)
+                    self._proc.stdin.flush()
+                    return self._recv(deadline=time.monotonic() + budget + 5.0)
+                except (TimeoutError, EOFError, BrokenPipeError, OSError) as e:
+                    # A server that could not clean up after the previous run exits before reading this
+                    # request (CLEANUP_FAILED): this run is not at fault, so it is sent once more, to a fresh one.
+                    failed = self._cleanup_failed() if isinstance(e, (EOFError, BrokenPipeError)) else False
+                    self.close()
+                    if not failed or attempt == 2:
+                        return e
+            raise AssertionError("unreachable")
+
+    def _cleanup_failed(self) -> bool:
+        try:
+            return self._proc.wait(timeout=5) == CLEANUP_FAILED
+        except subprocess.TimeoutExpired:
+            return False
 
     @staticmethod
     def _n_tests(req: dict) -> int:
