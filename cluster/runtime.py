@@ -14,7 +14,6 @@ report progress as whole lines (`rl.progress`). Two worker settings keep that re
 from __future__ import annotations
 
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -108,23 +107,14 @@ def tie_to_this_process(session_dir: str) -> None:
                    stderr=subprocess.DEVNULL)
 
 
-# What sizes a stage's GPUs / CPUs in the recipe, by config section (a stage is named after its section).
-FIELDS = {
-    "sft": ("sft.gpus", "sft.cpus"), "baseline": ("sft.gpus", "sft.cpus"),
-    "grpo": ("grpo.gpus, grpo.num_workers or grpo.rollout_workers", "grpo.cpus, grpo.rollout_cpus or the worker counts"),
-    "distill": ("distill.gpus, distill.rollout_gpus or distill.rollout_workers", "distill.cpus, distill.rollout_cpus or "
-                "distill.rollout_workers"),
-    "eval": ("eval.gpus", "eval.cpus"),
-}
-
-
-def check_resources(need_cpus: float, need_gpus: float = 0, what: str = "", have: dict | None = None) -> None:
-    """Raises ClusterError, in one line naming the recipe fields to lower, when the cluster (`have`, default:
-    the connected one's totals) has fewer CPUs or GPUs than `what` needs."""
+def check_resources(need_cpus: float, need_gpus: float = 0, what: str = "", have: dict | None = None,
+                    fields: tuple[str, str] = ("its gpus", "its workers/cpus")) -> None:
+    """Raises ClusterError, in one line naming the recipe fields to lower (`fields`: the ones that size its
+    GPUs, its CPUs; a stage declares its own), when the cluster (`have`, default: the connected one's totals)
+    has fewer CPUs or GPUs than `what` needs."""
     have = ray.cluster_resources() if have is None else have
     cpus, gpus = have.get("CPU", 0), have.get("GPU", 0)
-    m = re.match(r"stage (\w+)", what)
-    gpu_fields, cpu_fields = FIELDS.get(m.group(1) if m else "", ("its gpus", "its workers/cpus"))
+    gpu_fields, cpu_fields = fields
     if need_gpus and gpus < need_gpus - 1e-9:
         raise ClusterError(f"{what} needs {need_gpus:g} GPU(s) but the Ray cluster has {gpus:g}; lower {gpu_fields} "
                            f"in the recipe (0 GPUs runs on CPU), or add GPUs")

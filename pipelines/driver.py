@@ -115,7 +115,7 @@ def _run(cfg: PipelineConfig, folder: RunFolder, say: Callable[[str], None]) -> 
             metrics = stage.run(cfg, ctx)
         except KeyboardInterrupt:
             disconnect()
-            raise RunInterrupted(_resume_hint(cfg, stage.name)) from None
+            raise RunInterrupted(_resume_hint(cfg, stage)) from None
         except Exception as e:
             _stage_failed(cfg, folder, stage.name, results, e)
             raise
@@ -210,11 +210,9 @@ def _yaml(path: Path) -> dict:
         return {}
 
 
-def _resume_hint(cfg: PipelineConfig, stage: str) -> str:
-    kept = "finished stages are kept"
-    if stage == "grpo" and cfg.grpo.save_steps:
-        kept += f"; GRPO resumes from its last checkpoint (every {cfg.grpo.save_steps} steps)"
-    return f"interrupted during stage {stage}; {kept}. Run the same command again to resume."
+def _resume_hint(cfg: PipelineConfig, stage: Stage) -> str:
+    kept = "finished stages are kept" + stage.resume_hint(cfg)
+    return f"interrupted during stage {stage.name}; {kept}. Run the same command again to resume."
 
 
 class _signals_stop_the_run:

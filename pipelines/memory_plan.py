@@ -73,8 +73,8 @@ def shape(m: ModelSection, field: str = "model", teacher: mem.ModelShape | None 
     return None
 
 
-def _teacher(cfg: PipelineConfig, name: str, policy: mem.ModelShape | None) -> mem.ModelShape | None:
-    if name in ("sft", "grpo", "baseline"):  # a stage of this run: the policy's architecture
+def _teacher(name: str, policy: mem.ModelShape | None, stages: tuple[str, ...]) -> mem.ModelShape | None:
+    if name in stages:  # a stage of this run: the policy's architecture
         return policy
     if not (Path(name) / "config.json").is_file():  # a teacher folder that a run has not written yet
         return None
@@ -117,7 +117,8 @@ def _vllm(cfg: PipelineConfig, s: mem.ModelShape, gpu_gib: float, seq: int) -> m
                     sleeping=v.sleep_level > 0)
 
 
-def _grpo(cfg: PipelineConfig, policy, gpu_gib: float, prompt: int) -> dict[str, mem.Estimate]:
+def grpo_estimates(cfg: PipelineConfig, policy, gpu_gib: float, prompt: int) -> dict[str, mem.Estimate]:
+    """GRPO's learners and rollout engines."""
     g = cfg.grpo
     out = {f"learner-{i}": _learner(cfg, policy, gpu_gib, prompt) for i in range(g.num_workers)}
     seq = prompt + g.max_completion_length
@@ -133,39 +134,25 @@ def _grpo(cfg: PipelineConfig, policy, gpu_gib: float, prompt: int) -> dict[str,
 
 def estimates(cfg: PipelineConfig, gpu_gib: float,
               prompt_tokens: int = PROMPT_TOKENS) -> dict[str, dict[str, mem.Estimate]]:
-    """{stage: {actor: Estimate}} for every actor that holds a GPU (per GPU it spans); an actor whose model
-    shape is unknown (gguf) is left out."""
+    """{stage: {actor: Estimate}} for every actor that holds a GPU (per GPU it spans; each stage says which
+    and estimates them: `Stage.gpu_actors`, `Stage.gpu_memory`); an actor whose model shape is unknown
+    (gguf) is left out."""
     from pipelines.stages import STAGES
 
-    gpu_actors = {st.name: [a.name for a in st.resources(cfg).actors if a.gpus > 0] for st in STAGES if st.enabled(cfg)}
-    if "grpo" in gpu_actors:  # a vLLM engine over N > 1 GPUs holds none itself: its N one-GPU bundles do
-        from pipelines.stages.grpo import plan
-
-        if plan(cfg).engine_gpus:
-            gpu_actors["grpo"] += [f"rollout-{i}" for i in range(cfg.grpo.rollout_workers)]
+    gpu_actors = {st: st.gpu_actors(cfg) for st in STAGES if st.enabled(cfg)}
     gpu_actors = {k: v for k, v in gpu_actors.items() if v}
     if not gpu_actors:
         return {}
     policy = shape(cfg.model)
     out: dict[str, dict[str, mem.Estimate]] = {}
     for stage, names in gpu_actors.items():
-        found: dict[str, mem.Estimate | None] = {}
-        if stage == "grpo" and policy:
-            found = dict(_grpo(cfg, policy, gpu_gib, prompt_tokens))
-        elif stage in ("sft", "baseline") and policy:
-            found = {f"{stage}-0": _sft(cfg, policy)}
-        elif stage == "distill":
-            found = _distill(cfg, policy, prompt_tokens)
-        elif stage == "eval":
-            students = cfg.distill.enabled and "distill" in cfg.eval.stages
-            s = _largest([policy, *(_students(cfg, policy).values() if students else ())])
-            found = {"eval-0": s and mem.inference(s, weight_bytes=2, rows=cfg.eval.batch_size,
-                                                   seq_len=prompt_tokens + cfg.eval.max_new_tokens)}
-        out[stage] = {n: found[n] for n in names if found.get(n) is not None}
+        found = stage.gpu_memory(cfg, policy, gpu_gib, prompt_tokens)
+        out[stage.name] = {n: found[n] for n in names if found.get(n) is not None}
     return out
 
 
-def _sft(cfg: PipelineConfig, s: mem.ModelShape) -> mem.Estimate:
+def sft_estimate(cfg: PipelineConfig, s: mem.ModelShape) -> mem.Estimate:
+    """One SFT training task (the sft section's recipe)."""
     p = cfg.sft
     wb = 2 if p.dtype in HALF else 4
     return mem.training(s, mem.Training(weight_bytes=wb, lora_r=p.lora.r, lora_targets=tuple(p.lora.target_modules),
@@ -174,18 +161,21 @@ def _sft(cfg: PipelineConfig, s: mem.ModelShape) -> mem.Estimate:
                                         activation_bytes=2 if (p.bf16 or wb == 2) else 4))
 
 
-def _students(cfg: PipelineConfig, policy) -> dict[str, mem.ModelShape | None]:
+def _students(cfg: PipelineConfig, policy, stages: tuple[str, ...], truncate_from: str) -> dict[str, mem.ModelShape | None]:
     d = cfg.distill
     out = {}
     for name, m in d.students.items():
-        teacher = _teacher(cfg, m.path or "grpo", policy) if m.kind == "truncate" else None
+        teacher = _teacher(m.path or truncate_from, policy, stages) if m.kind == "truncate" else None
         out[name] = shape(m, f"distill.students.{name}", teacher)
     return out
 
 
-def _distill(cfg: PipelineConfig, policy, prompt: int) -> dict[str, mem.Estimate | None]:
+def distill_estimates(cfg: PipelineConfig, policy, prompt: int, stages: tuple[str, ...],
+                      truncate_from: str) -> dict[str, mem.Estimate | None]:
+    """Distillation's teacher rollout engines and its students' training task; `stages`: teachers named by
+    stage (the policy's shape), `truncate_from`: the stage a truncated student without a path comes from."""
     d = cfg.distill
-    teachers = _largest(_teacher(cfg, t, policy) for mix in d.mixes.values() for t in mix.teachers)
+    teachers = _largest(_teacher(t, policy, stages) for mix in d.mixes.values() for t in mix.teachers)
     rows = min(256, max(1, d.num_prompts * d.samples_per_prompt // max(1, d.rollout_workers)))
     out: dict[str, mem.Estimate | None] = {}
     if teachers:
@@ -193,7 +183,7 @@ def _distill(cfg: PipelineConfig, policy, prompt: int) -> dict[str, mem.Estimate
         out.update({f"rollout-{i}": engine for i in range(d.rollout_workers)})
     trained = [mem.training(s, mem.Training(weight_bytes=4, micro_batch=d.batch_size, seq_len=d.max_length,
                                             activation_bytes=2 if d.bf16 else 4))
-               for s in _students(cfg, policy).values() if s is not None]
+               for s in _students(cfg, policy, stages, truncate_from).values() if s is not None]
     if trained:
         e = max(trained, key=lambda e: e.total)
         if d.method == "logit" and teachers:  # the teacher scores the student's batches beside it
@@ -202,12 +192,18 @@ def _distill(cfg: PipelineConfig, policy, prompt: int) -> dict[str, mem.Estimate
     return out
 
 
+def eval_estimate(cfg: PipelineConfig, policy, prompt: int, students: bool, stages: tuple[str, ...],
+                  truncate_from: str) -> mem.Estimate | None:
+    """The eval task, holding the largest model it measures (the policy, or with `students` a student)."""
+    s = _largest([policy, *(_students(cfg, policy, stages, truncate_from).values() if students else ())])
+    return s and mem.inference(s, weight_bytes=2, rows=cfg.eval.batch_size, seq_len=prompt + cfg.eval.max_new_tokens)
+
+
 def declared_groups(cfg: PipelineConfig, stage: str, names: list[str]) -> list[list[str]]:
-    """Actors that share one GPU by construction: a colocated GRPO learner and its engine; others alone."""
-    if stage == "grpo" and cfg.grpo.placement == "colocated" and cfg.grpo.rollout_workers:
-        pairs = [[n for n in (f"learner-{i}", f"rollout-{i}") if n in names] for i in range(cfg.grpo.num_workers)]
-        return [p for p in pairs if p]
-    return [[n] for n in names]
+    """Actors that share one GPU by construction (`Stage.gpu_groups`, e.g. a colocated learner and its engine)."""
+    from pipelines.stages import stage_named
+
+    return stage_named(stage).gpu_groups(cfg, names)
 
 
 def gpu_gib_of(cfg: PipelineConfig, gpu_gib: float | None) -> float:
@@ -216,7 +212,9 @@ def gpu_gib_of(cfg: PipelineConfig, gpu_gib: float | None) -> float:
 
 def load(cfg: PipelineConfig, stage: str, names: list[str], est: dict[str, mem.Estimate]) -> float:
     """GiB one GPU holding actors `names` of `stage` needs (those with an estimate)."""
-    concurrent = stage == "grpo" and cfg.grpo.overlap  # one-step overlap: generation runs during training
+    from pipelines.stages import stage_named
+
+    concurrent = stage_named(stage).generates_while_training(cfg)
     return mem.gpu_total([est[n] for n in names if n in est], concurrent)
 
 
@@ -246,7 +244,9 @@ def check(cfg: PipelineConfig, gpu_gib: float | None = None, prompt_tokens: int 
 
 def _fix(cfg: PipelineConfig, stage: str, names: list[str], card: float, prompt: int) -> str:
     """The first setting (from `_knobs`) under which these actors fit, else the settings to look at."""
-    knobs = _knobs(cfg, stage)
+    from pipelines.stages import stage_named
+
+    knobs = stage_named(stage).memory_knobs(cfg)
     for label, overrides in knobs:
         try_cfg = cfg
         for key, value in overrides.items():
@@ -260,51 +260,12 @@ def _fix(cfg: PipelineConfig, stage: str, names: list[str], card: float, prompt:
             else "use GPUs with more memory or a smaller model")
 
 
-def _knobs(cfg: PipelineConfig, stage: str) -> list[tuple[str, dict[str, Any]]]:
-    out: list[tuple[str, dict[str, Any]]] = []
-    if stage == "grpo":
-        g = cfg.grpo
-        if g.rollout_engine == "vllm" and (g.placement == "colocated" or g.in_learner_vllm):
-            for u in (0.35, 0.3, 0.25, 0.2, 0.15, 0.1):  # room for the learner beside the engine
-                if u < g.vllm.gpu_memory_utilization:
-                    out.append((f"grpo.vllm.gpu_memory_utilization={u:g}", {"grpo.vllm.gpu_memory_utilization": u}))
-        if g.rollout_engine == "vllm":
-            for u in (0.2, 0.25, 0.3, 0.35, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9):  # the engine's weights need room
-                if u > g.vllm.gpu_memory_utilization:
-                    out.append((f"grpo.vllm.gpu_memory_utilization={u:g}", {"grpo.vllm.gpu_memory_utilization": u}))
-        if g.num_workers > 1 and g.zero_stage < 3:
-            out.append(("grpo.zero_stage=3", {"grpo.zero_stage": 3}))
-        if not g.offload_optimizer:
-            extra = {"grpo.zero_stage": 1} if not g.zero_stage else {}
-            out.append(("grpo.offload_optimizer=true" + (" grpo.zero_stage=1" if extra else ""),
-                        {"grpo.offload_optimizer": True, **extra}))
-        if not g.gradient_checkpointing:
-            out.append(("grpo.gradient_checkpointing=true", {"grpo.gradient_checkpointing": True}))
-        out += _micro(g.batch_layout(g.num_workers)[0], g.per_rank_batch(g.num_workers), "grpo")
-        if not g.lora.enabled:
-            out.append(("grpo.lora.r=16", {"grpo.lora.r": 16}))
-        if g.zero_stage == 3 and not g.offload_params:
-            out.append(("grpo.offload_params=true grpo.offload_optimizer=true",
-                        {"grpo.offload_params": True, "grpo.offload_optimizer": True}))
-    elif stage in ("sft", "baseline"):
-        s = cfg.sft
-        if not s.gradient_checkpointing:
-            out.append(("sft.gradient_checkpointing=true", {"sft.gradient_checkpointing": True}))
-        out += _micro(s.batch_layout(1)[0], s.batch_size, "sft")
-        if not s.lora.enabled:
-            out.append(("sft.lora.r=16", {"sft.lora.r": 16}))
-    elif stage in ("distill", "eval"):
-        size = getattr(cfg, stage).batch_size
-        out += [(f"{stage}.batch_size={b}", {f"{stage}.batch_size": b}) for b in _halves(size)]
-    return out
-
-
-def _micro(micro: int, batch: int, section: str) -> list[tuple[str, dict[str, Any]]]:
-    return [(f"{section}.micro_batch_size={m}", {f"{section}.micro_batch_size": m}) for m in _halves(micro)
+def halves_of_micro_batch(micro: int, batch: int, section: str) -> list[tuple[str, dict[str, Any]]]:
+    return [(f"{section}.micro_batch_size={m}", {f"{section}.micro_batch_size": m}) for m in halves(micro)
             if batch % m == 0]
 
 
-def _halves(n: int) -> list[int]:
+def halves(n: int) -> list[int]:
     out = []
     while n > 1:
         n //= 2

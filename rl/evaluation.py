@@ -37,9 +37,6 @@ class TTSParams:
     beam_max_rounds: int = 8  # beam search: rounds (steps) before an unfinished solution is cut off
     max_step_tokens: int = 16
     step_delimiters: tuple[str, ...] = (".",)
-    stages: tuple[str, ...] = ("sft", "grpo", "distill")  # checkpoints the eval stage measures
-
-    STAGES = ("sft", "grpo", "distill", "baseline")
 
     def validate(self) -> None:
         """Raises ValueError (message starting with the field name) for settings TTS cannot run with.
@@ -60,9 +57,6 @@ class TTSParams:
             v.fail("beam_widths", tuple(self.beam_widths), "need a step scorer: set scorer or prm_path")
         if not self.step_delimiters or not all(self.step_delimiters):
             v.fail("step_delimiters", tuple(self.step_delimiters), "need at least one non-empty string")
-        bad = [s for s in self.stages if s not in self.STAGES]
-        if bad:
-            v.fail("stages", tuple(self.stages), f"may only hold {', '.join(self.STAGES)}")
 
 
 @dataclass

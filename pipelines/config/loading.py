@@ -242,17 +242,37 @@ def load_config(recipe: str = "tiny", overrides: list[str] | tuple[str, ...] = (
 
 def from_dict(raw: Mapping[str, Any]) -> PipelineConfig:
     """A checked config from nested sections (a recipe's YAML, or a run's config.yaml)."""
-    cfg = build(PipelineConfig, raw)
+    raw, extra = _stage_sections(raw)
+    cfg = dataclasses.replace(build(PipelineConfig, raw), extra=extra)
     cfg = _task_rewards(cfg, raw)
     check(cfg)
     return cfg
 
 
+def _stage_sections(raw: Mapping[str, Any]) -> tuple[dict, dict]:
+    """Split off the sections of registered stages that bring their own (`Stage.section`): built from the
+    recipe's key of the stage's name, else their defaults."""
+    from pipelines.stages import STAGES
+
+    raw, extra = dict(raw), {}
+    fields = {f.name for f in dataclasses.fields(PipelineConfig)}
+    for stage in STAGES:
+        if stage.section is not None and stage.name not in fields:
+            extra[stage.name] = build(stage.section, raw.pop(stage.name, None) or {}, stage.name)
+    return raw, extra
+
+
 def _task_rewards(cfg: PipelineConfig, raw: Mapping[str, Any]) -> PipelineConfig:
-    """GRPO's rewards default to the task's own (pipelines/tasks/registry.py) when the config names none."""
+    """A section's `rewards` (GRPO's) default to the task's own (pipelines/tasks/registry.py) when the config
+    names none for it."""
     from pipelines.tasks import find
 
     task = find(cfg.task.name)  # an unknown name is reported by the rules, naming the valid ones
-    if task is None or task.rewards is None or "rewards" in (raw.get("grpo") or {}):
+    if task is None or task.rewards is None:
         return cfg
-    return dataclasses.replace(cfg, grpo=dataclasses.replace(cfg.grpo, rewards=dict(task.rewards)))
+    for f in dataclasses.fields(cfg):
+        section = getattr(cfg, f.name)
+        if (dataclasses.is_dataclass(section) and "rewards" in {x.name for x in dataclasses.fields(section)}
+                and "rewards" not in (raw.get(f.name) or {})):
+            cfg = dataclasses.replace(cfg, **{f.name: dataclasses.replace(section, rewards=dict(task.rewards))})
+    return cfg

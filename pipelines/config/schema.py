@@ -246,6 +246,7 @@ class EvalSection(TTSParams):
     cpus: float = 1.0
     gpus: float = 0.0
     benchmarks: tuple[Any, ...] = ()
+    stages: tuple[str, ...] = ("sft", "grpo", "distill")  # checkpoints the eval stage measures
 
     @property
     def enabled(self) -> bool:
@@ -285,6 +286,15 @@ class PipelineConfig:
     eval: EvalSection = EvalSection()
     baseline: BaselineSection = BaselineSection()
     publish: PublishSection = PublishSection()
+    # The sections of stages registered from outside this module (`Stage.section`), by stage name: a YAML
+    # top-level key and `cfg.<name>` like the sections above (pipelines/config/loading.py builds them).
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+    def __getattr__(self, name: str) -> Any:
+        extra = self.__dict__.get("extra") or {}  # (unpickling asks before the fields are set)
+        if name in extra:
+            return extra[name]
+        raise AttributeError(f"'PipelineConfig' has no section '{name}'")
 
     @property
     def run_dir(self) -> Path:
@@ -306,5 +316,8 @@ RENAMED = {
 
 def to_dict(cfg: Any) -> dict:
     """Plain nested dicts/lists (tuples become lists), as YAML and JSON write them: comparing two of
-    these compares configs, not their container types."""
-    return json.loads(json.dumps(dataclasses.asdict(cfg)))
+    these compares configs, not their container types. A registered stage's section is a top-level key."""
+    out = json.loads(json.dumps(dataclasses.asdict(cfg)))
+    if isinstance(cfg, PipelineConfig):
+        out.update(out.pop("extra"))
+    return out

@@ -327,8 +327,11 @@ def _swap_in(partial: Path, dst: Path) -> None:
 
 
 def published_stage(cfg) -> str:
-    """The stage the recipe's `publish` section publishes: `publish.stage`, else the last trained one."""
-    trained = [s for s in ("sft", "grpo", "distill") if getattr(cfg, s).enabled]
+    """The stage the recipe's `publish` section publishes: `publish.stage`, else the last enabled stage that
+    leaves a model and is not a comparison arm (pipelines/stages/)."""
+    from pipelines.stages import STAGES
+
+    trained = [s.name for s in STAGES if s.checkpoint and not s.comparison and s.enabled(cfg)]
     return cfg.publish.stage or (trained[-1] if trained else "")
 
 

@@ -3,8 +3,9 @@ every actor of every stage would land on a cluster of M nodes x N GPUs, found by
 code on a simulated Ray cluster (`cluster.simulate`: fake GPUs, nothing touches CUDA).
 
 What is placed is what each stage declares (`Stage.resources(cfg).actors`: learner-<i>, rollout-<i>,
-reward-<i>, or <stage>-0 for a stage that runs as one task). The GRPO stage's learners and rollout workers
-go through the same functions it uses at run time (`pipelines.stages.grpo.plan` -> `cluster.placement.reserve`
+reward-<i>, or <stage>-0 for a stage that runs as one task). A stage's learners and rollout workers in
+placement groups (`Stage.placement`: GRPO's) go through the same functions it uses at run time
+(`pipelines.stages.grpo.plan` -> `cluster.placement.reserve`
 -> a `cluster.learners.LearnerGroup` and the rollout workers in `Reservation.rollout_args`); its reward actors
 and every other stage's actors are started with their own CPUs/GPUs, as `cluster.actors.ActorPool` /
 `cluster.runtime.run_task` start them. Stages run one after another, so each is placed on the empty cluster.
@@ -37,6 +38,8 @@ class StagePlan:
     phases: list  # lists of pipelines.stages.base.Actor started together
     cpus: float  # the stage's declared peak
     gpus: float
+    fields: tuple[str, str] = ("its gpus", "its workers/cpus")  # what a resource error names (Stage.fields)
+    bundles: Any = None  # the stage's cluster.placement.Plan when it reserves learner/rollout bundles (Stage.placement)
 
 
 def stages(cfg: PipelineConfig) -> list[StagePlan]:
@@ -54,8 +57,8 @@ def stages(cfg: PipelineConfig) -> list[StagePlan]:
             for a in actors:
                 kinds.setdefault(a.name.rsplit("-", 1)[0], []).append(a)
             phases = list(kinds.values())
-        label = f"{stage.name} ({cfg.grpo.placement})" if stage.name == "grpo" and cfg.grpo.rollout_workers else stage.name
-        out.append(StagePlan(stage.name, label, phases, float(res.cpus), float(res.gpus)))
+        out.append(StagePlan(stage.name, stage.plan_label(cfg), phases, float(res.cpus), float(res.gpus),
+                             fields=stage.fields(), bundles=stage.placement(cfg)))
     return out
 
 
@@ -65,10 +68,9 @@ def default_cpus(plans: list[StagePlan]) -> int:
 
 
 def check_fit(cfg: PipelineConfig, plans: list[StagePlan], nodes: int, gpus: int, cpus: float) -> None:
-    """What can be known from the numbers alone: each stage's totals, each GRPO bundle and every other
-    actor on one node. Raises ClusterError (one line)."""
+    """What can be known from the numbers alone: each stage's totals, each learner/rollout bundle and every
+    other actor on one node. Raises ClusterError (one line)."""
     from cluster import placement
-    from pipelines.stages.grpo import plan as grpo_plan
 
     if nodes < 1:
         raise ClusterError(f"--nodes {nodes}: need at least one node")
@@ -78,17 +80,17 @@ def check_fit(cfg: PipelineConfig, plans: list[StagePlan], nodes: int, gpus: int
     shape = f"{nodes} node(s) x {gpus} GPU(s), {cpus:g} CPU(s) each"
     for s in plans:
         try:
-            check_resources(s.cpus, s.gpus, f"stage {s.name}", have=have)
+            check_resources(s.cpus, s.gpus, f"stage {s.name}", have=have, fields=s.fields)
         except ClusterError as e:
             raise ClusterError(f"{e} ({shape})") from None
-        if s.name == "grpo":
+        if s.bundles is not None:
             try:
-                placement.check(grpo_plan(cfg), have, nodes=[{"CPU": cpus, "GPU": gpus}] * nodes)
+                placement.check(s.bundles, have, nodes=[{"CPU": cpus, "GPU": gpus}] * nodes)
             except ClusterError as e:
-                raise ClusterError(f"stage grpo: {e} ({shape})") from None
+                raise ClusterError(f"stage {s.name}: {e} ({shape})") from None
         for phase in s.phases:
             for a in phase:
-                if s.name == "grpo" and a.name.startswith(("learner-", "rollout-")):
+                if s.bundles is not None and a.name.startswith(("learner-", "rollout-")):
                     continue  # checked as bundles above
                 if a.gpus > gpus + EPS or a.cpus > cpus + EPS:
                     raise ClusterError(f"stage {s.name}: {a.name} needs {a.cpus:g} CPU(s) and {a.gpus:g} GPU(s) on one "
@@ -158,16 +160,15 @@ def place_on(cfg: PipelineConfig, plans: list[StagePlan], node_ids: list[str], t
     """Place `plans` on the connected (simulated) cluster whose worker nodes are `node_ids`."""
     from cluster import simulate
     from cluster.placement import PlacementError
-    from pipelines.stages.grpo import plan as grpo_plan
 
     out: dict[str, list[dict]] = {}
     for s in plans:
         rows = []
         for phase in s.phases:
             wants = [simulate.Want(a.name, a.cpus, a.gpus) for a in phase]
-            grpo = grpo_plan(cfg) if s.name == "grpo" and any(a.name.startswith("learner-") for a in phase) else None
+            bundles = s.bundles if any(a.name.startswith("learner-") for a in phase) else None
             try:
-                landed = simulate.place(wants, grpo, node_ids, timeout_s)
+                landed = simulate.place(wants, bundles, node_ids, timeout_s)
             except PlacementError as e:
                 raise ClusterError(f"stage {s.name}: {e}") from None
             for spot in landed:

@@ -15,11 +15,13 @@ def answer_text(cfg: dict) -> str:
 
     task = cfg.get("task", {})
     t = resolve(task.get("prompt_template", "plain"), task.get("system_prompt", ""), task.get("chat_template", False))
-    grpo = cfg.get("grpo", {})
-    # The cold-start examples (a built-in task's, or a completion_template) teach the tag format too.
+    # An enabled stage rewarding strict_format (GRPO's rewards) trained the tag format; the cold-start examples
+    # (a built-in task's, or a completion_template) teach it too.
+    rewarded = any(isinstance(sec, dict) and sec.get("enabled", True) and "strict_format" in (sec.get("rewards") or {})
+                   for sec in cfg.values())
     known = find(task.get("name", ""))
     cold_tags = (known is not None and known.cold_start_tags) or "<answer>" in task.get("completion_template", "")
-    tags = asks_for_tags(t) or (grpo.get("enabled", True) and "strict_format" in (grpo.get("rewards") or {}))
+    tags = asks_for_tags(t) or rewarded
     template = task.get("prompt_template", "plain")
     also = (" (its cold-start examples were written as `<think>…</think><answer>…</answer>`, which it may "
             "also use)") if cold_tags else ""

@@ -17,17 +17,10 @@ import yaml
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from pipelines.report.card_use import question_of, use_code, use_text  # noqa: F401 (question_of: publish)
+from pipelines.stages import stage_named
 
 DEFAULT_QUESTION = "Mia has 3 pens. She buys 2 more. How many pens does Mia have now?\n"
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
-STAGE_TAGS = {"sft": ["sft"], "grpo": ["grpo", "reinforcement-learning"], "distill": ["distillation"],
-              "baseline": ["sft"]}
-STAGE_TEXT = {
-    "sft": "cold-start supervised fine-tuning on chain-of-thought examples",
-    "grpo": "GRPO (reinforcement learning with rule-based rewards) after a cold-start SFT",
-    "distill": "distillation: trained on verified solutions sampled from the RL'd teacher",
-    "baseline": "SFT alone for the wall time SFT + GRPO took (the comparison RL has to win)",
-}
 
 TEMPLATE = """---
 {{ card_data }}
@@ -123,11 +116,10 @@ def base_model_text(cfg: dict, stage: str) -> str:
 
 
 def _start_model(cfg: dict, stage: str) -> dict:
-    model = cfg.get("model", {})
-    if stage == "distill":
-        students = cfg.get("distill", {}).get("students") or {"student": cfg.get("distill", {}).get("student", {})}
-        model = next(iter(students.values()), {}) or {}
-    return model
+    """The model section the stage's checkpoint started from (`Stage.start_model`: the run's model, or
+    distillation's first student)."""
+    found = stage_named(stage)
+    return dict(found.start_model(cfg) if found else cfg.get("model", {}))
 
 
 def _hub_id_of_folder(folder: Path) -> str | None:
@@ -226,6 +218,7 @@ def build_card(*, repo: str, run: str, stage: str, cfg: dict, report: dict | Non
     """The card for checkpoint `stage` of run `run`; `evaluated` = its results are the report's; `example`:
     the question the Use section's code asks (a held-out question of the run).
     `adapter_base`: the card is for a LoRA adapter of that model (PEFT; its `base_model` when a Hub id)."""
+    found = stage_named(stage)  # None: a stage this version no longer has (its card says its name alone)
     stage_report = (report or {}).get("stages", {}).get(stage, {}) if evaluated else {}
     results = eval_results(stage_report, cfg) if stage_report else []
     model_name = f"{run}-{stage}" + ("-lora" if adapter_base else "")
@@ -234,7 +227,7 @@ def build_card(*, repo: str, run: str, stage: str, cfg: dict, report: dict | Non
         if adapter_base else base_model_of(cfg, stage, base_model)
     data = ModelCardData(
         model_name=model_name, base_model=base, datasets=datasets_of(cfg, datasets),
-        tags=["rayzero", "reasoning", "trl", *STAGE_TAGS.get(stage, []), *(["lora", "peft"] if adapter_base else [])],
+        tags=["rayzero", "reasoning", "trl", *(found.card_tags if found else ()), *(["lora", "peft"] if adapter_base else [])],
         library_name="peft" if adapter_base else "transformers", pipeline_tag="text-generation",
         eval_results=results or None,
     )
@@ -253,7 +246,7 @@ def build_card(*, repo: str, run: str, stage: str, cfg: dict, report: dict | Non
             f"; the adapted model has {stage_report['params']:,} parameters." if stage_report.get("params") else ".")
     return ModelCard.from_template(
         data, template_str=TEMPLATE, model_name=model_name, description=description, run=run, stage=stage,
-        stage_text=STAGE_TEXT.get(stage, stage), note=note, results_text=results_text,
+        stage_text=(found and found.card_text) or stage, note=note, results_text=results_text,
         results_table=results_table(report or {}, stage if evaluated else ""), repo=repo,
         plots=[(Path(p).stem.replace("_", " "), p) for p in plots], recipe=recipe.strip(), adapter_base=adapter_base,
         use_text=use_text(cfg) + f" Started from {base_model_text(cfg, stage)}.",

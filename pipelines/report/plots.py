@@ -25,9 +25,6 @@ from pathlib import Path
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-STAGE_ORDER = ("sft", "grpo", "distill", "baseline")
-
-
 def read_history(path: Path) -> list[dict]:
     """Logged rows of a stage (`history.jsonl`); [] when the stage logged nothing."""
     if not path.exists():
@@ -92,17 +89,19 @@ def plot_accuracy(report: dict, histories: dict[str, list[dict]], path: Path) ->
     return _save(fig, path)
 
 
-def plot_heldout(report: dict, grpo: list[dict], path: Path) -> Path | None:
+def plot_heldout(report: dict, grpo: list[dict], path: Path, label: str = "GRPO") -> Path | None:
+    """The curve of the stage labelled `label` (`Stage.curve_label`) beside every other stage's reference
+    lines (`Stage.reference_lines`: the base model, SFT, the equal-time baseline)."""
+    from pipelines.stages import STAGES
+
     x, y = _series(grpo, "heldout/accuracy")
     if not x:
         return None
     fig = Figure(figsize=(7, 4))
     ax = fig.add_subplot()
-    ax.plot(x, [100 * v for v in y], marker="o", color="tab:blue", label="GRPO")
+    ax.plot(x, [100 * v for v in y], marker="o", color="tab:blue", label=label)
     stages = report.get("stages", {})
-    refs = [("base model", stages.get("sft", {}).get("accuracy_before"), "tab:gray"),
-            ("SFT", stages.get("sft", {}).get("accuracy"), "tab:orange"),
-            ("equal-time SFT baseline", stages.get("baseline", {}).get("accuracy"), "tab:red")]
+    refs = [ref for s in STAGES if s.name in stages for ref in s.reference_lines(stages[s.name])]
     for label, acc, color in refs:
         if isinstance(acc, (int, float)):
             ax.axhline(100 * acc, linestyle="--", color=color, alpha=0.8, label=label)
@@ -178,13 +177,19 @@ def write_plots(run_dir: str | Path, report: dict | None = None) -> list[Path]:
         if not path.exists():
             raise FileNotFoundError(f"plots: {path} not found; plots are drawn after a run wrote its report")
         report = json.loads(path.read_text())
+    from pipelines.stages import STAGES
+
     out = run_dir / "plots"
     out.mkdir(parents=True, exist_ok=True)
-    names = [s for s in STAGE_ORDER if s in report.get("stages", {})] or list(STAGE_ORDER)
+    trained = [s for s in STAGES if not s.measures_others]
+    names = [s.name for s in trained if s.name in report.get("stages", {})] or [s.name for s in trained]
     histories = {s: read_history(run_dir / s / "history.jsonl") for s in names}
     histories = {s: h for s, h in histories.items() if h}
-    grpo = histories.get("grpo", [])
-    drawn = [plot_reward(grpo, out / "reward.png"), plot_accuracy(report, histories, out / "accuracy.png"),
-             plot_heldout(report, grpo, out / "heldout.png"), plot_length(grpo, out / "response_length.png"), plot_loss(histories, out / "loss.png"),
+    # The reward, held-out and length plots: the first stage whose history has an RL curve (`Stage.curve_label`).
+    curved = next((s for s in trained if s.curve_label and s.name in histories), None)
+    rl = histories[curved.name] if curved else []
+    drawn = [plot_reward(rl, out / "reward.png"), plot_accuracy(report, histories, out / "accuracy.png"),
+             plot_heldout(report, rl, out / "heldout.png", curved.curve_label if curved else ""),
+             plot_length(rl, out / "response_length.png"), plot_loss(histories, out / "loss.png"),
              plot_tts(report, out / "tts.png")]
     return [p for p in drawn if p is not None]

@@ -8,7 +8,7 @@ from typing import Callable
 
 from pipelines.config.schema import PipelineConfig, to_dict
 from pipelines.run_folder import read_json_or_none
-from rl.metrics import generate_flops, train_flops
+from pipelines.stages import STAGES, stage_named
 
 KEEP = ("accuracy", "accuracy_before", "params", "wall_time_s", "train_time_s", "steps", "traces",
         "teacher_params", "num_workers", "reward_first", "reward_last", "students", "num_tokens", "benchmarks",
@@ -17,38 +17,26 @@ FROM_EVAL = ("pass@k", "maj@k", "tts", "sampling", "accuracy_per_billion_params"
 
 
 def stage_flops(name: str, m: dict) -> float | None:
-    """Estimated FLOPs a stage spent (rl.metrics: 6N per trained token, 2N per generated one)."""
-    n = m.get("params", 0)
-    if name in ("sft", "baseline") and m.get("num_tokens"):
-        return train_flops(n, m["num_tokens"])
-    if name == "grpo" and m.get("num_tokens"):
-        # every token is generated (or prefilled) once and trained on once
-        return generate_flops(n, m["num_tokens"]) + train_flops(n, m["num_tokens"])
-    if name in ("distill", "eval"):
-        return m.get("flops")
-    return None
+    """Estimated FLOPs a stage spent (its `Stage.flops`: rl.metrics, 6N per trained token, 2N per generated one)."""
+    stage = stage_named(name)
+    return stage.flops(m) if stage else m.get("flops")
 
 
 def write_report(cfg: PipelineConfig, results: dict[str, dict]) -> dict:
+    measuring = {s.name for s in STAGES if s.measures_others}
     stages = {name: {k: m[k] for k in KEEP if k in m} | {"flops": stage_flops(name, m)}
-              for name, m in results.items() if name != "eval"}
-    # The eval stage measured the checkpoints of other stages: its results belong to them.
-    for name, e in results.get("eval", {}).get("checkpoints", {}).items():
-        if name in stages:
-            stages[name].update({k: e[k] for k in FROM_EVAL if k in e})
-    acc = {name: m["accuracy"] for name, m in results.items() if name != "eval"}
+              for name, m in results.items() if name not in measuring}
+    # A measuring stage (eval) measured the checkpoints of other stages: its results belong to them.
+    for name in measuring & set(results):
+        for measured, e in results[name].get("checkpoints", {}).items():
+            if measured in stages:
+                stages[measured].update({k: e[k] for k in FROM_EVAL if k in e})
     summary = {}
-    if "sft" in acc and "grpo" in acc:
-        summary["grpo_gain_over_sft"] = acc["grpo"] - acc["sft"]
-    if "baseline" in acc and "grpo" in acc:
-        summary["grpo_gain_over_equal_time_sft"] = acc["grpo"] - acc["baseline"]
-    if "distill" in results:
-        teacher = results.get("grpo") or results.get("sft")
-        if teacher:
-            summary["student_param_ratio"] = results["distill"]["params"] / teacher["params"]
-            summary["student_accuracy_retained"] = acc["distill"] / teacher["accuracy"] if teacher["accuracy"] else None
-    # Tool runs (grpo.tools): the GRPO policy's accuracy with the tool minus without it, same rows, same run.
-    tooled = next((results[n] for n in ("grpo", "sft") if "tool_gain" in results.get(n, {})), None)
+    for stage in STAGES:  # each stage's own figures, in run order
+        summary.update(stage.summary(results))
+    # Tool runs (grpo.tools): the last trained policy's accuracy with the tool minus without it, same rows, same run.
+    tooled = next((results[s.name] for s in reversed(STAGES) if s.trains_policy
+                   and "tool_gain" in results.get(s.name, {})), None)
     if tooled is not None:
         summary["tool_gain"] = tooled["tool_gain"]
         summary["tool_calls_per_sample"] = tooled.get("tool_calls_per_sample")
@@ -58,8 +46,8 @@ def write_report(cfg: PipelineConfig, results: dict[str, dict]) -> dict:
     dropped = (read_json_or_none(cfg.run_dir / "data" / "manifest.json") or {}).get("dropped")
     if dropped:  # rows of the task's data left out at load, by reason (pipelines/data.py)
         report["data"] = {"dropped": dropped}
-    if "eval" in results:
-        report["eval"] = {"flops": results["eval"].get("flops"), "wall_time_s": results["eval"].get("wall_time_s")}
+    for name in measuring & set(results):  # what measuring cost, under the stage's own name
+        report[name] = {"flops": results[name].get("flops"), "wall_time_s": results[name].get("wall_time_s")}
     contamination = cfg.run_dir / "data" / "contamination.json"  # written by pipelines/data.py
     if contamination.exists():
         report.setdefault("data", {})["contamination"] = json.loads(contamination.read_text())
@@ -99,19 +87,16 @@ def _tables(report: dict) -> list[tuple[str, list[tuple[str, ...]]]]:
         rows.append((name, f"{m['params']:,}", f"{100 * m['accuracy']:.1f} %", *(cell(m) for _, cell in bench),
                      _density(density), flops, f"{m.get('wall_time_s', 0):.0f} s"))
     out = [("", rows)]
-    students = report["stages"].get("distill", {}).get("students")
-    if students:
-        mixes = list(dict.fromkeys(s["mix"] for s in students))
-        sizes = list(dict.fromkeys((s["student"], s["params"]) for s in students))
-        acc = {(s["student"], s["mix"]): s["accuracy"] for s in students}
-        out.append(("distillation: every student on every trace mix (held-out accuracy)", [("student", "params", *mixes)] + [
-            (name, f"{params:,}", *(f"{100 * acc[(name, m)]:.1f} %" if (name, m) in acc else "-" for m in mixes))
-            for name, params in sizes]))
-    curve = report["stages"].get("grpo", {}).get("heldout_curve") or []
-    if curve:
-        start = curve[0]["accuracy"]
-        out.append(("GRPO held-out accuracy during training (greedy pass@1)", [("step", "held-out acc", "vs start")] + [
-            (str(c["step"]), f"{100 * c['accuracy']:.1f} %", f"{100 * (c['accuracy'] - start):+.1f}") for c in curve]))
+    present = [s for s in STAGES if s.name in report["stages"]]
+    for stage in present:  # each stage's own tables (distillation's student x mix grid)
+        out += stage.report_tables(report["stages"][stage.name])
+    for stage in present:
+        curve = report["stages"][stage.name].get("heldout_curve") or [] if stage.curve_label else []
+        if curve:
+            start = curve[0]["accuracy"]
+            out.append((f"{stage.curve_label} held-out accuracy during training (greedy pass@1)",
+                        [("step", "held-out acc", "vs start")] + [
+                (str(c["step"]), f"{100 * c['accuracy']:.1f} %", f"{100 * (c['accuracy'] - start):+.1f}") for c in curve]))
     sampled = {name: m for name, m in report["stages"].items() if m.get("pass@k") or m.get("maj@k")}
     if sampled:
         ks = sorted({int(k) for m in sampled.values() for key in ("pass@k", "maj@k") for k in (m.get(key) or {})})
@@ -132,15 +117,14 @@ def _tables(report: dict) -> list[tuple[str, list[tuple[str, ...]]]]:
 
 def _base(report: dict) -> tuple[float, int] | None:
     """(held-out accuracy, params) of the model the run started from, so each stage's gain can be read off:
-    SFT's starting point or, without SFT, GRPO's step 0 (its curve starts from the base model)."""
-    stages = report["stages"]
-    if "sft" in stages:
-        acc, params = stages["sft"].get("accuracy_before"), stages["sft"].get("params")
-    else:
-        curve = stages.get("grpo", {}).get("heldout_curve") or [{}]
-        acc = curve[0].get("accuracy") if curve[0].get("step") == 0 else None
-        params = stages.get("grpo", {}).get("params")
-    return (acc, params) if isinstance(acc, (int, float)) and params else None
+    from the first stage in run order that measured it (`Stage.base_accuracy`: SFT's starting point or,
+    without SFT, GRPO's step 0, its curve starting from the base model)."""
+    for stage in STAGES:
+        m = report["stages"].get(stage.name)
+        acc = stage.base_accuracy(m) if m is not None else None
+        if isinstance(acc, (int, float)) and m.get("params"):
+            return acc, m["params"]
+    return None
 
 
 def _sampling(report: dict, m: dict) -> tuple:

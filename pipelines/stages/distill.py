@@ -38,17 +38,34 @@ from rl.traces import SHORT, build_mix, largest_mix, mix_counts, mix_shares, sel
 if TYPE_CHECKING:
     from pipelines.config.schema import PipelineConfig
 
-STAGE_TEACHERS = ("sft", "grpo", "baseline")  # teachers named by stage; anything else is a checkpoint folder
 METHODS = ("sft", "logit")  # students learn the traces' tokens, or the teacher's token distributions (TRL GKD)
+TRUNCATE_FROM = "grpo"  # a `kind: truncate` student without `path` keeps layers of this stage's checkpoint
+
+
+def stage_teachers() -> tuple[str, ...]:
+    """Teachers named by stage (`Stage.teacher`); any other name is a checkpoint folder."""
+    from pipelines.stages import teacher_stages
+
+    return teacher_stages()
 
 
 class DistillStage(Stage):
     name = "distill"
+    card_tags = ("distillation",)
+    card_text = "distillation: trained on verified solutions sampled from the RL'd teacher"
+    resource_fields = ("distill.gpus, distill.rollout_gpus or distill.rollout_workers",
+                       "distill.cpus, distill.rollout_cpus or distill.rollout_workers")
+    positive = ("samples_per_prompt", "num_prompts", "temperature", "max_new_tokens", "keep_per_prompt",
+                "rollout_workers", "rollout_cpus", "epochs", "learning_rate", "batch_size", "max_length", "cpus")
+    non_negative = ("min_tokens", "max_tokens", "num_traces", "rollout_gpus", "gpus", "logit_beta", "logit_lmbda")
+
+    def check_config(self, cfg: "PipelineConfig") -> None:
+        check_config(cfg)
 
     def depends_on(self, cfg: "PipelineConfig") -> tuple[str, ...]:
         named = [t for m in cfg.distill.mixes.values() if m.long_short > 0 for t in m.teachers]
-        named += [s.path or "grpo" for s in cfg.distill.students.values() if s.kind == "truncate"]
-        return tuple(dict.fromkeys(t for t in named if t in STAGE_TEACHERS))
+        named += [s.path or TRUNCATE_FROM for s in cfg.distill.students.values() if s.kind == "truncate"]
+        return tuple(dict.fromkeys(t for t in named if t in stage_teachers()))
 
     def resources(self, cfg: "PipelineConfig") -> Resources:
         # Sampling (rollout actors) and training (one task) run one after the other: the peak is the larger.
@@ -61,10 +78,112 @@ class DistillStage(Stage):
     def run(self, cfg: "PipelineConfig", ctx: StageContext) -> dict:
         return run(cfg, ctx)
 
+    def summary(self, results) -> dict:
+        """The student against its teacher (GRPO's policy, else SFT's): parameters and accuracy kept."""
+        teacher = results.get("grpo") or results.get("sft")
+        if self.name not in results or not teacher:
+            return {}
+        m = results[self.name]
+        return {"student_param_ratio": m["params"] / teacher["params"],
+                "student_accuracy_retained": m["accuracy"] / teacher["accuracy"] if teacher["accuracy"] else None}
+
+    def report_tables(self, m: dict) -> list:
+        students = m.get("students")
+        if not students:
+            return []
+        mixes = list(dict.fromkeys(s["mix"] for s in students))
+        sizes = list(dict.fromkeys((s["student"], s["params"]) for s in students))
+        acc = {(s["student"], s["mix"]): s["accuracy"] for s in students}
+        return [("distillation: every student on every trace mix (held-out accuracy)", [("student", "params", *mixes)] + [
+            (name, f"{params:,}", *(f"{100 * acc[(name, m)]:.1f} %" if (name, m) in acc else "-" for m in mixes))
+            for name, params in sizes])]
+
+    def start_model(self, cfg):
+        """The first student (the stage's checkpoint) started from its own model section."""
+        d = cfg.get(self.name, {})
+        students = d.get("students") or {"student": d.get("student", {})}
+        return next(iter(students.values()), {}) or {}
+
+    def gpu_memory(self, cfg: "PipelineConfig", policy, gpu_gib: float, prompt_tokens: int) -> dict:
+        from pipelines.memory_plan import distill_estimates
+
+        return distill_estimates(cfg, policy, prompt_tokens, stage_teachers(), TRUNCATE_FROM)
+
+    def memory_knobs(self, cfg: "PipelineConfig") -> list:
+        from pipelines.memory_plan import halves
+
+        return [(f"distill.batch_size={b}", {"distill.batch_size": b}) for b in halves(cfg.distill.batch_size)]
+
+
+def check_config(cfg: "PipelineConfig") -> None:
+    """The distill section's rules, and what it needs of the stages it names (teachers, truncated layers)."""
+    from pipelines.config.checks import choice, fail, model
+    from pipelines.models import STUDENT_KINDS
+    from pipelines.stages import names
+
+    d, order, teachers = cfg.distill, names(), stage_teachers()
+    if cfg.task.num_train < 1:
+        fail("task.num_train", cfg.task.num_train, "must be >= 1 when distill is enabled (teachers sample training prompts)")
+    choice("distill.method", d.method, METHODS)
+    if not d.mixes:
+        fail("distill.mixes", {}, "needs at least one mix")
+    if not d.students:
+        fail("distill.students", {}, "needs at least one student")
+    for name, mix in d.mixes.items():
+        if not 0.0 <= mix.long_short <= 1.0:
+            fail(f"distill.mixes.{name}.long_short", mix.long_short, "must be within [0, 1]")
+        if mix.long_short > 0 and (not mix.teachers or any(w < 0 for w in mix.teachers.values())
+                                   or sum(mix.teachers.values()) <= 0):
+            fail(f"distill.mixes.{name}.teachers", dict(mix.teachers), "need weights >= 0 with a positive sum")
+        for teacher in mix.teachers if mix.long_short > 0 else ():
+            if teacher in teachers and not getattr(cfg, teacher).enabled:
+                fail(f"distill.mixes.{name}.teachers", dict(mix.teachers), f"teacher '{teacher}' is a stage that "
+                     f"is not enabled ({teacher}.enabled=false); enable it or name a checkpoint folder")
+    for name, student in d.students.items():
+        model(student, f"distill.students.{name}", STUDENT_KINDS)
+    before = [t for t in teachers if order.index(t) < order.index("distill")]
+    for name, mix in d.mixes.items():
+        for teacher in mix.teachers if mix.long_short > 0 else ():
+            if teacher in teachers and teacher not in before:
+                fail(f"distill.mixes.{name}.teachers", dict(mix.teachers), f"teacher '{teacher}' runs after "
+                     f"distill (stage order: {', '.join(order)}), so it has no checkpoint yet; name {' or '.join(before)}")
+            if teacher not in teachers and not (Path(teacher).expanduser() / "config.json").is_file():
+                fail(f"distill.mixes.{name}.teachers", dict(mix.teachers), f"teacher '{teacher}' is neither a "
+                     f"stage ({', '.join(teachers)}) nor a checkpoint folder with config.json")
+        if mix.long_short < 1 and not _has_short_completions(cfg):
+            fail(f"distill.mixes.{name}.long_short", mix.long_short, f"short traces come from a "
+                 f"'short_completion' column, which task '{cfg.task.name}' does not have: map "
+                 "task.columns.short_completion, or set long_short=1")
+    for name, student in d.students.items():
+        if student.kind == "truncate":
+            _check_truncated(cfg, name, student.path, teachers, before)
+
+
+def _check_truncated(cfg: "PipelineConfig", name: str, path: str, teachers: tuple[str, ...], before: list[str]) -> None:
+    from pipelines.config.checks import fail
+
+    src = path or TRUNCATE_FROM
+    if src in teachers and src not in before:
+        fail(f"distill.students.{name}.path", path, f"stage '{src}' runs after distill, so it "
+             f"has no checkpoint to truncate yet; use {' or '.join(before)}")
+    if src in teachers and not getattr(cfg, src).enabled:
+        fail(f"distill.students.{name}.path", path, f"truncates stage '{src}', which is not "
+             f"enabled ({src}.enabled=false); enable it or give a checkpoint folder")
+    if src not in teachers and not (Path(src).expanduser() / "config.json").is_file():
+        fail(f"distill.students.{name}.path", path, f"not a stage ({', '.join(teachers)}) nor a "
+             "checkpoint folder with config.json")
+
+
+def _has_short_completions(cfg: "PipelineConfig") -> bool:
+    from pipelines.tasks import get
+
+    task = get(cfg.task.name)
+    return task.short_solution is not None or task.has_short_column(cfg.task)
+
 
 def teacher_path(cfg: "PipelineConfig", name: str) -> Path:
     """A teacher named in a mix: a finished stage of this run, or a checkpoint folder."""
-    if name in STAGE_TEACHERS:
+    if name in stage_teachers():
         path = RunFolder(cfg.run_dir).stage(name)
         if not (path / "manifest.json").exists():
             raise ValueError(f"distill: teacher '{name}' is a stage of this run that has not finished "
@@ -72,7 +191,7 @@ def teacher_path(cfg: "PipelineConfig", name: str) -> Path:
         return path
     path = Path(name)
     if not (path / "config.json").exists():
-        raise ValueError(f"distill.mixes: teacher '{name}' is neither a stage ({', '.join(STAGE_TEACHERS)}) "
+        raise ValueError(f"distill.mixes: teacher '{name}' is neither a stage ({', '.join(stage_teachers())}) "
                          f"nor a checkpoint folder with config.json")
     return path
 
@@ -212,7 +331,7 @@ def _student(cfg, scfg, tok):
         return new_model(scfg, tok, cfg.run.seed + 1)
     from rl.modeling import truncate_layers
 
-    return truncate_layers(load_policy(teacher_path(cfg, scfg.path or "grpo"))[0], scfg.num_layers)
+    return truncate_layers(load_policy(teacher_path(cfg, scfg.path or TRUNCATE_FROM))[0], scfg.num_layers)
 
 
 def train_students(cfg: "PipelineConfig", ctx: StageContext) -> dict:

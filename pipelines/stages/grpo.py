@@ -21,37 +21,22 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from cluster import placement
-from cluster.learners import run_worker_group, worker_context
+from cluster.learners import run_worker_group
 from cluster.weight_sync import WeightSyncError, error_line
 from pipelines.report import tracking
-from pipelines.run_folder import RunFolder, read_json_or_none, read_jsonl, write_json
-from pipelines.scoring import evaluate_stage
-from pipelines.stages.base import Actor, Resources, Stage, StageContext, StageError, start_task
-from rewards.registry import build_rewards
-from rl.modeling import count_params, load_policy
+from pipelines.run_folder import RunFolder, read_json_or_none, write_json
+from pipelines.stages.base import Actor, Resources, Stage, StageContext, StageError
+from pipelines.stages.grpo_learner import POOL_KEYS, checkpoint_dir, latest_checkpoint, reward_functions, train_loop
+from rl.metrics import generate_flops, train_flops
 
 if TYPE_CHECKING:
     from pipelines.config.schema import PipelineConfig
-
-_LOGGED = ("reward", "reward_std", "frac_reward_zero_std", "completions/mean_length", "step_time",
-           "dynamic_sampling/kept_fraction", "dynamic_sampling/rounds", "dynamic_sampling/batch_rows",
-           "rollout/generate_s", "rollout/sync_s", "rollout/sync_mb", "rollout/policy_lag",
-           "rollout/probe_logp_diff", "tis/ratio_mean", "tis/capped_frac", "tools/tool_calls_per_sample",
-           "tools/tool_error_rate")
-
-
-def checkpoint_dir(run_dir: Path) -> Path:
-    return Path(run_dir) / "grpo.checkpoints"
-
 
 def plan(cfg: "PipelineConfig") -> placement.Plan:
     g = cfg.grpo
     tp = g.vllm.tensor_parallel_size if g.rollout_engine == "vllm" else 1  # GPUs one rollout engine spans
     return placement.plan(g.placement, num_learners=g.num_workers, learner_cpus=g.cpus, num_rollout=g.rollout_workers,
                           rollout_cpus=g.rollout_cpus, use_gpu=g.use_gpu, rollout_gpus=tp)
-
-
-POOL_KEYS = ("workers", "cpus")  # code_accuracy parameters that size its Ray scoring pool (not the sandbox)
 
 
 def reward_pool_size(cfg: "PipelineConfig") -> tuple[int, float]:
@@ -63,6 +48,71 @@ def reward_pool_size(cfg: "PipelineConfig") -> tuple[int, float]:
 class GRPOStage(Stage):
     name = "grpo"
     trains_policy = True
+    teacher = True
+    lora_section = "grpo"
+    card_tags = ("grpo", "reinforcement-learning")
+    card_text = "GRPO (reinforcement learning with rule-based rewards) after a cold-start SFT"
+    curve_label = "GRPO"
+    resource_fields = ("grpo.gpus, grpo.num_workers or grpo.rollout_workers",
+                       "grpo.cpus, grpo.rollout_cpus or the worker counts")
+    positive = ("max_steps", "learning_rate", "prompts_per_step", "temperature", "max_completion_length",
+                "num_workers", "sync_every", "sync_bucket_mb", "logging_steps", "num_iterations", "epsilon")
+    non_negative = ("beta", "epsilon_high", "cpus", "gpus", "rollout_workers", "rollout_cpus", "save_steps",
+                    "max_failures", "time_budget_s", "max_resample_rounds", "log_rollouts_every")
+
+    def check_config(self, cfg: "PipelineConfig") -> None:
+        check_config(cfg)
+
+    def placement(self, cfg: "PipelineConfig") -> placement.Plan:
+        return plan(cfg)
+
+    def plan_label(self, cfg: "PipelineConfig") -> str:
+        return f"{self.name} ({cfg.grpo.placement})" if cfg.grpo.rollout_workers else self.name
+
+    def resume_hint(self, cfg: "PipelineConfig") -> str:
+        return f"; GRPO resumes from its last checkpoint (every {cfg.grpo.save_steps} steps)" if cfg.grpo.save_steps else ""
+
+    def flops(self, m: dict) -> float | None:
+        # every token is generated (or prefilled) once and trained on once
+        n = m.get("params", 0)
+        return generate_flops(n, m["num_tokens"]) + train_flops(n, m["num_tokens"]) if m.get("num_tokens") else None
+
+    def summary(self, results) -> dict:
+        out, acc = {}, results.get(self.name, {}).get("accuracy")
+        if acc is not None and "sft" in results:
+            out["grpo_gain_over_sft"] = acc - results["sft"]["accuracy"]
+        if acc is not None and "baseline" in results:
+            out["grpo_gain_over_equal_time_sft"] = acc - results["baseline"]["accuracy"]
+        return out
+
+    def base_accuracy(self, m: dict) -> float | None:
+        curve = m.get("heldout_curve") or [{}]  # its curve starts from the model it started from
+        return curve[0].get("accuracy") if curve[0].get("step") == 0 else None
+
+    def gpu_actors(self, cfg: "PipelineConfig") -> list[str]:
+        names = super().gpu_actors(cfg)
+        if plan(cfg).engine_gpus:  # a vLLM engine over N > 1 GPUs holds none itself: its N one-GPU bundles do
+            names += [f"rollout-{i}" for i in range(cfg.grpo.rollout_workers)]
+        return names
+
+    def gpu_memory(self, cfg: "PipelineConfig", policy, gpu_gib: float, prompt_tokens: int) -> dict:
+        from pipelines.memory_plan import grpo_estimates
+
+        return grpo_estimates(cfg, policy, gpu_gib, prompt_tokens) if policy else {}
+
+    def gpu_groups(self, cfg: "PipelineConfig", names: list[str]) -> list[list[str]]:
+        """A colocated learner and its rollout engine share one GPU."""
+        g = cfg.grpo
+        if g.placement == "colocated" and g.rollout_workers:
+            pairs = [[n for n in (f"learner-{i}", f"rollout-{i}") if n in names] for i in range(g.num_workers)]
+            return [p for p in pairs if p]
+        return super().gpu_groups(cfg, names)
+
+    def generates_while_training(self, cfg: "PipelineConfig") -> bool:
+        return cfg.grpo.overlap  # one-step overlap: generation runs during training
+
+    def memory_knobs(self, cfg: "PipelineConfig") -> list:
+        return memory_knobs(cfg)
 
     def resources(self, cfg: "PipelineConfig") -> Resources:
         p = plan(cfg)
@@ -87,7 +137,7 @@ class GRPOStage(Stage):
         try:
             pools["rollout"] = _start_rollout_pool(cfg, placed, ctx.init) if g.rollout_workers else None
             pools["reward"] = _start_reward_pool(cfg)
-            run_worker_group(_train_loop, {"cfg": cfg, "ctx": ctx, **pools}, num_workers=g.num_workers,
+            run_worker_group(train_loop, {"cfg": cfg, "ctx": ctx, **pools}, num_workers=g.num_workers,
                              resources_per_worker=p.learner, use_gpu=g.use_gpu, name=f"{cfg.run.name}-grpo",
                              max_failures=g.max_failures, **placed.learner_args())
         except WeightSyncError as e:  # one line for the user (Ray wraps the learner's error in a traceback)
@@ -103,6 +153,139 @@ class GRPOStage(Stage):
                              "grpo.prompts_per_step and grpo.time_budget_s")
         shutil.rmtree(ckpts, ignore_errors=True)  # the stage finished: its folder is the result
         return metrics
+
+
+def check_config(cfg: "PipelineConfig") -> None:
+    """GRPO's rules (its section, its rewards against the task, the learner and rollout settings)."""
+    from cluster.placement import MODES
+    from pipelines.config.checks import choice, fail, params_rules
+    from pipelines.config.schema import ConfigError
+    from pipelines.tasks.templates import asks_for_tags, resolve
+    from rewards.registry import available_rewards, check_custom, check_params, is_custom
+    from rl.rollout import ENGINES
+
+    g, t = cfg.grpo, cfg.task
+    if t.num_train < g.prompts_per_step:
+        fail("task.num_train", t.num_train, f"must be >= grpo.prompts_per_step={g.prompts_per_step} "
+             "(one GRPO step needs that many prompts)")
+    # strict_format rewards the <think>/<answer> format only a template asking for it produces; a code task
+    # is scored by code_accuracy.
+    if "strict_format" in g.rewards and t.prompt_template != "plain" \
+            and not asks_for_tags(resolve(t.prompt_template, t.system_prompt, t.chat_template)):
+        fail("grpo.rewards", dict(g.rewards), f"strict_format rewards <think>…</think><answer>…</answer>, which "
+             f"task.prompt_template={t.prompt_template!r} does not ask for; drop strict_format or use r1_zero")
+    if "tests" in t.columns and "answer" not in t.columns and "code_accuracy" not in g.rewards:
+        fail("grpo.rewards", dict(g.rewards), "the task's rows are code (task.columns maps tests): add "
+             "code_accuracy (math_accuracy has no answer to compare with)")
+    if not g.rewards:
+        fail("grpo.rewards", dict(g.rewards), "needs at least one reward, e.g. {math_accuracy: 1.0}")
+    for name in g.rewards:
+        problem = check_custom(name) if is_custom(name) else None  # package.module:function: the user's own
+        if problem:
+            raise ConfigError(f"grpo.rewards: {problem}")
+        if not is_custom(name):
+            choice("grpo.rewards", name, available_rewards())
+    if not any(g.rewards.values()):
+        fail("grpo.rewards", dict(g.rewards), "every weight is 0: GRPO would get no learning signal; give one a weight")
+    for name, params in g.reward_params.items():
+        if name not in g.rewards:
+            fail(f"grpo.reward_params.{name}", dict(params), f"'{name}' is not one of grpo.rewards ({', '.join(g.rewards)})")
+        pool_keys = POOL_KEYS if name == "code_accuracy" else ()
+        old = sorted(set(params) & {"ray_actors", "actor_cpus"}) if pool_keys else []
+        if old:
+            fail(f"grpo.reward_params.{name}", dict(params), f"{', '.join(old)} renamed: use workers (actors) and cpus (each)")
+        problem = check_params(name, {k: v for k, v in params.items() if k not in pool_keys})
+        if problem:
+            fail(f"grpo.reward_params.{name}", dict(params), problem + (f" (and {', '.join(POOL_KEYS)} for a Ray "
+                 "scoring pool)" if pool_keys else ""))
+    params_rules("grpo", g, num_workers=g.num_workers)  # rl.GRPOParams: TRL's choices, sizes, divisibility
+    choice("grpo.zero_stage", g.zero_stage, ZERO_STAGES)
+    if g.offload_optimizer and not g.zero_stage:
+        fail("grpo.offload_optimizer", g.offload_optimizer, "needs DeepSpeed: set grpo.zero_stage to 1, 2 or 3")
+    if g.offload_params and g.zero_stage != 3:
+        fail("grpo.offload_params", g.offload_params, f"needs grpo.zero_stage=3 (got {g.zero_stage}): only ZeRO-3 "
+             "partitions the parameters; stages 1-2 offload the optimizer alone (grpo.offload_optimizer)")
+    choice("grpo.sync_backend", g.sync_backend, SYNC_BACKENDS)
+    choice("grpo.rollout_engine", g.rollout_engine, ENGINES)
+    choice("grpo.placement", g.placement, MODES)
+    if g.vllm.mode != "colocate" and not g.in_learner_vllm:
+        fail("grpo.vllm.mode", g.vllm.mode, "is for TRL's in-learner vLLM, which needs grpo.rollout_engine=vllm "
+             "with grpo.rollout_workers=0 (rollout workers run their own engines)")
+    if g.rollout_engine == "vllm":
+        if g.in_learner_vllm:  # the shape first: it is wrong wherever the recipe runs
+            from rl.trl_vllm import check_in_learner
+
+            params_rules("grpo", g.vllm, check=check_in_learner, num_workers=g.num_workers)
+        if importlib.util.find_spec("vllm") is None:
+            fail("grpo.rollout_engine", g.rollout_engine, "vLLM is not installed here (pip install 'rayzero[vllm]' on a "
+                 "CUDA machine); use grpo.rollout_engine=hf")
+        if not g.use_gpu:
+            fail("grpo.rollout_engine", g.rollout_engine, "vLLM runs on GPUs: set grpo.gpus >= 1, or use grpo.rollout_engine=hf")
+        if g.vllm.sleep_level == 2 and g.sync_every != 1 and not g.in_learner_vllm:  # TRL syncs every round
+            fail("grpo.vllm.sleep_level", 2, "level 2 drops the weights while asleep: needs grpo.sync_every=1")
+    if g.placement == "colocated" and (not g.rollout_workers or g.rollout_workers != g.num_workers):
+        fail("grpo.rollout_workers", g.rollout_workers, f"colocated placement puts one rollout worker beside each "
+             f"learner worker: must equal grpo.num_workers={g.num_workers}")
+    if g.lora.r and g.zero_stage == 3:
+        fail("grpo.lora.r", g.lora.r, "LoRA with grpo.zero_stage=3 is not supported (merging needs whole weights); use zero_stage 0-2")
+    if g.tools.enabled:
+        params_rules("grpo", g.tools, check=lambda t, **_: t.validate(prefix="tools."))
+        if g.rollout_engine == "vllm" and not g.rollout_workers:
+            fail("grpo.tools.enabled", True, "tool calls run in rayzero's rollouts, not TRL's in-learner vLLM: use "
+                 "grpo.rollout_workers >= 1 with rollout_engine=vllm, or rollout_engine=hf")
+        if g.decoder != "rayzero" and not g.rollout_workers:
+            fail("grpo.tools.enabled", True, f"needs grpo.decoder=rayzero (stops at a call's closing tag), not {g.decoder!r}")
+    if g.overlap and not g.rollout_workers:
+        fail("grpo.overlap", g.overlap, "needs a rollout pool: set grpo.rollout_workers >= 1")
+    if g.rollout_workers and g.placement == "disaggregated" and g.rollout_cpus <= 0:
+        fail("grpo.rollout_cpus", g.rollout_cpus, "must be > 0 for disaggregated rollout workers")
+    if cfg.model.kind == "tiny" and not cfg.sft.enabled:
+        # A tiny model is built by SFT (driver.start_checkpoint): without it GRPO has no checkpoint to start
+        # from (it would fail inside the learner, looking for a hub model named "None").
+        fail("sft.enabled", False, "model.kind=tiny is built and trained by SFT; without it GRPO has no "
+             "checkpoint to start from: enable sft, or start from a model (model.kind=hf or gguf)")
+    if g.save_steps and g.save_steps > g.max_steps:
+        fail("grpo.save_steps", g.save_steps, f"must be <= grpo.max_steps={g.max_steps} (no checkpoint would be written)")
+    if not -1 <= g.eval_every <= g.max_steps:
+        fail("grpo.eval_every", g.eval_every, f"must be 1..grpo.max_steps={g.max_steps} (steps between held-out "
+             "evaluations), 0 (a quarter of the budget) or -1 (off)")
+
+
+ZERO_STAGES = (0, 1, 2, 3)  # 0 = plain DDP; rl/zero.py generates the DeepSpeed config for 1-3
+# Learner -> rollout weight sync: through Ray's object store, or a torch collective (cluster/weight_sync.py:
+# NCCL between GPUs, gloo between CPU processes, chosen from grpo.gpus).
+SYNC_BACKENDS = ("object_store", "collective")
+
+
+
+def memory_knobs(cfg: "PipelineConfig") -> list:
+    """GRPO's settings that lower a learner's or engine's GPU memory, the first to try first."""
+    from pipelines.memory_plan import halves_of_micro_batch
+
+    g, out = cfg.grpo, []
+    if g.rollout_engine == "vllm" and (g.placement == "colocated" or g.in_learner_vllm):
+        for u in (0.35, 0.3, 0.25, 0.2, 0.15, 0.1):  # room for the learner beside the engine
+            if u < g.vllm.gpu_memory_utilization:
+                out.append((f"grpo.vllm.gpu_memory_utilization={u:g}", {"grpo.vllm.gpu_memory_utilization": u}))
+    if g.rollout_engine == "vllm":
+        for u in (0.2, 0.25, 0.3, 0.35, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9):  # the engine's weights need room
+            if u > g.vllm.gpu_memory_utilization:
+                out.append((f"grpo.vllm.gpu_memory_utilization={u:g}", {"grpo.vllm.gpu_memory_utilization": u}))
+    if g.num_workers > 1 and g.zero_stage < 3:
+        out.append(("grpo.zero_stage=3", {"grpo.zero_stage": 3}))
+    if not g.offload_optimizer:
+        extra = {"grpo.zero_stage": 1} if not g.zero_stage else {}
+        out.append(("grpo.offload_optimizer=true" + (" grpo.zero_stage=1" if extra else ""),
+                    {"grpo.offload_optimizer": True, **extra}))
+    if not g.gradient_checkpointing:
+        out.append(("grpo.gradient_checkpointing=true", {"grpo.gradient_checkpointing": True}))
+    out += halves_of_micro_batch(g.batch_layout(g.num_workers)[0], g.per_rank_batch(g.num_workers), "grpo")
+    if not g.lora.enabled:
+        out.append(("grpo.lora.r=16", {"grpo.lora.r": 16}))
+    if g.zero_stage == 3 and not g.offload_params:
+        out.append(("grpo.offload_params=true grpo.offload_optimizer=true",
+                    {"grpo.offload_params": True, "grpo.offload_optimizer": True}))
+    return out
 
 
 def _claim_checkpoints(ckpts: Path, inputs: dict, folder: RunFolder) -> None:
@@ -145,158 +328,3 @@ def _start_reward_pool(cfg: "PipelineConfig"):
     return ActorPool(code_scorer_factory(**params), num_actors=n, num_cpus=cpus)
 
 
-def reward_functions(cfg: "PipelineConfig", reward_pool=None) -> tuple[list, list[float]]:
-    """The recipe's rewards (TRL's reward_funcs/reward_weights); code_accuracy scores on the pool if given."""
-    params = {k: dict(v) for k, v in cfg.grpo.reward_params.items()}
-    if "code_accuracy" in params:
-        for key in POOL_KEYS:
-            params["code_accuracy"].pop(key, None)
-        if reward_pool is not None:
-            params["code_accuracy"]["executor"] = lambda items: reward_pool.map("score", items)
-    return build_rewards(dict(cfg.grpo.rewards), params)
-
-
-def latest_checkpoint(path: Path) -> Path | None:
-    """The newest checkpoint that was saved to the end. The Trainer writes trainer_state.json last (after the
-    weights, optimizer and RNG states), so a run stopped in the middle of a save (Ctrl-C, kill -9, a lost
-    node) leaves a newer folder without it, or with it cut short: resuming from that one would fail."""
-    found = sorted(path.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]), reverse=True)
-    return next((c for c in found if isinstance(read_json_or_none(c / "trainer_state.json"), dict)), None)
-
-
-def _train_loop(config: dict) -> None:
-    """One learner rank: every rank trains (data parallel over the group's prompts); rank 0 saves,
-    evaluates and logs."""
-    # Imported here, in the learner: the driver imports every stage module and needs none of TRL/PEFT.
-    from rl.callbacks import Progress, TimeBudget
-    from rl.grpo import make_grpo_trainer
-    from rl.lora import save_policy
-
-    rank, world, local_rank = worker_context()
-    cfg: PipelineConfig = config["cfg"]
-    ctx: StageContext = config["ctx"]
-    g, out, folder = cfg.grpo, ctx.out_dir, RunFolder(cfg.run_dir)
-    start_task(g.cpus)
-    ds_config = None
-    if g.zero_stage:
-        from rl.zero import deepspeed_config, init_distributed_for_zero3
-
-        if g.zero_stage == 3:
-            init_distributed_for_zero3(g.use_gpu)
-        ds_config = deepspeed_config(g.zero_stage, use_gpu=g.use_gpu, offload_optimizer=g.offload_optimizer,
-                                     offload_params=g.offload_params)
-    ckpts = checkpoint_dir(cfg.run_dir)
-    resume = latest_checkpoint(ckpts) if g.save_steps else None
-    finished = resume is not None and int(resume.name.rsplit("-", 1)[1]) >= g.max_steps
-    # A run killed after its last checkpoint but before the stage was recorded: the weights are final.
-    model, tok = load_policy(resume if finished else ctx.init, g.dtype, attn_implementation=g.attn_implementation)
-    if g.use_gpu and not g.zero_stage:
-        model = model.to(f"cuda:{local_rank}")
-    rollout_func = None
-    if config.get("rollout") is not None:
-        from rl.rollout import make_rollout_func
-
-        from rl.rollout import engine_dtype
-
-        # A collective sync receives into the engines' own tensors: send the weights in their dtype.
-        rollout_func = make_rollout_func(config["rollout"], sync_every=g.sync_every, seed=cfg.run.seed, overlap=g.overlap,
-                                         weight_dtype=engine_dtype("auto", g.use_gpu))
-    elif g.tools.enabled:  # in-learner generation with tool calls (the pool's engines run them themselves)
-        from pipelines.tool_use import learner_rollout_func
-
-        rollout_func = learner_rollout_func(g.tools)
-    fns, weights = reward_functions(cfg, config.get("reward"))
-    run = tracking.start_stage_run(cfg, "grpo") if rank == 0 else None
-    budget = TimeBudget(g.time_budget_s)
-    callbacks = [budget] + ([Progress("grpo: train")] if rank == 0 else [])
-    trainer = make_grpo_trainer(model, tok, read_jsonl(folder.data("train")), fns, weights, ckpts, g,
-                                callbacks=callbacks, rollout_func=rollout_func, seed=cfg.run.seed,
-                                report_to=tracking.report_to(cfg) if rank == 0 else "none", use_cpu=not g.use_gpu,
-                                world_size=world, deepspeed=ds_config, save_steps=g.save_steps,
-                                use_vllm=g.in_learner_vllm)
-    if rank == 0:
-        tracking.attach_grpo(trainer, cfg, out)  # history.jsonl, tokens/s, rollout table
-    if g.eval_every >= 0:  # every rank: ZeRO-3 gathers the weights for rank 0's evaluation
-        trainer.add_callback(_heldout_callback(trainer, cfg, tok, budget))
-    start = time.monotonic()
-    if finished:
-        from transformers import TrainerState
-
-        trainer.state = TrainerState.load_from_json(str(resume / "trainer_state.json"))
-    else:
-        trainer.train(resume_from_checkpoint=str(resume) if resume else None)
-    # Held-out evaluations during training are not training time (nor the equal-time baseline's budget).
-    eval_s = sum(h.get("heldout/eval_s", 0.0) for h in trainer.state.log_history if HELDOUT in h)
-    train_time = time.monotonic() - start - budget.paused
-    # Every rank takes part: under ZeRO-3 saving gathers the shards into one full checkpoint. The folder
-    # holds the model (LoRA merged into it; the adapter alone in adapter/), its generation config and tokenizer.
-    save_policy(trainer, out)
-    if rank != 0:
-        return
-    if g.tools.enabled:
-        from pipelines.tool_use import mark_checkpoint
-
-        mark_checkpoint(out, g.tools)
-    if g.zero_stage == 3:
-        # TRL's ZeRO-3 config is still registered with transformers; without this, from_pretrained below
-        # would build a partitioned model whose forward waits for ranks that have already finished.
-        from transformers.integrations.deepspeed import unset_hf_deepspeed_config
-
-        unset_hf_deepspeed_config()
-    # The whole curve, including what a resumed run restored from its checkpoint.
-    tracking.write_history(out / "history.jsonl", trainer.state.log_history)
-    # The consolidated weights, whatever the learner's sharding was, on this worker's device.
-    model, _ = load_policy(out, "auto" if g.use_gpu else "float32", device=f"cuda:{local_rank}" if g.use_gpu else None)
-    after = evaluate_stage(model, tok, cfg, "grpo: eval")
-    curve = _heldout_curve(trainer.state, after["accuracy"], out / "history.jsonl")
-    history = [h for h in trainer.state.log_history if "reward" in h]
-    metrics = {
-        "accuracy": after["accuracy"], "params": count_params(model), "train_time_s": train_time,
-        "steps": trainer.state.global_step, "num_tokens": int(trainer.state.num_input_tokens_seen),
-        "num_workers": world, "zero_stage": g.zero_stage,
-        "rollout_workers": g.rollout_workers, "resumed_from": str(resume) if resume else None,
-        "reward_first": history[0]["reward"] if history else None,
-        "reward_last": history[-1]["reward"] if history else None,
-        "samples": after["samples"], "benchmarks": after.get("benchmarks", {}),
-        "unparsed_gold": after.get("unparsed_gold", 0),
-        # Held-out greedy pass@1 along training: start, every grpo.eval_every share of the budget, end.
-        "heldout_curve": curve, "heldout_eval_s": eval_s,
-        **{k: after[k] for k in ("accuracy_no_tool", "tool_gain", "tool_calls_per_sample", "tool_error_rate") if k in after},
-        # The logged curve, compact: on-policy reward, dynamic sampling and rollout timings.
-        "log": [{k: round(h[k], 4) for k in _LOGGED if k in h} | {"step": h["step"]} for h in history],
-    }
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    tracking.finish(run, {"eval/accuracy": after["accuracy"], "params": metrics["params"]}, eval_samples=after["samples"],
-                    checkpoint=out)
-
-
-HELDOUT = "heldout/accuracy"  # rl.callbacks.HeldoutEval.KEY, the key plots and report read
-
-
-def _heldout_callback(trainer, cfg: "PipelineConfig", tok, budget):
-    """GRPO's held-out curve (`grpo.eval_every`): greedy pass@1 on the run's held-out split, in the learner."""
-    from pipelines.scoring import heldout_accuracy
-    from rl.callbacks import HeldoutEval
-
-    g = cfg.grpo
-    rows = read_jsonl(RunFolder(cfg.run_dir).data("heldout"))
-    every = g.eval_every or g.max_steps / 4
-    return HeldoutEval(trainer, lambda model: heldout_accuracy(model, tok, rows, cfg.eval), fraction=every / g.max_steps,
-                       budget=budget, desc="grpo", on_point=_log_point)
-
-
-def _log_point(step: int, point: dict) -> None:
-    wandb = sys.modules.get("wandb")  # imported by TRL's WandbCallback when the stage tracks
-    if wandb is not None and wandb.run is not None:  # the stage's run (rank 0), on TRL's step axis
-        wandb.run.log({"eval/heldout_accuracy": point[HELDOUT], "train/global_step": step})
-
-
-def _heldout_curve(state, final: float, history: Path) -> list[dict]:
-    """[{step, accuracy}] measured during training plus the stage's final evaluation, which is also appended
-    to `history.jsonl` (the file the plots read) as the curve's last point."""
-    curve = [{"step": h["step"], "accuracy": h[HELDOUT]} for h in state.log_history if HELDOUT in h]
-    curve = [c for c in curve if c["step"] < state.global_step] + [{"step": state.global_step, "accuracy": final}]
-    with history.open("a") as f:
-        f.write(json.dumps({HELDOUT: final, "step": state.global_step, "heldout/final": True}) + "\n")
-    print(f"grpo: held-out accuracy {100 * final:.1f} % at step {state.global_step}/{state.max_steps} (end)", flush=True)
-    return curve

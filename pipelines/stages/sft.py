@@ -14,6 +14,7 @@ from pipelines.report import tracking
 from pipelines.run_folder import RunFolder, read_jsonl
 from pipelines.scoring import evaluate_stage
 from pipelines.stages.base import Resources, Stage, StageContext, start_task
+from rl.metrics import train_flops
 from rl.modeling import count_params
 
 if TYPE_CHECKING:
@@ -23,6 +24,22 @@ if TYPE_CHECKING:
 class SFTStage(Stage):
     name = "sft"
     trains_policy = True
+    teacher = True
+    lora_section = "sft"
+    card_tags = ("sft",)
+    card_text = "cold-start supervised fine-tuning on chain-of-thought examples"
+    positive = ("epochs", "learning_rate", "batch_size", "cpus")
+    non_negative = ("warmup_ratio", "weight_decay", "gpus", "time_budget_s")
+
+    def checked(self, cfg: "PipelineConfig") -> bool:
+        return cfg.sft.enabled or cfg.baseline.enabled  # the baseline trains with SFT's section
+
+    def check_config(self, cfg: "PipelineConfig") -> None:
+        from pipelines.config.checks import fail, params_rules
+
+        if cfg.task.num_cold_start < 1:
+            fail("task.num_cold_start", cfg.task.num_cold_start, "must be >= 1 when sft (or baseline) is enabled")
+        params_rules("sft", cfg.sft)
 
     def resources(self, cfg: "PipelineConfig") -> Resources:
         return Resources.single(self.name, cfg.sft.cpus, cfg.sft.gpus)
@@ -30,15 +47,55 @@ class SFTStage(Stage):
     def run(self, cfg: "PipelineConfig", ctx: StageContext) -> dict:
         return run_task(train, cfg, ctx, "sft", num_cpus=cfg.sft.cpus, num_gpus=cfg.sft.gpus, name="sft")
 
+    def flops(self, m: dict) -> float | None:
+        return train_flops(m.get("params", 0), m["num_tokens"]) if m.get("num_tokens") else None
 
-class BaselineStage(Stage):
+    def base_accuracy(self, m: dict) -> float | None:
+        return m.get("accuracy_before")  # measured before the first SFT step: the base model's
+
+    def reference_lines(self, m: dict) -> list[tuple[str, float | None, str]]:
+        return [("base model", m.get("accuracy_before"), "tab:gray"), ("SFT", m.get("accuracy"), "tab:orange")]
+
+    def gpu_memory(self, cfg: "PipelineConfig", policy, gpu_gib: float, prompt_tokens: int) -> dict:
+        from pipelines.memory_plan import sft_estimate
+
+        return {f"{self.name}-0": sft_estimate(cfg, policy)} if policy else {}
+
+    def memory_knobs(self, cfg: "PipelineConfig") -> list:
+        from pipelines.memory_plan import halves_of_micro_batch
+
+        s, out = cfg.sft, []
+        if not s.gradient_checkpointing:
+            out.append(("sft.gradient_checkpointing=true", {"sft.gradient_checkpointing": True}))
+        out += halves_of_micro_batch(s.batch_layout(1)[0], s.batch_size, "sft")
+        if not s.lora.enabled:
+            out.append(("sft.lora.r=16", {"sft.lora.r": 16}))
+        return out
+
+
+class BaselineStage(SFTStage):
     """SFT alone on the same cold-start data for the wall time SFT + GRPO trained; its steps are set from
-    the SFT stage's measured speed so the learning-rate schedule completes within the budget."""
+    the SFT stage's measured speed so the learning-rate schedule completes within the budget. It trains
+    with SFT's section (recipe, resources, memory) and is a comparison arm, never the run's result."""
 
     name = "baseline"
+    trains_policy = False
+    comparison = True
+    card_text = "SFT alone for the wall time SFT + GRPO took (the comparison RL has to win)"
+    resource_fields = ("sft.gpus", "sft.cpus")
+    positive = non_negative = ()
 
-    def resources(self, cfg: "PipelineConfig") -> Resources:
-        return Resources.single(self.name, cfg.sft.cpus, cfg.sft.gpus)  # SFT's recipe, SFT's resources
+    def enabled(self, cfg: "PipelineConfig") -> bool:
+        return cfg.baseline.enabled
+
+    def checked(self, cfg: "PipelineConfig") -> bool:
+        return False  # SFT's section: SFTStage checks it
+
+    def base_accuracy(self, m: dict) -> float | None:
+        return None
+
+    def reference_lines(self, m: dict) -> list[tuple[str, float | None, str]]:
+        return [("equal-time SFT baseline", m.get("accuracy"), "tab:red")]
 
     def run(self, cfg: "PipelineConfig", ctx: StageContext) -> dict:
         s, g = ctx.earlier.get("sft", {}), ctx.earlier.get("grpo", {})

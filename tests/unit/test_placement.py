@@ -46,13 +46,18 @@ def test_a_bundle_larger_than_every_node_is_named():
 
 
 def test_check_resources_names_the_stage_fields():
+    from pipelines.stages import stage_named
+
+    grpo, distill = stage_named("grpo").fields(), stage_named("distill").fields()  # what each stage declares
     with pytest.raises(ClusterError) as e:
-        check_resources(2, 16, "stage grpo", have={"CPU": 64, "GPU": 8})
+        check_resources(2, 16, "stage grpo", have={"CPU": 64, "GPU": 8}, fields=grpo)
     msg = str(e.value)
     assert msg.startswith("stage grpo needs 16 GPU(s) but the Ray cluster has 8; lower grpo.gpus, grpo.num_workers")
     with pytest.raises(ClusterError, match="lower distill.cpus"):
-        check_resources(9, 0, "stage distill", have={"CPU": 8})
-    check_resources(8, 8, "stage grpo", have={"CPU": 8, "GPU": 8})
+        check_resources(9, 0, "stage distill", have={"CPU": 8}, fields=distill)
+    with pytest.raises(ClusterError, match="lower eval.cpus"):  # the default: <stage>.cpus
+        check_resources(9, 0, "stage eval", have={"CPU": 8}, fields=stage_named("eval").fields())
+    check_resources(8, 8, "stage grpo", have={"CPU": 8, "GPU": 8}, fields=grpo)
 
 
 def test_grpo_stage_declares_the_planned_actors():

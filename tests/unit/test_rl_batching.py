@@ -174,7 +174,6 @@ def test_sft_params_validation_names_the_field(fields, workers, message):
     (dict(max_step_tokens=0), "max_step_tokens=0 must be an integer >= 1"),
     (dict(step_delimiters=()), "step_delimiters=() need at least one non-empty string"),
     (dict(num_problems=-2), "num_problems=-2 must be an integer >= 0"),
-    (dict(stages=("sft", "rlhf")), "stages=('sft', 'rlhf') may only hold"),
 ])
 def test_tts_params_validation_names_the_field(fields, message):
     TTSParams().validate()
