@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import re
 
-from pipelines.config.checks import bounds, choice, fail, model, params_rules
+from pipelines.config.checks import bounds, choice, fail, model
 from pipelines.config.schema import ConfigError, PipelineConfig
 
 RUN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")

@@ -9,28 +9,31 @@ folder, so a crashed or killed run started again resumes GRPO from its latest ch
 metric history: the resumed stage reports the same curve, rewards and FLOPs as an uninterrupted one.
 The folder records the inputs (start checkpoint, data) its checkpoints were trained from; checkpoints
 of other inputs are set aside, never resumed.
+
+This module is everything the rest of the system knows about the stage (its rules, resources, placement,
+FLOPs, report figures, card, memory knobs, resume hint); what runs inside each learner rank is in
+pipelines/stages/grpo_learner.py.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import shutil
-import sys
-import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from cluster import placement
 from cluster.learners import run_worker_group
 from cluster.weight_sync import WeightSyncError, error_line
-from pipelines.report import tracking
 from pipelines.run_folder import RunFolder, read_json_or_none, write_json
 from pipelines.stages.base import Actor, Resources, Stage, StageContext, StageError
-from pipelines.stages.grpo_learner import POOL_KEYS, checkpoint_dir, latest_checkpoint, reward_functions, train_loop
+from pipelines.stages.grpo_learner import POOL_KEYS, checkpoint_dir, train_loop
 from rl.metrics import generate_flops, train_flops
 
 if TYPE_CHECKING:
     from pipelines.config.schema import PipelineConfig
+
 
 def plan(cfg: "PipelineConfig") -> placement.Plan:
     g = cfg.grpo

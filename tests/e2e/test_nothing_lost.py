@@ -169,7 +169,7 @@ def _resume_and_kill_9(tmp_path: Path, run: Path, args, ray_tmp: str, at: str) -
     time.sleep(3)
     assert sorted(p.name for p in (run / "grpo.checkpoints").glob("checkpoint-*")) == saved, "nothing trains on"
     assert "checkpoint-12" not in saved
-    from pipelines.stages.grpo import latest_checkpoint
+    from pipelines.stages.grpo_learner import latest_checkpoint
 
     return latest_checkpoint(run / "grpo.checkpoints")
 

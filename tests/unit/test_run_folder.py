@@ -111,7 +111,7 @@ def test_data_of_another_task_config_is_rebuilt_and_the_old_kept(tmp_path):
 
 
 def test_grpo_resumes_from_the_newest_checkpoint_that_was_saved_to_the_end(tmp_path):
-    from pipelines.stages.grpo import latest_checkpoint
+    from pipelines.stages.grpo_learner import latest_checkpoint
 
     assert latest_checkpoint(tmp_path) is None
     for step in (2, 4, 6, 8):
