@@ -4,7 +4,9 @@ model's config.json and the stage's settings) and whether the actors sharing a G
 `rayzero run` calls `check` before it prepares data or starts Ray (a recipe with no GPU actor returns at
 once, reading nothing); `rayzero cluster plan` calls it before placing and `check_placed` on the GPUs Ray
 chose, and prints each actor's `memory_gib`. A GPU that does not fit is one line naming the GPU, the
-estimate and a setting that makes it fit (tried on the estimator, in the order of the `_knobs` lists).
+estimate and a setting that makes it fit (tried on the estimator, in the order of the stage's `memory_knobs`).
+Which actors hold a GPU, their estimates and which share one GPU are declared by each stage (`Stage.gpu_actors`,
+`gpu_memory`, `gpu_groups`); the estimators they use are here.
 
 Only config.json is read: a local folder (it alone is enough) or, for a hub id, that one file through the hub
 cache (`huggingface_hub.hf_hub_download`). A `gguf` model (its shape is known only after conversion) is left
@@ -243,7 +245,7 @@ def check(cfg: PipelineConfig, gpu_gib: float | None = None, prompt_tokens: int 
 
 
 def _fix(cfg: PipelineConfig, stage: str, names: list[str], card: float, prompt: int) -> str:
-    """The first setting (from `_knobs`) under which these actors fit, else the settings to look at."""
+    """The first setting (from the stage's `memory_knobs`) under which these actors fit, else the settings to look at."""
     from pipelines.stages import stage_named
 
     knobs = stage_named(stage).memory_knobs(cfg)

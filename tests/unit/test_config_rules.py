@@ -62,6 +62,7 @@ REFUSED = [
     (["distill.students={s: {kind: truncate, num_layers: 1, path: /no/such}}"], "distill.students.s.path='/no/such'"),
     (["baseline.enabled=true", "distill.mixes={m: {teachers: {baseline: 1}}}"], "teacher 'baseline' runs after distill"),
     (["eval.samples=2", "eval.ks=[1]", "eval.stages=[baseline]"], "eval.stages=['baseline']: none of these stages is enabled"),
+    (["eval.stages=[sft, rlhf]"], "eval.stages='rlhf': not one of: sft, grpo, distill, baseline"),  # stages that leave a model
     (["publish.enabled=true", "publish.to=out", "publish.stage=baseline"], "publish.stage='baseline': stage 'baseline' is not enabled"),
     (["publish.enabled=true", "publish.to=out", "sft.enabled=false", "grpo.enabled=false", "distill.enabled=false"],
      "publish.enabled=True: no stage trains a model"),
