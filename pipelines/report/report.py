@@ -22,9 +22,14 @@ def stage_flops(name: str, m: dict) -> float | None:
     return stage.flops(m) if stage else m.get("flops")
 
 
+def _reported(name: str) -> tuple[str, ...]:
+    stage = stage_named(name)
+    return stage.reported if stage else ()
+
+
 def write_report(cfg: PipelineConfig, results: dict[str, dict]) -> dict:
     measuring = {s.name for s in STAGES if s.measures_others}
-    stages = {name: {k: m[k] for k in KEEP if k in m} | {"flops": stage_flops(name, m)}
+    stages = {name: {k: m[k] for k in KEEP + _reported(name) if k in m} | {"flops": stage_flops(name, m)}
               for name, m in results.items() if name not in measuring}
     # A measuring stage (eval) measured the checkpoints of other stages: its results belong to them.
     for name in measuring & set(results):
@@ -89,7 +94,7 @@ def _tables(report: dict) -> list[tuple[str, list[tuple[str, ...]]]]:
     out = [("", rows)]
     present = [s for s in STAGES if s.name in report["stages"]]
     for stage in present:  # each stage's own tables (distillation's student x mix grid)
-        out += stage.report_tables(report["stages"][stage.name])
+        out += stage.report_tables(report["stages"])
     for stage in present:
         curve = report["stages"][stage.name].get("heldout_curve") or [] if stage.curve_label else []
         if curve:

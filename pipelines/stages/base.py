@@ -85,6 +85,7 @@ class Stage:
     comparison: ClassVar[bool] = False  # a comparison arm: never the run's result (publish's default stage)
     teacher: ClassVar[bool] = False  # distill.mixes may name it as a teacher (and truncate its layers)
     lora_section: ClassVar[str] = ""  # the section whose `lora` trains this stage's adapter ("" = it has none)
+    reported: ClassVar[tuple[str, ...]] = ()  # metrics of its own kept in report.json (besides report.KEEP)
     measures_others: ClassVar[bool] = False  # its metrics are other stages' (`checkpoints`): no report row of its own
     # (GPU fields, CPU fields) a "the cluster cannot hold it" error tells the user to lower; () = <name>.gpus/.cpus
     resource_fields: ClassVar[tuple[str, str] | tuple[()]] = ()
@@ -154,8 +155,8 @@ class Stage:
         """Figures it adds to report.json's `summary` from every finished stage's metrics (by name)."""
         return {}
 
-    def report_tables(self, m: dict) -> list[Table]:
-        """Tables of its own for report.md and the console, from its report entry."""
+    def report_tables(self, stages: Mapping[str, dict]) -> list[Table]:
+        """Tables of its own for report.md and the console, from the report's stages (its own entry among them)."""
         return []
 
     def base_accuracy(self, m: dict) -> float | None:

@@ -87,8 +87,8 @@ class DistillStage(Stage):
         return {"student_param_ratio": m["params"] / teacher["params"],
                 "student_accuracy_retained": m["accuracy"] / teacher["accuracy"] if teacher["accuracy"] else None}
 
-    def report_tables(self, m: dict) -> list:
-        students = m.get("students")
+    def report_tables(self, stages) -> list:
+        students = stages.get(self.name, {}).get("students")
         if not students:
             return []
         mixes = list(dict.fromkeys(s["mix"] for s in students))

@@ -34,6 +34,7 @@ class EchoStage(Stage):
     name = "echo"
     section = EchoSection
     positive = ("factor",)
+    reported = ("echo_factor",)
     card_tags = ("echo-tag",)
     card_text = "an echo of the SFT checkpoint, unchanged"
 
@@ -57,7 +58,8 @@ class EchoStage(Stage):
     def summary(self, results):
         return {"echo_factor_seen": results["echo"]["echo_factor"]} if "echo" in results else {}
 
-    def report_tables(self, m):
+    def report_tables(self, stages):
+        m = stages["echo"]
         return [("echo: what it was given", [("field", "value"), ("factor", f"{m['echo_factor']:g}")])]
 
 
@@ -118,6 +120,7 @@ def test_a_stage_from_its_own_module_runs_and_is_reported_and_carded(run):
     assert "[2/2] echo: running" in log  # after SFT, before eval (off here): the registry's order
     echo = report["stages"]["echo"]
     assert echo["accuracy"] == report["stages"]["sft"]["accuracy"] and echo["flops"] == 2500.0  # its own FLOPs rule
+    assert echo["echo_factor"] == 2.5  # a metric of its own it keeps in report.json
     assert report["summary"]["echo_factor_seen"] == 2.5
     md = (cfg.run_dir / "report.md").read_text()
     assert "## echo: what it was given" in md and "| factor | 2.5 |" in md and "| echo |" in md
