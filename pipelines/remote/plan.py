@@ -4,7 +4,7 @@ code on a simulated Ray cluster (`cluster.simulate`: fake GPUs, nothing touches 
 
 What is placed is what each stage declares (`Stage.resources(cfg).actors`: learner-<i>, rollout-<i>,
 reward-<i>, or <stage>-0 for a stage that runs as one task). A stage's learners and rollout workers in
-placement groups (`Stage.placement`: GRPO's) go through the same functions it uses at run time
+placement groups (`Stage.placement_plan`: GRPO's) go through the same functions it uses at run time
 (`pipelines.stages.grpo.plan` -> `cluster.placement.reserve`
 -> a `cluster.learners.LearnerGroup` and the rollout workers in `Reservation.rollout_args`); its reward actors
 and every other stage's actors are started with their own CPUs/GPUs, as `cluster.actors.ActorPool` /
@@ -58,7 +58,7 @@ def stages(cfg: PipelineConfig) -> list[StagePlan]:
                 kinds.setdefault(a.name.rsplit("-", 1)[0], []).append(a)
             phases = list(kinds.values())
         out.append(StagePlan(stage.name, stage.plan_label(cfg), phases, float(res.cpus), float(res.gpus),
-                             fields=stage.fields(), bundles=stage.placement(cfg)))
+                             fields=stage.fields(), bundles=stage.placement_plan(cfg)))
     return out
 
 

@@ -130,7 +130,7 @@ class Stage:
         """(GPU fields, CPU fields) of the recipe that size this stage, as a resource error names them."""
         return self.resource_fields or (f"{self.name}.gpus", f"{self.name}.cpus")
 
-    def placement(self, cfg: "PipelineConfig") -> Any:
+    def placement_plan(self, cfg: "PipelineConfig") -> Any:
         """Its `cluster.placement.Plan` when it reserves placement groups (learner/rollout bundles), else None."""
         return None
 

@@ -66,7 +66,7 @@ class GRPOStage(Stage):
     def check_config(self, cfg: "PipelineConfig") -> None:
         check_config(cfg)
 
-    def placement(self, cfg: "PipelineConfig") -> placement.Plan:
+    def placement_plan(self, cfg: "PipelineConfig") -> placement.Plan:
         return plan(cfg)
 
     def plan_label(self, cfg: "PipelineConfig") -> str:
