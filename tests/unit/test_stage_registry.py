@@ -75,3 +75,14 @@ def test_its_section_is_read_checked_and_written_like_the_schemas(probe):
 def test_without_the_stage_its_section_is_unknown():
     with pytest.raises(ConfigError, match="unknown field 'probe'"):
         load_config("micro", ["probe.rounds=2"])
+
+
+def test_the_interrupt_line_says_what_the_stage_keeps():
+    from pipelines.driver import _resume_hint
+
+    cfg = load_config("micro", ["grpo.save_steps=1"])
+    assert _resume_hint(cfg, stage_named("grpo")) == (
+        "interrupted during stage grpo; finished stages are kept; GRPO resumes from its last checkpoint (every 1 "
+        "steps). Run the same command again to resume.")
+    assert _resume_hint(cfg, stage_named("sft")) == (
+        "interrupted during stage sft; finished stages are kept. Run the same command again to resume.")
