@@ -32,7 +32,7 @@ from pipelines.stages.grpo_learner import POOL_KEYS, checkpoint_dir, train_loop
 from rl.metrics import generate_flops, train_flops
 
 if TYPE_CHECKING:
-    from pipelines.config.schema import PipelineConfig
+    from pipelines.config.schema import GRPOSection, PipelineConfig
 
 
 def plan(cfg: "PipelineConfig") -> placement.Plan:
@@ -159,13 +159,31 @@ class GRPOStage(Stage):
 
 
 def check_config(cfg: "PipelineConfig") -> None:
-    """GRPO's rules (its section, its rewards against the task, the learner and rollout settings)."""
-    from cluster.placement import MODES
-    from pipelines.config.checks import choice, fail, params_rules
+    """GRPO's rules: its rewards against the task, the learner, the rollouts, and what it needs to start from."""
+    from pipelines.config.checks import fail
+
+    g = cfg.grpo
+    _check_rewards(cfg)
+    _check_learner(g)
+    _check_rollouts(g)
+    if cfg.model.kind == "tiny" and not cfg.sft.enabled:
+        # A tiny model is built by SFT (driver.start_checkpoint): without it GRPO has no checkpoint to start
+        # from (it would fail inside the learner, looking for a hub model named "None").
+        fail("sft.enabled", False, "model.kind=tiny is built and trained by SFT; without it GRPO has no "
+             "checkpoint to start from: enable sft, or start from a model (model.kind=hf or gguf)")
+    if g.save_steps and g.save_steps > g.max_steps:
+        fail("grpo.save_steps", g.save_steps, f"must be <= grpo.max_steps={g.max_steps} (no checkpoint would be written)")
+    if not -1 <= g.eval_every <= g.max_steps:
+        fail("grpo.eval_every", g.eval_every, f"must be 1..grpo.max_steps={g.max_steps} (steps between held-out "
+             "evaluations), 0 (a quarter of the budget) or -1 (off)")
+
+
+def _check_rewards(cfg: "PipelineConfig") -> None:
+    """The recipe's rewards exist, have parameters they take, and fit the task's prompts and rows."""
+    from pipelines.config.checks import choice, fail
     from pipelines.config.schema import ConfigError
     from pipelines.tasks.templates import asks_for_tags, resolve
     from rewards.registry import available_rewards, check_custom, check_params, is_custom
-    from rl.rollout import ENGINES
 
     g, t = cfg.grpo, cfg.task
     if t.num_train < g.prompts_per_step:
@@ -201,6 +219,14 @@ def check_config(cfg: "PipelineConfig") -> None:
         if problem:
             fail(f"grpo.reward_params.{name}", dict(params), problem + (f" (and {', '.join(POOL_KEYS)} for a Ray "
                  "scoring pool)" if pool_keys else ""))
+
+
+def _check_learner(g: "GRPOSection") -> None:
+    """The learner: TRL's parameters (rl.GRPOParams), DeepSpeed ZeRO and offload, LoRA, placement choices."""
+    from cluster.placement import MODES
+    from pipelines.config.checks import choice, fail, params_rules
+    from rl.rollout import ENGINES
+
     params_rules("grpo", g, num_workers=g.num_workers)  # rl.GRPOParams: TRL's choices, sizes, divisibility
     choice("grpo.zero_stage", g.zero_stage, ZERO_STAGES)
     if g.offload_optimizer and not g.zero_stage:
@@ -211,6 +237,14 @@ def check_config(cfg: "PipelineConfig") -> None:
     choice("grpo.sync_backend", g.sync_backend, SYNC_BACKENDS)
     choice("grpo.rollout_engine", g.rollout_engine, ENGINES)
     choice("grpo.placement", g.placement, MODES)
+    if g.lora.r and g.zero_stage == 3:
+        fail("grpo.lora.r", g.lora.r, "LoRA with grpo.zero_stage=3 is not supported (merging needs whole weights); use zero_stage 0-2")
+
+
+def _check_rollouts(g: "GRPOSection") -> None:
+    """Rollout engines and workers: vLLM (in the learner or on a pool), colocation, tools, overlap."""
+    from pipelines.config.checks import fail, params_rules
+
     if g.vllm.mode != "colocate" and not g.in_learner_vllm:
         fail("grpo.vllm.mode", g.vllm.mode, "is for TRL's in-learner vLLM, which needs grpo.rollout_engine=vllm "
              "with grpo.rollout_workers=0 (rollout workers run their own engines)")
@@ -229,8 +263,6 @@ def check_config(cfg: "PipelineConfig") -> None:
     if g.placement == "colocated" and (not g.rollout_workers or g.rollout_workers != g.num_workers):
         fail("grpo.rollout_workers", g.rollout_workers, f"colocated placement puts one rollout worker beside each "
              f"learner worker: must equal grpo.num_workers={g.num_workers}")
-    if g.lora.r and g.zero_stage == 3:
-        fail("grpo.lora.r", g.lora.r, "LoRA with grpo.zero_stage=3 is not supported (merging needs whole weights); use zero_stage 0-2")
     if g.tools.enabled:
         params_rules("grpo", g.tools, check=lambda t, **_: t.validate(prefix="tools."))
         if g.rollout_engine == "vllm" and not g.rollout_workers:
@@ -242,16 +274,6 @@ def check_config(cfg: "PipelineConfig") -> None:
         fail("grpo.overlap", g.overlap, "needs a rollout pool: set grpo.rollout_workers >= 1")
     if g.rollout_workers and g.placement == "disaggregated" and g.rollout_cpus <= 0:
         fail("grpo.rollout_cpus", g.rollout_cpus, "must be > 0 for disaggregated rollout workers")
-    if cfg.model.kind == "tiny" and not cfg.sft.enabled:
-        # A tiny model is built by SFT (driver.start_checkpoint): without it GRPO has no checkpoint to start
-        # from (it would fail inside the learner, looking for a hub model named "None").
-        fail("sft.enabled", False, "model.kind=tiny is built and trained by SFT; without it GRPO has no "
-             "checkpoint to start from: enable sft, or start from a model (model.kind=hf or gguf)")
-    if g.save_steps and g.save_steps > g.max_steps:
-        fail("grpo.save_steps", g.save_steps, f"must be <= grpo.max_steps={g.max_steps} (no checkpoint would be written)")
-    if not -1 <= g.eval_every <= g.max_steps:
-        fail("grpo.eval_every", g.eval_every, f"must be 1..grpo.max_steps={g.max_steps} (steps between held-out "
-             "evaluations), 0 (a quarter of the budget) or -1 (off)")
 
 
 ZERO_STAGES = (0, 1, 2, 3)  # 0 = plain DDP; rl/zero.py generates the DeepSpeed config for 1-3
