@@ -7,6 +7,7 @@
       tokenizer/             trained at run time for `model.kind=tiny`, or the model's own
       base/                  `model.kind=gguf`: the GGUF converted once to a plain HF folder
       <stage>/               Hugging Face folder + manifest.json, for sft, grpo, distill, baseline, eval
+                             (no_tool/: a tool run's control, its sft/ and grpo/ folders and data/ inside)
       <stage>.partial/       a stage at work (becomes <stage>/ only when it succeeded)
       <stage>.stale-<time>/  a finished stage that no longer matches its files or inputs, kept aside
       wandb/  plots/  report.json  report.md

@@ -17,24 +17,31 @@ import json
 import signal
 import subprocess
 import sys
+import tempfile
 
 POLL_S = 0.2  # how often the parent looks up from waiting (and so how soon a signal is answered)
 
 
 def train_bpe(texts: list[str], vocab_size: int, special_tokens: list[str]) -> str:
     """The trained `tokenizers.Tokenizer` as JSON (`Tokenizer.from_str` rebuilds it), trained in a child."""
-    job = json.dumps({"texts": texts, "vocab_size": vocab_size, "special_tokens": special_tokens}).encode()
+    # The job goes in through a file, not a pipe: `communicate(input, timeout)` stops feeding a pipe once a call
+    # times out and is retried without the input (CPython registers stdin only when input is given), so a job
+    # the child had not read within the first poll (a large one, a loaded machine) left both waiting forever.
+    job = tempfile.TemporaryFile()
+    job.write(json.dumps({"texts": texts, "vocab_size": vocab_size, "special_tokens": special_tokens}).encode())
+    job.seek(0)
     # -P: the child does not put rl/ first on its path (its modules would shadow libraries of the same name)
-    child = subprocess.Popen([sys.executable, "-P", __file__], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+    child = subprocess.Popen([sys.executable, "-P", __file__], stdin=job, stdout=subprocess.PIPE,
                              stderr=subprocess.PIPE)
     try:
         while True:
             try:
-                out, err = child.communicate(job, timeout=POLL_S)  # Python-level waiting: signals are answered
+                out, err = child.communicate(timeout=POLL_S)  # Python-level waiting: signals are answered
                 break
             except subprocess.TimeoutExpired:
-                job = None  # `communicate` keeps feeding what it has not written yet
-    finally:  # also on KeyboardInterrupt (Ctrl-C, or SIGTERM turned into one by the driver)
+                pass
+    finally:
+        job.close()  # also on KeyboardInterrupt (Ctrl-C, or SIGTERM turned into one by the driver)
         if child.poll() is None:
             child.kill()
             child.wait()

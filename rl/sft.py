@@ -74,13 +74,15 @@ class SFTParams:
 
 def sft_train(model, tokenizer, rows: Sequence[dict], out_dir: Path, params: SFTParams, *, seed: int = 0,
               report_to: str = "none", time_budget_s: float = 0.0, use_cpu: bool | None = None,
-              world_size: int = 1, callbacks=()) -> dict:
+              world_size: int = 1, callbacks=(), mask_tool_outputs: bool = False) -> dict:
     """Trains `model` in place on rows {prompt, completion}; returns {"train_loss", "steps", "num_tokens",
     "trainable_params"} (+ "adapter_dir" with LoRA).
 
     `use_cpu` None = CPU only where no CUDA device is visible; `world_size` = data-parallel workers
     (`params.batch_size` is split over them). With `params.lora` on, only the adapter trains; it is saved
-    alone to `out_dir/adapter` and then merged into `model`, which afterwards holds plain weights."""
+    alone to `out_dir/adapter` and then merged into `model`, which afterwards holds plain weights.
+    `mask_tool_outputs`: completions hold tool calls with their outputs (`rl.tools`); the model learns its own
+    tokens only, never the tool's `<output>...</output>` blocks (`tool_output_labels`), as in GRPO."""
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
 
@@ -91,7 +93,12 @@ def sft_train(model, tokenizer, rows: Sequence[dict], out_dir: Path, params: SFT
     from rl.progress import no_dataset_bars
 
     params.validate(num_workers=world_size)
-    data = Dataset.from_list([{"prompt": r["prompt"], "completion": r["completion"]} for r in rows])
+    masked = 0
+    if mask_tool_outputs:
+        tokenized, masked = tool_output_labels(tokenizer, rows)
+        data = Dataset.from_list(tokenized)
+    else:
+        data = Dataset.from_list([{"prompt": r["prompt"], "completion": r["completion"]} for r in rows])
     args = SFTConfig(
         output_dir=str(out_dir),
         **params.trainer_args(world_size),
@@ -114,7 +121,38 @@ def sft_train(model, tokenizer, rows: Sequence[dict], out_dir: Path, params: SFT
     result = trainer.train()
     metrics |= {"train_loss": float(result.training_loss), "steps": int(trainer.state.global_step),
                 "num_tokens": compat.trained_tokens(trainer)}  # tokens trained on (for FLOPs)
+    if mask_tool_outputs:  # per epoch: tool-output tokens the labels leave out
+        metrics["masked_tool_tokens"] = masked
     if is_peft(trained):
         metrics["adapter_dir"] = str(save_adapter(trained, Path(out_dir) / "adapter"))
         merge_into_base(trained)
     return metrics
+
+
+def tool_output_labels(tokenizer, rows: Sequence[dict]) -> tuple[list[dict], int]:
+    """Rows {prompt, completion} as TRL's pre-tokenised rows {input_ids, labels}: labels -100 on the prompt and on
+    every tool output block `<output>...</output>` of the completion (the tool wrote it, not the model), the
+    token ids otherwise. The prompt is tokenised as TRL tokenises it; the completion piece by piece (the model's
+    text, each output block, then EOS as TRL appends it), as a tool rollout builds its trajectory (`rl.tools`).
+    Also returns how many tool-output tokens were left out."""
+    import re
+
+    from rl.tools import OUT_CLOSE, OUT_OPEN
+
+    block = re.compile(f"({re.escape(OUT_OPEN)}.*?{re.escape(OUT_CLOSE)})", re.S)
+    eos = tokenizer.eos_token or ""
+    out, masked = [], 0
+    for r in rows:
+        ids = list(tokenizer(text=r["prompt"])["input_ids"])
+        labels = [-100] * len(ids)
+        completion = r["completion"] if r["completion"].endswith(eos) else r["completion"] + eos
+        for piece in block.split(completion):
+            if not piece:
+                continue
+            seg = list(tokenizer(piece, add_special_tokens=False)["input_ids"])
+            ids += seg
+            tool = block.fullmatch(piece) is not None
+            labels += [-100] * len(seg) if tool else seg
+            masked += len(seg) if tool else 0
+        out.append({"input_ids": ids, "labels": labels})
+    return out, masked

@@ -69,6 +69,20 @@ def call_code(text: str) -> str | None:
     return calls[-1] if calls else None
 
 
+def last_call(decode: Callable[[list[int]], str], ids: Sequence[int]) -> str | None:
+    """The code of the call token ids `ids` end with. Besides a text that ends with the closing tag, a last token
+    that completes the tag and runs past it counts as closing it: a stop string matched inside a token (vLLM's
+    `stop`, for a closing tag of several tokens) leaves that token whole in the ids (e.g. `></python><`
+    merged as `><`). The model's tokens are kept as sampled; the tool's output follows them."""
+    text = decode(list(ids))
+    end = text.rfind(CALL_CLOSE) + len(CALL_CLOSE)
+    if end < len(CALL_CLOSE):
+        return None
+    if end < len(text.rstrip()) and len(decode(list(ids[:-1]))) >= end:  # the tag was closed before the last token
+        return None
+    return call_code(text[:end])
+
+
 def count_calls(text: str) -> int:
     return len(_CALL.findall(text))
 
@@ -139,7 +153,7 @@ def run_tool_loop(generate, prompts: Sequence[Sequence[int]], *, execute: Execut
 
             def on_finish(j: int, ids: list[int], active=active, pending=pending) -> None:
                 t = trajs[active[j]]
-                code = call_code(decode(t.ids + list(ids))) if ids and ids[-1] not in eos else None
+                code = last_call(decode, t.ids + list(ids)) if ids and ids[-1] not in eos else None
                 if code is not None and t.calls < max_calls:
                     pending[active[j]] = pool.submit(execute, code)
 
@@ -151,7 +165,7 @@ def run_tool_loop(generate, prompts: Sequence[Sequence[int]], *, execute: Execut
                 new = list(ids[j])[: room[j]]
                 t.add_model(new, None if lps is None else list(lps[j])[: room[j]])
                 ended = (new and new[-1] in eos) or len(t.ids) >= max_completion_length
-                code = None if ended else call_code(decode(t.ids))
+                code = None if ended else last_call(decode, t.ids)
                 if code is None or t.calls >= max_calls:
                     t.done = True  # EOS, out of budget, out of calls, or stopped without a call
                     pending.pop(i, None)

@@ -141,6 +141,10 @@ class VLLMEngine:
             else:
                 os.environ[key] = value
         self.llm = LLM(**launch.kwargs)
+        # The ids a completion ends with (vLLM stops there itself); the tool protocol (rl.tool_rollout.ToolEngine)
+        # reads them to tell a finished sample from one that stopped at a call's closing tag.
+        eos = self.llm.get_tokenizer().eos_token_id
+        self.eos = [] if eos is None else [eos]
         self.weights_awake = self.kv_awake = True
         self.weights_current = True  # False after a level-2 sleep discarded them, until the next update
 

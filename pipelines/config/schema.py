@@ -262,6 +262,15 @@ class BaselineSection:
 
 
 @dataclass(frozen=True)
+class NoToolSection:
+    """A tool run's control (pipelines/stages/no_tool.py): the same model trained WITHOUT the tool at the same
+    budget (the tool arm's SFT and GRPO step counts, the same problems, the task's no-tool traces), measured
+    on the same held-out rows without it; summary.tool_gain = tool arm minus this arm (docs/tools.md)."""
+
+    enabled: bool = False
+
+
+@dataclass(frozen=True)
 class PublishSection:
     """Publish a stage's checkpoint after the run (pipelines/publish/publish.py, also `rayzero publish`):
     `to` is a directory or `hf://<org>/<name>[@revision]`; `stage` "" = the last trained stage."""
@@ -285,6 +294,7 @@ class PipelineConfig:
     distill: DistillSection = DistillSection()
     eval: EvalSection = EvalSection()
     baseline: BaselineSection = BaselineSection()
+    no_tool: NoToolSection = NoToolSection()
     publish: PublishSection = PublishSection()
     # The sections of stages registered from outside this module (`Stage.section`), by stage name: a YAML
     # top-level key and `cfg.<name>` like the sections above (pipelines/config/loading.py builds them).

@@ -12,7 +12,8 @@ from pipelines.stages import STAGES, stage_named
 
 KEEP = ("accuracy", "accuracy_before", "params", "wall_time_s", "train_time_s", "steps", "traces",
         "teacher_params", "num_workers", "reward_first", "reward_last", "students", "num_tokens", "benchmarks",
-        "unparsed_gold", "heldout_curve", "accuracy_no_tool", "tool_gain", "tool_calls_per_sample", "tool_error_rate")
+        "unparsed_gold", "heldout_curve", "accuracy_no_tool", "tool_gain", "tool_calls_per_sample", "tool_error_rate",
+        "masked_tool_tokens")
 FROM_EVAL = ("pass@k", "maj@k", "tts", "sampling", "accuracy_per_billion_params", "mean_completion_tokens", "benchmarks")
 
 
@@ -39,11 +40,12 @@ def write_report(cfg: PipelineConfig, results: dict[str, dict]) -> dict:
     summary = {}
     for stage in STAGES:  # each stage's own figures, in run order
         summary.update(stage.summary(results))
-    # Tool runs (grpo.tools): the last trained policy's accuracy with the tool minus without it, same rows, same run.
+    # Tool runs (grpo.tools): the last trained policy's accuracy with the tool minus without it, same rows, same run
+    # (summary.tool_gain, the tool arm minus a model trained without the tool, is the no_tool stage's figure).
     tooled = next((results[s.name] for s in reversed(STAGES) if s.trains_policy
                    and "tool_gain" in results.get(s.name, {})), None)
     if tooled is not None:
-        summary["tool_gain"] = tooled["tool_gain"]
+        summary["tool_gain_same_model"] = tooled["tool_gain"]
         summary["tool_calls_per_sample"] = tooled.get("tool_calls_per_sample")
         summary["tool_error_rate"] = tooled.get("tool_error_rate")
     report = {"run": cfg.run.name, "seed": cfg.run.seed, "stages": stages, "summary": summary,

@@ -20,6 +20,7 @@ BUILTIN = (
     "grpo:GRPOStage",
     "distill:DistillStage",
     "sft:BaselineStage",
+    "no_tool:NoToolStage",
     "evaluate:EvalStage",
 )
 

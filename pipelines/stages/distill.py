@@ -363,9 +363,11 @@ def train_students(cfg: "PipelineConfig", ctx: StageContext) -> dict:
                                   max_new_tokens=d.max_new_tokens, report_to=tracking.report_to(cfg),
                                   use_cpu=not d.gpus)
             else:
+                # tool traces (a teacher trained with the tool): the student learns its own tokens, not the tool's
                 m = sft_train(model, tok, traces, dest / "trainer", params, seed=cfg.run.seed, use_cpu=not d.gpus,
                               report_to=tracking.report_to(cfg), callbacks=[Progress(f"distill: {sname} on {mname}"),
-                                                                   MetricHistory(dest / "history.jsonl")])
+                                                                   MetricHistory(dest / "history.jsonl")],
+                              mask_tool_outputs=cfg.grpo.tools.enabled)
             train_time = time.monotonic() - start
             save_checkpoint(model, tok, dest)
             if cfg.grpo.tools.enabled:  # trained on tool-using traces: evaluated (and `rayzero eval`ed) with the tool
@@ -379,7 +381,9 @@ def train_students(cfg: "PipelineConfig", ctx: StageContext) -> dict:
             students.append({"student": sname, "mix": mname, "params": n, "accuracy": ev["accuracy"],
                              "train_time_s": train_time, "steps": m["steps"], "num_tokens": m.get("num_tokens", 0),
                              "traces": len(traces), "path": str(dest.relative_to(out)), "samples": ev["samples"],
-                             "benchmarks": ev.get("benchmarks", {})})
+                             "benchmarks": ev.get("benchmarks", {}),
+                             **{k: ev[k] for k in ("tool_calls_per_sample", "accuracy_no_tool") if k in ev},
+                             **({"masked_tool_tokens": m["masked_tool_tokens"]} if "masked_tool_tokens" in m else {})})
             if run is not None:
                 run.log({f"students/{sname}/{mname}/accuracy": ev["accuracy"]})
     main = students[0]
@@ -387,4 +391,5 @@ def train_students(cfg: "PipelineConfig", ctx: StageContext) -> dict:
                     checkpoint=out)
     return {"accuracy": main["accuracy"], "params": main["params"], "steps": main["steps"],
             "train_time_s": sum(s["train_time_s"] for s in students), "students": students, "flops": flops,
-            "samples": main["samples"], "benchmarks": main["benchmarks"]}
+            "samples": main["samples"], "benchmarks": main["benchmarks"],
+            **{k: main[k] for k in ("tool_calls_per_sample", "accuracy_no_tool", "masked_tool_tokens") if k in main}}

@@ -129,10 +129,12 @@ class GRPOStage(Stage):
         super().check_cluster(cfg)
         placement.check(plan(cfg), nodes=placement.cluster_nodes())  # every bundle fits on one node
 
-    def run(self, cfg: "PipelineConfig", ctx: StageContext) -> dict:
-        """Driver side: place the rollout pool (if any), launch the learner group, collect rank 0's metrics."""
+    def run(self, cfg: "PipelineConfig", ctx: StageContext, label: str = "grpo") -> dict:
+        """Driver side: place the rollout pool (if any), launch the learner group, collect rank 0's metrics.
+        `label` names what runs (its progress lines, wandb run, checkpoint folder): another stage may train a
+        GRPO arm of its own (pipelines/stages/no_tool.py)."""
         g = cfg.grpo
-        ckpts = checkpoint_dir(cfg.run_dir)
+        ckpts = checkpoint_dir(cfg.run_dir, label)
         _claim_checkpoints(ckpts, dict(ctx.inputs), RunFolder(cfg.run_dir))
         p = plan(cfg)
         placed = placement.reserve(p)  # bundle i: learner i (+ rollout worker i when colocated)
@@ -140,11 +142,11 @@ class GRPOStage(Stage):
         try:
             pools["rollout"] = _start_rollout_pool(cfg, placed, ctx.init) if g.rollout_workers else None
             pools["reward"] = _start_reward_pool(cfg)
-            run_worker_group(train_loop, {"cfg": cfg, "ctx": ctx, **pools}, num_workers=g.num_workers,
+            run_worker_group(train_loop, {"cfg": cfg, "ctx": ctx, "label": label, **pools}, num_workers=g.num_workers,
                              resources_per_worker=p.learner, use_gpu=g.use_gpu, name=f"{cfg.run.name}-grpo",
                              max_failures=g.max_failures, **placed.learner_args())
         except WeightSyncError as e:  # one line for the user (Ray wraps the learner's error in a traceback)
-            raise StageError(f"grpo: {error_line(e)}") from None
+            raise StageError(f"{label}: {error_line(e)}") from None
         finally:
             for pool in pools.values():
                 if pool is not None:
@@ -152,7 +154,7 @@ class GRPOStage(Stage):
             placed.release()
         metrics = json.loads((ctx.out_dir / "metrics.json").read_text())
         if not metrics["steps"]:
-            raise StageError("grpo: the learner finished after 0 optimizer steps; check task.num_train, "
+            raise StageError(f"{label}: the learner finished after 0 optimizer steps; check task.num_train, "
                              "grpo.prompts_per_step and grpo.time_budget_s")
         shutil.rmtree(ckpts, ignore_errors=True)  # the stage finished: its folder is the result
         return metrics

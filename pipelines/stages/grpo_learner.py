@@ -31,8 +31,8 @@ _LOGGED = ("reward", "reward_std", "frac_reward_zero_std", "completions/mean_len
 POOL_KEYS = ("workers", "cpus")  # code_accuracy parameters that size its Ray scoring pool (not the sandbox)
 
 
-def checkpoint_dir(run_dir: Path) -> Path:
-    return Path(run_dir) / "grpo.checkpoints"
+def checkpoint_dir(run_dir: Path, label: str = "grpo") -> Path:
+    return Path(run_dir) / f"{label}.checkpoints"
 
 
 def reward_functions(cfg: "PipelineConfig", reward_pool=None) -> tuple[list, list[float]]:
@@ -66,6 +66,7 @@ def train_loop(config: dict) -> None:
     cfg: PipelineConfig = config["cfg"]
     ctx: StageContext = config["ctx"]
     g, out, folder = cfg.grpo, ctx.out_dir, RunFolder(cfg.run_dir)
+    label = config.get("label", "grpo")  # GRPOStage.run's label: another stage's GRPO arm (no_tool)
     start_task(g.cpus)
     ds_config = None
     if g.zero_stage:
@@ -75,7 +76,7 @@ def train_loop(config: dict) -> None:
             init_distributed_for_zero3(g.use_gpu)
         ds_config = deepspeed_config(g.zero_stage, use_gpu=g.use_gpu, offload_optimizer=g.offload_optimizer,
                                      offload_params=g.offload_params)
-    ckpts = checkpoint_dir(cfg.run_dir)
+    ckpts = checkpoint_dir(cfg.run_dir, label)
     resume = latest_checkpoint(ckpts) if g.save_steps else None
     finished = resume is not None and int(resume.name.rsplit("-", 1)[1]) >= g.max_steps
     # A run killed after its last checkpoint but before the stage was recorded: the weights are final.
@@ -96,9 +97,9 @@ def train_loop(config: dict) -> None:
 
         rollout_func = learner_rollout_func(g.tools)
     fns, weights = reward_functions(cfg, config.get("reward"))
-    run = tracking.start_stage_run(cfg, "grpo") if rank == 0 else None
+    run = tracking.start_stage_run(cfg, label) if rank == 0 else None
     budget = TimeBudget(g.time_budget_s)
-    callbacks = [budget] + ([Progress("grpo: train")] if rank == 0 else [])
+    callbacks = [budget] + ([Progress(f"{label}: train")] if rank == 0 else [])
     trainer = make_grpo_trainer(model, tok, read_jsonl(folder.data("train")), fns, weights, ckpts, g,
                                 callbacks=callbacks, rollout_func=rollout_func, seed=cfg.run.seed,
                                 report_to=tracking.report_to(cfg) if rank == 0 else "none", use_cpu=not g.use_gpu,
@@ -137,8 +138,8 @@ def train_loop(config: dict) -> None:
     tracking.write_history(out / "history.jsonl", trainer.state.log_history)
     # The consolidated weights, whatever the learner's sharding was, on this worker's device.
     model, _ = load_policy(out, "auto" if g.use_gpu else "float32", device=f"cuda:{local_rank}" if g.use_gpu else None)
-    after = evaluate_stage(model, tok, cfg, "grpo: eval")
-    curve = _heldout_curve(trainer.state, after["accuracy"], out / "history.jsonl")
+    after = evaluate_stage(model, tok, cfg, f"{label}: eval")
+    curve = _heldout_curve(trainer.state, after["accuracy"], out / "history.jsonl", label)
     history = [h for h in trainer.state.log_history if "reward" in h]
     metrics = {
         "accuracy": after["accuracy"], "params": count_params(model), "train_time_s": train_time,
@@ -181,12 +182,12 @@ def _log_point(step: int, point: dict) -> None:
         wandb.run.log({"eval/heldout_accuracy": point[HELDOUT], "train/global_step": step})
 
 
-def _heldout_curve(state, final: float, history: Path) -> list[dict]:
+def _heldout_curve(state, final: float, history: Path, label: str = "grpo") -> list[dict]:
     """[{step, accuracy}] measured during training plus the stage's final evaluation, which is also appended
     to `history.jsonl` (the file the plots read) as the curve's last point."""
     curve = [{"step": h["step"], "accuracy": h[HELDOUT]} for h in state.log_history if HELDOUT in h]
     curve = [c for c in curve if c["step"] < state.global_step] + [{"step": state.global_step, "accuracy": final}]
     with history.open("a") as f:
         f.write(json.dumps({HELDOUT: final, "step": state.global_step, "heldout/final": True}) + "\n")
-    print(f"grpo: held-out accuracy {100 * final:.1f} % at step {state.global_step}/{state.max_steps} (end)", flush=True)
+    print(f"{label}: held-out accuracy {100 * final:.1f} % at step {state.global_step}/{state.max_steps} (end)", flush=True)
     return curve

@@ -105,8 +105,10 @@ class BaselineStage(SFTStage):
                         num_cpus=cfg.sft.cpus, num_gpus=cfg.sft.gpus, name="baseline")
 
 
-def train(cfg: "PipelineConfig", ctx: StageContext, stage: str, time_budget_s: float = 0.0, max_steps: int = -1) -> dict:
-    """Ray task: train the policy from `model` on the cold-start split, save it to `ctx.out_dir`."""
+def train(cfg: "PipelineConfig", ctx: StageContext, stage: str, time_budget_s: float = 0.0, max_steps: int = -1,
+          cold_start: Path | None = None) -> dict:
+    """Ray task: train the policy from `model` on the cold-start split (or the rows of `cold_start`), save it
+    to `ctx.out_dir`."""
     from rl.callbacks import MetricHistory, Progress  # in the task: the driver needs none of the trainer
     from rl.sft import sft_train
 
@@ -116,14 +118,15 @@ def train(cfg: "PipelineConfig", ctx: StageContext, stage: str, time_budget_s: f
     model = new_model(cfg.model, tok, cfg.run.seed, base_dir=folder.base)
     if cfg.sft.gpus:
         model = model.to("cuda")
-    cold = read_jsonl(folder.data("cold_start"))
+    cold = read_jsonl(cold_start or folder.data("cold_start"))
     run = tracking.start_stage_run(cfg, stage)
     before = evaluate_stage(model, tok, cfg, f"{stage}: eval before", benchmarks=False, no_tool=False)
     params = cfg.sft if max_steps < 0 else dataclasses.replace(cfg.sft, epochs=1e6, max_steps=max_steps)
     start = time.monotonic()
     metrics = sft_train(model, tok, cold, out / "trainer", params, seed=cfg.run.seed, use_cpu=not cfg.sft.gpus,
                         report_to=tracking.report_to(cfg), time_budget_s=time_budget_s or cfg.sft.time_budget_s,
-                        callbacks=[Progress(f"{stage}: train"), MetricHistory(out / "history.jsonl")])
+                        callbacks=[Progress(f"{stage}: train"), MetricHistory(out / "history.jsonl")],
+                        mask_tool_outputs=cfg.grpo.tools.enabled)  # tool traces: the model's own tokens only
     train_time = time.monotonic() - start
     save_checkpoint(model, tok, out)
     if metrics.get("adapter_dir"):  # LoRA: the adapter alone in <stage>/adapter/, as GRPO leaves it (publish --adapter)
@@ -134,6 +137,7 @@ def train(cfg: "PipelineConfig", ctx: StageContext, stage: str, time_budget_s: f
         "train_time_s": train_time, "steps": metrics["steps"], "train_loss": metrics["train_loss"],
         "num_tokens": metrics["num_tokens"], "num_examples": len(cold), "samples": after["samples"],
         "benchmarks": after.get("benchmarks", {}), "unparsed_gold": after.get("unparsed_gold", 0),
+        **({"masked_tool_tokens": metrics["masked_tool_tokens"]} if "masked_tool_tokens" in metrics else {}),
         **{k: after[k] for k in ("accuracy_no_tool", "tool_gain", "tool_calls_per_sample", "tool_error_rate") if k in after},
     }
     if cfg.grpo.tools.enabled:  # its cold-start traces call the tool: evaluate it with the tool (rayzero eval)

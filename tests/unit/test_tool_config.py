@@ -17,6 +17,8 @@ from rewards.tools import PythonTool
     ("grpo.decoder=generate", "grpo.tools.enabled=True: needs grpo.decoder=rayzero"),
     ("task.params.digits=3", "task.params: unknown key(s) ['digits'] for task multiply"),
     ("task.params.max_digits=12", "task.params.max_digits=12: need whole numbers 1 <= min_digits (3)"),
+    ("grpo.tools.enabled=false", "no_tool.enabled=True: trains the control of a tool run (the same budget without"),
+    ("task.name=arithmetic", "no_tool.enabled=True: task 'arithmetic' has no no-tool variant (task.params.tool=false)"),
 ])
 def test_bad_tool_settings_fail_at_load_in_one_line(override, message):
     with pytest.raises(ConfigError) as e:
