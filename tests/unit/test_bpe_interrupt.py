@@ -62,3 +62,26 @@ def test_tokenizer_training_stops_within_seconds_on_ctrl_c(tmp_path):
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+HANG_SCRIPT = """
+import rl.bpe as bpe
+bpe.POLL_S = 0.001  # the first wait times out before the child has read its job, as on a loaded machine
+texts = [f"Mia has {i % 40} pens. She buys {i % 9} more. How many pens does Mia have now?" for i in range(8000)]
+print(len(bpe.train_bpe(texts, 320, ["<pad>"])) > 0, flush=True)
+"""
+
+
+def test_a_job_larger_than_the_pipe_reaches_the_child_when_the_first_wait_times_out(tmp_path):
+    # ~640 KB of job: on the code that passed it through communicate(input=...), the child waited on its
+    # stdin forever (the retried communicate never wrote the rest); here it trains in a few seconds.
+    proc = subprocess.Popen([sys.executable, "-c", HANG_SCRIPT], cwd=tmp_path, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    try:
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, err
+    assert out.strip() == "True"
