@@ -270,9 +270,9 @@ def make_grpo_trainer(model, tokenizer, rows: Sequence[dict], reward_funcs: list
         # The exact fp32 weights become the optimizer's master copies; the model computes in bf16.
         fp32_weights = {id(p): p.detach().float().clone() for p in model.parameters()}
         model.to(torch.bfloat16)
-    from rl.grpo_trainer import FastPath, trainer_class
+    from rl.grpo_trainer import FastPath, RayzeroGRPOTrainer  # imports TRL: only when a trainer is built
 
-    trainer = trainer_class()(
+    trainer = RayzeroGRPOTrainer(
         model=model, reward_funcs=list(reward_funcs), args=args, train_dataset=Dataset.from_list(list(rows)),
         processing_class=tokenizer, callbacks=list(callbacks), rollout_func=rollout_func,
         peft_config=params.lora.peft_config(),

@@ -12,7 +12,6 @@ from __future__ import annotations
 import inspect
 import warnings
 from dataclasses import dataclass
-from functools import cache
 from typing import Any, Callable
 
 # The TRL release these hooks were read from; pyproject.toml pins the same (tests/unit/test_rl_trl_compat.py).
@@ -212,22 +211,17 @@ def model_for_generation(trainer):
     return ctx()
 
 
-@cache
-def grpo_trainer_base() -> type:
-    """TRL's `GRPOTrainer` with its generation round exposed under a public name: subclasses override
-    `generate_and_score(inputs)` and call `trl_generate_and_score(inputs)` for TRL's own round."""
-    from trl import GRPOTrainer
+class GenerationRoundHook:
+    """Mixed in just before TRL's `GRPOTrainer` (rl/grpo_trainer.py): exposes TRL's generation + scoring
+    round under public names. Mixins override `generate_and_score(inputs)` and call
+    `trl_generate_and_score(inputs)` for TRL's own round."""
 
-    class HookedGRPOTrainer(GRPOTrainer):
-        def _generate_and_score_completions(self, inputs):  # TRL's _prepare_inputs calls this once per round
-            return self.generate_and_score(inputs)
+    def _generate_and_score_completions(self, inputs):  # TRL's _prepare_inputs calls this once per round
+        return self.generate_and_score(inputs)
 
-        def generate_and_score(self, inputs: list[dict]) -> dict:
-            """One generation + scoring round over `inputs` (rows, each prompt repeated per generation)."""
-            return self.trl_generate_and_score(inputs)
+    def generate_and_score(self, inputs: list[dict]) -> dict:
+        """One generation + scoring round over `inputs` (rows, each prompt repeated per generation)."""
+        return self.trl_generate_and_score(inputs)
 
-        def trl_generate_and_score(self, inputs: list[dict]) -> dict:
-            return getattr(GRPOTrainer, GENERATE_AND_SCORE)(self, inputs)
-
-    check(GRPOTrainer, GRPO_HOOKS)  # the methods, before anyone builds a trainer on them
-    return HookedGRPOTrainer
+    def trl_generate_and_score(self, inputs: list[dict]) -> dict:
+        return getattr(super(), GENERATE_AND_SCORE)(inputs)  # the next class in the MRO: TRL's GRPOTrainer
