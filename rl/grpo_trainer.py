@@ -20,7 +20,7 @@ from rl import dynamic_sampling as ds
 from rl import lean_loss, tis
 from rl.decoding import sample
 from rl import trl_compat as compat
-from rl.precision import MasterWeightAdamW, master_adamw_like
+from rl.precision import MasterWeightAdamW, average_across_ranks, master_adamw_like
 
 
 @dataclass(frozen=True)
@@ -73,7 +73,7 @@ class MasterWeights:
             loss = super().training_step(model, inputs, num_items_in_batch)
         opt.accumulate_grads()
         if self.accelerator.sync_gradients and self.accelerator.num_processes > 1:
-            _average_across_ranks(opt.masters)
+            average_across_ranks(opt.masters)
         return loss
 
     def _clip_grad_norm(self, model):
@@ -260,27 +260,6 @@ class RayzeroGRPOTrainer(OffPolicyRollouts, DynamicSampling, LeanDecoding, LeanL
 # TRL's own methods, checked once before any trainer is built on them (the instance check in
 # make_grpo_trainer sees the mixins' overrides, not TRL's signatures).
 compat.check(GRPOTrainer, compat.GRPO_HOOKS)
-
-
-def _average_across_ranks(masters) -> None:
-    """Averages the fp32 master gradients over the data-parallel ranks (what DDP does to .grad), as one
-    flat all-reduce; a master without a gradient on this rank contributes zeros."""
-    import torch.distributed as dist
-
-    present = [m for m in masters if m.grad is not None]
-    if not present:
-        return
-    for m in masters:
-        if m.grad is None:
-            m.grad = torch.zeros_like(m)
-    flat = torch.cat([m.grad.reshape(-1) for m in masters])
-    dist.all_reduce(flat)
-    flat.div_(dist.get_world_size())
-    offset = 0
-    for m in masters:
-        n = m.numel()
-        m.grad.copy_(flat[offset:offset + n].view_as(m))
-        offset += n
 
 
 class _Lookahead:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import functools
 
 import torch
+import torch.distributed as dist
 
 PRECISIONS = ("auto", "fp32", "bf16")
 
@@ -154,3 +155,22 @@ def master_adamw_like(optimizer: torch.optim.Optimizer, init: dict | None = None
               for g in optimizer.param_groups]
     speed = {"fused": True} if optimizer.defaults.get("fused") else {"foreach": bool(optimizer.defaults.get("foreach"))}
     return MasterWeightAdamW(groups, init=init, **speed)
+
+
+def average_across_ranks(masters) -> None:
+    """Averages the fp32 master gradients over the data-parallel ranks (what DDP does to .grad), as one
+    flat all-reduce; a master without a gradient on this rank contributes zeros."""
+    present = [m for m in masters if m.grad is not None]
+    if not present:
+        return
+    for m in masters:
+        if m.grad is None:
+            m.grad = torch.zeros_like(m)
+    flat = torch.cat([m.grad.reshape(-1) for m in masters])
+    dist.all_reduce(flat)
+    flat.div_(dist.get_world_size())
+    offset = 0
+    for m in masters:
+        n = m.numel()
+        m.grad.copy_(flat[offset:offset + n].view_as(m))
+        offset += n
