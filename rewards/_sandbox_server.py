@@ -118,33 +118,8 @@ def _child(stdin_r, stdout_w, stderr_w, result_w, job_r):
     tests, the limits), set the limits and run it (never returns). Everything before the wait runs while
     the harness is still busy with the previous result, off the critical path."""
     try:
-        os.setsid()  # own process group, so the server can kill it as a unit
-        os.dup2(stdin_r, 0)
-        os.dup2(stdout_w, 1)
-        os.dup2(stderr_w, 2)
-        os.dup2(result_w, 3)
-        os.dup2(job_r, 4)
-        os.closerange(5, 65536)
-        run_dir = "/tmp/run"
-        os.mkdir(run_dir, 0o700)
-        os.chdir(run_dir)
-        os.umask(0o077)
-        os.environ.clear()
-        os.environ.update(PATH="/usr/bin:/bin", HOME=run_dir, TMPDIR=run_dir, LANG="C.UTF-8")
-        sys.stdin = open(0, "r", encoding="utf-8", closefd=False)  # LANG=C.UTF-8 anyway; skips the locale lookup
-        sys.stdout = open(1, "w", encoding="utf-8", closefd=False)
-        sys.stderr = open(2, "w", encoding="utf-8", closefd=False, buffering=1)
-        sys.argv = ["solution.py"]
-        chunks = []
-        while True:  # the server writes one job and closes the pipe; EOF alone: no job will come
-            b = os.read(4, 1 << 20)
-            if not b:
-                break
-            chunks.append(b)
-        if not chunks:
-            os._exit(0)
-        os.close(4)
-        job = marshal.loads(b"".join(chunks))
+        _isolate(stdin_r, stdout_w, stderr_w, result_w, job_r)
+        job = _wait_for_job()
         code, lim = job["code"], job["limits"]
         statements = None if job["stmts"] is None else [(_bound(ok, c), is_test) for ok, c, is_test in job["stmts"]]
         if statements is None:
@@ -162,7 +137,53 @@ def _child(stdin_r, stdout_w, stderr_w, result_w, job_r):
         g = {"__name__": "__main__" if statements is None else "__solution__", "__builtins__": __builtins__}
     except BaseException:
         os._exit(120)
-    status = 0
+    status = _run_job(code, statements, g)
+    try:
+        sys.stdout.flush()
+        sys.stderr.flush()
+    except BaseException:
+        pass
+    os._exit(status & 0xFF)
+
+
+def _isolate(stdin_r, stdout_w, stderr_w, result_w, job_r):
+    """The child's own process group, fds 0-4 (stdin, stdout, stderr, results, job), a private run folder and
+    a minimal environment."""
+    os.setsid()  # own process group, so the server can kill it as a unit
+    os.dup2(stdin_r, 0)
+    os.dup2(stdout_w, 1)
+    os.dup2(stderr_w, 2)
+    os.dup2(result_w, 3)
+    os.dup2(job_r, 4)
+    os.closerange(5, 65536)
+    run_dir = "/tmp/run"
+    os.mkdir(run_dir, 0o700)
+    os.chdir(run_dir)
+    os.umask(0o077)
+    os.environ.clear()
+    os.environ.update(PATH="/usr/bin:/bin", HOME=run_dir, TMPDIR=run_dir, LANG="C.UTF-8")
+    sys.stdin = open(0, "r", encoding="utf-8", closefd=False)  # LANG=C.UTF-8 anyway; skips the locale lookup
+    sys.stdout = open(1, "w", encoding="utf-8", closefd=False)
+    sys.stderr = open(2, "w", encoding="utf-8", closefd=False, buffering=1)
+    sys.argv = ["solution.py"]
+
+
+def _wait_for_job():
+    """The job the server writes on fd 4 (then closes); EOF alone means no job will come: exit quietly."""
+    chunks = []
+    while True:
+        b = os.read(4, 1 << 20)
+        if not b:
+            break
+        chunks.append(b)
+    if not chunks:
+        os._exit(0)
+    os.close(4)
+    return marshal.loads(b"".join(chunks))
+
+
+def _run_job(code, statements, g):
+    """Runs the program, then each statement (a test reports on fd 3); returns the exit status."""
     try:
         # Tests are compiled before the program runs, so nothing it does (patching `ast`, builtins) can
         # change how their asserts compare (compile_test: rewards/_plain_asserts.py, prepended to this file).
@@ -181,25 +202,23 @@ def _child(stdin_r, stdout_w, stderr_w, result_w, job_r):
                     kind = "memory" if isinstance(e, MemoryError) else "failed"
                     os.write(3, f"{i} {kind} {type(e).__name__}\n".encode())
     except SystemExit as e:
-        status = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+        return e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
     except MemoryError:
-        status = MEMORY_EXIT
+        return MEMORY_EXIT
     except BaseException:
         traceback.print_exc()
-        status = 1
-    try:
-        sys.stdout.flush()
-        sys.stderr.flush()
-    except BaseException:
-        pass
-    os._exit(status & 0xFF)
+        return 1
+    return 0
 
 
 def _supervise(pid, stdin_w, stdin_data, readers, deadline, out_limit, answers=0):
     """Feed stdin, collect outputs until the child exits or the wall deadline passes, or (assert mode) until
     the run has reported `answers` test lines: the verdict is then complete, so the server answers without
     waiting for the child to exit (tearing down a process is ~0.5 ms, as much as a short run); `_cleanup`
-    kills and reaps it after the answer is sent. Returns wstatus None in that case."""
+    kills and reaps it after the answer is sent. Returns wstatus None in that case.
+
+    Long because it is one select loop whose state (stdin left to write, the output buffers, the exit,
+    overflow and reported flags) every branch updates; in parts, each would take and return all of it."""
     sel = selectors.DefaultSelector()
     pidfd = os.pidfd_open(pid)
     sel.register(pidfd, selectors.EVENT_READ, "exit")

@@ -27,10 +27,12 @@ import functools
 from typing import Sequence
 
 import torch
+from transformers.cache_utils import Cache, CacheLayerMixin
 
 
-class _PreallocatedLayer:
-    """One attention layer's K/V for every row: (rows, kv_heads, capacity, head_dim), filled left to right."""
+class _PreallocatedLayer(CacheLayerMixin):
+    """One attention layer's K/V for every row: (rows, kv_heads, capacity, head_dim), filled left to right.
+    Its own methods replace the mixin's; the mixin makes it a layer type transformers' `Cache` accepts."""
 
     is_sliding = False
     is_compileable = False
@@ -134,17 +136,11 @@ def decode_attention(model):
 def make_cache(model, capacity: int):
     """A cache allocated once for `capacity` positions per row, or None (= the model's default cache) for
     models whose layers are not all plain full attention (sliding windows, linear attention, ...)."""
-    from transformers.cache_utils import Cache, CacheLayerMixin
-
     config = model.config.get_text_config(decoder=True)
     layer_types = getattr(config, "layer_types", None) or ["full_attention"] * config.num_hidden_layers
     if any(t != "full_attention" for t in layer_types) or getattr(config, "sliding_window", None):
         return None
-
-    class _Layer(_PreallocatedLayer, CacheLayerMixin):
-        pass
-
-    return Cache(layers=[_Layer(capacity) for _ in layer_types])
+    return Cache(layers=[_PreallocatedLayer(capacity) for _ in layer_types])
 
 
 def process_logits(logits: torch.Tensor, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0) -> torch.Tensor:
@@ -165,6 +161,28 @@ def process_logits(logits: torch.Tensor, temperature: float = 1.0, top_k: int = 
     return logits
 
 
+def _left_padded(prompts: Sequence[Sequence[int]], width: int, max_new_tokens: int, pad_token_id: int,
+                 device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(ids (rows, width), attention mask (rows, width + max_new_tokens)): every prompt ends where generation
+    starts; the mask's generation columns are set as tokens are drawn."""
+    ids = torch.full((len(prompts), width), pad_token_id, dtype=torch.long)
+    mask = torch.zeros((len(prompts), width + max_new_tokens), dtype=torch.long)
+    for j, p in enumerate(prompts):
+        ids[j, width - len(p):] = torch.tensor(list(p), dtype=torch.long)
+        mask[j, width - len(p):width] = 1
+    return ids.to(device), mask.to(device)
+
+
+def _draw(scores: torch.Tensor, greedy: bool, temperature: float, top_k: int, top_p: float, logprobs: bool,
+          generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(one token per row, the processed distribution's log-probs or None) from float32 (rows, vocab) logits."""
+    if greedy:
+        return scores.argmax(-1), (scores.log_softmax(-1) if logprobs else None)
+    scores = process_logits(scores, temperature, top_k, top_p)
+    tokens = torch.multinomial(scores.softmax(-1), 1, generator=generator).squeeze(1)
+    return tokens, (scores.log_softmax(-1) if logprobs else None)
+
+
 @torch.no_grad()
 def sample(model, prompts: Sequence[Sequence[int]], *, max_new_tokens: int, eos_token_ids: Sequence[int],
            pad_token_id: int, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, greedy: bool = False,
@@ -179,18 +197,16 @@ def sample(model, prompts: Sequence[Sequence[int]], *, max_new_tokens: int, eos_
     compacted out once at least `compact_fraction` of the running rows are done. `fast_attention`: single-token
     steps of an SDPA model use `_decode_attention`. `stop_sequences`: token-id sequences that also end a row once
     its completion ends with one (a tool call's closing tag, rl.tools); `on_finish(i, ids)` is called as soon as
-    row i ends, with its completion ids (so a tool call can start while the other rows decode)."""
+    row i ends, with its completion ids (so a tool call can start while the other rows decode).
+
+    Long because the decode loop's state (running rows, mask, positions, cache, done flags) lives in locals
+    that compaction shrinks together; in parts, each would take and return all of it."""
     device = next(model.parameters()).device
     n = len(prompts)
     if n == 0:
         return [], ([] if logprobs else None)
     width = max(len(p) for p in prompts)
-    ids = torch.full((n, width), pad_token_id, dtype=torch.long)
-    mask = torch.zeros((n, width + max_new_tokens), dtype=torch.long)
-    for j, p in enumerate(prompts):  # left padding: every prompt ends where generation starts
-        ids[j, width - len(p):] = torch.tensor(list(p), dtype=torch.long)
-        mask[j, width - len(p):width] = 1
-    ids, mask = ids.to(device), mask.to(device)
+    ids, mask = _left_padded(prompts, width, max_new_tokens, pad_token_id, device)
     positions = (mask[:, :width].cumsum(-1) - 1).clamp(min=0)
     eos = torch.tensor(sorted(set(eos_token_ids)), dtype=torch.long, device=device)
     stops = [torch.tensor(list(q), dtype=torch.long, device=device) for q in stop_sequences if len(q)]
@@ -211,15 +227,7 @@ def sample(model, prompts: Sequence[Sequence[int]], *, max_new_tokens: int, eos_
         cache = out.past_key_values
         next_pos = positions[:, -1] + 1
         for t in range(max_new_tokens):
-            scores = out.logits[:, -1].float()
-            if greedy:
-                tokens = scores.argmax(-1)
-                lp_all = scores.log_softmax(-1) if logprobs else None
-            else:
-                scores = process_logits(scores, temperature, top_k, top_p)
-                probs = scores.softmax(-1)
-                tokens = torch.multinomial(probs, 1, generator=generator).squeeze(1)
-                lp_all = scores.log_softmax(-1) if logprobs else None
+            tokens, lp_all = _draw(out.logits[:, -1].float(), greedy, temperature, top_k, top_p, logprobs, generator)
             live = ~done
             out_tokens[rows[live], t] = tokens[live]
             if lp_all is not None:

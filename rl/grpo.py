@@ -110,6 +110,18 @@ class GRPOParams:
     def validate(self, num_workers: int = 1) -> None:
         """Raises ValueError (message starting with the field name) for any setting TRL or rayzero
         cannot run with `num_workers` data-parallel learner workers."""
+        self._validate_sampling_and_loss()
+        self._validate_fast_path()
+        self._validate_batch_layout(num_workers)
+        self.lora.validate(prefix="lora.")
+        self.vllm.validate(prefix="vllm.")
+        from rl.trl_options import check_trl_options
+
+        problem = check_trl_options(self.trl)
+        if problem:
+            raise ValueError(problem)
+
+    def _validate_sampling_and_loss(self) -> None:
         from rl import params as v
 
         for name in ("max_steps", "prompts_per_step", "max_completion_length", "num_iterations", "logging_steps"):
@@ -134,9 +146,12 @@ class GRPOParams:
         if needs and self.importance_sampling_level != needs:
             v.fail("importance_sampling_level", self.importance_sampling_level,
                    f"must be {needs!r} with loss_type={self.loss_type!r}")
-        v.model_loading(self.dtype, self.attn_implementation, self.bf16)
+
+    def _validate_fast_path(self) -> None:
+        from rl import params as v
         from rl.precision import PRECISIONS
 
+        v.model_loading(self.dtype, self.attn_implementation, self.bf16)
         v.choice("precision", self.precision, PRECISIONS)
         v.choice("decoder", self.decoder, DECODERS)
         v.positive_int("length_buckets", self.length_buckets)
@@ -150,6 +165,10 @@ class GRPOParams:
         if self.precision == "bf16" and self.lora.enabled:
             v.fail("precision", self.precision, "is not supported with LoRA (lora.r > 0); use precision=fp32 with "
                    "bf16=true (autocast)")
+
+    def _validate_batch_layout(self, num_workers: int) -> None:
+        from rl import params as v
+
         v.positive_int("num_workers", num_workers)
         total = self.prompts_per_step * self.num_generations
         if total % num_workers:
@@ -166,20 +185,15 @@ class GRPOParams:
             v.fail("prompts_per_step", self.prompts_per_step, f"must give every worker whole groups for "
                    f"dynamic_sampling: a round's {micro * per_generation} rows per worker are not a multiple of "
                    f"num_generations={self.num_generations}")
-        self.lora.validate(prefix="lora.")
-        self.vllm.validate(prefix="vllm.")
-        from rl.trl_options import check_trl_options
-
-        problem = check_trl_options(self.trl)
-        if problem:
-            raise ValueError(problem)
 
 
 def grpo_config(out_dir: Path, p: GRPOParams, *, seed: int = 0, report_to: str = "none", use_cpu: bool | None = None,
                 world_size: int = 1, deepspeed: dict | None = None, save_steps: int = 0, use_vllm: bool = False):
     """TRL's `GRPOConfig` for `p` on `world_size` data-parallel workers (`p.validate` runs first).
     `use_cpu` None = CPU only where no CUDA device is visible. `use_vllm`: TRL generates with its own vLLM
-    (`p.vllm.mode` colocate or server, rl.trl_vllm) instead of in-learner `generate` / rl.decoding."""
+    (`p.vllm.mode` colocate or server, rl.trl_vllm) instead of in-learner `generate` / rl.decoding.
+
+    Long because it is one flat mapping, field by field, of rayzero's settings onto TRL's: read in one place."""
     from trl import GRPOConfig
 
     from rl import trl_vllm

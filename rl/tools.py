@@ -172,20 +172,27 @@ def run_tool_loop(generate, prompts: Sequence[Sequence[int]], *, execute: Execut
                     continue
                 future = pending.pop(i, None) or pool.submit(execute, code)
                 still.append((i, future))
-            active = []
-            for i, future in still:
-                t = trajs[i]
-                text, status = _result(future)
-                t.record(status)
-                t.add_tool(tool_block_ids(encode, text, max_completion_length - len(t.ids)))
-                if len(t.ids) >= max_completion_length:
-                    t.done = True
-                else:
-                    active.append(i)
+            active = _add_tool_outputs(trajs, still, encode, max_completion_length)
     finally:
         if own_pool:
             pool.shutdown(wait=False, cancel_futures=True)
     return trajs
+
+
+def _add_tool_outputs(trajs: list[Trajectory], calls: list[tuple[int, Future]], encode: Callable[[str], list[int]],
+                      max_completion_length: int) -> list[int]:
+    """Appends each call's output block to its trajectory; returns the trajectories that go on generating."""
+    active = []
+    for i, future in calls:
+        t = trajs[i]
+        text, status = _result(future)
+        t.record(status)
+        t.add_tool(tool_block_ids(encode, text, max_completion_length - len(t.ids)))
+        if len(t.ids) >= max_completion_length:
+            t.done = True
+        else:
+            active.append(i)
+    return active
 
 
 def _result(future: Future) -> tuple[str, str]:

@@ -198,18 +198,25 @@ def build_folder(src: Path, dst: Path, *, repo: str, base_model: str = "", datas
         f"Intermediate checkpoint{f' (training step {ctx.step})' if ctx.step is not None else ''} of stage "
         f"`{ctx.stage}`: the results below are the run's finished stages, not this checkpoint's.")
     note = " ".join(n for n in (note, base_note) if n)
-    example = ""
-    if ctx.run_dir and (ctx.run_dir / "data" / "heldout.jsonl").exists():
-        with (ctx.run_dir / "data" / "heldout.jsonl").open() as f:
-            prompt = json.loads(f.readline()).get("prompt", "")
-        # the raw question inside the run's rendered prompt: the card's code renders it again as the run did
-        example = model_card.question_of(prompt, cfg, tok) or ""
+    example = _card_example(ctx.run_dir, cfg, tok)
     card = model_card.build_card(repo=repo, run=ctx.run, stage=ctx.stage, cfg=cfg, report=report,
                                  evaluated=ctx.evaluated, plots=plots, recipe=recipe, note=note,
                                  base_model=base_model, datasets=datasets, example=example, adapter_base=adapter_base)
     card.save(dst / "README.md")
     return {"stage": ctx.stage, "run": ctx.run, "evaluated": ctx.evaluated, "weights": str(lora.folder if lora else weights),
             "adapter": bool(lora)}
+
+
+def _card_example(run_dir: Path | None, cfg: dict, tok) -> str:
+    """The first held-out question of the run, for the card's Use section ("" without one)."""
+    from pipelines.report import model_card
+
+    if not run_dir or not (run_dir / "data" / "heldout.jsonl").exists():
+        return ""
+    with (run_dir / "data" / "heldout.jsonl").open() as f:
+        prompt = json.loads(f.readline()).get("prompt", "")
+    # the raw question inside the run's rendered prompt: the card's code renders it again as the run did
+    return model_card.question_of(prompt, cfg, tok) or ""
 
 
 def _write_model(weights: Path, dst: Path, tok, cfg: dict) -> None:

@@ -34,7 +34,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     addr = argparse.ArgumentParser(add_help=False)
     addr.add_argument("--address", default="", help="the head's job server, http://HEAD:8265 "
                       "(default: $RAYZERO_ADDRESS, or $RAY_ADDRESS when it is an http address)")
+    _add_submit(sub, addr)
+    _add_jobs(sub, addr)
+    _add_cluster(sub)
 
+
+def _add_submit(sub: argparse._SubParsersAction, addr: argparse.ArgumentParser) -> None:
     p = sub.add_parser("submit", parents=[addr], help="run a recipe on a remote Ray cluster as a Ray job")
     p.add_argument("args", nargs="*", metavar="[RECIPE] [section.field=value]")
     p.add_argument("--no-pip", action="store_true", help="install nothing: the cluster's image has the stack")
@@ -46,6 +51,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--entrypoint-cpus", type=float, default=0.0, help="CPUs reserved for the driver (default 0: "
                    "it only waits on the stages, which reserve their own)")
 
+
+def _add_jobs(sub: argparse._SubParsersAction, addr: argparse.ArgumentParser) -> None:
     j = sub.add_parser("jobs", help="status, logs, stop or list jobs on a Ray cluster")
     jsub = j.add_subparsers(dest="jobs_cmd", required=True)
     for name, text in (("status", "a job's status"), ("logs", "a job's logs"), ("stop", "stop a job")):
@@ -57,6 +64,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
             q.add_argument("--wait", type=float, default=60.0, help="seconds to wait for STOPPED")
     jsub.add_parser("list", parents=[addr], help="jobs on the cluster")
 
+
+def _add_cluster(sub: argparse._SubParsersAction) -> None:
     c = sub.add_parser("cluster", help="render cluster templates, plan where actors land")
     csub = c.add_subparsers(dest="cluster_cmd", required=True)
     r = csub.add_parser("render", help="fill a cluster template from a recipe's resource needs")

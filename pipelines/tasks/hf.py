@@ -444,18 +444,7 @@ def generate_splits(cfg: "TaskSection", seed: int, *, sources: dict[str, Source]
                    max_prompt_chars=cfg.max_prompt_chars)
     usable = Usable(cfg.max_bad_fraction, dataset)
     notes: list[str] = []
-    if held_name is None:  # one split: a fixed random cut, the same for every run seed
-        order = list(range(len(train_src)))
-        random.Random(0).shuffle(order)
-        if len(order) <= cfg.num_heldout:
-            raise TaskError(f"task.num_heldout={cfg.num_heldout}: {dataset} has a single split of {len(order)} rows; "
-                            "leave some for training (or name a task.heldout_split)")
-        held_idx, pool = sorted(order[:cfg.num_heldout]), order[cfg.num_heldout:]
-        notes.append(f"task: {dataset} has one split ('{train_src.name}'): held-out = a fixed random cut of "
-                     f"{len(held_idx)} rows (seed 0)")
-    else:
-        resolve_columns(cfg.columns, held_src.columns, "task", dataset, held_src.name)
-        held_idx, pool = _sample(len(held_src), cfg.num_heldout), list(range(len(train_src)))
+    held_idx, pool = _heldout_cut(cfg, dataset, train_src, held_src if held_name else None, notes)
     heldout = [_strip_completion(r) for r in _rows(usable, held_src, held_idx, spec, f"{held_src.name}")]
     held_keys = {_key(r) for r in heldout}
     random.Random(seed).shuffle(pool)
@@ -471,18 +460,8 @@ def generate_splits(cfg: "TaskSection", seed: int, *, sources: dict[str, Source]
     cold_idx = {r.pop("_index") for r in cold if "_index" in r} if cold_from_train else set()
     for r in cold:
         r.pop("_index", None)
-    rest = [i for i in pool if i not in cold_idx]
-    train, dropped = [], 0
-    for i in rest:
-        if len(train) >= cfg.num_train:
-            break
-        row = usable.row(train_src, _converter(spec), i, train_src.name)
-        if row is None:
-            continue
-        if _key(row) in held_keys:
-            dropped += 1
-            continue
-        train.append(_strip_completion(row))
+    train, dropped = _train_rows(usable, train_src, spec, [i for i in pool if i not in cold_idx], held_keys,
+                                 cfg.num_train)
     if not train and cold_idx:  # every row went to cold start: RL reuses them (never held-out ones)
         train = [_strip_completion(r) for r in _rows(usable, train_src, pool[:cfg.num_train], spec, train_src.name)]
         train = [r for r in train if _key(r) not in held_keys]
@@ -493,6 +472,41 @@ def generate_splits(cfg: "TaskSection", seed: int, *, sources: dict[str, Source]
     if refused:
         raise TaskError(refused)
     return {"cold_start": cold, "train": train, "heldout": heldout, "notes": bad_notes + notes, "dropped": bad_rows}
+
+
+def _heldout_cut(cfg: "TaskSection", dataset: str, train_src: Source, held_src: Source | None,
+                 notes: list[str]) -> tuple[list[int], list[int]]:
+    """(held-out row indices, train-split indices left for cold start and RL): a fixed sample of `held_src`,
+    or without one a fixed random cut of the train split (the same for every run seed)."""
+    if held_src is None:
+        order = list(range(len(train_src)))
+        random.Random(0).shuffle(order)
+        if len(order) <= cfg.num_heldout:
+            raise TaskError(f"task.num_heldout={cfg.num_heldout}: {dataset} has a single split of {len(order)} rows; "
+                            "leave some for training (or name a task.heldout_split)")
+        held_idx = sorted(order[:cfg.num_heldout])
+        notes.append(f"task: {dataset} has one split ('{train_src.name}'): held-out = a fixed random cut of "
+                     f"{len(held_idx)} rows (seed 0)")
+        return held_idx, order[cfg.num_heldout:]
+    resolve_columns(cfg.columns, held_src.columns, "task", dataset, held_src.name)
+    return _sample(len(held_src), cfg.num_heldout), list(range(len(train_src)))
+
+
+def _train_rows(usable: Usable, src: Source, spec: RowSpec, indices: list[int], held_keys: set,
+                limit: int) -> tuple[list[dict], int]:
+    """(up to `limit` usable rows of `src` at `indices`, answers only; how many were held-out questions)."""
+    train, dropped = [], 0
+    for i in indices:
+        if len(train) >= limit:
+            break
+        row = usable.row(src, _converter(spec), i, src.name)
+        if row is None:
+            continue
+        if _key(row) in held_keys:
+            dropped += 1
+            continue
+        train.append(_strip_completion(row))
+    return train, dropped
 
 
 def _strip_completion(row: dict) -> dict:
