@@ -10,24 +10,33 @@ from rl.lora import LoraParams
 
 
 @dataclass(frozen=True)
-class SFTParams:
-    """Learning hyper-parameters of an SFT run (the pipeline's stage configs extend this).
+class TrainingFields:
+    """The training fields every supervised trainer here takes, declared once: `SFTParams` extends them, and
+    so does the pipeline's distill section (its students train through `sft_train` / `logit_distill`).
 
-    `batch_size` is the batch of one optimizer step over all data-parallel workers; each worker runs its
-    share as micro-batches of `micro_batch_size` with gradient accumulation."""
+    `batch_size` is the batch of one optimizer step over all data-parallel workers."""
 
     epochs: float = 3.0
-    max_steps: int = -1
     learning_rate: float = 1e-3
     batch_size: int = 16
-    warmup_ratio: float = 0.05
-    weight_decay: float = 0.0
-    # bf16 autocast with fp32 master weights (TrainingArguments.bf16). On a CPU with AVX512-BF16/AMX it is
-    # ~1.6x faster per forward+backward than fp32 (docs/smollm2.md); elsewhere it can be slower.
-    bf16: bool = False
     # Tokens per example (prompt + completion); longer ones are truncated. Long chains of thought need
     # thousands (and a model whose max_position covers them).
     max_length: int = 256
+    # bf16 autocast with fp32 master weights (TrainingArguments.bf16). On a CPU with AVX512-BF16/AMX it is
+    # ~1.6x faster per forward+backward than fp32 (docs/smollm2.md); elsewhere it can be slower.
+    bf16: bool = False
+
+
+@dataclass(frozen=True)
+class SFTParams(TrainingFields):
+    """Learning hyper-parameters of an SFT run (the pipeline's stage configs extend this).
+
+    Each data-parallel worker runs its share of `batch_size` as micro-batches of `micro_batch_size` with
+    gradient accumulation."""
+
+    max_steps: int = -1
+    warmup_ratio: float = 0.05
+    weight_decay: float = 0.0
     micro_batch_size: int = 0  # rows per forward/backward on one device (0 = the worker's whole share)
     gradient_checkpointing: bool = False  # recompute activations in backward: less memory, more time
     dtype: str = "float32"  # weights of a model the pipeline loads for training (rl.params.DTYPES)

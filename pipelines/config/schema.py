@@ -1,5 +1,5 @@
 """The typed, frozen pipeline configuration: one section per YAML top-level key, composed into
-`PipelineConfig`. Learning hyper-parameters come from `rl` (the sections extend `SFTParams`,
+`PipelineConfig`. Learning hyper-parameters come from `rl` (the sections extend `SFTParams`, `TrainingFields`,
 `GRPOParams`, `TTSParams`); what a section adds is how its stage runs on the cluster.
 
 Resources are spelled one way everywhere: `cpus` / `gpus` are per worker of the kind they sit next to
@@ -17,7 +17,7 @@ from typing import Any, Mapping
 
 from rl.evaluation import TTSParams
 from rl.grpo import GRPOParams
-from rl.sft import SFTParams
+from rl.sft import SFTParams, TrainingFields
 from rl.tools import ToolParams
 
 
@@ -198,12 +198,16 @@ class MixSection:
 
 
 @dataclass(frozen=True)
-class DistillSection:
+class DistillSection(TrainingFields):
     """Teachers sample `samples_per_prompt` solutions for `num_prompts` training prompts through Ray
     rollout workers; verified ones are kept (rejection sampling + filters) and cached per teacher in
     `runs/<run>/traces/`. Every student is trained on every mix (each of `num_traces` traces; 0 = the
-    most every mix can fill); the first student on the first mix is the stage's checkpoint."""
+    most every mix can fill); the first student on the first mix is the stage's checkpoint. The students'
+    training fields are `rl.sft.TrainingFields` (epochs, learning_rate, batch_size, max_length, bf16), as
+    for SFT, with distillation's own defaults."""
 
+    epochs: float = 2.0
+    batch_size: int = 32
     enabled: bool = True
     samples_per_prompt: int = 4
     num_prompts: int = 2000
@@ -224,11 +228,6 @@ class DistillSection:
     method: str = "sft"  # sft: on the traces' tokens | logit: match the teacher's token distributions (TRL GKD)
     logit_beta: float = 0.0  # GKD's generalised JSD: 0 = forward KL, 1 = reverse KL
     logit_lmbda: float = 0.0  # GKD: fraction of batches the student samples itself (on-policy)
-    epochs: float = 2.0
-    learning_rate: float = 1e-3
-    batch_size: int = 32
-    max_length: int = 256  # longest training sequence (prompt + trace) in tokens; raise it for long CoT
-    bf16: bool = False  # bf16 autocast for the students' training (rl.sft.SFTParams.bf16)
     cpus: float = 1.0  # the students' training task
     gpus: float = 0.0
 
