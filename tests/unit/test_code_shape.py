@@ -10,15 +10,13 @@ PACKAGES = ("pipelines", "rl", "rewards", "cluster")
 MAX_LINES = 50
 REASON = "Long because"
 
-# Long functions in files another change of issue #23 is restructuring now; each entry must still be a
+# Long functions in stage files another change of issue #23 restructured, not split yet; each entry must still be a
 # long function without a reason (else the test fails, so the list only shrinks). Remove an entry when
 # its function is split or given a reason.
 PENDING = {
-    "pipelines/stages/grpo.py::_train_loop",
+    "pipelines/stages/grpo_learner.py::train_loop",
     "pipelines/stages/distill.py::teacher_pool",
     "pipelines/stages/distill.py::train_students",
-    "pipelines/config/rules.py::_grpo",
-    "pipelines/config/rules.py::_stage_contracts",
     "pipelines/driver.py::_run",
 }
 
