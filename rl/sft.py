@@ -108,18 +108,9 @@ def sft_train(model, tokenizer, rows: Sequence[dict], out_dir: Path, params: SFT
         data = Dataset.from_list(tokenized)
     else:
         data = Dataset.from_list([{"prompt": r["prompt"], "completion": r["completion"]} for r in rows])
-    args = SFTConfig(
-        output_dir=str(out_dir),
-        **params.trainer_args(world_size),
-        logging_steps=5,
-        save_strategy="no",
-        report_to=report_to,
-        seed=seed,
-        data_seed=seed,
-        use_cpu=default_use_cpu() if use_cpu is None else use_cpu,
-        disable_tqdm=True,
-        dataloader_num_workers=0,
-    )
+    args = SFTConfig(output_dir=str(out_dir), **params.trainer_args(world_size), logging_steps=5, save_strategy="no",
+                     report_to=report_to, seed=seed, data_seed=seed, disable_tqdm=True, dataloader_num_workers=0,
+                     use_cpu=default_use_cpu() if use_cpu is None else use_cpu)
     with no_dataset_bars():
         trainer = SFTTrainer(model=model, args=args, train_dataset=data, processing_class=tokenizer,
                              callbacks=[TimeBudget(time_budget_s), *callbacks], peft_config=params.lora.peft_config())
