@@ -4,6 +4,7 @@ before the next run starts, and a server that cannot clean up is replaced withou
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -15,9 +16,14 @@ from tests.unit.test_sandbox import CFG, only_server_left, procs_of, run_io, wai
 pytestmark = pytest.mark.skipif(not Path("/usr/bin/bwrap").exists(), reason="bubblewrap not installed")
 
 
+# A wall limit far above what a run takes even on a loaded machine, so that "answered before it" can only mean
+# the server did not wait for the run to end (its last statement sleeps past the limit).
+SLOW_CFG = dataclasses.replace(CFG, timeout_s=30.0)
+
+
 @pytest.fixture
 def sandbox():
-    sb = Sandbox(CFG)
+    sb = Sandbox(SLOW_CFG)
     yield sb
     sb.close()
     assert wait_until(lambda: not procs_of(sb)), f"left behind after close: {procs_of(sb)}"
@@ -28,20 +34,21 @@ def test_a_run_is_answered_once_its_tests_reported_and_what_it_left_running_dies
     # verdict is complete before it, so the answer does not wait for the limit, and the sleeper is killed
     # (and its file wiped) before the next run.
     tests = ("assert f(1) == 2\nassert f(2) == 3\n"
-             "_ = open('/tmp/planted', 'w').write('x')\nimport time\n_ = time.sleep(60)\n")
+             "_ = open('/tmp/planted', 'w').write('x')\nimport time\n_ = time.sleep(120)\n")
     r = sandbox.run("def f(x):\n    return x + 1\n", tests)
     assert r.tests == ["passed", "passed"] and r.status == "passed"
-    assert r.duration_s < CFG.timeout_s, r  # answered without waiting for the run's wall limit
+    assert r.duration_s < SLOW_CFG.timeout_s, r  # answered without waiting for the run's wall limit
     assert only_server_left(sandbox)
     r = run_io(sandbox, "import os\nprint(sorted(os.listdir('/tmp')), len([p for p in os.listdir('/proc') if p.isdigit()]))",
                "['run'] 2")
     assert r.status == "passed", r  # only the server and this run exist; nothing was planted
 
 
-def test_a_run_whose_tests_did_not_all_report_still_waits_for_its_fate(sandbox):
-    r = sandbox.run("def f(x):\n    return x + 1\n", "assert f(1) == 2\nimport time\n_ = time.sleep(60)\nassert f(2) == 3\n")
-    assert r.tests == ["passed", "timeout"] and r.status == "timeout"
-    assert only_server_left(sandbox)
+def test_a_run_whose_tests_did_not_all_report_still_waits_for_its_fate():
+    with Sandbox(CFG) as sb:
+        r = sb.run("def f(x):\n    return x + 1\n", "assert f(1) == 2\nimport time\n_ = time.sleep(120)\nassert f(2) == 3\n")
+        assert r.tests == ["passed", "timeout"] and r.status == "timeout"
+        assert only_server_left(sb)
 
 
 def test_a_server_that_cannot_clean_up_is_replaced_and_the_next_run_is_sent_again(monkeypatch):
