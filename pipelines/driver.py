@@ -70,12 +70,26 @@ def run_pipeline(cfg: PipelineConfig, say: Callable[[str], None] = print) -> dic
 
 
 def _run(cfg: PipelineConfig, folder: RunFolder, say: Callable[[str], None]) -> dict:
-    from cluster.runtime import connect, disconnect
+    data_digest = _prepare(cfg, folder, say)
+    stages = enabled_stages(cfg)
+    for stage in stages:  # every stage must fit before the first one starts
+        stage.check_cluster(cfg)
+    results: dict[str, dict] = {}
+    digests: dict[str, str] = {}
+    for i, stage in enumerate(stages, 1):
+        _run_stage(cfg, folder, stage, f"[{i}/{len(stages)}] {stage.name}", data_digest, results, digests, say)
+    return _finish(cfg, folder, results, say)
+
+
+def _prepare(cfg: PipelineConfig, folder: RunFolder, say: Callable[[str], None]) -> str:
+    """Prepare the data (before Ray starts: bad data fails fast), write config.yaml, connect to Ray; returns
+    the data's digest."""
+    from cluster.runtime import connect
     from pipelines.report.tracking import wandb_env
 
     quiet_libraries()
     try:
-        sizes, data_digest = prepare_data(cfg, say)  # before Ray starts: bad data fails fast
+        sizes, data_digest = prepare_data(cfg, say)
     except KeyboardInterrupt:  # the data is cached only once complete (its manifest is written last)
         raise RunInterrupted("interrupted while preparing the data; nothing was trained yet. Run the same command "
                              "again to start.") from None
@@ -84,48 +98,48 @@ def _run(cfg: PipelineConfig, folder: RunFolder, say: Callable[[str], None]) -> 
     (folder.path / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
     resources = connect(cfg.run.ray_address, cfg.run.num_cpus, env=wandb_env(cfg))
     say(f"ray: {resources.get('CPU', 0):g} CPU, {resources.get('GPU', 0):g} GPU")
-    stages = enabled_stages(cfg)
-    for stage in stages:  # every stage must fit before the first one starts
-        stage.check_cluster(cfg)
+    return data_digest
 
-    results: dict[str, dict] = {}
-    digests: dict[str, str] = {}
-    for i, stage in enumerate(stages, 1):
-        tag = f"[{i}/{len(stages)}] {stage.name}"
-        init = start_checkpoint(cfg, stage)
-        inputs = {"data": data_digest, "init": _digest_of(init, digests, folder)}
-        inputs.update({f"stage:{s}": _digest_of(folder.stage(s), digests, folder) for s in stage.depends_on(cfg)})
-        final = folder.stage(stage.name)
-        if final.exists():
-            reason = why_not_finished(final, inputs)
-            if reason is None:
-                manifest = read_manifest(final)
-                results[stage.name], digests[stage.name] = manifest["metrics"], manifest["digest"]
-                say(f"{tag}: already finished, skipped (accuracy {results[stage.name]['accuracy']:.3f})")
-                continue
-            say(f"{tag}: redoing it: {reason}; the old folder is kept as {folder.set_aside(final).name}/")
-        say(f"{tag}: running")
-        partial = folder.partial(stage.name)
-        remove_partial(partial)  # leftovers of an interrupted attempt of ours (we hold the lock)
-        partial.mkdir()
-        ctx = StageContext(run_dir=folder.path, out_dir=partial, init=init, earlier=dict(results), inputs=inputs,
-                           resources=stage.resources(cfg))
-        start = time.monotonic()
-        try:
-            metrics = stage.run(cfg, ctx)
-        except KeyboardInterrupt:
-            disconnect()
-            raise RunInterrupted(_resume_hint(cfg, stage)) from None
-        except Exception as e:
-            _stage_failed(cfg, folder, stage.name, results, e)
-            raise
-        metrics["wall_time_s"] = time.monotonic() - start
-        manifest = write_manifest(partial, {"stage": stage.name, "config": to_dict(cfg), "metrics": metrics,
-                                            "inputs": inputs, "finished_at": time.time()})
-        partial.replace(final)
-        results[stage.name], digests[stage.name] = metrics, manifest["digest"]
-        say(f"{tag}: accuracy {metrics['accuracy']:.3f} in {metrics['wall_time_s']:.0f}s")
-    return _finish(cfg, folder, results, say)
+
+def _run_stage(cfg: PipelineConfig, folder: RunFolder, stage: Stage, tag: str, data_digest: str, results: dict,
+               digests: dict, say: Callable[[str], None]) -> None:
+    """Skip `stage` if its folder is finished with the same inputs, else run it into `<stage>.partial/` and
+    rename that to `<stage>/` with its manifest; its metrics and digest go into `results` and `digests`."""
+    from cluster.runtime import disconnect
+
+    init = start_checkpoint(cfg, stage)
+    inputs = {"data": data_digest, "init": _digest_of(init, digests, folder)}
+    inputs.update({f"stage:{s}": _digest_of(folder.stage(s), digests, folder) for s in stage.depends_on(cfg)})
+    final = folder.stage(stage.name)
+    if final.exists():
+        reason = why_not_finished(final, inputs)
+        if reason is None:
+            manifest = read_manifest(final)
+            results[stage.name], digests[stage.name] = manifest["metrics"], manifest["digest"]
+            say(f"{tag}: already finished, skipped (accuracy {results[stage.name]['accuracy']:.3f})")
+            return
+        say(f"{tag}: redoing it: {reason}; the old folder is kept as {folder.set_aside(final).name}/")
+    say(f"{tag}: running")
+    partial = folder.partial(stage.name)
+    remove_partial(partial)  # leftovers of an interrupted attempt of ours (we hold the lock)
+    partial.mkdir()
+    ctx = StageContext(run_dir=folder.path, out_dir=partial, init=init, earlier=dict(results), inputs=inputs,
+                       resources=stage.resources(cfg))
+    start = time.monotonic()
+    try:
+        metrics = stage.run(cfg, ctx)
+    except KeyboardInterrupt:
+        disconnect()
+        raise RunInterrupted(_resume_hint(cfg, stage)) from None
+    except Exception as e:
+        _stage_failed(cfg, folder, stage.name, results, e)
+        raise
+    metrics["wall_time_s"] = time.monotonic() - start
+    manifest = write_manifest(partial, {"stage": stage.name, "config": to_dict(cfg), "metrics": metrics,
+                                        "inputs": inputs, "finished_at": time.time()})
+    partial.replace(final)
+    results[stage.name], digests[stage.name] = metrics, manifest["digest"]
+    say(f"{tag}: accuracy {metrics['accuracy']:.3f} in {metrics['wall_time_s']:.0f}s")
 
 
 def _finish(cfg: PipelineConfig, folder: RunFolder, results: dict, say: Callable[[str], None]) -> dict:

@@ -87,11 +87,12 @@ def evaluate_model(model, tokenizer, rows: list[dict], cfg: "EvalSection", desc:
     return result
 
 
-def heldout_accuracy(model, tokenizer, rows: list[dict], cfg: "EvalSection") -> dict:
+def heldout_accuracy(model, tokenizer, rows: list[dict], cfg: "EvalSection", tools=None) -> dict:
     """Greedy pass@1 on `rows` as `evaluate_model` measures it, without progress lines or samples: the
-    check a stage runs on its model while it trains (`rl.callbacks.HeldoutEval`)."""
+    check a stage runs on its model while it trains (`rl.callbacks.HeldoutEval`). With `tools` (a run trained
+    with the tool) the model may call it, as in the stage's own evaluation, so the curve ends where it does."""
     outs = generate(model, tokenizer, [r["prompt"] for r in rows], max_new_tokens=cfg.max_new_tokens,
-                    batch_size=cfg.batch_size)
+                    batch_size=cfg.batch_size, tools=tools)
     return summarize(row_scores([o[0] for o in outs], rows))
 
 

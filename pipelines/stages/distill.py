@@ -13,6 +13,7 @@ once the actors are gone, so on a small machine they never compete for the same 
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import math
@@ -32,7 +33,7 @@ from rewards.registry import get_reward
 from rl.progress import ProgressLine
 from rl.metrics import generate_flops, train_flops
 from rl.modeling import count_params, load_policy
-from rl.sft import SFTParams, sft_train
+from rl.sft import SFTParams, TrainingFields, sft_train
 from rl.traces import SHORT, build_mix, largest_mix, mix_counts, mix_shares, select_traces
 
 if TYPE_CHECKING:
@@ -220,30 +221,11 @@ def teacher_pool(cfg, name: str, rows: list[dict]) -> tuple[list[dict], dict]:
         return read_jsonl(cache), data
     from transformers import AutoTokenizer
 
-    from cluster.rollout import RolloutPool
-    from rl.rollout import SamplingParams, engine_factory
-
     tok = AutoTokenizer.from_pretrained(path)
     k = d.samples_per_prompt
     prompt_ids = [tok(r["prompt"], add_special_tokens=False)["input_ids"] for r in rows for _ in range(k)]
-    sp = SamplingParams(max_new_tokens=d.max_new_tokens, temperature=d.temperature)
-    factory = engine_factory("hf", str(path), use_gpu=d.rollout_gpus > 0)
-    if tools is not None:
-        from pipelines.tool_use import wrap_engine_factory
-
-        factory = wrap_engine_factory(factory, path, tools)
-    pool = RolloutPool(factory, num_workers=d.rollout_workers, cpus_per_worker=d.rollout_cpus,
-                       gpus_per_worker=d.rollout_gpus)
-    start, ids = time.monotonic(), []
-    bar = ProgressLine(f"distill: {Path(name).name} traces", len(prompt_ids))
-    try:
-        chunk = 512 * d.rollout_workers
-        for i in range(0, len(prompt_ids), chunk):
-            ids += pool.generate(prompt_ids[i:i + chunk], sp, seed=cfg.run.seed + i)["completion_ids"]
-            bar.update(len(prompt_ids[i:i + chunk]))
-    finally:
-        bar.close()
-        pool.shutdown()
+    start = time.monotonic()
+    ids = _sample(cfg, path, tools, prompt_ids, f"distill: {Path(name).name} traces")
     texts = tok.batch_decode(ids, skip_special_tokens=True)
     lengths = [len(x) for x in ids]
     ok = _accept(cfg, texts, [r for r in rows for _ in range(k)])
@@ -260,6 +242,34 @@ def teacher_pool(cfg, name: str, rows: list[dict]) -> tuple[list[dict], dict]:
     write_jsonl(cache, traces)
     cache.with_suffix(".stats.json").write_text(json.dumps(stats, indent=2))
     return traces, stats
+
+
+def _sample(cfg, path: Path, tools, prompt_ids: list[list[int]], label: str) -> list[list[int]]:
+    """Completions of the teacher at `path` (with its tool, if it was trained with one) for `prompt_ids`, from
+    a Ray rollout pool of `distill.rollout_workers`, in chunks (a progress line per chunk)."""
+    from cluster.rollout import RolloutPool
+    from rl.rollout import SamplingParams, engine_factory
+
+    d = cfg.distill
+    sp = SamplingParams(max_new_tokens=d.max_new_tokens, temperature=d.temperature)
+    factory = engine_factory("hf", str(path), use_gpu=d.rollout_gpus > 0)
+    if tools is not None:
+        from pipelines.tool_use import wrap_engine_factory
+
+        factory = wrap_engine_factory(factory, path, tools)
+    pool = RolloutPool(factory, num_workers=d.rollout_workers, cpus_per_worker=d.rollout_cpus,
+                       gpus_per_worker=d.rollout_gpus)
+    ids: list[list[int]] = []
+    bar = ProgressLine(label, len(prompt_ids))
+    try:
+        chunk = 512 * d.rollout_workers
+        for i in range(0, len(prompt_ids), chunk):
+            ids += pool.generate(prompt_ids[i:i + chunk], sp, seed=cfg.run.seed + i)["completion_ids"]
+            bar.update(len(prompt_ids[i:i + chunk]))
+    finally:
+        bar.close()
+        pool.shutdown()
+    return ids
 
 
 def _param_count(path: Path) -> int:
@@ -334,17 +344,37 @@ def _student(cfg, scfg, tok):
     return truncate_layers(load_policy(teacher_path(cfg, scfg.path or TRUNCATE_FROM))[0], scfg.num_layers)
 
 
-def train_students(cfg: "PipelineConfig", ctx: StageContext) -> dict:
-    """Ray task: every student (model section) on every mix, each evaluated on the held-out split."""
+def _train_student(cfg: "PipelineConfig", model, tok, traces: list[dict], dest: Path, params: SFTParams,
+                   teachers: dict, mix: str, label: str) -> dict:
+    """Train one student in place on one mix's traces: SFT on them, or logit distillation from the mix's main
+    teacher (loaded once into `teachers`). Returns the trainer's metrics."""
     from rl.callbacks import MetricHistory, Progress  # (transformers' trainer: only where a stage trains)
 
+    d, device = cfg.distill, device_for(cfg.distill.gpus)
+    if d.method == "logit":
+        from rl.distill import logit_distill
+
+        name = max(d.mixes[mix].teachers.items(), key=lambda kv: kv[1])[0]
+        if name not in teachers:  # one load per teacher, not per (student, mix)
+            teachers[name] = load_policy(teacher_path(cfg, name), device=device)[0]
+        return logit_distill(model, teachers[name], tok, traces, dest / "trainer", params, beta=d.logit_beta,
+                             lmbda=d.logit_lmbda, seed=cfg.run.seed, max_new_tokens=d.max_new_tokens,
+                             report_to=tracking.report_to(cfg), use_cpu=not d.gpus)
+    # tool traces (a teacher trained with the tool): the student learns its own tokens, not the tool's
+    return sft_train(model, tok, traces, dest / "trainer", params, seed=cfg.run.seed, use_cpu=not d.gpus,
+                     report_to=tracking.report_to(cfg), callbacks=[Progress(label), MetricHistory(dest / "history.jsonl")],
+                     mask_tool_outputs=cfg.grpo.tools.enabled)
+
+
+def train_students(cfg: "PipelineConfig", ctx: StageContext) -> dict:
+    """Ray task: every student (model section) on every mix, each evaluated on the held-out split."""
     d, out = cfg.distill, ctx.out_dir
     start_task(d.cpus)
     tok = load_tokenizer(cfg)
     device = device_for(d.gpus)
     run = tracking.start_stage_run(cfg, "distill")
-    params = SFTParams(epochs=d.epochs, learning_rate=d.learning_rate, batch_size=d.batch_size, bf16=d.bf16,
-                       max_length=d.max_length)
+    # The shared training fields (rl.sft.TrainingFields), as the distill section sets them.
+    params = SFTParams(**{f.name: getattr(d, f.name) for f in dataclasses.fields(TrainingFields)})
     students, flops, teachers = [], 0.0, {}
     for si, (sname, scfg) in enumerate(d.students.items()):
         for mi, mname in enumerate(d.mixes):
@@ -352,22 +382,7 @@ def train_students(cfg: "PipelineConfig", ctx: StageContext) -> dict:
             model = _student(cfg, scfg, tok).to(device or "cpu")
             dest = out if si == mi == 0 else out / "students" / f"{sname}-{mname}"
             start = time.monotonic()
-            if d.method == "logit":
-                from rl.distill import logit_distill
-
-                name = max(d.mixes[mname].teachers.items(), key=lambda kv: kv[1])[0]
-                if name not in teachers:  # one load per teacher, not per (student, mix)
-                    teachers[name] = load_policy(teacher_path(cfg, name), device=device)[0]
-                m = logit_distill(model, teachers[name], tok, traces, dest / "trainer", params,
-                                  beta=d.logit_beta, lmbda=d.logit_lmbda, seed=cfg.run.seed,
-                                  max_new_tokens=d.max_new_tokens, report_to=tracking.report_to(cfg),
-                                  use_cpu=not d.gpus)
-            else:
-                # tool traces (a teacher trained with the tool): the student learns its own tokens, not the tool's
-                m = sft_train(model, tok, traces, dest / "trainer", params, seed=cfg.run.seed, use_cpu=not d.gpus,
-                              report_to=tracking.report_to(cfg), callbacks=[Progress(f"distill: {sname} on {mname}"),
-                                                                   MetricHistory(dest / "history.jsonl")],
-                              mask_tool_outputs=cfg.grpo.tools.enabled)
+            m = _train_student(cfg, model, tok, traces, dest, params, teachers, mname, f"distill: {sname} on {mname}")
             train_time = time.monotonic() - start
             save_checkpoint(model, tok, dest)
             if cfg.grpo.tools.enabled:  # trained on tool-using traces: evaluated (and `rayzero eval`ed) with the tool

@@ -56,7 +56,7 @@ def latest_checkpoint(path: Path) -> Path | None:
 
 def train_loop(config: dict) -> None:
     """One learner rank: every rank trains (data parallel over the group's prompts); rank 0 saves,
-    evaluates and logs."""
+    evaluates and logs (`_finish`)."""
     # Imported here, in the learner: the driver imports every stage module and needs none of TRL/PEFT.
     from rl.callbacks import Progress, TimeBudget
     from rl.grpo import make_grpo_trainer
@@ -68,14 +68,7 @@ def train_loop(config: dict) -> None:
     g, out, folder = cfg.grpo, ctx.out_dir, RunFolder(cfg.run_dir)
     label = config.get("label", "grpo")  # GRPOStage.run's label: another stage's GRPO arm (no_tool)
     start_task(g.cpus)
-    ds_config = None
-    if g.zero_stage:
-        from rl.zero import deepspeed_config, init_distributed_for_zero3
-
-        if g.zero_stage == 3:
-            init_distributed_for_zero3(g.use_gpu)
-        ds_config = deepspeed_config(g.zero_stage, use_gpu=g.use_gpu, offload_optimizer=g.offload_optimizer,
-                                     offload_params=g.offload_params)
+    ds_config = _deepspeed_config(g)
     ckpts = checkpoint_dir(cfg.run_dir, label)
     resume = latest_checkpoint(ckpts) if g.save_steps else None
     finished = resume is not None and int(resume.name.rsplit("-", 1)[1]) >= g.max_steps
@@ -83,25 +76,12 @@ def train_loop(config: dict) -> None:
     model, tok = load_policy(resume if finished else ctx.init, g.dtype, attn_implementation=g.attn_implementation)
     if g.use_gpu and not g.zero_stage:
         model = model.to(f"cuda:{local_rank}")
-    rollout_func = None
-    if config.get("rollout") is not None:
-        from rl.rollout import make_rollout_func
-
-        from rl.rollout import engine_dtype
-
-        # A collective sync receives into the engines' own tensors: send the weights in their dtype.
-        rollout_func = make_rollout_func(config["rollout"], sync_every=g.sync_every, seed=cfg.run.seed, overlap=g.overlap,
-                                         weight_dtype=engine_dtype("auto", g.use_gpu))
-    elif g.tools.enabled:  # in-learner generation with tool calls (the pool's engines run them themselves)
-        from pipelines.tool_use import learner_rollout_func
-
-        rollout_func = learner_rollout_func(g.tools)
     fns, weights = reward_functions(cfg, config.get("reward"))
     run = tracking.start_stage_run(cfg, label) if rank == 0 else None
     budget = TimeBudget(g.time_budget_s)
     callbacks = [budget] + ([Progress(f"{label}: train")] if rank == 0 else [])
     trainer = make_grpo_trainer(model, tok, read_jsonl(folder.data("train")), fns, weights, ckpts, g,
-                                callbacks=callbacks, rollout_func=rollout_func, seed=cfg.run.seed,
+                                callbacks=callbacks, rollout_func=_rollout_func(config, cfg), seed=cfg.run.seed,
                                 report_to=tracking.report_to(cfg) if rank == 0 else "none", use_cpu=not g.use_gpu,
                                 world_size=world, deepspeed=ds_config, save_steps=g.save_steps,
                                 use_vllm=g.in_learner_vllm)
@@ -116,14 +96,48 @@ def train_loop(config: dict) -> None:
         trainer.state = TrainerState.load_from_json(str(resume / "trainer_state.json"))
     else:
         trainer.train(resume_from_checkpoint=str(resume) if resume else None)
-    # Held-out evaluations during training are not training time (nor the equal-time baseline's budget).
-    eval_s = sum(h.get("heldout/eval_s", 0.0) for h in trainer.state.log_history if HELDOUT in h)
     train_time = time.monotonic() - start - budget.paused
     # Every rank takes part: under ZeRO-3 saving gathers the shards into one full checkpoint. The folder
     # holds the model (LoRA merged into it; the adapter alone in adapter/), its generation config and tokenizer.
     save_policy(trainer, out)
-    if rank != 0:
-        return
+    if rank == 0:
+        _finish(trainer, cfg, tok, out, label, run, {"train_time_s": train_time, "num_workers": world,
+                                                     "resumed_from": str(resume) if resume else None}, local_rank)
+
+
+def _deepspeed_config(g) -> dict | None:
+    """The DeepSpeed config of the learner's ZeRO stage (None: plain DDP); ZeRO-3 starts its process group first."""
+    if not g.zero_stage:
+        return None
+    from rl.zero import deepspeed_config, init_distributed_for_zero3
+
+    if g.zero_stage == 3:
+        init_distributed_for_zero3(g.use_gpu)
+    return deepspeed_config(g.zero_stage, use_gpu=g.use_gpu, offload_optimizer=g.offload_optimizer,
+                            offload_params=g.offload_params)
+
+
+def _rollout_func(config: dict, cfg: "PipelineConfig"):
+    """Where rollouts come from: the rollout pool (synced with the learner), the learner itself with tool calls,
+    or None (TRL generates in the learner)."""
+    g = cfg.grpo
+    if config.get("rollout") is not None:
+        from rl.rollout import engine_dtype, make_rollout_func
+
+        # A collective sync receives into the engines' own tensors: send the weights in their dtype.
+        return make_rollout_func(config["rollout"], sync_every=g.sync_every, seed=cfg.run.seed, overlap=g.overlap,
+                                 weight_dtype=engine_dtype("auto", g.use_gpu))
+    if g.tools.enabled:  # in-learner generation with tool calls (the pool's engines run them themselves)
+        from pipelines.tool_use import learner_rollout_func
+
+        return learner_rollout_func(g.tools)
+    return None
+
+
+def _finish(trainer, cfg: "PipelineConfig", tok, out, label: str, run, known: dict, local_rank: int) -> None:
+    """Rank 0 after training: mark a tool checkpoint, write the history, evaluate the consolidated weights and
+    write metrics.json (`known`: what the loop measured itself)."""
+    g = cfg.grpo
     if g.tools.enabled:
         from pipelines.tool_use import mark_checkpoint
 
@@ -139,26 +153,31 @@ def train_loop(config: dict) -> None:
     # The consolidated weights, whatever the learner's sharding was, on this worker's device.
     model, _ = load_policy(out, "auto" if g.use_gpu else "float32", device=f"cuda:{local_rank}" if g.use_gpu else None)
     after = evaluate_stage(model, tok, cfg, f"{label}: eval")
-    curve = _heldout_curve(trainer.state, after["accuracy"], out / "history.jsonl", label)
-    history = [h for h in trainer.state.log_history if "reward" in h]
-    metrics = {
-        "accuracy": after["accuracy"], "params": count_params(model), "train_time_s": train_time,
-        "steps": trainer.state.global_step, "num_tokens": int(trainer.state.num_input_tokens_seen),
-        "num_workers": world, "zero_stage": g.zero_stage,
-        "rollout_workers": g.rollout_workers, "resumed_from": str(resume) if resume else None,
+    metrics = _metrics(trainer.state, g, after, count_params(model), known)
+    metrics["heldout_curve"] = _heldout_curve(trainer.state, after["accuracy"], out / "history.jsonl", label)
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    tracking.finish(run, {"eval/accuracy": after["accuracy"], "params": metrics["params"]}, eval_samples=after["samples"],
+                    checkpoint=out)
+
+
+def _metrics(state, g, after: dict, params: int, known: dict) -> dict:
+    """The stage's metrics from the trainer's state and the final evaluation."""
+    history = [h for h in state.log_history if "reward" in h]
+    return {
+        "accuracy": after["accuracy"], "params": params, **known,
+        "steps": state.global_step, "num_tokens": int(state.num_input_tokens_seen),
+        "zero_stage": g.zero_stage, "rollout_workers": g.rollout_workers,
         "reward_first": history[0]["reward"] if history else None,
         "reward_last": history[-1]["reward"] if history else None,
         "samples": after["samples"], "benchmarks": after.get("benchmarks", {}),
         "unparsed_gold": after.get("unparsed_gold", 0),
-        # Held-out greedy pass@1 along training: start, every grpo.eval_every share of the budget, end.
-        "heldout_curve": curve, "heldout_eval_s": eval_s,
+        # Held-out evaluations during training are not training time (nor the equal-time baseline's budget);
+        # the curve itself (start, every grpo.eval_every share of the budget, end) is added by `_finish`.
+        "heldout_eval_s": sum(h.get("heldout/eval_s", 0.0) for h in state.log_history if HELDOUT in h),
         **{k: after[k] for k in ("accuracy_no_tool", "tool_gain", "tool_calls_per_sample", "tool_error_rate") if k in after},
         # The logged curve, compact: on-policy reward, dynamic sampling and rollout timings.
         "log": [{k: round(h[k], 4) for k in _LOGGED if k in h} | {"step": h["step"]} for h in history],
     }
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    tracking.finish(run, {"eval/accuracy": after["accuracy"], "params": metrics["params"]}, eval_samples=after["samples"],
-                    checkpoint=out)
 
 
 HELDOUT = "heldout/accuracy"  # rl.callbacks.HeldoutEval.KEY, the key plots and report read
@@ -172,7 +191,13 @@ def _heldout_callback(trainer, cfg: "PipelineConfig", tok, budget):
     g = cfg.grpo
     rows = read_jsonl(RunFolder(cfg.run_dir).data("heldout"))
     every = g.eval_every or g.max_steps / 4
-    return HeldoutEval(trainer, lambda model: heldout_accuracy(model, tok, rows, cfg.eval), fraction=every / g.max_steps,
+    tools = None
+    if g.tools.enabled:  # the policy calls the tool: measured with it, as its final evaluation is
+        from pipelines.tool_use import eval_tools
+
+        tools = eval_tools(g.tools)
+    return HeldoutEval(trainer, lambda model: heldout_accuracy(model, tok, rows, cfg.eval, tools=tools),
+                       fraction=every / g.max_steps,
                        budget=budget, desc="grpo", on_point=_log_point)
 
 

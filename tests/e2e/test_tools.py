@@ -48,6 +48,10 @@ def test_tool_run_reports_tool_figures_and_marks_checkpoints(tool_run):
         assert json.loads((tool_run / stage / "tools.json").read_text())["max_calls"] == 2
     rows = [json.loads(line) for line in (tool_run / "data" / "cold_start.jsonl").open()]
     assert all(r["completion"].endswith(f"<output>{r['answer']}</output><answer>{r['answer']}</answer>") for r in rows)
+    # GRPO's held-out curve measures the policy with the tool, as the stages' evaluations do: at step 0 it is
+    # the SFT policy, so it starts where SFT's evaluation ended
+    curve = grpo["heldout_curve"]
+    assert curve[0]["step"] == 0 and curve[0]["accuracy"] == pytest.approx(report["stages"]["sft"]["accuracy"])
     history = [json.loads(line) for line in (tool_run / "grpo" / "history.jsonl").open()]
     # the pool's tool engine sent its mask and counts back through the rollout actor to the learner
     assert any("tools/tool_calls_per_sample" in h for h in history)
