@@ -147,8 +147,9 @@ def _child(stdin_r, stdout_w, stderr_w, result_w, job_r):
 
 
 def _isolate(stdin_r, stdout_w, stderr_w, result_w, job_r):
-    """The child's own process group, fds 0-4 (stdin, stdout, stderr, results, job), a private run folder and
-    a minimal environment."""
+    """The child's own process group, fds 0-4 (stdin, stdout, stderr, results, job) and a private run folder.
+    Its environment and sys.std* objects were made once in the server (`_run_environment`) and came with the
+    fork: made here, they cost ~200 copy-on-write page faults per run (~0.8 ms in a VM)."""
     os.setsid()  # own process group, so the server can kill it as a unit
     os.dup2(stdin_r, 0)
     os.dup2(stdout_w, 1)
@@ -156,16 +157,31 @@ def _isolate(stdin_r, stdout_w, stderr_w, result_w, job_r):
     os.dup2(result_w, 3)
     os.dup2(job_r, 4)
     os.closerange(5, 65536)
-    run_dir = "/tmp/run"
-    os.mkdir(run_dir, 0o700)
-    os.chdir(run_dir)
+    os.mkdir(RUN_DIR, 0o700)
+    os.chdir(RUN_DIR)
     os.umask(0o077)
+
+
+RUN_DIR = "/tmp/run"
+
+
+def _run_environment():
+    """In the server, once: the environment and sys.stdin/stdout/stderr every run starts with. The std objects
+    wrap fds 0-2, which in a child are its pipes (`_isolate`); they are made while 0-2 are a pipe too, so
+    that they see what a child's see (not seekable, not a tty). The server itself never uses them."""
     os.environ.clear()
-    os.environ.update(PATH="/usr/bin:/bin", HOME=run_dir, TMPDIR=run_dir, LANG="C.UTF-8")
+    os.environ.update(PATH="/usr/bin:/bin", HOME=RUN_DIR, TMPDIR=RUN_DIR, LANG="C.UTF-8")
+    r, w = os.pipe()
+    saved = [os.dup(fd) for fd in (0, 1, 2)]
+    os.dup2(r, 0), os.dup2(w, 1), os.dup2(w, 2)
     sys.stdin = open(0, "r", encoding="utf-8", closefd=False)  # LANG=C.UTF-8 anyway; skips the locale lookup
     sys.stdout = open(1, "w", encoding="utf-8", closefd=False)
     sys.stderr = open(2, "w", encoding="utf-8", closefd=False, buffering=1)
     sys.argv = ["solution.py"]
+    for fd, old in zip((0, 1, 2), saved):
+        os.dup2(old, fd)
+        os.close(old)
+    os.close(r), os.close(w)
 
 
 def _wait_for_job():
@@ -420,6 +436,7 @@ def main():
     null = os.open("/dev/null", os.O_RDWR)
     os.dup2(null, 0), os.dup2(null, 1)
     os.set_inheritable(rfd, False), os.set_inheritable(wfd, False)
+    _run_environment()
     _preload()
     prefork()
     _send(wfd, {"ready": os.getpid()})

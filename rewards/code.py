@@ -30,6 +30,7 @@ from typing import Any, Callable, Literal, Sequence
 
 from rewards.base import completion_text, register
 from rewards.sandbox import RunResult, Sandbox, SandboxConfig
+from rewards.sandbox_pool import SandboxPool
 
 # What the pipeline may pass as `executor`: (completion_text, tests, entry_point) per completion -> scores
 Executor = Callable[[list[tuple[str, Any, "str | None"]]], list["float | None"]]
@@ -143,34 +144,36 @@ def score_one(sandbox: Sandbox, completion: Any, tests: Any, entry_point: str | 
 
 
 _local = threading.local()
-_all_sandboxes: "weakref.WeakSet[Sandbox]" = weakref.WeakSet()
+_all_pools: "weakref.WeakSet[SandboxPool]" = weakref.WeakSet()
 
 
-def _thread_sandbox(config: SandboxConfig) -> Sandbox:
-    # One fork-server per (thread, config): runs in a sandbox are serialised, threads must not queue.
-    cache = getattr(_local, "sandboxes", None)
+def _thread_pool(config: SandboxConfig) -> SandboxPool:
+    # One pool of fork-servers per (thread, config): runs in a sandbox are serialised, threads must not queue.
+    cache = getattr(_local, "pools", None)
     if cache is None:
-        cache = _local.sandboxes = {}
+        cache = _local.pools = {}
     if config not in cache:
-        cache[config] = Sandbox(config)
-        _all_sandboxes.add(cache[config])
+        cache[config] = SandboxPool(config)
+        _all_pools.add(cache[config])
     return cache[config]
 
 
 @atexit.register
 def close_sandboxes() -> None:
     """Stop every fork-server the in-process code reward started (they restart on next use)."""
-    for sb in list(_all_sandboxes):
-        sb.close()
+    for pool in list(_all_pools):
+        pool.close()
 
 
 def code_accuracy(completions: list, tests: list, entry_point: list | None = None, *, mode: Literal["fraction", "all"] = "fraction",
                   config: SandboxConfig | None = None, **_: Any) -> list[float | None]:
-    """Fraction of the row's tests the completion's program passes (or all-or-nothing), in-process."""
+    """Fraction of the row's tests the completion's program passes (or all-or-nothing), in-process: the
+    batch is spread over a few sandboxes side by side (rewards/sandbox_pool.py)."""
     _check_mode(mode)
-    sandbox = _thread_sandbox(config or SandboxConfig())
+    pool = _thread_pool(config or SandboxConfig())
     eps = entry_point if entry_point is not None else [None] * len(completions)
-    return [score_one(sandbox, c, t, e, mode) for c, t, e in zip(completions, tests, eps, strict=True)]
+    items = list(zip(completions, tests, eps, strict=True))
+    return pool.map(lambda sandbox, item: score_one(sandbox, *item, mode), items)
 
 
 def sandbox_config(timeout_s: float = 5.0, memory_mb: int = 1024, **sandbox_overrides: Any) -> SandboxConfig:
@@ -218,7 +221,7 @@ def _row_tests(tests: Any, setup: Any, imports: Any) -> Any:
 def make_code_accuracy(mode: Literal["fraction", "all"] = "fraction", timeout_s: float = 5.0, memory_mb: int = 1024,
                        executor: Executor | None = None, **sandbox_overrides: Any):
     """Factory. Without `executor` the batch is scored in the calling process (one fork-server per
-    thread). With it, `executor(items)` scores the batch: one (completion_text, tests, entry_point) tuple
+    thread, a few side by side). With it, `executor(items)` scores the batch: one (completion_text, tests, entry_point) tuple
     per completion, scores returned in order (the pipeline passes one backed by a Ray actor pool of
     CodeScorers built by `code_scorer_factory`). Optional dataset columns `test_setup_code` and
     `test_imports` (MBPP) run before the row's asserts."""

@@ -54,6 +54,7 @@ What it does NOT protect against (be honest about the remaining attack surface):
 from __future__ import annotations
 
 import ast
+import concurrent.futures
 import functools
 import json
 import os
@@ -76,6 +77,19 @@ MARKER = "rayzero-sandbox"  # in every sandbox command line, so tests and operat
 # it uses (rewards/_plain_asserts.py) and its cleanup between runs (rewards/_sandbox_cleanup.py) are prepended.
 _SERVER_SRC = "\n\n".join(Path(__file__).with_name(f).read_text()
                           for f in ("_plain_asserts.py", "_sandbox_cleanup.py", "_sandbox_server.py"))
+# bwrap's --die-with-parent is the kernel's parent-death signal, which fires when the *thread* that started
+# it exits: a sandbox first used from a short-lived thread (a batch's worker) would be SIGKILLed under its
+# next run. So every sandbox is started from one long-lived thread (one per process: a forked child has none).
+_SPAWNER: tuple[int, concurrent.futures.ThreadPoolExecutor] | None = None
+
+
+def _spawner() -> concurrent.futures.ThreadPoolExecutor:
+    global _SPAWNER
+    if _SPAWNER is None or _SPAWNER[0] != os.getpid():
+        _SPAWNER = (os.getpid(), concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="sandbox-spawner"))
+    return _SPAWNER[1]
+
+
 _ETC_FILES = ("ld.so.cache", "ld.so.conf", "localtime", "passwd", "group", "nsswitch.conf")
 
 
@@ -257,8 +271,8 @@ class Sandbox:
             # Join the cgroups before bwrap forks, via a tiny shell (preexec_fn is unsafe with threads).
             cmd = ["/bin/sh", "-c", 'for f in $RZ_CGROUPS; do echo $$ > "$f" || exit 111; done; exec "$@"', "sh", *cmd]
         env = {"PATH": "/usr/bin:/bin", "RZ_CGROUPS": " ".join(self._cg.procs_files)}
-        self._proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
-                                      start_new_session=True, close_fds=True)
+        self._proc = _spawner().submit(subprocess.Popen, cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                     env=env, start_new_session=True, close_fds=True).result()
         self.starts += 1
         try:
             hello = self._recv(deadline=time.monotonic() + 30)
