@@ -23,8 +23,8 @@ reasoning-gym chain_sum). Prints, per mode: samples/s, seconds per step (mean ov
 where the time goes (generation, rewards, loss forward, the rest = backward + optimizer + bookkeeping), and
 the process CPU time per step (all threads; with --threads 1 the measure least disturbed by other load),
 the achieved GFLOP/s (useful model FLOPs: 2·N per generated-or-prefilled token, 6·N per trained token, N =
-non-embedding parameters, plus the LM head on completion tokens) beside this machine's bf16 matmul rate
-measured in the same process.
+non-embedding parameters, plus the LM head on completion tokens) beside this machine's matmul rate in the
+learner's dtype (bf16 where the CPU has bf16 hardware, else fp32), measured in the same process.
 """
 
 from __future__ import annotations
@@ -252,7 +252,12 @@ def main() -> None:
     torch.set_num_threads(args.threads or os.cpu_count() or 2)
     modes = args.modes.split(",")
     load = [os.getloadavg()[0]]
-    rate = [matmul_rate()]
+    # The dtype the learner computes in here (precision "auto"): bf16 where the CPU has bf16 hardware; without
+    # it bf16 is emulated (~0.2 GFLOP/s, a 2048^3 product takes ~50 s) and rayzero trains in fp32.
+    from rl.precision import bf16_native
+
+    peak_dtype = "bfloat16" if bf16_native() else "float32"
+    rate = [matmul_rate(peak_dtype)]
     results: dict[str, list[dict]] = {m: [] for m in modes}
     with tempfile.TemporaryDirectory() as d:
         workdir = Path(d)
@@ -263,7 +268,7 @@ def main() -> None:
                 results[mode].append(res)
                 print(f"  repeat {r} {mode:24} {res['samples_per_s']:7.2f} samples/s, {res['step_s']:6.2f} s/step "
                       f"(load {os.getloadavg()[0]:.2f})", flush=True)
-    rate.append(matmul_rate())
+    rate.append(matmul_rate(peak_dtype))
     load.append(os.getloadavg()[0])
     if args.json:
         import json
@@ -272,7 +277,7 @@ def main() -> None:
                                                "results": results}, indent=1))
     print(f"\nGRPO throughput, {args.model}, {args.steps} steps x {args.prompts} prompts x {args.gens} samples x <= "
           f"{args.max_new} tokens, {torch.get_num_threads()} threads, {args.repeats} repeats (median; min-max)")
-    print(f"bf16 matmul (2048^3): {rate[0]:.0f} GFLOP/s before, {rate[1]:.0f} after; "
+    print(f"{peak_dtype} matmul (2048^3, the learner's dtype here): {rate[0]:.0f} GFLOP/s before, {rate[1]:.0f} after; "
           f"load average {load[0]:.2f} before, {load[1]:.2f} after")
     cols = ("samples_per_s", "step_s", "cpu_s_per_step", "generation_s", "reward_s", "loss_forward_s", "rest_s",
             "gflops")
