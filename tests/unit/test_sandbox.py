@@ -94,12 +94,20 @@ def _only_server_and_next_child(sb: Sandbox) -> bool:
     if len(pids) != 3:
         return False
     procs = _processes()
+    if not pids <= procs.keys():  # one of them exited between the two looks (a run being reaped): not settled yet
+        return False
     bwrap = sb._proc.pid
-    (server,) = [p for p in pids if procs[p][0] == bwrap]
+    servers = [p for p in pids if procs[p][0] == bwrap]
+    if len(servers) != 1:
+        return False
+    (server,) = servers
     (child,) = pids - {bwrap, server}
     # the child the server forked ahead of the next run: its child, a copy of its process (a run's leftover,
     # reparented to the server as the namespace's init, would be a fourth process or another command)
-    return procs[child][0] == server and Path(f"/proc/{child}/cmdline").read_bytes() == Path(f"/proc/{server}/cmdline").read_bytes()
+    try:
+        return procs[child][0] == server and Path(f"/proc/{child}/cmdline").read_bytes() == Path(f"/proc/{server}/cmdline").read_bytes()
+    except FileNotFoundError:
+        return False
 
 
 def only_server_left(sb: Sandbox) -> bool:
