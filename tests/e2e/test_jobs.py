@@ -155,7 +155,8 @@ def test_submit_follow_stop_and_secrets(head, tmp_path, capsys, monkeypatch):
     assert rc == 0 and f"submitted {job_id}" in out and SECRET not in out
     monkeypatch.setenv("RAYZERO_ADDRESS", head["address"])  # the address from the environment from here on
     deadline, logs = time.monotonic() + 120, ""
-    while "value:" not in logs and time.monotonic() < deadline:
+    # Ray's log starts with the entrypoint's command line, which holds the probe's text: wait for its output line.
+    while not re.search(r"^value: ", logs, re.M) and time.monotonic() < deadline:
         time.sleep(1)
         rc, logs = _main(capsys, "jobs", "logs", job_id)
     assert "WANDB_API_KEY set: True" in logs and "value: ***" in logs and SECRET not in logs

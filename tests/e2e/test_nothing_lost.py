@@ -61,6 +61,12 @@ def _kill_mentioning(text: str) -> None:
             pass
 
 
+def _next_checkpoint(run: Path, every: int = 2) -> str:
+    """The first checkpoint the next resume of `run` will save (`grpo.save_steps=every`)."""
+    saved = [int(p.name.rsplit("-", 1)[1]) for p in (run / "grpo.checkpoints").glob("checkpoint-*")]
+    return f"checkpoint-{max(saved, default=0) + every}"
+
+
 def _wait_for(path: Path, proc: subprocess.Popen, timeout: float = 300) -> None:
     deadline = time.monotonic() + timeout
     while not path.exists():
@@ -95,8 +101,10 @@ def test_one_run_folder_through_a_busy_refusal_ctrl_c_kill_9_and_a_changed_check
     assert "interrupted during stage grpo" in err.strip().splitlines()[-1] and "resume" in err.strip().splitlines()[-1]
     assert not (run / ".rayzero.lock").exists() and (run / "sft" / "manifest.json").exists()
 
-    _resume_and_sigterm(tmp_path, run, args, ray_tmp, at="checkpoint-4")
-    complete = _resume_and_kill_9(tmp_path, run, args, ray_tmp, at="checkpoint-6")
+    # Each resume is stopped once it has saved a checkpoint of its own: the interrupted run may have saved past
+    # checkpoint-2 before it stopped, and a signal sent before the resumed driver is at work finds no handler.
+    _resume_and_sigterm(tmp_path, run, args, ray_tmp, at=_next_checkpoint(run))
+    complete = _resume_and_kill_9(tmp_path, run, args, ray_tmp, at=_next_checkpoint(run))
 
     again = subprocess.run(_cmd(tmp_path, "c2", *args), cwd=ROOT, env=_env(ray_tmp), capture_output=True, text=True,
                            timeout=600)
