@@ -168,7 +168,7 @@ RUN_DIR = "/tmp/run"
 def _run_environment():
     """In the server, once: the environment and sys.stdin/stdout/stderr every run starts with. The std objects
     wrap fds 0-2, which in a child are its pipes (`_isolate`); they are made while 0-2 are a pipe too, so
-    that they see what a child's see (not seekable, not a tty). The server itself never uses them."""
+    that they see what they will see in a child (not seekable, not a tty). The server itself never uses them."""
     os.environ.clear()
     os.environ.update(PATH="/usr/bin:/bin", HOME=RUN_DIR, TMPDIR=RUN_DIR, LANG="C.UTF-8")
     r, w = os.pipe()

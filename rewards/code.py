@@ -220,9 +220,9 @@ def _row_tests(tests: Any, setup: Any, imports: Any) -> Any:
 @register("code_accuracy", factory=True)
 def make_code_accuracy(mode: Literal["fraction", "all"] = "fraction", timeout_s: float = 5.0, memory_mb: int = 1024,
                        executor: Executor | None = None, **sandbox_overrides: Any):
-    """Factory. Without `executor` the batch is scored in the calling process (one fork-server per
-    thread, a few side by side). With it, `executor(items)` scores the batch: one (completion_text, tests, entry_point) tuple
-    per completion, scores returned in order (the pipeline passes one backed by a Ray actor pool of
+    """Factory. Without `executor` the batch is scored in the calling process (a pool of fork-servers per
+    thread, rewards/sandbox_pool.py). With it, `executor(items)` scores the batch: one (completion_text, tests,
+    entry_point) tuple per completion, scores returned in order (the pipeline passes one backed by a Ray actor pool of
     CodeScorers built by `code_scorer_factory`). Optional dataset columns `test_setup_code` and
     `test_imports` (MBPP) run before the row's asserts."""
     _check_mode(mode)
