@@ -183,7 +183,7 @@ def prepare_data(cfg: PipelineConfig, say: Callable[[str], None] = print) -> tup
         splits = load_task(cfg.task, cfg.run.seed)  # may raise TaskDataError: nothing written yet
         for note in splits.pop("notes", None) or []:
             say(note)
-        dropped = splits.pop("dropped", None) or {}  # unusable rows left out, by reason (pipelines/tasks/hf.py)
+        dropped = splits.pop("dropped", None) or {}  # unusable rows left out, by reason (pipelines/tasks/hf_rows.py)
         splits, contamination = check_contamination(cfg, splits, say)
         tokenizer = None if cfg.model.kind == "tiny" else _base_tokenizer(cfg)
         splits = render_splits(cfg.task, splits, tokenizer)
@@ -214,14 +214,15 @@ def check_contamination(cfg: PipelineConfig, splits: dict[str, list[dict]],
                         say: Callable[[str], None]) -> tuple[dict[str, list[dict]], dict]:
     """Training rows against the held-out split and every `eval.benchmarks` entry (raw questions, before
     templates): exact duplicates dropped, near-duplicates reported (pipelines/tasks/contamination.py)."""
-    from pipelines.tasks import contamination, hf
+    from pipelines.tasks import contamination
+    from pipelines.tasks.hf_sources import TaskError
     from pipelines.tasks.benchmarks import load_rows, parse_benchmarks
 
     refs = {"heldout": [r.get("prompt", "") for r in splits.get("heldout", [])]}
     for spec in parse_benchmarks(cfg.eval.benchmarks, cfg.task):
         try:
             refs[f"benchmark {spec.name}"] = [r.get("prompt", "") for r in load_rows(spec)]
-        except hf.TaskError as e:
+        except TaskError as e:
             raise TaskDataError(str(e)) from None
     splits, found = contamination.check(splits, refs)
     for line in found.lines():
@@ -273,13 +274,13 @@ def _write_tokenizer(cfg: PipelineConfig, folder: RunFolder, tokenizer=None) -> 
 
 def benchmark_rows(spec, task: TaskSection, tokenizer, say: Callable[[str], None] = print) -> list[dict]:
     """One benchmark's rows, templated for a run of `task` with `tokenizer` (one line on bad data)."""
-    from pipelines.tasks import hf
     from pipelines.tasks.benchmarks import load_rows, prompt_settings
+    from pipelines.tasks.hf_sources import TaskError
     from pipelines.tasks.templates import TemplateError, render, resolve
 
     try:
         rows = load_rows(spec)
-    except hf.TaskError as e:
+    except TaskError as e:
         raise TaskDataError(str(e)) from None
     template = resolve(*prompt_settings(spec, task))
     try:

@@ -31,10 +31,10 @@ __all__ = ["Task", "TaskDataError", "find", "get", "load_task", "names", "read_r
 def task_rules(cfg: "TaskSection") -> str | None:
     """The config rules every task shares (prompt template, answer format), then the task's own; the one-line
     problem, or None."""
-    from pipelines.tasks import hf
+    from pipelines.tasks.hf_rows import check_answer_format
     from pipelines.tasks.templates import check_template
 
-    return check_template(cfg.prompt_template) or hf.check_answer_format(cfg.answer_format) or get(cfg.name).rules(cfg)
+    return check_template(cfg.prompt_template) or check_answer_format(cfg.answer_format) or get(cfg.name).rules(cfg)
 
 
 def load_task(cfg: "TaskSection", seed: int) -> dict[str, list[dict]]:
@@ -45,7 +45,7 @@ def load_task(cfg: "TaskSection", seed: int) -> dict[str, list[dict]]:
 def read_rows(path: Path, with_lines: bool = False):
     """Rows of a JSONL file (with their line numbers when `with_lines`); a file that is not UTF-8 JSON
     lines is refused naming the row. Rows without a prompt or an answer are kept: the hf adapter leaves
-    them out and counts them (pipelines/tasks/hf.py, `task.max_bad_fraction`)."""
+    them out and counts them (pipelines/tasks/hf_rows.py, `task.max_bad_fraction`)."""
     if path.is_dir():
         raise TaskDataError(f"{path}: is a directory; give a .jsonl file")
     if not path.exists():

@@ -27,7 +27,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Mapping
 
-from pipelines.tasks import hf
+from pipelines.tasks import hf_rows, hf_sources
 from pipelines.tasks.templates import check_template
 
 if TYPE_CHECKING:
@@ -132,7 +132,7 @@ def parse_entry(entry: Any, where: str = "--benchmark") -> BenchmarkSpec:
     base = BUILTIN.get(name)
     values = dict(entry)
     if base is not None and values.get("data_files") and "dataset" not in values:  # a local copy of a hub benchmark
-        values["dataset"] = hf.builder_for(values["data_files"]) or "json"
+        values["dataset"] = hf_sources.builder_for(values["data_files"]) or "json"
     if base is None:
         for key in ("dataset", "split"):
             if not values.get(key):
@@ -153,8 +153,9 @@ def parse_entry(entry: Any, where: str = "--benchmark") -> BenchmarkSpec:
         raise BenchmarkError(f"{where}.limit/max_new_tokens: must be >= 0")
     if spec.scorer not in SCORERS:
         raise BenchmarkError(f"{where}.scorer={spec.scorer!r}: not one of: {', '.join(SCORERS)}")
-    problem = (hf.check_source(spec.dataset, spec.data_files, where) or hf.check_columns(spec.columns, f"{where}.columns")
-               or hf.check_answer_format(spec.answer_format, f"{where}.answer_format")
+    problem = (hf_sources.check_source(spec.dataset, spec.data_files, where)
+               or hf_rows.check_columns(spec.columns, f"{where}.columns")
+               or hf_rows.check_answer_format(spec.answer_format, f"{where}.answer_format")
                or check_template(spec.prompt_template, f"{where}.prompt_template"))
     if problem:
         raise BenchmarkError(problem)
@@ -179,15 +180,15 @@ def prompt_settings(spec: BenchmarkSpec, task: "TaskSection") -> tuple[str, str,
 
 def load_rows(spec: BenchmarkSpec) -> list[dict]:
     """The benchmark's rows (question, gold answer or tests; prompts not yet templated), at most `limit`.
-    hf.TaskError (one line naming eval.benchmarks/<name>) when the data cannot be had."""
+    hf_sources.TaskError (one line naming eval.benchmarks/<name>) when the data cannot be had."""
     where = f"benchmark {spec.name}"
-    sources = hf.open_dataset(spec.dataset, spec.subset, spec.data_files, where=where)
+    sources = hf_sources.open_dataset(spec.dataset, spec.subset, spec.data_files, where=where)
     split = spec.split if spec.split in sources or not spec.data_files or len(sources) != 1 else next(iter(sources))
-    src = hf.pick_split(sources, split, f"{where}.split", spec.dataset)
-    columns = hf.resolve_columns(spec.columns, src.columns, where, spec.dataset, split)
-    row_spec = hf.RowSpec(columns=columns, answer_format=spec.answer_format, where=where)
+    src = hf_sources.pick_split(sources, split, f"{where}.split", spec.dataset)
+    columns = hf_rows.resolve_columns(spec.columns, src.columns, where, spec.dataset, split)
+    row_spec = hf_rows.RowSpec(columns=columns, answer_format=spec.answer_format, where=where)
     n = min(len(src), spec.limit) if spec.limit else len(src)
-    rows = [hf.to_row(src.row(i), row_spec, i, split) for i in range(n)]
+    rows = [hf_rows.to_row(src.row(i), row_spec, i, split) for i in range(n)]
     for r in rows:
         r.pop("completion", None)
     return rows

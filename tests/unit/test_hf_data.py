@@ -130,7 +130,7 @@ def test_cold_start_from_another_dataset_with_cot_completions(tmp_path):
 
 
 def test_answer_formats():
-    from pipelines.tasks.hf import extract_answer
+    from pipelines.tasks.hf_rows import extract_answer
 
     assert extract_answer("so 3+4=<<3+4=7>>7\n#### 1,234", "gsm8k") == ("1234", "so 3+4=7")
     assert extract_answer("thus $\\boxed{\\frac{1}{2}}$ and \\boxed{x^{2}}", "boxed")[0] == "x^{2}"
@@ -551,7 +551,7 @@ def test_column_names_get_the_closest_one(tmp_path):
 
 
 def test_row_problems_carry_their_reason():
-    from pipelines.tasks.hf import RowProblem, RowSpec, to_row
+    from pipelines.tasks.hf_rows import RowProblem, RowSpec, to_row
 
     spec = RowSpec(columns={"prompt": "q", "answer": "a"}, answer_format="gsm8k", max_prompt_chars=10)
     for src, reason in [({"q": 5, "a": "#### 1"}, "a prompt that is not text (int)"),
