@@ -16,7 +16,8 @@ How a run is confined (each layer is exercised by one adversarial test in tests/
 * **Limits per run** (rlimits set in the forked child): CPU seconds, address space, file size, process
   count, no core dumps, no POSIX message queues. Per sandbox, when the v1 cgroup hierarchy is writable
   (it is when the harness is root here): a `pids` cgroup (fork bombs stay inside their own sandbox
-  instead of exhausting uid 65534 for the node) and a `memory` cgroup (caps tmpfs + processes).
+  instead of exhausting uid 65534 for the node) and a `memory` cgroup (caps tmpfs + processes), made by
+  rewards/_sandbox_cgroups.py.
 * **Wall clock**: the fork-server kills the run (and every other process in the namespace) at the
   deadline; the harness kills the whole bwrap tree if the server itself stops answering. bwrap runs with
   `--die-with-parent`, so a dying harness takes its sandbox with it.
@@ -68,6 +69,8 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Sequence
+
+from rewards._sandbox_cgroups import SandboxCgroups
 
 Status = Literal["passed", "failed", "timeout", "memory", "error"]
 SANDBOX_UID = 65534
@@ -155,72 +158,6 @@ def split_assert_tests(tests: str, entry_point: str | None = None) -> tuple[tupl
     return tuple(out)
 
 
-class _Cgroups:
-    """Per-sandbox v1 `pids` and `memory` cgroups under the harness's own cgroups, where writable."""
-
-    def __init__(self, name: str, max_procs: int, memory_bytes: int) -> None:
-        self.dirs: list[Path] = []
-        own = {}
-        try:
-            for line in Path("/proc/self/cgroup").read_text().splitlines():
-                _, ctrls, path = line.split(":", 2)
-                for c in ctrls.split(","):
-                    own[c] = path
-        except OSError:
-            return
-        for ctrl, knob, value in (("pids", "pids.max", max_procs), ("memory", "memory.limit_in_bytes", memory_bytes)):
-            base = Path("/sys/fs/cgroup", ctrl, own.get(ctrl, "/").lstrip("/"))
-            self._remove_stale(base)
-            d = base / name
-            try:
-                d.mkdir()
-                (d / knob).write_text(str(value))
-                self.dirs.append(d)
-            except OSError:
-                self._rmdir(d)
-
-    @property
-    def procs_files(self) -> list[str]:
-        return [str(d / "cgroup.procs") for d in self.dirs]
-
-    def kill_all(self) -> None:
-        for d in self.dirs:
-            try:
-                for pid in (d / "cgroup.procs").read_text().split():
-                    os.kill(int(pid), signal.SIGKILL)
-            except (OSError, ValueError):
-                pass
-
-    def remove(self) -> None:
-        for d in self.dirs:
-            for _ in range(200):  # tasks leave the cgroup asynchronously after SIGKILL
-                if self._rmdir(d):
-                    break
-                self.kill_all()
-                time.sleep(0.01)
-
-    @classmethod
-    def _remove_stale(cls, base: Path) -> None:
-        # Sandboxes whose owner died without close() (ray.kill of an actor) leave empty cgroup dirs.
-        # Only old ones: a fresh dir may belong to a sandbox that has not joined it yet.
-        try:
-            for d in base.glob(f"{MARKER}-*"):
-                if time.time() - d.stat().st_mtime > 60 and not (d / "cgroup.procs").read_text().strip():
-                    cls._rmdir(d)
-        except OSError:
-            pass
-
-    @staticmethod
-    def _rmdir(d: Path) -> bool:
-        try:
-            d.rmdir()
-            return True
-        except FileNotFoundError:
-            return True
-        except OSError:
-            return False
-
-
 class Sandbox:
     """One bwrap sandbox holding a fork-server; `run()` is thread-safe (runs are serialised)."""
 
@@ -228,7 +165,7 @@ class Sandbox:
         self.config = config or SandboxConfig()
         self._lock = threading.Lock()
         self._proc: subprocess.Popen | None = None
-        self._cg: _Cgroups | None = None
+        self._cg: SandboxCgroups | None = None
         self.server_pid: int | None = None
         self._nproc = 0
         self.starts = 0  # how many fork-servers this sandbox started (restarts after kills show up here)
@@ -266,7 +203,7 @@ class Sandbox:
     def _start(self) -> None:
         cmd = self._command()
         c = self.config
-        self._cg = _Cgroups(f"{MARKER}-{uuid.uuid4().hex[:12]}", c.max_procs, (c.memory_mb + 2 * c.tmp_mb + 256) << 20)
+        self._cg = SandboxCgroups(f"{MARKER}-{uuid.uuid4().hex[:12]}", c.max_procs, (c.memory_mb + 2 * c.tmp_mb + 256) << 20)
         if self._cg.dirs:
             # Join the cgroups before bwrap forks, via a tiny shell (preexec_fn is unsafe with threads).
             cmd = ["/bin/sh", "-c", 'for f in $RZ_CGROUPS; do echo $$ > "$f" || exit 111; done; exec "$@"', "sh", *cmd]
