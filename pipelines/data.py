@@ -215,8 +215,8 @@ def check_contamination(cfg: PipelineConfig, splits: dict[str, list[dict]],
     """Training rows against the held-out split and every `eval.benchmarks` entry (raw questions, before
     templates): exact duplicates dropped, near-duplicates reported (pipelines/tasks/contamination.py)."""
     from pipelines.tasks import contamination
-    from pipelines.tasks.hf_sources import TaskError
     from pipelines.tasks.benchmarks import load_rows, parse_benchmarks
+    from pipelines.tasks.hf_sources import TaskError
 
     refs = {"heldout": [r.get("prompt", "") for r in splits.get("heldout", [])]}
     for spec in parse_benchmarks(cfg.eval.benchmarks, cfg.task):

@@ -7,16 +7,17 @@ from __future__ import annotations
 import os
 import signal
 import time
+import uuid
 from pathlib import Path
 
 
 class SandboxCgroups:
-    """Per-sandbox v1 `pids` and `memory` cgroups under the harness's own cgroups, where writable: `name` is
+    """Per-sandbox v1 `pids` and `memory` cgroups under the harness's own cgroups, where writable, named
     `<prefix>-<unique>`; empty, old folders of other `<prefix>-*` sandboxes are removed on the way."""
 
-    def __init__(self, name: str, max_procs: int, memory_bytes: int) -> None:
+    def __init__(self, prefix: str, max_procs: int, memory_bytes: int) -> None:
         self.dirs: list[Path] = []
-        prefix = name.rsplit("-", 1)[0]
+        name = f"{prefix}-{uuid.uuid4().hex[:12]}"
         own = {}
         try:
             for line in Path("/proc/self/cgroup").read_text().splitlines():

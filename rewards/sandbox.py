@@ -65,7 +65,6 @@ import struct
 import subprocess
 import threading
 import time
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Sequence
@@ -203,7 +202,7 @@ class Sandbox:
     def _start(self) -> None:
         cmd = self._command()
         c = self.config
-        self._cg = SandboxCgroups(f"{MARKER}-{uuid.uuid4().hex[:12]}", c.max_procs, (c.memory_mb + 2 * c.tmp_mb + 256) << 20)
+        self._cg = SandboxCgroups(MARKER, c.max_procs, (c.memory_mb + 2 * c.tmp_mb + 256) << 20)
         if self._cg.dirs:
             # Join the cgroups before bwrap forks, via a tiny shell (preexec_fn is unsafe with threads).
             cmd = ["/bin/sh", "-c", 'for f in $RZ_CGROUPS; do echo $$ > "$f" || exit 111; done; exec "$@"', "sh", *cmd]
